@@ -1,0 +1,3 @@
+from bertvision.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""SQuAD 2.0 scoring, as the official evaluate-v2.0.py defines it.
+
+Answers are compared after `normalize_answer`. A question's score is the best over its gold
+answers: exact match (0 or 1) and token-overlap F1. An unanswerable question has the single gold
+answer "", so only an empty prediction scores on it. With no-answer probabilities, a prediction
+whose probability is above the threshold counts as "no answer", and the best threshold is
+searched for as the official script does.
+
+One deliberate difference: the official script warns about questions without a prediction and
+scores them 0. Here a missing prediction (or an id that is not a question) is an error, since it
+nearly always means the predictions belong to another file or run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from os import PathLike
+
+from bertvision.errors import DataError
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower case, drop punctuation and the articles a/an/the, and collapse white space."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def get_tokens(s: str) -> list[str]:
+    """The tokens of the normalized answer; [] for an empty one."""
+    if not s:
+        return []
+    return normalize_answer(s).split()
+
+
+def compute_exact(a_gold: str, a_pred: str) -> int:
+    """1 if the normalized answers are equal, else 0."""
+    return int(normalize_answer(a_gold) == normalize_answer(a_pred))
+
+
+def compute_f1(a_gold: str, a_pred: str) -> float:
+    """Token-overlap F1 of two answers; 1.0 when both are empty, 0.0 when only one is."""
+    gold_toks, pred_toks = get_tokens(a_gold), get_tokens(a_pred)
+    if not gold_toks or not pred_toks:
+        return float(gold_toks == pred_toks)
+    num_same = sum((Counter(gold_toks) & Counter(pred_toks)).values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_toks)
+    recall = num_same / len(gold_toks)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_v2_scores(
+    gold: Mapping[str, Sequence[str]],
+    predictions: Mapping[str, str],
+    na_probs: Mapping[str, float] | None = None,
+    na_prob_thresh: float = 1.0,
+) -> dict:
+    """Score predictions against gold answers, as the official SQuAD 2.0 script does.
+
+    Args:
+      gold: question id -> its gold answer texts ([] for an unanswerable question).
+      predictions: question id -> predicted answer text ("" for no answer).
+      na_probs: question id -> probability that the question has no answer; None means 0.0
+        for every question, and no threshold search.
+      na_prob_thresh: predictions whose na_prob is above this count as "no answer".
+
+    Returns:
+      A dict, in this order: exact, f1, total; HasAns_exact, HasAns_f1, HasAns_total (if some
+      question is answerable); NoAns_exact, NoAns_f1, NoAns_total (if some is not); and, when
+      `na_probs` is given, best_exact, best_exact_thresh, best_f1, best_f1_thresh. Scores are
+      percentages (0-100), totals are ints.
+
+    Raises:
+      ValueError: no questions, or the ids of `predictions` (or `na_probs`) differ from those
+        of `gold`.
+    """
+    if not gold:
+        raise ValueError("no gold questions to score")
+    problem = _id_mismatch(gold, predictions, "predictions")
+    if not problem and na_probs is not None:
+        problem = _id_mismatch(gold, na_probs, "no-answer probabilities")
+    if problem:
+        raise ValueError(problem)
+
+    # As in the official script, "answerable" means the question lists any answer at all.
+    has_ans = {qid: bool(answers) for qid, answers in gold.items()}
+    exact_raw, f1_raw = _raw_scores(gold, predictions)
+    probs = na_probs if na_probs is not None else dict.fromkeys(gold, 0.0)
+    exact = _apply_threshold(exact_raw, probs, has_ans, na_prob_thresh)
+    f1 = _apply_threshold(f1_raw, probs, has_ans, na_prob_thresh)
+
+    result = _summary(exact, f1, list(gold))
+    for prefix, wanted in (("HasAns", True), ("NoAns", False)):
+        qids = [qid for qid in gold if has_ans[qid] == wanted]
+        if qids:
+            summary = _summary(exact, f1, qids)
+            result.update({f"{prefix}_{key}": value for key, value in summary.items()})
+    if na_probs is not None:
+        # The search uses the raw scores: it asks which threshold would have been best.
+        for name, raw in (("exact", exact_raw), ("f1", f1_raw)):
+            best, thresh = _find_best_thresh(predictions, raw, na_probs, has_ans)
+            result[f"best_{name}"] = best
+            result[f"best_{name}_thresh"] = thresh
+    return result
+
+
+def evaluate_files(
+    data_file: str | PathLike,
+    pred_file: str | PathLike,
+    na_prob_file: str | PathLike | None = None,
+    na_prob_thresh: float = 1.0,
+) -> dict:
+    """Score a predictions file against an official SQuAD 2.0 data file.
+
+    Args:
+      data_file: SQuAD 2.0 JSON ({"version": "v2.0", "data": [...]}).
+      pred_file: JSON object, question id -> predicted answer text.
+      na_prob_file: optional JSON object, question id -> no-answer probability.
+      na_prob_thresh: as in `squad_v2_scores`.
+
+    Returns:
+      The dict of `squad_v2_scores`.
+
+    Raises:
+      DataError: a file is missing, unreadable, not valid JSON, not in the expected shape, or
+        its ids do not match the questions of `data_file`; the message names the file.
+    """
+    gold = read_gold(data_file)
+    predictions = _read_id_map(pred_file, str, "an answer text (string)")
+    problem = _id_mismatch(gold, predictions, "predictions")
+    if problem:
+        raise DataError(pred_file, problem)
+    na_probs = None
+    if na_prob_file is not None:
+        na_probs = _read_id_map(na_prob_file, (int, float), "a number")
+        problem = _id_mismatch(gold, na_probs, "no-answer probabilities")
+        if problem:
+            raise DataError(na_prob_file, problem)
+    return squad_v2_scores(gold, predictions, na_probs, na_prob_thresh)
+
+
+def read_gold(data_file: str | PathLike) -> dict[str, list[str]]:
+    """Question id -> gold answer texts, from an official SQuAD 2.0 JSON file.
+
+    Deliberately looser than `bertvision.tasks.squad.read_squad_json`: like the official
+    script, scoring reads only ids and answer texts, never offsets or contexts.
+    """
+    dataset = _load_json(data_file)
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
+        raise DataError(data_file, 'expected a JSON object with a "data" list (SQuAD 2.0 format)')
+    gold: dict[str, list[str]] = {}
+    try:
+        for article in dataset["data"]:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    qid = str(qa["id"])
+                    if qid in gold:
+                        raise DataError(data_file, "question id appears twice", key=qid)
+                    gold[qid] = [str(answer["text"]) for answer in qa["answers"]]
+    except (KeyError, TypeError) as err:
+        # A missing key or a value of the wrong type somewhere in the nested structure.
+        raise DataError(
+            data_file, f"not in SQuAD 2.0 format ({type(err).__name__}: {err})"
+        ) from err
+    return gold
+
+
+def _raw_scores(
+    gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Exact and F1 of every question, each the best over its gold answers."""
+    exact, f1 = {}, {}
+    for qid, answers in gold.items():
+        # Answers that normalize to nothing do not count; with none left, only "" is right.
+        golds = [text for text in answers if normalize_answer(text)] or [""]
+        pred = predictions[qid]
+        exact[qid] = max(compute_exact(text, pred) for text in golds)
+        f1[qid] = max(compute_f1(text, pred) for text in golds)
+    return exact, f1
+
+
+def _apply_threshold(
+    scores: Mapping[str, float],
+    na_probs: Mapping[str, float],
+    has_ans: Mapping[str, bool],
+    thresh: float,
+) -> dict[str, float]:
+    """Scores after treating predictions with na_prob > thresh as "no answer"."""
+    return {
+        qid: float(not has_ans[qid]) if na_probs[qid] > thresh else score
+        for qid, score in scores.items()
+    }
+
+
+def _summary(exact: Mapping[str, float], f1: Mapping[str, float], qids: list[str]) -> dict:
+    total = len(qids)
+    return {
+        "exact": 100.0 * sum(exact[qid] for qid in qids) / total,
+        "f1": 100.0 * sum(f1[qid] for qid in qids) / total,
+        "total": total,
+    }
+
+
+def _find_best_thresh(
+    predictions: Mapping[str, str],
+    scores: Mapping[str, float],
+    na_probs: Mapping[str, float],
+    has_ans: Mapping[str, bool],
+) -> tuple[float, float]:
+    """The best score over all thresholds, and the threshold that gives it.
+
+    Start from "every prediction is no-answer" (one point per unanswerable question), then let
+    the questions answer one by one in order of rising na_prob: an answerable one gains its
+    score, an unanswerable one loses its point if the prediction is non-empty.
+    """
+    cur_score = best_score = sum(1 for qid in has_ans if not has_ans[qid])
+    best_thresh = 0.0
+    # The official script skips ids that are not questions; here the ids were checked to match.
+    # sorted() is stable, so ties keep the order of na_probs, as in the official script.
+    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+        if has_ans[qid]:
+            diff = scores[qid]
+        else:
+            diff = -1 if predictions[qid] else 0
+        cur_score += diff
+        if cur_score > best_score:
+            best_score, best_thresh = cur_score, float(na_probs[qid])
+    return 100.0 * best_score / len(scores), best_thresh
+
+
+def _id_mismatch(gold: Mapping[str, object], got: Mapping[str, object], what: str) -> str | None:
+    """A message when the ids of `got` differ from the question ids of `gold`, else None."""
+    missing = [qid for qid in gold if qid not in got]
+    extra = [qid for qid in got if qid not in gold]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} question(s) have no {what} (e.g. {_some(missing)})")
+    if extra:
+        problems.append(f"{len(extra)} id(s) in {what} are not questions (e.g. {_some(extra)})")
+    return "; ".join(problems) or None
+
+
+def _some(ids: list[str], n: int = 5) -> str:
+    return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "")
+
+
+def _load_json(path: str | PathLike):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as err:
+        raise DataError(path, "file not found") from err
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"not valid JSON: {err.msg}", line=err.lineno) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot read the file: {err}") from err
+
+
+def _read_id_map(path: str | PathLike, kind: type | tuple[type, ...], described: str) -> dict:
+    """A JSON object of question id -> value, every value of type `kind`."""
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a JSON object mapping question ids to values")
+    for qid, value in data.items():
+        # bool is an int in Python, but true/false is never a valid probability or answer.
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise DataError(path, f"value must be {described}, not {value!r}", key=qid)
+    return data

@@ -1,0 +1,205 @@
+"""What every task has in common: its spec, where its data lives, and a loaded split.
+
+A task is a `TaskSpec` (frozen, JSON-able: it goes into every manifest and checkpoint) plus a
+`Task` object that knows where to find each split and how to read it. Sentence-level tasks
+(GLUE, users' CSV/TSV/JSONL) load into a `SentenceSplit`; SQuAD loads into a `SquadSplit`
+(see `squad.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertvision.errors import ConfigError, DataError
+
+KINDS = ("classification", "regression", "span")
+
+#: Environment variable naming the local data folder (the `glue/` + `squad2/` layout).
+DATA_ENV = "BERTVISION_DATA"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The static description of a task. Serialisable with `to_dict()`."""
+
+    name: str
+    """Registry name, lower case (``rte``, ``sst2``, ``squad2``, or a user task's own)."""
+    title: str
+    """Human-readable name."""
+    kind: str
+    """``classification``, ``regression`` or ``span`` (extractive question answering)."""
+    text_fields: tuple[str, ...]
+    """Names of the text inputs, in the order they are fed to the tokenizer (1 or 2)."""
+    labels: tuple[str, ...] | None
+    """Label names in id order (classification only)."""
+    metrics: tuple[str, ...]
+    """Metric names; the first is the one model selection uses."""
+    splits: tuple[str, ...]
+    """Every split the task defines, labelled or not."""
+    eval_splits: tuple[str, ...]
+    """Labelled held-out splits reported at the end (GLUE: ``dev``; MNLI: both dev sets)."""
+    unlabelled_splits: tuple[str, ...] = ()
+    """Splits that carry no labels (GLUE test sets)."""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"task {self.name!r}: kind must be one of {KINDS}, not {self.kind!r}")
+        if not 1 <= len(self.text_fields) <= 2 and self.kind != "span":
+            raise ConfigError(f"task {self.name!r}: text_fields must name 1 or 2 fields")
+        if self.kind == "classification" and (not self.labels or len(self.labels) < 2):
+            raise ConfigError(f"task {self.name!r}: a classification task needs >= 2 labels")
+        if self.kind != "classification" and self.labels:
+            raise ConfigError(f"task {self.name!r}: only classification tasks have labels")
+        if len(set(self.labels or ())) != len(self.labels or ()):
+            raise ConfigError(f"task {self.name!r}: labels must be unique")
+        for group in ("eval_splits", "unlabelled_splits"):
+            unknown = set(getattr(self, group)) - set(self.splits)
+            if unknown:
+                raise ConfigError(
+                    f"task {self.name!r}: {group} names unknown splits {sorted(unknown)}"
+                )
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of a head's output: the number of labels, or 1 for regression."""
+        return len(self.labels) if self.labels else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class SentenceSplit:
+    """One split of a sentence-level task, held in memory column by column.
+
+    ``texts[j][i]`` is text field ``j`` of example ``i``; ``labels`` holds label ids (int64)
+    for classification, scores (float32) for regression, or is None for unlabelled splits.
+    """
+
+    task: TaskSpec
+    split: str
+    source: str
+    ids: list[str]
+    texts: tuple[list[str], ...]
+    labels: np.ndarray | None
+
+    def __post_init__(self):
+        n = len(self.ids)
+        if any(len(t) != n for t in self.texts) or (
+            self.labels is not None and len(self.labels) != n
+        ):
+            raise ValueError(f"{self.source}: columns of unequal length")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def example(self, i: int) -> dict[str, Any]:
+        """Example ``i`` as a dict: id, each text field, and the label (name or score)."""
+        row: dict[str, Any] = {"id": self.ids[i]}
+        row.update({f: t[i] for f, t in zip(self.task.text_fields, self.texts, strict=True)})
+        if self.labels is not None:
+            label = self.labels[i]
+            row["label"] = self.task.labels[label] if self.task.labels else float(label)
+        return row
+
+    def label_counts(self) -> dict[str, int]:
+        """Examples per label name, in label-id order (classification only)."""
+        if self.labels is None or not self.task.labels:
+            return {}
+        counts = Counter(self.labels.tolist())
+        return {name: counts.get(i, 0) for i, name in enumerate(self.task.labels)}
+
+    def to_arrow(self):
+        """A pyarrow Table with columns id, the text fields, and label (if labelled)."""
+        import pyarrow as pa
+
+        cols = {"id": pa.array(self.ids, pa.string())}
+        cols.update(
+            {
+                f: pa.array(t, pa.string())
+                for f, t in zip(self.task.text_fields, self.texts, strict=True)
+            }
+        )
+        if self.labels is not None:
+            cols["label"] = pa.array(self.labels)
+        return pa.table(cols)
+
+
+class Task:
+    """A task bound to a data location. Subclasses implement `locate` and `_load`."""
+
+    spec: TaskSpec
+
+    def locate(self, split: str) -> str:
+        """Where split ``split`` is read from (a file path, or ``hub:<dataset id>``)."""
+        raise NotImplementedError
+
+    def candidates(self, split: str) -> list[str]:
+        """Every place looked in for ``split``, for "not found" messages."""
+        return [self.locate(split)]
+
+    def exists(self, split: str) -> bool:
+        loc = self.locate(split)
+        return loc.startswith("hub:") or Path(loc).is_file()
+
+    def load(self, split: str):
+        """Read and validate split ``split``; bad data raises `DataError` naming file and line."""
+        self.check_split(split)
+        return self._load(split)
+
+    def _load(self, split: str):
+        raise NotImplementedError
+
+    def check_split(self, split: str) -> None:
+        if split not in self.spec.splits:
+            raise ConfigError(
+                f"task {self.spec.name!r} has no split {split!r}; it has {', '.join(self.spec.splits)}"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local data folder: ``data_dir`` if given, else ``$BERTVISION_DATA``, else None (Hub).
+
+    A folder that is named but does not exist is an error, so a typo never silently falls back
+    to the Hub.
+    """
+    origin = "--data-dir"
+    if data_dir is None or str(data_dir) == "":
+        data_dir, origin = os.environ.get(DATA_ENV) or None, DATA_ENV
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataError(path, f"data folder does not exist (from {origin})")
+    return path.resolve()
+
+
+def require_file(path: Path, what: str, looked: list[str] | None = None) -> None:
+    """Raise a `DataError` naming ``path`` (and every place looked) if it is not a file."""
+    if path.is_file():
+        return
+    where = f"; looked in {', '.join(looked)}" if looked and len(looked) > 1 else ""
+    raise DataError(path, f"{what} not found{where}")
+
+
+def check_text(
+    text: str, source: str, field: str, *, line: int | None = None, key: str | None = None
+) -> str:
+    """Return ``text`` unchanged, or raise if it is empty or only white space."""
+    if not text or not text.strip():
+        raise DataError(source, f"empty text in field {field!r}", line=line, key=key)
+    return text

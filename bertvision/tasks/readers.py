@@ -1,0 +1,241 @@
+"""Reading delimited (TSV, CSV) and JSON-lines files into a `SentenceSplit`, strictly.
+
+Every problem raises a `DataError` that names the file and the line: a header with missing or
+unexpected columns, a row with the wrong number of fields, an unknown label, a score that is not
+a number, empty text. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertvision.errors import DataError
+from bertvision.tasks.base import SentenceSplit, TaskSpec, check_text
+
+# GLUE's own TSV files contain stray quote characters that are part of the text, so they are
+# read with no quoting at all; users' files follow the usual CSV quoting rules.
+FORMATS = ("glue-tsv", "tsv", "csv", "jsonl")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which file columns feed which part of an example."""
+
+    text: tuple[str, ...]
+    """File columns holding the text fields, in the task's ``text_fields`` order."""
+    label: str | None = None
+    """File column holding the label or score; None for unlabelled splits."""
+    id: str | None = None
+    """File column holding an example id; None to number examples by line."""
+
+    def required(self) -> list[str]:
+        return [c for c in (self.id, *self.text, self.label) if c is not None]
+
+
+def _open_text(path: Path):
+    # utf-8-sig drops the byte-order mark that GLUE's MRPC files start with.
+    try:
+        return open(path, encoding="utf-8-sig", newline="")
+    except OSError as e:
+        raise DataError(path, f"cannot open: {e.strerror or e}") from e
+
+
+def read_rows(
+    path: Path, fmt: str, names: Sequence[str] | None = None
+) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """The header of ``path`` and an iterator of (line number, row dict).
+
+    Args:
+      path: the file.
+      fmt: one of `FORMATS`.
+      names: column names for a delimited file that has no header row (CoLA's train and dev).
+        JSON lines files take their column names from the first object.
+    """
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    f = _open_text(path)
+    opts = {"delimiter": ",", "quoting": csv.QUOTE_MINIMAL} if fmt == "csv" else {"delimiter": "\t"}
+    if fmt == "glue-tsv":
+        opts["quoting"] = csv.QUOTE_NONE
+    reader = csv.reader(f, **opts)
+    try:
+        header = list(names) if names is not None else next(reader, None)
+    except UnicodeDecodeError as e:
+        f.close()
+        raise DataError(path, f"not UTF-8 text ({e.reason})") from e
+    except csv.Error as e:
+        f.close()
+        raise DataError(path, f"unreadable header: {e}", line=1) from e
+    if header is None:
+        f.close()
+        raise DataError(path, "file is empty")
+    header = [h.strip() for h in header]
+    return header, _delimited_rows(path, f, reader, header, names is None)
+
+
+def _delimited_rows(path, f, reader, header, has_header) -> Iterator[tuple[int, dict]]:
+    width, header_rows = len(header), 1 if has_header else 0
+    with f:
+        index = header_rows
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as e:  # decoding runs ahead of the reader: no line number
+                raise DataError(path, f"not UTF-8 text ({e.reason})") from e
+            except csv.Error as e:
+                raise DataError(
+                    path, f"malformed row: {e}", line=reader.line_num or index + 1
+                ) from e
+            index += 1
+            if not fields:  # a blank line
+                continue
+            if len(fields) != width:
+                raise DataError(
+                    path,
+                    f"malformed row: expected {width} fields, found {len(fields)}",
+                    line=reader.line_num,
+                )
+            yield reader.line_num, dict(zip(header, fields, strict=True))
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    f = _open_text(path)
+    lines = enumerate(f, start=1)
+
+    def parse(lineno: int, line: str) -> dict:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"malformed JSON: {e.msg}", line=lineno) from e
+        if not isinstance(obj, dict):
+            raise DataError(path, "each line must be a JSON object", line=lineno)
+        return obj
+
+    first = None
+    try:
+        for lineno, line in lines:
+            if line.strip():
+                first = (lineno, parse(lineno, line))
+                break
+    except UnicodeDecodeError as e:
+        f.close()
+        raise DataError(path, f"not UTF-8 text ({e.reason})") from e
+    if first is None:
+        f.close()
+        raise DataError(path, "file is empty")
+
+    def rows():
+        with f:
+            yield first
+            try:
+                for lineno, line in lines:
+                    if line.strip():
+                        yield lineno, parse(lineno, line)
+            except UnicodeDecodeError as e:
+                raise DataError(path, f"not UTF-8 text ({e.reason})") from e
+
+    return list(first[1].keys()), rows()
+
+
+def check_header(
+    path: Path, header: Sequence[str], columns: Columns, *, allowed: Sequence[str] | None = None
+) -> None:
+    """Raise if a required column is missing, or if a column is neither required nor allowed.
+
+    ``allowed=None`` allows any extra column.
+    """
+    missing = [c for c in columns.required() if c not in header]
+    if missing:
+        raise DataError(path, f"missing column(s) {missing}; the file has {list(header)}", line=1)
+    if allowed is not None:
+        extra = [c for c in header if c not in columns.required() and c not in allowed]
+        if extra:
+            raise DataError(
+                path, f"unexpected column(s) {extra}; expected {list(columns.required())}", line=1
+            )
+    if len(set(header)) != len(header):
+        raise DataError(path, f"duplicate column names in {list(header)}", line=1)
+
+
+def build_split(
+    spec: TaskSpec,
+    split: str,
+    path: Path,
+    rows: Iterator[tuple[int, dict]],
+    columns: Columns,
+    label_map: Mapping[str, int] | None = None,
+) -> SentenceSplit:
+    """Collect validated rows into a `SentenceSplit`.
+
+    Args:
+      label_map: raw label value (as text) -> label id, for classification.
+    """
+    ids: list[str] = []
+    texts: tuple[list[str], ...] = tuple([] for _ in columns.text)
+    labels: list = []
+    for lineno, row in rows:
+        ids.append(str(_field(path, row, columns.id, lineno)) if columns.id else str(lineno))
+        for j, col in enumerate(columns.text):
+            text = _field(path, row, col, lineno)
+            if not isinstance(text, str):
+                raise DataError(
+                    path, f"field {col!r} must be text, not {type(text).__name__}", line=lineno
+                )
+            texts[j].append(check_text(text, str(path), col, line=lineno))
+        if columns.label is not None:
+            raw = _field(path, row, columns.label, lineno)
+            labels.append(_parse_label(spec, path, lineno, raw, label_map))
+    if not ids:
+        raise DataError(path, "no examples (the file holds a header only)")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise DataError(path, f"example id {dup!r} occurs more than once in column {columns.id!r}")
+    label_array = None
+    if columns.label is not None:
+        label_array = np.asarray(
+            labels, dtype=np.int64 if spec.kind == "classification" else np.float32
+        )
+    return SentenceSplit(spec, split, str(path), ids, texts, label_array)
+
+
+def _field(path, row: dict, col: str, lineno: int):
+    if col not in row:  # only JSON lines can lack a key: delimited rows are checked for width
+        raise DataError(path, f"missing field {col!r}; the object has {list(row)}", line=lineno)
+    return row[col]
+
+
+def _parse_label(spec: TaskSpec, path, lineno: int, raw, label_map) -> int | float:
+    if spec.kind == "regression":
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise DataError(path, f"score {raw!r} is not a number", line=lineno) from None
+        if not math.isfinite(value):
+            raise DataError(path, f"score {raw!r} is not finite", line=lineno)
+        return value
+    key = _label_key(raw)
+    if key not in label_map:
+        known = ", ".join(repr(k) for k in label_map)
+        raise DataError(path, f"unknown label {key!r}; expected one of {known}", line=lineno)
+    return label_map[key]
+
+
+def _label_key(raw) -> str:
+    """Labels compare as text, so JSON 1, "1" and CSV "1" are the same label."""
+    if isinstance(raw, bool):
+        return str(raw).lower()
+    if isinstance(raw, float) and raw.is_integer():
+        return str(int(raw))
+    return str(raw).strip()
