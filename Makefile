@@ -40,14 +40,16 @@ lint: setup
 test: lint
 	$(PY) -m pytest -q
 
-# Until the end-to-end job lands, `run` shows the foundation: every task with its split sizes,
-# one task's examples and labels, and the bundled encoder's facts.
+# The method end to end on RTE with the bundled encoder, on this machine's CPU (a few minutes):
+# fine-tune 0.3 epoch -> store every layer's CLS states -> AdapterPooler heads, 3 seeds -> dev.
+RUN_DIR ?= runs/demo
 run: setup
 	$(BIN)/bertvision tasks
-	@echo
-	$(BIN)/bertvision tasks show rte
-	@echo
-	$(BIN)/bertvision encoder
+	$(BIN)/bertvision finetune --task rte --epochs 0.3 --out $(RUN_DIR)/finetune
+	$(BIN)/bertvision embed --task rte --checkpoint $(RUN_DIR)/finetune/checkpoint-e0.3 --splits train dev --out $(RUN_DIR)/store
+	$(BIN)/bertvision store verify $(RUN_DIR)/store
+	$(BIN)/bertvision train --store $(RUN_DIR)/store --seeds 0 1 2 --out $(RUN_DIR)/heads
+	@echo "TensorBoard: $(BIN)/tensorboard --logdir $(RUN_DIR)/heads --host 127.0.0.1"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

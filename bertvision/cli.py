@@ -4,6 +4,7 @@
     bertvision tasks show rte             a few examples and the label distribution
     bertvision encoder                    what an encoder reports (hidden states, width)
     bertvision squad-eval DATA PRED       the official SQuAD 2.0 scores of a predictions file
+    bertvision finetune / embed / train / evaluate / store verify    the method, stage by stage
 
 Errors a user can fix print one line (``bertvision: error: FILE:LINE: problem``) and exit 1.
 """
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--json", action="store_true", help="print the facts as JSON")
     enc.set_defaults(func=cmd_encoder)
 
+    _add_method_commands(commands)
+
     sq = commands.add_parser(
         "squad-eval",
         help="score SQuAD 2.0 predictions with the official v2 evaluation",
@@ -110,6 +113,110 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--out-file", default=None, help="also write the scores to this JSON file")
     sq.set_defaults(func=cmd_squad_eval)
     return parser
+
+
+def _floats(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _add_method_commands(commands) -> None:
+    """finetune, embed, train, evaluate, store verify: the BERTVision method, stage by stage."""
+    from bertvision.finetune import FinetuneConfig
+    from bertvision.train import HeadTrainConfig
+
+    ft_defaults, head_defaults = FinetuneConfig(task="-"), HeadTrainConfig(store="-")
+    ft = commands.add_parser(
+        "finetune",
+        help="fine-tune an encoder with a task head, for fractions of an epoch or several epochs",
+        description="Fine-tune an encoder with a classification / regression head. A validation part "
+        "is carved from train (seeded, stratified) and scores every checkpoint; the dev split is "
+        "scored once at the end. Checkpoints (safetensors + config) go to OUT/checkpoint-e<fraction>.",
+    )
+    ft.add_argument("--task", required=True, help="task name or user task config file")
+    ft.add_argument("--out", required=True, help="output folder")
+    ft.add_argument("--encoder", default=None, help="Hugging Face id or folder (default: bundled all-MiniLM-L6-v2)")
+    ft.add_argument("--epochs", type=_floats, default=ft_defaults.epochs, help="training length in epochs, fractions allowed (default: %(default)s)")
+    ft.add_argument("--save-at", type=_floats, nargs="*", default=[], metavar="F", help="also save checkpoints after these epoch fractions (e.g. 0.1 0.3)")
+    ft.add_argument("--lr", type=_floats, default=ft_defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
+    ft.add_argument("--batch-size", type=int, default=ft_defaults.batch_size, help="examples per step (default: %(default)s)")
+    ft.add_argument("--warmup", type=_floats, default=ft_defaults.warmup, help="share of steps warming up, then linear decay (default: %(default)s)")
+    ft.add_argument("--max-length", type=int, default=ft_defaults.max_length, help="tokens per example (default: %(default)s)")
+    ft.add_argument("--seed", type=int, default=ft_defaults.seed, help="seed of head init, dropout, batch order (default: %(default)s)")
+    ft.add_argument("--validation-fraction", type=_floats, default=ft_defaults.validation_fraction, help="share of train held out for selection (default: %(default)s)")
+    ft.add_argument("--validation-seed", type=int, default=ft_defaults.validation_seed, help="seed of that carve; keep it equal across compared runs (default: %(default)s)")
+    ft.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    _add_data_dir(ft)
+    ft.set_defaults(func=cmd_finetune)
+
+    em = commands.add_parser(
+        "embed",
+        help="store every layer's hidden states of a task's splits (Parquet + manifest)",
+        description="Run a checkpoint over a task's splits and store the hidden states of every "
+        "layer (embedding output included) as float16 Parquet shards with a manifest, one folder per "
+        "split under OUT. A rerun skips complete shards.",
+    )
+    em.add_argument("--task", required=True, help="task name or user task config file")
+    em.add_argument("--out", required=True, help="store folder; each split goes to OUT/<split>")
+    em.add_argument("--checkpoint", default=None, help="a 'bertvision finetune' checkpoint folder, an encoder folder or Hub id (default: the bundled encoder, not fine-tuned)")
+    em.add_argument("--splits", nargs="+", default=None, help="splits to embed (default: every split found)")
+    em.add_argument("--selection", choices=("cls", "mean"), default="cls", help="cls: first position of every layer; mean: mean over real tokens (default: %(default)s)")
+    em.add_argument("--max-length", type=int, default=128, help="tokens per example (default: %(default)s)")
+    em.add_argument("--batch-size", type=int, default=16, help="examples per forward pass, after sorting by length (default: %(default)s)")
+    em.add_argument("--shard-rows", type=int, default=None, help="rows per Parquet shard (default: about 64 MiB a shard)")
+    em.add_argument("--quantize", choices=("int8",), default=None, help="opt-in dynamic int8 quantisation on CPU: faster, slightly different values (see docs/RESULTS.md)")
+    em.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    _add_data_dir(em)
+    em.set_defaults(func=cmd_embed)
+
+    tr = commands.add_parser(
+        "train",
+        help="train AdapterPooler heads on a store, several seeds, mean and standard deviation",
+        description="Train AdapterPooler heads on STORE/train. Selection (early stopping) uses a "
+        "validation part carved from train with the same seed as fine-tuning; the dev split is "
+        "scored once with the selected epoch. Writes TensorBoard events, weights (safetensors), "
+        "configs and metrics per seed, and summary.json with mean and standard deviation.",
+    )
+    tr.add_argument("--store", required=True, help="store folder written by 'bertvision embed'")
+    tr.add_argument("--out", required=True, help="output folder")
+    tr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="head seeds (default: 0 1 2)")
+    tr.add_argument("--adapter-size", type=int, default=head_defaults.adapter_size, help="adapter width A (default: %(default)s)")
+    tr.add_argument("--unshared", action="store_true", help="one adapter per layer instead of one shared by all")
+    tr.add_argument("--combine", choices=("flatten", "scalar_mix"), default=head_defaults.combine, help="layer combination (default: %(default)s)")
+    tr.add_argument("--no-residual", action="store_true", help="drop the skip connection from the last layer")
+    tr.add_argument("--dropout", type=_floats, default=head_defaults.dropout, help="dropout before the projection (default: %(default)s)")
+    tr.add_argument("--lr", type=_floats, default=head_defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
+    tr.add_argument("--batch-size", type=int, default=head_defaults.batch_size, help="examples per step (default: %(default)s)")
+    tr.add_argument("--epochs", type=int, default=head_defaults.epochs, help="maximum epochs (default: %(default)s)")
+    tr.add_argument("--patience", type=int, default=head_defaults.patience, help="early-stopping patience in epochs (default: %(default)s)")
+    tr.add_argument("--validation-fraction", type=_floats, default=head_defaults.validation_fraction, help="share of train held out for selection (default: %(default)s)")
+    tr.add_argument("--validation-seed", type=int, default=head_defaults.validation_seed, help="seed of that carve; must equal fine-tuning's (default: %(default)s)")
+    tr.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    tr.set_defaults(func=cmd_train)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="score a trained head on a stored split",
+        description="Score a head written by 'bertvision train' (a seed-<k> folder) on a store split. "
+        "The store must come from the same encoder and checkpoint as the head's training store.",
+    )
+    ev.add_argument("--head", required=True, help="a seed-<k> folder written by 'bertvision train'")
+    ev.add_argument("--store", required=True, help="a split folder of a store (e.g. STORE/dev)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    store = commands.add_parser("store", help="inspect embedding stores", description="Inspect embedding stores.")
+    store_sub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND", required=True)
+    ver = store_sub.add_parser(
+        "verify",
+        help="check a store's checksums, row counts and shapes",
+        description="Check every shard of a store split: present, readable, sha256 as recorded, row "
+        "counts and tensor shapes as the manifest says. A folder holding split folders is checked "
+        "split by split.",
+    )
+    ver.add_argument("path", help="a store split folder (with manifest.json), or a folder of them")
+    ver.set_defaults(func=cmd_store_verify)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +365,79 @@ def cmd_encoder(args) -> int:
     else:
         for key, value in facts.items():
             print(f"{key:>24}: {value}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from bertvision.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(
+        task=args.task, encoder=args.encoder, data_dir=args.data_dir, epochs=args.epochs,
+        save_at=tuple(args.save_at), lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
+        max_length=args.max_length, seed=args.seed, validation_fraction=args.validation_fraction,
+        validation_seed=args.validation_seed, device=args.device,
+    )  # fmt: skip
+    result = finetune(cfg, args.out)
+    for name, meta in result.checkpoints.items():
+        scores = {k: meta[k] for k in meta if k == "validation" or k in ("dev", "dev_matched", "dev_mismatched")}
+        print(f"{result.out_dir / name}: {json.dumps(scores)}  ({meta['train_seconds']:.0f} s training)")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from bertvision.embed import embed
+
+    manifests = embed(
+        args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
+        data_dir=args.data_dir, selection=args.selection, max_length=args.max_length,
+        batch_size=args.batch_size, shard_rows=args.shard_rows, device=args.device, quantize=args.quantize,
+    )  # fmt: skip
+    for split, m in manifests.items():
+        run = m["extra"].get("last_run")
+        speed = f", {run['rows_per_second']} rows/s" if run else " (already complete)"
+        print(f"{args.out}/{split}: {m['rows']} rows x ({m['num_hidden_states']}, {m['hidden_size']}){speed}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from bertvision.train import HeadTrainConfig, train_heads
+
+    cfg = HeadTrainConfig(
+        store=args.store, adapter_size=args.adapter_size, shared=not args.unshared, combine=args.combine,
+        residual=not args.no_residual, dropout=args.dropout, lr=args.lr, batch_size=args.batch_size,
+        epochs=args.epochs, patience=args.patience, seeds=tuple(args.seeds),
+        validation_fraction=args.validation_fraction, validation_seed=args.validation_seed, device=args.device,
+    )  # fmt: skip
+    summary = train_heads(cfg, args.out)
+    for split in ("validation", *[k for k in summary if k.startswith("dev")]):
+        for metric, v in summary.get(split, {}).items():
+            print(f"{split:>14} {metric}: {v['mean']:.4f} ± {v['std']:.4f} over {len(summary['seeds'])} seed(s)")
+    print(f"head: {summary['runs'][0]['parameters']} parameters, {summary['epoch_seconds']:.2f} s per epoch")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from bertvision.train import evaluate_head
+
+    print(json.dumps(evaluate_head(args.head, args.store), indent=2))
+    return 0
+
+
+def cmd_store_verify(args) -> int:
+    from pathlib import Path
+
+    from bertvision.store import MANIFEST_NAME, verify
+
+    root = Path(args.path)
+    folders = [root] if (root / MANIFEST_NAME).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}"))
+    if not folders:
+        from bertvision.errors import DataError
+
+        raise DataError(root, f"no {MANIFEST_NAME} here or in its sub-folders: not a store")
+    for folder in folders:
+        report = verify(folder)
+        print(f"{folder}: ok, {report['rows']} rows in {report['shards']} shard(s), "
+              f"{report['bytes_per_row']:.0f} bytes per row")  # fmt: skip
     return 0
 
 

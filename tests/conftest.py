@@ -41,3 +41,71 @@ def bertvision_cli() -> list[str]:
     """The installed console script, so tests run the entry point users run."""
     script = Path(sys.executable).parent / "bertvision"
     return [str(script)] if script.exists() else [sys.executable, "-m", "bertvision"]
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer():
+    from bertvision.encoders import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, bundled_tokenizer) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32), saved as safetensors, plus the
+    bundled tokenizer, in one folder: 3 hidden states of width 32."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(
+        vocab_size=len(bundled_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    bundled_tokenizer.save_pretrained(folder)
+    assert (folder / "model.safetensors").is_file()
+    return folder
+
+
+WORDS = ["river", "stone", "cloud", "paper", "green", "quiet", "table", "light", "north", "glass"]
+
+
+def write_toy_task(folder: Path, n_train: int = 80, n_dev: int = 24, kind: str = "classification") -> Path:
+    """A small user task: pairs of sentences whose label says whether they share their first word
+    (regression: the number of shared words). Returns the task config path."""
+    import random
+
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rows(n):
+        out = []
+        for i in range(n):
+            a = rng.sample(WORDS, 4)
+            b = rng.sample(WORDS, 4)
+            if i % 2:
+                b[0] = a[0]
+            label = int(a[0] == b[0]) if kind == "classification" else float(len(set(a) & set(b)))
+            out.append(f"{i},{' '.join(a)},{' '.join(b)},{label}")
+        return "id,first,second,label\n" + "\n".join(out) + "\n"
+
+    (folder / "train.csv").write_text(rows(n_train))
+    (folder / "dev.csv").write_text(rows(n_dev))
+    cfg = folder / "toy.toml"
+    labels = 'labels = ["0", "1"]\n' if kind == "classification" else ""
+    cfg.write_text(
+        f'name = "toy"\nkind = "{kind}"\ntext_fields = ["first", "second"]\nlabel_field = "label"\n'
+        f'id_field = "id"\n{labels}[splits]\ntrain = "train.csv"\ndev = "dev.csv"\n'
+    )
+    return cfg
+
+
+@pytest.fixture
+def toy_task(tmp_path) -> Path:
+    return write_toy_task(tmp_path / "toy")

@@ -39,36 +39,8 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def bundled_tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def bundled_encoder():
     return load_encoder()
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory, bundled_tokenizer) -> Path:
-    """A randomly initialised 2-layer BERT (hidden 32), saved as safetensors, plus the
-    bundled tokenizer, in one folder."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=len(bundled_tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder, safe_serialization=True)
-    bundled_tokenizer.save_pretrained(folder)
-    assert (folder / "model.safetensors").is_file()
-    return folder
 
 
 # --------------------------------------------------------------------------- resolving
@@ -189,7 +161,7 @@ def test_tiny_bert_by_path(tiny_bert_dir, offline):
     assert info.num_layers == 2
     assert info.num_hidden_states == 3
     assert info.hidden_size == 32
-    assert info.max_position_embeddings == 64
+    assert info.max_position_embeddings == 128
     assert re.fullmatch(r"[0-9a-f]{12}", info.revision)
 
     enc = load_encoder(tiny_bert_dir)

@@ -119,6 +119,18 @@ class SentenceSplit:
         counts = Counter(self.labels.tolist())
         return {name: counts.get(i, 0) for i, name in enumerate(self.task.labels)}
 
+    def subset(self, indices, split: str) -> SentenceSplit:
+        """The examples at ``indices`` (in that order), as a split called ``split``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return SentenceSplit(
+            self.task,
+            split,
+            self.source,
+            [self.ids[i] for i in idx],
+            tuple([t[i] for i in idx] for t in self.texts),
+            None if self.labels is None else self.labels[idx],
+        )
+
     def to_arrow(self):
         """A pyarrow Table with columns id, the text fields, and label (if labelled)."""
         import pyarrow as pa
@@ -203,3 +215,30 @@ def check_text(
     if not text or not text.strip():
         raise DataError(source, f"empty text in field {field!r}", line=line, key=key)
     return text
+
+
+#: Name of the validation part carved from train; selection uses it, never the dev split.
+VALIDATION = "validation"
+
+
+def carve_validation(
+    labels: np.ndarray | None, n: int, fraction: float, seed: int, *, stratify: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded indices (train part, validation part) of a train split of ``n`` examples.
+
+    Stratified by label where ``labels`` are class ids, so a small task keeps its label balance
+    in both parts. Every stage (fine-tuning, heads) calls this with the same seed and fraction,
+    so they agree on which examples are held out. Indices come back sorted.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"validation fraction must be in (0, 1), not {fraction}")
+    n_val = max(1, round(n * fraction))
+    if n < 2 or n_val >= n:
+        raise ConfigError(f"cannot carve a validation part of {fraction} from {n} examples")
+    from sklearn.model_selection import train_test_split
+
+    strat = labels if stratify and labels is not None and labels.dtype.kind in "iu" else None
+    if strat is not None and np.unique(strat, return_counts=True)[1].min() < 2:
+        strat = None  # a label with one example cannot be split both ways
+    train, val = train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=strat)
+    return np.sort(train), np.sort(val)

@@ -1,0 +1,181 @@
+"""AdapterPooler: a small head on the hidden states of every encoder layer.
+
+Input is the stack of hidden states (..., L, H): L = embedding output + one per encoder layer,
+H = hidden size. The pipeline is
+
+    adapter (Linear H -> A, then GELU; one shared by all layers, or one per layer)  (..., L, A)
+    combine: "flatten" (concatenate the layers, as the original LayerWeightShare)   (..., L*A)
+          or "scalar_mix" (softmax-weighted sum of layers times a scale gamma)      (..., A)
+    residual: concatenate the last layer's H-vector (the skip of the best model)    (..., F+H)
+    dropout, then Linear -> num_outputs                                             (..., C)
+
+Leading dims are free, so the same head runs per example (B, L, H) or per token (B, T, L, H).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertvision.errors import ConfigError
+
+COMBINES = ("flatten", "scalar_mix")
+TASK_KINDS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class AdapterPoolerConfig:
+    num_hidden_states: int
+    """L: hidden states per token (embedding output + one per encoder layer)."""
+    hidden_size: int
+    """H: width of each hidden state."""
+    num_outputs: int
+    """Number of labels (at least 2) for classification; exactly 1 for regression."""
+    adapter_size: int = 64
+    """A: width of the adapter's output for each layer."""
+    shared: bool = True
+    """True: one adapter Linear for every layer (the weight share); False: one per layer."""
+    combine: str = "flatten"
+    """How layers are combined: "flatten" (L*A features) or "scalar_mix" (A features)."""
+    residual: bool = True
+    """Concatenate the last layer's H-vector to the combined features before the projection."""
+    dropout: float = 0.1
+    """Dropout probability before the output projection, in [0, 1)."""
+    task_kind: str = "classification"
+    """"classification" (logits, cross-entropy) or "regression" (one value, MSE)."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_hidden_states", "hidden_size", "num_outputs", "adapter_size"):
+            value = getattr(self, name)
+            # bool is an int subclass; True as a size is a mistake, not 1.
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("shared", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.combine not in COMBINES:
+            raise ConfigError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+        if self.task_kind not in TASK_KINDS:
+            raise ConfigError(f"task_kind must be one of {TASK_KINDS}, got {self.task_kind!r}")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+            raise ConfigError(f"dropout must be a number in [0, 1), got {d!r}")
+        object.__setattr__(self, "dropout", float(d))  # an int 0 from JSON becomes 0.0
+        if self.task_kind == "regression" and self.num_outputs != 1:
+            raise ConfigError(f"num_outputs must be 1 for regression, got {self.num_outputs}")
+        if self.task_kind == "classification" and self.num_outputs < 2:
+            raise ConfigError(
+                f"num_outputs must be at least 2 for classification, got {self.num_outputs}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; `from_dict` inverts it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterPoolerConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"adapter pooler config must be a mapping, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown adapter pooler config keys {unknown}; known: {known}")
+        missing = [f for f in ("num_hidden_states", "hidden_size", "num_outputs") if f not in data]
+        if missing:
+            raise ConfigError(f"adapter pooler config is missing {missing}")
+        return cls(**data)
+
+
+class LayerAdapter(nn.Module):
+    """(..., L, H) -> (..., L, A): Linear then GELU, shared by all layers or one per layer."""
+
+    def __init__(self, num_layers: int, hidden_size: int, adapter_size: int, shared: bool = True):
+        super().__init__()
+        self.shared = shared
+        if shared:
+            self.linear = nn.Linear(hidden_size, adapter_size)
+        else:
+            self.weight = nn.Parameter(torch.empty(num_layers, hidden_size, adapter_size))
+            self.bias = nn.Parameter(torch.empty(num_layers, adapter_size))
+            # nn.Linear's default init, per layer: U(-1/sqrt(H), 1/sqrt(H)) for weight and bias.
+            bound = 1 / math.sqrt(hidden_size)
+            nn.init.uniform_(self.weight, -bound, bound)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., L, H)
+        if self.shared:
+            y = self.linear(x)  # (..., L, A)
+        else:
+            y = torch.einsum("...lh,lha->...la", x, self.weight) + self.bias  # (..., L, A)
+        return F.gelu(y)  # (..., L, A)
+
+
+class ScalarMix(nn.Module):
+    """(..., L, D) -> (..., D): gamma * sum_l softmax(w)_l * x_l (ELMo / Tenney et al.)."""
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_layers))  # zeros: start from a plain mean
+        self.gamma = nn.Parameter(torch.ones(()))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=0)  # (L,), sums to 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., L, D)
+        mixed = torch.einsum("...ld,l->...d", x, self.weights())  # (..., D)
+        return self.gamma * mixed  # (..., D)
+
+
+class AdapterPooler(nn.Module):
+    """The head: (..., L, H) hidden states in any float dtype -> (..., num_outputs)."""
+
+    def __init__(self, config: AdapterPoolerConfig):
+        super().__init__()
+        self.config = c = config
+        L, H, A = c.num_hidden_states, c.hidden_size, c.adapter_size
+        self.adapter = LayerAdapter(L, H, A, shared=c.shared)
+        self.mix = ScalarMix(L) if c.combine == "scalar_mix" else None
+        features = (L * A if self.mix is None else A) + (H if c.residual else 0)
+        self.dropout = nn.Dropout(c.dropout)
+        self.out = nn.Linear(features, c.num_outputs)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # hidden: (..., L, H)
+        c = self.config
+        if tuple(hidden.shape[-2:]) != (c.num_hidden_states, c.hidden_size):
+            raise ValueError(
+                f"hidden states have shape {tuple(hidden.shape)}, expected (..., "
+                f"{c.num_hidden_states}, {c.hidden_size}) (num_hidden_states, hidden_size)"
+            )
+        # Stored states are float16; compute in the module's dtype (float32 unless converted).
+        x = hidden.to(self.out.weight.dtype)  # (..., L, H)
+        a = self.adapter(x)  # (..., L, A)
+        z = a.flatten(-2) if self.mix is None else self.mix(a)  # (..., L*A) or (..., A)
+        if c.residual:
+            z = torch.cat([z, x[..., -1, :]], dim=-1)  # (..., F + H)
+        return self.out(self.dropout(z))  # (..., C); regression: (..., 1)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return head_loss(self.config.task_kind, outputs, targets)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def head_loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean loss over all leading dims. Classification: outputs (..., C) logits, targets (...)
+    class ids (cross-entropy; -100 is ignored). Regression: outputs (..., 1), targets (...) or
+    (..., 1), any numeric dtype (MSE)."""
+    if kind == "classification":
+        logits = outputs.reshape(-1, outputs.shape[-1])  # (N, C)
+        return F.cross_entropy(logits, targets.reshape(-1).long())  # targets (N,)
+    if kind == "regression":
+        # Flatten both sides so (B, 1) vs (B,) cannot silently broadcast to (B, B).
+        if outputs.numel() != targets.numel():
+            raise ValueError(f"outputs {tuple(outputs.shape)} vs targets {tuple(targets.shape)}")
+        return F.mse_loss(outputs.reshape(-1), targets.reshape(-1).to(outputs.dtype))  # (N,)
+    raise ConfigError(f"task_kind must be one of {TASK_KINDS}, got {kind!r}")

@@ -1,0 +1,306 @@
+"""Training AdapterPooler heads on stored hidden states, one seed or several.
+
+    bertvision train --store runs/rte/emb/e0.3 --seeds 0 1 2 --out runs/rte/heads/e0.3
+
+reads ``STORE/train`` (and ``STORE/<dev split>``), carves the validation part from train with
+the same seeded function fine-tuning used (so the encoder never saw it), trains with AdamW,
+warmup and linear decay, keeps the epoch with the best validation score (early stopping after
+``patience`` epochs without improvement), and only then scores the dev split, once.
+
+Output folder::
+
+    config.json               resolved HeadTrainConfig and the store's manifest summary
+    seed-<k>/head.safetensors the best head's weights
+    seed-<k>/head_config.json AdapterPoolerConfig + what it was trained on (encoder, store)
+    seed-<k>/metrics.json     per-epoch validation, the best epoch, dev, wall times
+    seed-<k>/tb/              TensorBoard event files (loss, learning rate, validation metrics)
+    summary.json              per seed, and mean / standard deviation over seeds
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from bertvision.errors import ConfigError, DataError
+from bertvision.io import atomic_write_json
+
+HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    store: str
+    """Store folder holding one sub-folder per split (``train``, ``dev``, ...)."""
+    adapter_size: int = 64
+    """A: width of the shared adapter."""
+    shared: bool = True
+    """One adapter shared by every layer (LayerWeightShare); False: one per layer."""
+    combine: str = "flatten"
+    """``flatten`` (layers x A, then project) or ``scalar_mix`` (softmax layer weights)."""
+    residual: bool = True
+    """Concatenate the last layer's representation to the head's input."""
+    dropout: float = 0.1
+    lr: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 20
+    """Maximum epochs; early stopping usually ends sooner."""
+    patience: int = 4
+    """Stop after this many epochs without a better validation score."""
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    seeds: tuple[int, ...] = (0,)
+    validation_fraction: float = 0.1
+    validation_seed: int = 0
+    """Must equal the fine-tuning run's, so the validation part is examples it never trained on."""
+    device: str | None = None
+    eval_splits: tuple[str, ...] | None = None
+    """Splits scored once at the end; None: the task's labelled eval splits found in the store."""
+
+    def __post_init__(self):
+        for name in ("adapter_size", "batch_size", "epochs", "patience"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be positive, not {self.lr}")
+        if not self.seeds:
+            raise ConfigError("--seeds: give at least one seed")
+
+
+def _pooler_config(cfg: HeadTrainConfig, manifest: dict, spec: dict):
+    from bertvision.models.adapter_pooler import AdapterPoolerConfig
+
+    kind = spec["kind"]
+    return AdapterPoolerConfig(
+        num_hidden_states=manifest["num_hidden_states"],
+        hidden_size=manifest["hidden_size"],
+        num_outputs=len(spec["labels"]) if spec["labels"] else 1,
+        adapter_size=cfg.adapter_size,
+        shared=cfg.shared,
+        combine=cfg.combine,
+        residual=cfg.residual,
+        dropout=cfg.dropout,
+        task_kind=kind,
+    )
+
+
+def load_store_splits(cfg: HeadTrainConfig):
+    """The task spec, the train store, and the eval stores named by ``cfg``."""
+    from bertvision import store as st
+
+    root = Path(cfg.store)
+    if not (root / "train").is_dir():
+        raise DataError(root, "no 'train' split in this store; run 'bertvision embed' with --splits train ...")
+    train = st.load_split(root / "train")
+    spec = train.manifest.get("extra", {}).get("task_spec")
+    if not spec:
+        raise DataError(root / "train" / "manifest.json", "manifest has no task_spec; re-embed with this version")
+    if spec["kind"] == "span":
+        raise ConfigError("span stores train with the span head (SQuAD), not this sentence-level trainer")
+    if train.labels is None:
+        raise DataError(root / "train", "the train split carries no labels")
+    names = cfg.eval_splits or tuple(s for s in spec["eval_splits"] if (root / s).is_dir())
+    evals = {}
+    for name in names:
+        data = st.load_split(root / name)
+        st.check_compatible(data.manifest, num_hidden_states=train.manifest["num_hidden_states"],
+                            hidden_size=train.manifest["hidden_size"], encoder=train.manifest["encoder"])  # fmt: skip
+        if data.manifest.get("checkpoint") != train.manifest.get("checkpoint"):
+            raise ConfigError(f"{root / name}: made from checkpoint {data.manifest.get('checkpoint')!r}, "
+                              f"but train from {train.manifest.get('checkpoint')!r}")  # fmt: skip
+        evals[name] = data
+    return spec, train, evals
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def predict(model, hidden, batch_size: int = 1024, device=None):
+    """Head outputs for stored hidden states (N, L, H), as a float32 numpy array."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(hidden), batch_size):
+            x = hidden[start : start + batch_size].to(device or "cpu")
+            outs.append(model(x).float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_idx, evals, out_dir: Path) -> dict:
+    """Train one head with ``seed``; keep the best validation epoch; score eval splits once."""
+    import torch
+    from safetensors.torch import save_file
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from bertvision.finetune import pick_device, set_seed
+    from bertvision.metrics import compute_metrics
+    from bertvision.models.adapter_pooler import AdapterPooler
+
+    set_seed(seed)
+    device = pick_device(cfg.device)
+    pooler_cfg = _pooler_config(cfg, train.manifest, spec)
+    model = AdapterPooler(pooler_cfg).to(device)
+    x_tr, y_tr = train.hidden[tr_idx], train.labels[tr_idx]
+    x_va, y_va = train.hidden[val_idx], train.labels[val_idx].numpy()
+    steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, round(cfg.warmup * total), total)
+    )
+    main = spec["metrics"][0]
+    tb = SummaryWriter(str(out_dir / "tb"))
+    gen = torch.Generator().manual_seed(seed)
+    history, best, best_state, since_best, step = [], -math.inf, None, 0, 0
+    epoch_seconds = []
+    for epoch in tqdm(range(cfg.epochs), desc=f"head seed {seed}", leave=False, disable=None):
+        model.train()
+        t0 = time.perf_counter()
+        for idx in torch.randperm(len(x_tr), generator=gen).split(cfg.batch_size):
+            loss = model.loss(model(x_tr[idx].to(device)), y_tr[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            tb.add_scalar("train/loss", loss.item(), step)
+        epoch_seconds.append(time.perf_counter() - t0)
+        tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+        scores = compute_metrics(spec["metrics"], predict(model, x_va, device=device), y_va)
+        for name, value in scores.items():
+            tb.add_scalar(f"validation/{name}", value, epoch + 1)
+        history.append({"epoch": epoch + 1, **scores})
+        score = scores[main] if not math.isnan(scores[main]) else -math.inf
+        if score > best:
+            best, since_best = score, 0
+            best_state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+            best_epoch = epoch + 1
+        else:
+            since_best += 1
+            if since_best >= cfg.patience:
+                break
+    tb.flush()
+    model.load_state_dict(best_state)
+    # ---- the held-out splits, once, with the selected epoch
+    result = {
+        "seed": seed, "best_epoch": best_epoch, "epochs_run": len(history), "validation_history": history,
+        "validation": history[best_epoch - 1], "epoch_seconds": float(np.mean(epoch_seconds)),
+        "train_seconds": float(np.sum(epoch_seconds)), "parameters": model.num_parameters(),
+    }  # fmt: skip
+    for name, data in evals.items():
+        if data.labels is None:
+            continue
+        result[name] = compute_metrics(spec["metrics"], predict(model, data.hidden, device=device), data.labels.numpy())
+        for metric, value in result[name].items():
+            tb.add_scalar(f"{name}/{metric}", value, best_epoch)
+    tb.close()
+    save_file(best_state, str(out_dir / HEAD_WEIGHTS))
+    atomic_write_json(out_dir / HEAD_CONFIG, {
+        "adapter_pooler": pooler_cfg.to_dict(), "task": spec, "encoder": train.manifest["encoder"],
+        "checkpoint": train.manifest.get("checkpoint"), "selection": train.manifest.get("selection"),
+        "train": asdict(replace(cfg, seeds=(seed,))),
+    })  # fmt: skip
+    atomic_write_json(out_dir / "metrics.json", result)
+    return result
+
+
+def train_heads(cfg: HeadTrainConfig, out_dir: str | Path) -> dict:
+    """Train one head per seed in ``cfg.seeds``; returns (and writes) the summary."""
+    from bertvision.finetune import previous_run
+    from bertvision.tasks.base import carve_validation
+
+    out_dir = Path(out_dir)
+    done = previous_run(out_dir, asdict(cfg), "train") if (out_dir / "summary.json").is_file() else None
+    if done is not None:
+        return json.loads((out_dir / "summary.json").read_text())
+    spec, train, evals = load_store_splits(cfg)
+    labels = train.labels.numpy()
+    tr_idx, val_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "store": _manifest_summary(train.manifest)})
+    runs = []
+    for seed in cfg.seeds:
+        seed_dir = out_dir / f"seed-{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        runs.append(train_seed(cfg, seed, spec, train, val_idx, tr_idx, evals, seed_dir))
+    summary = summarize(runs, ["validation", *evals])
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_json(out_dir / "metrics.json", {r["seed"]: {k: r[k] for k in ("validation", *evals) if k in r} for r in runs})
+    return summary
+
+
+def summarize(runs: list[dict], splits: list[str]) -> dict:
+    """Mean and sample standard deviation over seeds of every metric of every split."""
+    out = {"seeds": [r["seed"] for r in runs], "runs": runs}
+    for split in splits:
+        metrics = [r[split] for r in runs if split in r]
+        if not metrics:
+            continue
+        names = [k for k in metrics[0] if k != "epoch"]
+        out[split] = {
+            name: {"mean": float(np.mean([m[name] for m in metrics])),
+                   "std": float(np.std([m[name] for m in metrics], ddof=1)) if len(metrics) > 1 else 0.0}
+            for name in names
+        }  # fmt: skip
+    out["epoch_seconds"] = float(np.mean([r["epoch_seconds"] for r in runs]))
+    out["train_seconds"] = float(np.sum([r["train_seconds"] for r in runs]))
+    return out
+
+
+def _manifest_summary(manifest: dict) -> dict:
+    keys = ("encoder", "checkpoint", "task", "num_hidden_states", "hidden_size", "selection", "max_length", "rows")
+    return {k: manifest.get(k) for k in keys}
+
+
+def load_head(path: str | Path):
+    """A trained head (AdapterPooler) and its config dict, from a ``seed-<k>`` folder."""
+    from safetensors.torch import load_file
+
+    from bertvision.models.adapter_pooler import AdapterPooler, AdapterPoolerConfig
+
+    path = Path(path)
+    cfg_file = path / HEAD_CONFIG
+    if not cfg_file.is_file():
+        raise DataError(cfg_file, "head config not found; pass a seed-<k> folder written by 'bertvision train'")
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(cfg_file, f"malformed JSON: {e.msg}", line=e.lineno) from e
+    model = AdapterPooler(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
+    try:
+        state = load_file(str(path / HEAD_WEIGHTS))
+        model.load_state_dict(state)
+    except Exception as e:  # a missing, truncated or mismatched weights file
+        raise DataError(path / HEAD_WEIGHTS, f"cannot load head weights: {e}") from e
+    return model.eval(), meta
+
+
+def evaluate_head(head_dir: str | Path, store_dir: str | Path) -> dict:
+    """Score a saved head on one store split; the store must match the head's encoder and shape."""
+    from bertvision import store as st
+    from bertvision.metrics import compute_metrics
+
+    model, meta = load_head(head_dir)
+    data = st.load_split(store_dir)
+    pooler = meta["adapter_pooler"]
+    st.check_compatible(data, num_hidden_states=pooler["num_hidden_states"], hidden_size=pooler["hidden_size"],
+                        encoder=meta["encoder"])  # fmt: skip
+    if data.manifest.get("checkpoint") != meta.get("checkpoint"):
+        raise ConfigError(f"store {store_dir} was made from checkpoint {data.manifest.get('checkpoint')!r}, "
+                          f"but the head was trained on {meta.get('checkpoint')!r}")  # fmt: skip
+    if data.labels is None:
+        raise DataError(store_dir, "this split carries no labels to score against")
+    outputs = predict(model, data.hidden)
+    return {"split": data.manifest["split"], "rows": len(data.ids),
+            **compute_metrics(meta["task"]["metrics"], outputs, data.labels.numpy())}  # fmt: skip

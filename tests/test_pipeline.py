@@ -1,0 +1,182 @@
+"""The method end to end on a tiny random BERT and a toy task: finetune -> embed -> train ->
+evaluate, through the library and through the command line, with the bad inputs it must refuse."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from bertvision.embed import embed
+from bertvision.errors import ConfigError, DataError
+from bertvision.finetune import FinetuneConfig, finetune
+from bertvision.store import verify
+from bertvision.train import HeadTrainConfig, evaluate_head, train_heads
+from tests.conftest import bertvision_cli, write_toy_task
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, tiny_bert_dir):
+    """A tiny BERT fine-tuned on the toy task for one epoch, with a checkpoint after half."""
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = write_toy_task(root / "toy")
+    out = root / "ft"
+    result = finetune(
+        FinetuneConfig(task=str(cfg), encoder=str(tiny_bert_dir), epochs=1, save_at=(0.5,), batch_size=8, lr=1e-3),
+        out,
+    )
+    return root, cfg, out, result
+
+
+def test_finetune_checkpoints(finetuned, tiny_bert_dir):
+    root, cfg, out, result = finetuned
+    assert set(result.checkpoints) == {"checkpoint-e0.5", "checkpoint-e1"}
+    half = json.loads((out / "checkpoint-e0.5" / "bertvision.json").read_text())
+    # 80 toy examples, 8 held out for validation -> 72 train -> 9 steps an epoch, 5 at 0.5 epochs
+    assert (half["fraction"], half["step"]) == (0.5, 5)
+    assert set(half["validation"]) == {"accuracy", "macro_f1"} and "dev" in half
+    run = json.loads((out / "config.json").read_text())
+    assert run["finetune"]["epochs"] == 1 and run["validation_examples"] == 8 and run["train_examples"] == 72
+    assert run["encoder"]["num_hidden_states"] == 3
+    weights = load_file(str(out / "checkpoint-e1" / "model.safetensors"))
+    assert any(k.startswith("classifier") for k in weights)
+    assert json.loads((out / "metrics.json").read_text()) == {
+        k: json.loads((out / k / "bertvision.json").read_text()) for k in result.checkpoints
+    }
+
+
+def test_finetune_is_seeded(finetuned, tiny_bert_dir, tmp_path):
+    root, cfg, out, _ = finetuned
+    again = finetune(
+        FinetuneConfig(task=str(cfg), encoder=str(tiny_bert_dir), epochs=0.5, batch_size=8, lr=1e-3, score_dev=False),
+        tmp_path / "again",
+    )
+    a = load_file(str(out / "checkpoint-e0.5" / "model.safetensors"))
+    b = load_file(str(tmp_path / "again" / "checkpoint-e0.5" / "model.safetensors"))
+    # Same seed and data order; the schedule differs (0.5-epoch run decays sooner), so only the
+    # first step matches exactly. Check the run is reproducible against itself instead:
+    c_dir = tmp_path / "again2"
+    finetune(
+        FinetuneConfig(task=str(cfg), encoder=str(tiny_bert_dir), epochs=0.5, batch_size=8, lr=1e-3, score_dev=False),
+        c_dir,
+    )
+    c = load_file(str(c_dir / "checkpoint-e0.5" / "model.safetensors"))
+    assert all(np.array_equal(b[k].numpy(), c[k].numpy()) for k in b)
+    assert not all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert again.checkpoints["checkpoint-e0.5"]["step"] == 5
+
+
+@pytest.mark.parametrize("epochs, save_at, pattern", [
+    (0, (), r"--epochs must be in \(0, inf\)"),
+    (-1, (), r"--epochs must be in \(0, inf\)"),
+    (float("inf"), (), r"--epochs must be in \(0, inf\)"),
+    (1, (0.0,), r"--save-at fractions must be in \(0, inf\)"),
+    (1, (2.0,), r"--save-at 2.0 lies beyond --epochs 1"),
+])  # fmt: skip
+def test_bad_fractions(epochs, save_at, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        FinetuneConfig(task="rte", epochs=epochs, save_at=save_at)
+
+
+def test_embed_train_evaluate(finetuned, tmp_path):
+    root, cfg, out, _ = finetuned
+    ckpt = out / "checkpoint-e0.5"
+    manifests = embed(str(cfg), str(ckpt), tmp_path / "emb", shard_rows=32)
+    assert set(manifests) == {"train", "dev"}
+    m = manifests["train"]
+    assert m["status"] == "complete" and m["rows"] == 80 and len(m["shards"]) == 3
+    assert (m["num_hidden_states"], m["hidden_size"], m["selection"], m["dtype"]) == (3, 32, "cls", "float16")
+    assert m["checkpoint"] == str(ckpt) and len(m["checkpoint_sha256"]) == 64
+    base = json.loads((out / "config.json").read_text())["encoder"]  # the encoder fine-tuning began from
+    assert m["encoder"] == {"name": base["name"], "revision": base["revision"]}
+    assert list(m["extra"]["task_spec"]["labels"]) == ["0", "1"]
+    assert verify(tmp_path / "emb" / "train")["rows"] == 80
+    # A rerun finds every shard complete and writes nothing.
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "emb" / "train").glob("shard-*")}
+    again = embed(str(cfg), str(ckpt), tmp_path / "emb", shard_rows=32)
+    assert "last_run" in again["train"]["extra"]  # from the first run, not re-measured
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "emb" / "train").glob("shard-*")}
+
+    summary = train_heads(HeadTrainConfig(store=str(tmp_path / "emb"), seeds=(0, 1, 2), epochs=5, batch_size=16), tmp_path / "heads")
+    assert summary["seeds"] == [0, 1, 2]
+    for split in ("validation", "dev"):
+        assert set(summary[split]) == {"accuracy", "macro_f1"}
+        accs = [r[split]["accuracy"] for r in summary["runs"]]
+        assert summary[split]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+        assert summary[split]["accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    seed0 = tmp_path / "heads" / "seed-0"
+    assert (seed0 / "head.safetensors").is_file() and (seed0 / "head_config.json").is_file()
+    dev = evaluate_head(seed0, tmp_path / "emb" / "dev")
+    assert dev["accuracy"] == pytest.approx(summary["runs"][0]["dev"]["accuracy"])
+    # TensorBoard event files with the scalars we log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(seed0 / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "validation/accuracy", "dev/accuracy"} <= tags
+    assert len(events.Scalars("validation/accuracy")) == summary["runs"][0]["epochs_run"]
+
+
+def test_store_mismatches_are_refused(finetuned, tmp_path, tiny_bert_dir):
+    root, cfg, out, _ = finetuned
+    embed(str(cfg), str(out / "checkpoint-e1"), tmp_path / "e1", splits=("train", "dev"))
+    embed(str(cfg), str(out / "checkpoint-e0.5"), tmp_path / "e05", splits=("dev",))
+    train_heads(HeadTrainConfig(store=str(tmp_path / "e1"), seeds=(0,), epochs=1), tmp_path / "heads")
+    head = tmp_path / "heads" / "seed-0"
+    with pytest.raises(ConfigError, match="made from checkpoint .*checkpoint-e0.5.*trained on .*checkpoint-e1"):
+        evaluate_head(head, tmp_path / "e05" / "dev")
+    embed(str(cfg), None, tmp_path / "bundled", splits=("dev",))  # another encoder: (7, 384)
+    with pytest.raises(ConfigError, match="does not fit"):
+        evaluate_head(head, tmp_path / "bundled" / "dev")
+    # a store with a different spec in the same folder
+    with pytest.raises(ConfigError, match="max_length"):
+        embed(str(cfg), str(out / "checkpoint-e1"), tmp_path / "e1", splits=("dev",), max_length=64)
+    with pytest.raises(DataError, match="no 'train' split"):
+        train_heads(HeadTrainConfig(store=str(tmp_path / "e05")), tmp_path / "h2")
+
+
+def run_cli(*args):
+    return subprocess.run([*bertvision_cli(), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_end_to_end(tmp_path, tiny_bert_dir):
+    cfg = write_toy_task(tmp_path / "toy", kind="regression")
+    proc = run_cli("finetune", "--task", str(cfg), "--encoder", str(tiny_bert_dir), "--epochs", "0.5",
+                   "--batch-size", "8", "--out", str(tmp_path / "ft"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "checkpoint-e0.5" in proc.stdout and "pearson" in proc.stdout
+    proc = run_cli("embed", "--task", str(cfg), "--checkpoint", str(tmp_path / "ft" / "checkpoint-e0.5"),
+                   "--out", str(tmp_path / "emb"), "--selection", "mean")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "train: 80 rows x (3, 32)" in proc.stdout
+    proc = run_cli("train", "--store", str(tmp_path / "emb"), "--out", str(tmp_path / "heads"), "--seeds", "0", "1",
+                   "--epochs", "3", "--combine", "scalar_mix", "--unshared")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "dev pearson:" in proc.stdout and "over 2 seed(s)" in proc.stdout
+    head_cfg = json.loads((tmp_path / "heads" / "seed-1" / "head_config.json").read_text())
+    assert head_cfg["adapter_pooler"]["combine"] == "scalar_mix" and head_cfg["adapter_pooler"]["shared"] is False
+    proc = run_cli("evaluate", "--head", str(tmp_path / "heads" / "seed-1"), "--store", str(tmp_path / "emb" / "dev"))
+    assert proc.returncode == 0 and json.loads(proc.stdout)["rows"] == 24
+    proc = run_cli("store", "verify", str(tmp_path / "emb"))
+    assert proc.returncode == 0 and proc.stdout.count(": ok,") == 2
+    # A corrupt shard: verify exits 1 and names the shard; a fraction outside (0, inf) too.
+    shard = tmp_path / "emb" / "dev" / "shard-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    proc = run_cli("store", "verify", str(tmp_path / "emb" / "dev"))
+    assert proc.returncode == 1 and str(shard) in proc.stderr
+    proc = run_cli("finetune", "--task", str(cfg), "--epochs", "0", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 1 and "--epochs must be in (0, inf)" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_finished_runs_are_reused_and_other_settings_refused(finetuned, tiny_bert_dir):
+    root, cfg, out, result = finetuned
+    same = FinetuneConfig(task=str(cfg), encoder=str(tiny_bert_dir), epochs=1, save_at=(0.5,), batch_size=8, lr=1e-3)
+    before = (out / "checkpoint-e1" / "model.safetensors").stat().st_mtime_ns
+    again = finetune(same, out)
+    assert again.checkpoints == json.loads((out / "metrics.json").read_text())
+    assert (out / "checkpoint-e1" / "model.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(ConfigError, match=r"finished run with other settings \(lr\)"):
+        finetune(FinetuneConfig(task=str(cfg), encoder=str(tiny_bert_dir), epochs=1, save_at=(0.5,), batch_size=8), out)
