@@ -1,6 +1,6 @@
-"""Fine-tuning runs of the RTE study (see docs/RESULTS.md): run before `rte_study.py`.
+"""Fine-tuning runs of a study (see docs/RESULTS.md): run before `study.py`.
 
-    python benchmarks/finetune_runs.py --out runs/study/rte [--seeds 0 1 2]
+    python benchmarks/finetune_runs.py --task rte --out runs/study/rte [--seeds 0 1 2]
 
 Per seed: full fine-tuning (3 epochs; the baseline) and partial fine-tuning (a 1-epoch schedule
 with a checkpoint after 0.3 epochs). A run whose metrics.json exists is skipped (resume).

@@ -52,7 +52,7 @@ def embed(
     data_dir: str | None = None,
     selection: str = "cls",
     max_length: int = 128,
-    batch_size: int = 64,
+    batch_size: int = 16,
     shard_rows: int | None = None,
     device: str | None = None,
     quantize: str | None = None,

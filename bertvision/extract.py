@@ -66,7 +66,7 @@ class HiddenStateExtractor:
         *,
         selection: str = "cls",
         max_length: int = 128,
-        batch_size: int = 64,
+        batch_size: int = 16,
         device: str | None = None,
         autocast: bool = True,
         quantize: str | None = None,

@@ -180,3 +180,13 @@ def test_finished_runs_are_reused_and_other_settings_refused(finetuned, tiny_ber
     assert (out / "checkpoint-e1" / "model.safetensors").stat().st_mtime_ns == before
     with pytest.raises(ConfigError, match=r"finished run with other settings \(lr\)"):
         finetune(FinetuneConfig(task=str(cfg), encoder=str(tiny_bert_dir), epochs=1, save_at=(0.5,), batch_size=8), out)
+
+
+def test_selection_score_is_the_glue_task_score():
+    from bertvision.train import selection_score
+
+    # MRPC-like: all-positive has the best F1 but the worse mean of F1 and accuracy.
+    all_positive, learned = {"f1": 0.81, "accuracy": 0.68}, {"f1": 0.80, "accuracy": 0.74}
+    assert selection_score(learned) > selection_score(all_positive)
+    assert selection_score({"pearson": float("nan"), "spearman": 0.5}) == float("-inf")
+    assert selection_score({"accuracy": 0.6}) == pytest.approx(0.6)

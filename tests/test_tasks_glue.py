@@ -205,3 +205,20 @@ def test_non_utf8_file(tmp_path):
     path.write_bytes(RTE_HEADER.encode() + b"0\tcaf\xe9\tb\tentailment\n")
     with pytest.raises(DataError, match=r"train.tsv: not UTF-8 text \(invalid continuation byte\)"):
         load_rte(tmp_path)
+
+
+def test_carve_validation_is_seeded_stratified_and_disjoint(shared_data):
+    from bertvision.tasks.base import carve_validation
+
+    train = get_task("rte", shared_data).load("train")
+    tr, va = carve_validation(train.labels, len(train), 0.1, seed=0)
+    assert (len(tr), len(va)) == (2241, 249)
+    assert not set(tr) & set(va) and len(set(tr) | set(va)) == 2490
+    assert abs(train.labels[va].mean() - train.labels.mean()) < 0.01  # stratified
+    again = carve_validation(train.labels, len(train), 0.1, seed=0)
+    assert np.array_equal(again[1], va)
+    assert not np.array_equal(carve_validation(train.labels, len(train), 0.1, seed=1)[1], va)
+    with pytest.raises(ConfigError, match=r"validation fraction must be in \(0, 1\)"):
+        carve_validation(train.labels, len(train), 1.0, seed=0)
+    regression = get_task("stsb", shared_data).load("train")  # scores: not stratified, still carved
+    assert len(carve_validation(regression.labels, len(regression), 0.1, 0)[1]) == 575
