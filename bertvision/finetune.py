@@ -352,9 +352,3 @@ def _score_dev(task, result: FinetuneResult, tokenizer, cfg: FinetuneConfig, dev
             meta[split] = compute_metrics(task.spec.metrics, out, data.labels)
             meta[f"{split}_seconds"] = round(time.perf_counter() - t0, 2)
         atomic_write_json(result.out_dir / name / CHECKPOINT_META, meta)
-
-
-def read_checkpoint_meta(path: str | Path) -> dict:
-    """The metadata a fine-tuning checkpoint carries (empty for a plain pretrained folder)."""
-    meta = Path(path) / CHECKPOINT_META
-    return json.loads(meta.read_text()) if meta.is_file() else {}

@@ -149,7 +149,11 @@ def test_every_option_at_every_level_is_explained():
                 assert action.help and action.help != argparse.SUPPRESS, (path, action.dest)
 
 
-@pytest.mark.parametrize("args", [[], ["tasks"], ["tasks", "show"], ["encoder"], ["squad-eval"]])
+@pytest.mark.parametrize(
+    "args",
+    [[], ["tasks"], ["tasks", "show"], ["encoder"], ["squad-eval"], ["finetune"], ["embed"], ["train"],
+     ["evaluate"], ["store"], ["store", "verify"]],
+)  # fmt: skip
 def test_help_runs_at_every_level(args):
     out = run(*args, "--help").stdout
     assert out.startswith("usage: bertvision")
