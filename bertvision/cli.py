@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from bertvision.tasks import DATA_ENV, get_task, resolve_data_dir, task_names
+    from bertvision.tasks import DATA_ENV, UserTask, get_task, resolve_data_dir, task_names
 
     data_dir = resolve_data_dir(args.data_dir)
     if data_dir is None:
@@ -254,7 +254,7 @@ def cmd_tasks(args) -> int:
         task = get_task(name, data_dir)
         cells, notes = [], []
         for split in task.spec.splits:
-            if data_dir is None and not hasattr(task, "paths"):
+            if data_dir is None and not isinstance(task, UserTask):  # Hub: sizes not fetched
                 cells.append(split)
                 continue
             if not task.exists(split):

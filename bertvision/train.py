@@ -129,12 +129,6 @@ def selection_score(scores: dict[str, float]) -> float:
     return -math.inf if math.isnan(value) else value
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 def predict(model, hidden, batch_size: int = 1024, device=None):
     """Head outputs for stored hidden states (N, L, H), as a float32 numpy array."""
     import torch
@@ -155,7 +149,7 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    from bertvision.finetune import pick_device, set_seed
+    from bertvision.finetune import linear_schedule, pick_device, set_seed
     from bertvision.metrics import compute_metrics
     from bertvision.models.adapter_pooler import AdapterPooler
 
@@ -168,9 +162,7 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
     steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, round(cfg.warmup * total), total)
-    )
+    scheduler = linear_schedule(optimizer, round(cfg.warmup * total), total)
     tb = SummaryWriter(str(out_dir / "tb"))
     gen = torch.Generator().manual_seed(seed)
     history, best, best_state, since_best, step = [], -math.inf, None, 0, 0
