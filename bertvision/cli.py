@@ -5,6 +5,7 @@
     bertvision encoder                    what an encoder reports (hidden states, width)
     bertvision squad-eval DATA PRED       the official SQuAD 2.0 scores of a predictions file
     bertvision finetune / embed / train / evaluate / store verify    the method, stage by stage
+    bertvision ensemble                   span heads (and the fine-tuned encoder) combined
 
 Errors a user can fix print one line (``bertvision: error: FILE:LINE: problem``) and exit 1.
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 from bertvision import __version__
 from bertvision.errors import BertVisionError
@@ -125,15 +127,23 @@ def _floats(text: str) -> float:
 def _add_method_commands(commands) -> None:
     """finetune, embed, train, evaluate, store verify: the BERTVision method, stage by stage."""
     from bertvision.finetune import FinetuneConfig
+    from bertvision.qa import QAFinetuneConfig
     from bertvision.train import HeadTrainConfig
 
     ft_defaults, head_defaults = FinetuneConfig(task="-"), HeadTrainConfig(store="-")
+    qa_defaults = QAFinetuneConfig(task="-")
+    from bertvision.span_heads import SpanHeadTrainConfig
+
+    span_defaults = SpanHeadTrainConfig(store="-")
     ft = commands.add_parser(
         "finetune",
         help="fine-tune an encoder with a task head, for fractions of an epoch or several epochs",
-        description="Fine-tune an encoder with a classification / regression head. A validation part "
-        "is carved from train (seeded, stratified) and scores every checkpoint; the dev split is "
-        "scored once at the end. Checkpoints (safetensors + config) go to OUT/checkpoint-e<fraction>.",
+        description="Fine-tune an encoder with a classification / regression head, or for span "
+        "answers (SQuAD 2.0: windows with a document stride, start/end logits, CLS = no answer). A "
+        "validation part is carved from train (seeded, stratified; whole articles for SQuAD, or the "
+        "task's own validation split) and scores every checkpoint (and sets the no-answer threshold "
+        "of span tasks); the dev/test split is scored once at the end. Checkpoints (safetensors + "
+        "config) go to OUT/checkpoint-e<fraction>.",
     )
     ft.add_argument("--task", required=True, help="task name or user task config file")
     ft.add_argument("--out", required=True, help="output folder")
@@ -143,7 +153,10 @@ def _add_method_commands(commands) -> None:
     ft.add_argument("--lr", type=_floats, default=ft_defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
     ft.add_argument("--batch-size", type=int, default=ft_defaults.batch_size, help="examples per step (default: %(default)s)")
     ft.add_argument("--warmup", type=_floats, default=ft_defaults.warmup, help="share of steps warming up, then linear decay (default: %(default)s)")
-    ft.add_argument("--max-length", type=int, default=ft_defaults.max_length, help="tokens per example (default: %(default)s)")
+    ft.add_argument("--max-length", type=int, default=None, help=f"tokens per example, or per window for span tasks (default: {ft_defaults.max_length}; {qa_defaults.max_length} for span tasks)")
+    ft.add_argument("--doc-stride", type=int, default=qa_defaults.doc_stride, help="span tasks: tokens shared by consecutive windows of a long context (default: %(default)s)")
+    ft.add_argument("--max-query-length", type=int, default=qa_defaults.max_query_length, help="span tasks: questions are cut to this many tokens (default: %(default)s)")
+    ft.add_argument("--max-answer-tokens", type=int, default=qa_defaults.max_answer_tokens, help="span tasks: longest answer considered, in tokens (default: %(default)s)")
     ft.add_argument("--seed", type=int, default=ft_defaults.seed, help="seed of head init, dropout, batch order (default: %(default)s)")
     ft.add_argument("--validation-fraction", type=_floats, default=ft_defaults.validation_fraction, help="share of train held out for selection (default: %(default)s)")
     ft.add_argument("--validation-seed", type=int, default=ft_defaults.validation_seed, help="seed of that carve; keep it equal across compared runs (default: %(default)s)")
@@ -156,14 +169,18 @@ def _add_method_commands(commands) -> None:
         help="store every layer's hidden states of a task's splits (Parquet + manifest)",
         description="Run a checkpoint over a task's splits and store the hidden states of every "
         "layer (embedding output included) as float16 Parquet shards with a manifest, one folder per "
-        "split under OUT. A rerun skips complete shards.",
+        "split under OUT. Span tasks (SQuAD) are cut into windows and stored token by token without "
+        "padding, with character offsets, targets and (from a QA checkpoint) the encoder's own "
+        "start/end logits. A rerun skips complete shards.",
     )
     em.add_argument("--task", required=True, help="task name or user task config file")
     em.add_argument("--out", required=True, help="store folder; each split goes to OUT/<split>")
     em.add_argument("--checkpoint", default=None, help="a 'bertvision finetune' checkpoint folder, an encoder folder or Hub id (default: the bundled encoder, not fine-tuned)")
     em.add_argument("--splits", nargs="+", default=None, help="splits to embed (default: every split found)")
-    em.add_argument("--selection", choices=("cls", "mean"), default="cls", help="cls: first position of every layer; mean: mean over real tokens (default: %(default)s)")
-    em.add_argument("--max-length", type=int, default=128, help="tokens per example (default: %(default)s)")
+    em.add_argument("--selection", choices=("cls", "mean", "tokens"), default=None, help="cls: first position of every layer; mean: mean over real tokens; tokens: every real token of every window, no padding (default: cls; tokens for span tasks)")
+    em.add_argument("--max-length", type=int, default=None, help=f"tokens per example (default: 128; {qa_defaults.max_length} per window for span tasks)")
+    em.add_argument("--doc-stride", type=int, default=qa_defaults.doc_stride, help="span tasks: tokens shared by consecutive windows (default: %(default)s; use fine-tuning's)")
+    em.add_argument("--max-query-length", type=int, default=qa_defaults.max_query_length, help="span tasks: questions are cut to this many tokens (default: %(default)s)")
     em.add_argument("--batch-size", type=int, default=16, help="examples per forward pass, after sorting by length (default: %(default)s)")
     em.add_argument("--shard-rows", type=int, default=None, help="rows per Parquet shard (default: about 64 MiB a shard)")
     em.add_argument("--quantize", choices=("int8",), default=None, help="opt-in dynamic int8 quantisation on CPU: faster, slightly different values (see docs/RESULTS.md)")
@@ -176,8 +193,12 @@ def _add_method_commands(commands) -> None:
         help="train AdapterPooler heads on a store, several seeds, mean and standard deviation",
         description="Train AdapterPooler heads on STORE/train. Selection (early stopping) uses a "
         "validation part carved from train with the same seed as fine-tuning; the dev split is "
-        "scored once with the selected epoch. Writes TensorBoard events, weights (safetensors), "
-        "configs and metrics per seed, and summary.json with mean and standard deviation.",
+        "scored once with the selected epoch. A token-level store (from 'embed' on a span task) "
+        "trains span heads: start/end logits per token, padding masked, CLS = no answer; epochs are "
+        "selected on validation F1 with the no-answer threshold chosen there (STORE/validation, or "
+        "whole articles carved from train), then test/dev is scored once. Writes TensorBoard events, "
+        "weights (safetensors), configs and metrics per seed, and summary.json with mean and "
+        "standard deviation.",
     )
     tr.add_argument("--store", required=True, help="store folder written by 'bertvision embed'")
     tr.add_argument("--out", required=True, help="output folder")
@@ -188,22 +209,49 @@ def _add_method_commands(commands) -> None:
     tr.add_argument("--no-residual", action="store_true", help="drop the skip connection from the last layer")
     tr.add_argument("--dropout", type=_floats, default=head_defaults.dropout, help="dropout before the projection (default: %(default)s)")
     tr.add_argument("--lr", type=_floats, default=head_defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
-    tr.add_argument("--batch-size", type=int, default=head_defaults.batch_size, help="examples per step (default: %(default)s)")
-    tr.add_argument("--epochs", type=int, default=head_defaults.epochs, help="maximum epochs (default: %(default)s)")
-    tr.add_argument("--patience", type=int, default=head_defaults.patience, help="early-stopping patience in epochs (default: %(default)s)")
+    tr.add_argument("--batch-size", type=int, default=None, help=f"examples (span stores: windows) per step (default: {head_defaults.batch_size}; {span_defaults.batch_size} for span stores)")
+    tr.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default: {head_defaults.epochs}; {span_defaults.epochs} for span stores)")
+    tr.add_argument("--patience", type=int, default=None, help=f"early-stopping patience in epochs (default: {head_defaults.patience}; {span_defaults.patience} for span stores)")
+    tr.add_argument("--max-answer-tokens", type=int, default=span_defaults.max_answer_tokens, help="span stores: longest answer considered, in tokens (default: %(default)s)")
     tr.add_argument("--validation-fraction", type=_floats, default=head_defaults.validation_fraction, help="share of train held out for selection (default: %(default)s)")
     tr.add_argument("--validation-seed", type=int, default=head_defaults.validation_seed, help="seed of that carve; must equal fine-tuning's (default: %(default)s)")
     tr.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    _add_data_dir(tr)
     tr.set_defaults(func=cmd_train)
+
+    en = commands.add_parser(
+        "ensemble",
+        help="ensemble span heads (and the fine-tuned encoder) on a token-level store",
+        description="Combine span heads trained by 'bertvision train' and, with --encoder, the "
+        "fine-tuned encoder's own logits stored beside the hidden states: each member's start and end "
+        "probabilities (softmax over a window's tokens) are combined by element-wise max or mean. "
+        "Every member and every ensemble gets its no-answer threshold on the validation part and is "
+        "scored once on the eval split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json and "
+        "predictions per method.",
+    )
+    en.add_argument("--store", required=True, help="token-level store folder (with train/, validation/ or a carve, test/ or dev/)")
+    en.add_argument("--heads", nargs="*", default=[], help="seed-<k> folders of span heads")
+    en.add_argument("--encoder", action="store_true", help="include the fine-tuned encoder's own start/end logits as a member")
+    en.add_argument("--method", nargs="+", choices=("max", "mean"), default=["max", "mean"], help="how probabilities combine (default: both)")
+    en.add_argument("--out", required=True, help="output folder")
+    en.add_argument("--max-answer-tokens", type=int, default=span_defaults.max_answer_tokens, help="longest answer considered, in tokens (default: %(default)s)")
+    en.add_argument("--validation-fraction", type=_floats, default=span_defaults.validation_fraction, help="share of train's articles held out when the store has no validation split (default: %(default)s)")
+    en.add_argument("--validation-seed", type=int, default=span_defaults.validation_seed, help="seed of that carve (default: %(default)s)")
+    en.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    _add_data_dir(en)
+    en.set_defaults(func=cmd_ensemble)
 
     ev = commands.add_parser(
         "evaluate",
         help="score a trained head on a stored split",
         description="Score a head written by 'bertvision train' (a seed-<k> folder) on a store split. "
-        "The store must come from the same encoder and checkpoint as the head's training store.",
+        "The store must come from the same encoder and checkpoint as the head's training store. Span "
+        "heads are scored by the official SQuAD 2.0 scorer with the no-answer threshold chosen on "
+        "validation at training (the questions' text is read from the task's data).",
     )
     ev.add_argument("--head", required=True, help="a seed-<k> folder written by 'bertvision train'")
     ev.add_argument("--store", required=True, help="a split folder of a store (e.g. STORE/dev)")
+    _add_data_dir(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     store = commands.add_parser("store", help="inspect embedding stores", description="Inspect embedding stores.")
@@ -370,55 +418,108 @@ def cmd_encoder(args) -> int:
 
 def cmd_finetune(args) -> int:
     from bertvision.finetune import FinetuneConfig, finetune
+    from bertvision.qa import QAFinetuneConfig, finetune_qa
+    from bertvision.tasks import get_task
 
-    cfg = FinetuneConfig(
+    common = dict(
         task=args.task, encoder=args.encoder, data_dir=args.data_dir, epochs=args.epochs,
         save_at=tuple(args.save_at), lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
-        max_length=args.max_length, seed=args.seed, validation_fraction=args.validation_fraction,
+        seed=args.seed, validation_fraction=args.validation_fraction,
         validation_seed=args.validation_seed, device=args.device,
     )  # fmt: skip
-    result = finetune(cfg, args.out)
+    if get_task(args.task, args.data_dir).spec.kind == "span":
+        length = {"max_length": args.max_length} if args.max_length else {}
+        cfg = QAFinetuneConfig(**common, **length, doc_stride=args.doc_stride, max_query_length=args.max_query_length,
+                               max_answer_tokens=args.max_answer_tokens)  # fmt: skip
+        result = finetune_qa(cfg, args.out)
+        keep = ("exact", "f1", "HasAns_f1", "NoAns_f1")
+    else:
+        cfg = FinetuneConfig(**common, max_length=args.max_length or FinetuneConfig.max_length)
+        result = finetune(cfg, args.out)
+        keep = None
     for name, meta in result.checkpoints.items():
-        scores = {k: meta[k] for k in meta if k == "validation" or k in ("dev", "dev_matched", "dev_mismatched")}
+        scores = {k: meta[k] for k in meta if k == "validation" or k in ("dev", "dev_matched", "dev_mismatched", "test")}
+        if keep:
+            scores = {split: {m: round(v[m], 2) for m in keep if m in v} for split, v in scores.items()}
         print(f"{result.out_dir / name}: {json.dumps(scores)}  ({meta['train_seconds']:.0f} s training)")
     return 0
 
 
 def cmd_embed(args) -> int:
     from bertvision.embed import embed
+    from bertvision.tasks import get_task
 
+    span = get_task(args.task, args.data_dir).spec.kind == "span"
+    selection = args.selection or ("tokens" if span else "cls")
+    max_length = args.max_length or (384 if span else 128)
     manifests = embed(
         args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
-        data_dir=args.data_dir, selection=args.selection, max_length=args.max_length,
-        batch_size=args.batch_size, shard_rows=args.shard_rows, device=args.device, quantize=args.quantize,
+        data_dir=args.data_dir, selection=selection, max_length=max_length, batch_size=args.batch_size,
+        shard_rows=args.shard_rows, device=args.device, quantize=args.quantize, doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length,
     )  # fmt: skip
     for split, m in manifests.items():
         run = m["extra"].get("last_run")
         speed = f", {run['rows_per_second']} rows/s" if run else " (already complete)"
-        print(f"{args.out}/{split}: {m['rows']} rows x ({m['num_hidden_states']}, {m['hidden_size']}){speed}")
+        shape = f"({m['num_hidden_states']}, {m['hidden_size']})"
+        what = f"{m['rows']} windows x tokens x {shape}" if m["selection"] == "tokens" else f"{m['rows']} rows x {shape}"
+        print(f"{args.out}/{split}: {what}{speed}")
     return 0
 
 
 def cmd_train(args) -> int:
+    from bertvision import store as st
+    from bertvision.span_heads import SpanHeadTrainConfig, train_span_heads
     from bertvision.train import HeadTrainConfig, train_heads
 
-    cfg = HeadTrainConfig(
+    span = (Path(args.store) / "train" / "manifest.json").is_file() and st.read_manifest(Path(args.store) / "train")["selection"] == "tokens"
+    kind = SpanHeadTrainConfig if span else HeadTrainConfig
+    given = {k: getattr(args, k) for k in ("batch_size", "epochs", "patience") if getattr(args, k) is not None}
+    common = dict(
         store=args.store, adapter_size=args.adapter_size, shared=not args.unshared, combine=args.combine,
-        residual=not args.no_residual, dropout=args.dropout, lr=args.lr, batch_size=args.batch_size,
-        epochs=args.epochs, patience=args.patience, seeds=tuple(args.seeds),
-        validation_fraction=args.validation_fraction, validation_seed=args.validation_seed, device=args.device,
+        residual=not args.no_residual, dropout=args.dropout, lr=args.lr, seeds=tuple(args.seeds),
+        validation_fraction=args.validation_fraction, validation_seed=args.validation_seed, device=args.device, **given,
     )  # fmt: skip
-    summary = train_heads(cfg, args.out)
-    for split in ("validation", *[k for k in summary if k.startswith("dev")]):
+    if span:
+        summary = train_span_heads(kind(**common, max_answer_tokens=args.max_answer_tokens, data_dir=args.data_dir), args.out)
+        metrics, splits = ("exact", "f1", "HasAns_f1", "NoAns_f1", "threshold"), ("validation", "test", "dev")
+    else:
+        summary = train_heads(kind(**common), args.out)
+        metrics, splits = None, ("validation", *[k for k in summary if k.startswith("dev")])
+    for split in splits:
         for metric, v in summary.get(split, {}).items():
-            print(f"{split:>14} {metric}: {v['mean']:.4f} ± {v['std']:.4f} over {len(summary['seeds'])} seed(s)")
+            if metrics is None or metric in metrics:
+                print(f"{split:>14} {metric}: {v['mean']:.4f} ± {v['std']:.4f} over {len(summary['seeds'])} seed(s)")
     print(f"head: {summary['runs'][0]['parameters']} parameters, {summary['epoch_seconds']:.2f} s per epoch")
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from bertvision.span_heads import ensemble
+
+    result = ensemble(
+        args.store, args.heads, args.out, include_encoder=args.encoder, methods=tuple(args.method),
+        data_dir=args.data_dir, validation_fraction=args.validation_fraction, validation_seed=args.validation_seed,
+        max_answer_tokens=args.max_answer_tokens, device=args.device,
+    )  # fmt: skip
+    rows = [(f"member {k}", v) for k, v in result["members"].items()] + [(f"ensemble {k}", v) for k, v in result["ensembles"].items()]
+    for label, r in rows:
+        for split in [s for s in r if s not in ("validation", "threshold")]:
+            m = r[split]
+            print(f"{label}: {split} EM {m['exact']:.2f} F1 {m['f1']:.2f} HasAns F1 {m.get('HasAns_f1', float('nan')):.2f} "
+                  f"NoAns F1 {m.get('NoAns_f1', float('nan')):.2f} (threshold {r['threshold']:.3f} from validation)")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from bertvision.train import evaluate_head
 
+    config = Path(args.head) / "head_config.json"
+    if config.is_file() and '"tokens"' in config.read_text():
+        from bertvision.span_heads import evaluate_span_head
+
+        print(json.dumps(evaluate_span_head(args.head, args.store, args.data_dir), indent=2))
+        return 0
     print(json.dumps(evaluate_head(args.head, args.store), indent=2))
     return 0
 

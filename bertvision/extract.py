@@ -8,7 +8,10 @@ runs in a plain loop here (`extract_split`), so nothing needs Ray.
 Token selections:
 - ``cls``: the first position of every layer -> (L, H) per example.
 - ``mean``: the mean over real (unpadded) tokens of every layer -> (L, H) per example.
-(Token-level selection for spans comes with SQuAD; `SELECTIONS` is where it plugs in.)
+- ``tokens``: every real token of every layer -> (T, L, H) per window, T varying (no padding
+  is kept). Input rows are already tokenised SQuAD windows (`bertvision.spans.make_windows`);
+  when the checkpoint is a question-answering model its own start/end logits come along, so
+  ensembles can include the fine-tuned encoder.
 
 Why it is fast: inference mode; examples sorted by length and cut into batches that are padded
 only to their own longest example (GLUE sentences average about half of 128 tokens); SDPA
@@ -23,7 +26,7 @@ import numpy as np
 
 from bertvision.errors import ConfigError
 
-SELECTIONS = ("cls", "mean")
+SELECTIONS = ("cls", "mean", "tokens")
 
 
 def _select_cls(hidden_states, attention_mask):
@@ -90,14 +93,28 @@ class HiddenStateExtractor:
         self.selection, self.max_length, self.batch_size = selection, max_length, batch_size
         self.autocast = autocast and self.device.type == "cuda"
         self.tokens_seen = 0
+        self.qa_head = _qa_head(self.info.location, self.device) if selection == "tokens" else None
 
     @property
     def output_shape(self) -> tuple[int, int]:
         """(L, H): hidden states per example (embedding output + each layer) and their width."""
         return self.info.num_hidden_states, self.info.hidden_size
 
-    def __call__(self, batch: Mapping[str, Sequence]) -> dict[str, np.ndarray]:
-        """``{"id", text fields..., ["label"]}`` -> ``{"id", "hidden" (N, L, H) float16, ["label"]}``."""
+    @property
+    def has_encoder_logits(self) -> bool:
+        """True when the checkpoint carries a question-answering head (``tokens`` only)."""
+        return self.qa_head is not None
+
+    def __call__(self, batch: Mapping[str, Sequence]) -> dict:
+        """``{"id", text fields..., ["label"]}`` -> ``{"id", "hidden" (N, L, H) float16, ["label"]}``.
+
+        For ``tokens``: ``{"id", "example_id", "input_ids", ["token_type_ids"], "offsets",
+        ["label"]}`` (tokenised windows) -> the same minus the token ids, plus ``hidden`` (a list
+        of (T_i, L, H) float16) and, for a question-answering checkpoint, ``encoder_logits`` (a
+        list of (T_i, 2) float32).
+        """
+        if self.selection == "tokens":
+            return self._call_tokens(batch)
         from bertvision.encoders import tokenize
 
         texts = [list(map(str, batch[f])) for f in self.text_fields]
@@ -126,6 +143,44 @@ class HiddenStateExtractor:
                 self.tokens_seen += int(lengths[idx].sum())
         return out
 
+    def _call_tokens(self, batch: Mapping[str, Sequence]) -> dict:
+        encoded = {k: [list(x) for x in batch[k]] for k in ("input_ids", "token_type_ids") if k in batch}
+        encoded["attention_mask"] = [[1] * len(x) for x in encoded["input_ids"]]
+        hidden, logits = self.encode_tokens(encoded)
+        out = {"id": np.asarray(batch["id"]).astype(str), "example_id": np.asarray(batch["example_id"]).astype(str),
+               "offsets": [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in batch["offsets"]],
+               "hidden": hidden}  # fmt: skip
+        if logits is not None:
+            out["encoder_logits"] = logits
+        if "label" in batch:
+            out["label"] = np.asarray([np.asarray(x) for x in batch["label"]], dtype=np.int64).reshape(-1, 2)
+        return out
+
+    def encode_tokens(self, encoded: Mapping[str, list[list[int]]]) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Every real token's hidden states, (T_i, L, H) float16 per input, in input order; and
+        the QA head's (T_i, 2) float32 start/end logits when the checkpoint has one (else None)."""
+        import torch
+
+        ids = encoded["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")
+        hidden: list = [None] * len(ids)
+        logits: list | None = [None] * len(ids) if self.qa_head is not None else None
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self._pad(encoded, idx, int(lengths[idx[0]]))
+                states = self.model(**batch, output_hidden_states=True).hidden_states  # L x (B, T, H)
+                stacked = torch.stack(states, dim=2).to(torch.float16).cpu().numpy()  # (B, T, L, H)
+                if logits is not None:
+                    qa = self.qa_head(states[-1].float()).cpu().numpy()  # (B, T, 2)
+                for row, i in enumerate(idx):
+                    hidden[i] = stacked[row, : lengths[i]]
+                    if logits is not None:
+                        logits[i] = qa[row, : lengths[i]]
+                self.tokens_seen += int(lengths[idx].sum())
+        return hidden, logits
+
     def _pad(self, encoded, idx, width: int) -> dict:
         """Right-pad the examples at ``idx`` to ``width`` tokens (their longest), as tensors."""
         import torch
@@ -142,6 +197,34 @@ class HiddenStateExtractor:
                 arr[row, : len(seq)] = seq
             batch[key] = torch.from_numpy(arr).to(self.device)
         return batch
+
+
+def _qa_head(location: str, device):
+    """The checkpoint's question-answering output layer (H -> 2), or None if it has none.
+
+    `AutoModelForQuestionAnswering` puts one Linear (``qa_outputs``) on the last hidden state;
+    applying that layer to the last state the extractor computes anyway gives exactly the
+    fine-tuned model's start/end logits, without a second forward pass.
+    """
+    from pathlib import Path
+
+    import torch
+
+    weights = Path(location) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        keys = set(f.keys())
+        if not {"qa_outputs.weight", "qa_outputs.bias"} <= keys:
+            return None
+        w, b = f.get_tensor("qa_outputs.weight"), f.get_tensor("qa_outputs.bias")
+    layer = torch.nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(w.float())
+        layer.bias.copy_(b.float())
+    return layer.to(device).eval()
 
 
 def _quantize(model, kind: str, device):

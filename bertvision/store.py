@@ -7,7 +7,10 @@ One folder holds one (task, encoder, checkpoint, split); the caller chooses the 
     shard-00001.parquet       rows [shard_rows, 2 * shard_rows)
     ...
 
-Each shard is a Parquet file with the columns
+A store has one of two layouts, set by the manifest's ``selection``.
+
+**One vector per layer and example** (selection "cls" or "mean"): one row per example, and each
+shard is a Parquet file with the columns
 
 * ``id`` (string): the example id, unique across the store;
 * ``hidden``: Arrow's canonical fixed-shape tensor type (extension name
@@ -17,12 +20,36 @@ Each shard is a Parquet file with the columns
   ``H`` the hidden size;
 * ``label``: int64 (classification) or float32 (regression), only in labelled splits.
 
+**Every token** (selection "tokens", for span tasks such as SQuAD): one row per *window*, a
+question and a chunk of its context of at most ``max_length`` tokens (a long context gives
+several windows). A window keeps its ``T`` real tokens only, no padding, so ``T`` varies from row
+to row (1 <= T <= max_length). The columns, none of them null:
+
+* ``id`` (string): the window id, unique across the store (as "<question id>#<k>");
+* ``example_id`` (string): the question the window belongs to (shared by its windows);
+* ``hidden``: ``list<arrow.fixed_shape_tensor[float16, [L, H]]>``, the window's tokens in order;
+  ``col.combine_chunks()`` gives a list array whose ``.offsets`` are the row starts and whose
+  ``.flatten().to_numpy_ndarray()`` is every token of the shard, ``(sum T, L, H)``;
+* ``offsets``: ``list<fixed_size_list<int32, 2>>``, per token its (start, end) character offsets
+  into the context, or (-1, -1) for a token outside it (CLS, the question, SEP); otherwise
+  0 <= start <= end;
+* ``label`` (only in labelled splits, label_kind "span"): ``fixed_size_list<int64, 2>``, the
+  window's target (start, end) token positions, 0 <= start <= end < T; (0, 0), the CLS token,
+  means the answer is not in the window;
+* ``encoder_logits`` (only when the manifest's ``encoder_logits`` is true):
+  ``list<fixed_size_list<float32, 2>>``, per token the fine-tuned encoder's own (start, end)
+  logits, as many as ``hidden`` has tokens.
+
+Every list column of a row has the same length T. Shards hold ``shard_rows`` windows
+(`suggest_window_rows` by default), so their sizes in bytes vary with the windows' lengths.
+
 ``manifest.json`` holds ``format_version`` (1), ``status`` ("incomplete" while writing,
 "complete" at the end), the fields of `StoreSpec` (encoder {name, revision}, checkpoint,
 checkpoint_sha256, task, split, num_hidden_states, hidden_size, selection, max_length, dtype,
-label_kind, shard_rows), ``rows`` (the split's size, known from the start), ``shards`` (one
-{file, rows, sha256, first_id, last_id} per shard, filled in at the end), ``code_version``,
-``created`` (UTC) and ``extra`` (free: throughput and the like).
+label_kind, shard_rows, encoder_logits), ``rows`` (the split's size, known from the start; windows
+for a token store), ``shards`` (one {file, rows, sha256, first_id, last_id} per shard, filled in
+at the end), ``code_version``, ``created`` (UTC) and ``extra`` (free: throughput and the like). A
+manifest written before ``encoder_logits`` existed reads as ``encoder_logits`` false.
 
 Writing is resumable: a shard appears under its final name only when it is whole (it is written
 under a temporary name and renamed), so after a crash the shards on disk are the ones done and
@@ -57,8 +84,8 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-SELECTIONS = ("cls", "mean")  # "tokens" (every token's states) may come in a later format
-LABEL_KINDS = ("classification", "regression")
+SELECTIONS = ("cls", "mean", "tokens")
+LABEL_KINDS = ("classification", "regression", "span")
 DTYPES = ("float16",)
 TENSOR_EXTENSION = "arrow.fixed_shape_tensor"
 
@@ -76,8 +103,16 @@ TARGET_SHARD_BYTES = 64 * 2**20
 COMPRESSION = "none"
 
 _STATUS = ("incomplete", "complete")
-_LABEL_TYPES = {"classification": pa.int64(), "regression": pa.float32()}
-_LABEL_DTYPES = {"classification": np.int64, "regression": np.float32}
+_LABEL_TYPES = {
+    "classification": pa.int64(),
+    "regression": pa.float32(),
+    "span": pa.list_(pa.int64(), 2),
+}
+_LABEL_DTYPES = {"classification": np.int64, "regression": np.float32, "span": np.int64}
+# Token stores: per token (start, end) character offsets, and (start, end) encoder logits.
+_OFFSETS_TYPE = pa.list_(pa.list_(pa.int32(), 2))
+_LOGITS_TYPE = pa.list_(pa.list_(pa.float32(), 2))
+_INT32_MAX = 2**31 - 1
 _INCOMPLETE_HINT = "rerun the embed command to finish it"
 
 
@@ -106,6 +141,16 @@ def suggest_shard_rows(num_hidden_states: int, hidden_size: int) -> int:
     return max(256, TARGET_SHARD_BYTES // row_bytes // 256 * 256)
 
 
+def suggest_window_rows(num_hidden_states: int, hidden_size: int, max_length: int) -> int:
+    """Windows per shard of a token store for shards of about `TARGET_SHARD_BYTES`.
+
+    Assumes windows of max_length / 2 tokens on average (short contexts fill a window only
+    partly; long ones fill all their windows but the last). At least 16, a multiple of 16.
+    """
+    window_bytes = num_hidden_states * hidden_size * 2 * max(max_length / 2, 1)  # float16
+    return max(16, int(TARGET_SHARD_BYTES // window_bytes) // 16 * 16)
+
+
 # --------------------------------------------------------------------------- spec
 
 
@@ -121,12 +166,17 @@ class StoreSpec:
       checkpoint: the fine-tuned checkpoint's path, or "pretrained".
       num_hidden_states: L, the embedding output plus one per layer.
       hidden_size: H.
-      selection: how one example's token states became one vector per layer ("cls", "mean").
-      max_length: the tokenizer's max_length.
+      selection: how one example's token states became one vector per layer ("cls", "mean"),
+        or "tokens": every real token of every window kept (span tasks).
+      max_length: the tokenizer's max_length; a window's most tokens in a token store.
       checkpoint_sha256: the checkpoint weights' sha256, or None.
-      label_kind: "classification", "regression", or None for an unlabelled split.
-      shard_rows: planned rows per shard; None picks `suggest_shard_rows`.
+      label_kind: "classification", "regression", "span" (token stores only: a window's
+        (start, end) token positions), or None for an unlabelled split.
+      shard_rows: planned rows (windows, for "tokens") per shard; None picks
+        `suggest_shard_rows`, or `suggest_window_rows` for "tokens".
       dtype: the stored dtype; only "float16".
+      encoder_logits: whether rows carry the fine-tuned encoder's own (start, end) logits per
+        token; token stores only.
     """
 
     task: str
@@ -142,6 +192,7 @@ class StoreSpec:
     label_kind: str | None = None
     shard_rows: int | None = None
     dtype: str = "float16"
+    encoder_logits: bool = False
 
     def __post_init__(self) -> None:
         for name in ("task", "split", "encoder_name", "encoder_revision", "checkpoint"):
@@ -172,9 +223,34 @@ class StoreSpec:
             self.label_kind,
         )
         _require(self.dtype in DTYPES, "dtype", f"one of {DTYPES}", self.dtype)
+        _require(
+            isinstance(self.encoder_logits, bool),
+            "encoder_logits",
+            "true or false",
+            self.encoder_logits,
+        )
+        tokens = self.selection == "tokens"
+        if tokens and self.label_kind not in ("span", None):
+            raise ConfigError(
+                f"label_kind: selection 'tokens' stores span labels ('span' or null), "
+                f"got {self.label_kind!r}"
+            )
+        if self.label_kind == "span" and not tokens:
+            raise ConfigError(
+                f"label_kind: 'span' needs selection 'tokens', got selection {self.selection!r}"
+            )
+        if self.encoder_logits and not tokens:
+            raise ConfigError(
+                f"encoder_logits: true needs selection 'tokens', got selection {self.selection!r}"
+            )
         if self.shard_rows is None:
             # Frozen dataclass: the only way to fill in a computed default.
-            rows = suggest_shard_rows(self.num_hidden_states, self.hidden_size)
+            if tokens:
+                rows = suggest_window_rows(
+                    self.num_hidden_states, self.hidden_size, self.max_length
+                )
+            else:
+                rows = suggest_shard_rows(self.num_hidden_states, self.hidden_size)
             object.__setattr__(self, "shard_rows", rows)
         _require(
             _is_positive_int(self.shard_rows), "shard_rows", "a positive integer", self.shard_rows
@@ -195,11 +271,14 @@ class StoreSpec:
             "dtype": self.dtype,
             "label_kind": self.label_kind,
             "shard_rows": self.shard_rows,
+            "encoder_logits": self.encoder_logits,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoreSpec:
         """The spec from manifest fields; other keys are ignored.
+
+        A missing ``encoder_logits`` (a manifest written before it existed) reads as false.
 
         Raises:
           ConfigError: a field is missing or has a bad value.
@@ -210,6 +289,9 @@ class StoreSpec:
         kwargs = {"encoder_name": encoder.get("name"), "encoder_revision": encoder.get("revision")}
         for f in fields(cls):
             if f.name in kwargs:
+                continue
+            if f.name == "encoder_logits" and f.name not in data:
+                kwargs[f.name] = False
                 continue
             if f.name not in data:
                 raise ConfigError(f"{f.name}: missing")
@@ -507,39 +589,293 @@ class StoreWriter:
         self,
         index: int,
         ids: Sequence[str],
-        hidden: np.ndarray,
+        hidden: np.ndarray | Sequence[np.ndarray],
         labels: np.ndarray | None = None,
+        *,
+        example_ids: Sequence[str] | None = None,
+        offsets: Sequence[np.ndarray] | None = None,
+        encoder_logits: Sequence[np.ndarray] | None = None,
     ) -> None:
         """Write shard `index` atomically (a temporary name, then a rename).
 
+        Nothing is written unless every check passes.
+
         Args:
           index: the shard number.
-          ids: the rows' example ids, unique strings.
-          hidden: (n, L, H) float16 (float32/float64 are converted; values must be finite).
-          labels: (n,) labels; integers for classification, floats for regression; None for an
-            unlabelled split.
+          ids: the rows' ids (example ids; window ids for "tokens"), unique strings.
+          hidden: (n, L, H) float16 (float32/float64 are converted; values must be finite). For
+            "tokens": n arrays (T_i, L, H), one per window, 1 <= T_i <= max_length, converted
+            and checked the same way.
+          labels: (n,) labels; integers for classification, floats for regression; (n, 2)
+            integer (start, end) token positions for "span", 0 <= start <= end < T_i; None for
+            an unlabelled split.
+          example_ids: "tokens" only (required): the n windows' question ids.
+          offsets: "tokens" only (required): n integer arrays (T_i, 2), per token its (start,
+            end) character offsets into the context, or (-1, -1) outside it.
+          encoder_logits: "tokens" only, required exactly when the spec's `encoder_logits` is
+            true: n float arrays (T_i, 2) of finite (start, end) logits.
 
         Raises:
-          ValueError: the store is complete, or shapes, dtypes or the row count do not match
-            the plan (the message gives expected and got).
-          DataError: duplicate ids, or NaN/inf values (the message names the id).
+          ValueError: the store is complete, or shapes, dtypes, lengths or the row count do not
+            match the plan, or a keyword is given that the store's selection does not take (the
+            message gives the shard, the window id where one applies, expected and got).
+          DataError: duplicate ids, NaN/inf values, or offsets or labels out of range (the
+            message names the id).
         """
         if self.complete:
             raise ValueError(f"{self.path}: the store is complete; nothing to write")
         start, stop = self.shard_range(index)
         index = int(index)
-        ids = self._check_ids(index, ids, stop - start)
-        hidden16 = self._check_hidden(index, ids, hidden)
-        label_array = self._check_labels(index, ids, labels)
-        columns = {
-            "id": pa.array(ids, type=pa.string()),
-            "hidden": pa.FixedShapeTensorArray.from_numpy_ndarray(hidden16),
-        }
-        if label_array is not None:
-            columns["label"] = pa.array(label_array, type=_LABEL_TYPES[self.spec.label_kind])
-        data = _encode_parquet(pa.table(columns))
+        if self.spec.selection == "tokens":
+            table = self._token_table(
+                index, ids, stop - start, hidden, labels, example_ids, offsets, encoder_logits
+            )
+        else:
+            given = [
+                name
+                for name, value in (
+                    ("example_ids", example_ids),
+                    ("offsets", offsets),
+                    ("encoder_logits", encoder_logits),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"shard {index}: {', '.join(given)} only go with selection 'tokens'; this "
+                    f"store's selection is {self.spec.selection!r}"
+                )
+            ids = self._check_ids(index, ids, stop - start)
+            hidden16 = self._check_hidden(index, ids, hidden)
+            label_array = self._check_labels(index, ids, labels)
+            columns = {
+                "id": pa.array(ids, type=pa.string()),
+                "hidden": pa.FixedShapeTensorArray.from_numpy_ndarray(hidden16),
+            }
+            if label_array is not None:
+                columns["label"] = pa.array(label_array, type=_LABEL_TYPES[self.spec.label_kind])
+            table = pa.table(columns)
+        data = _encode_parquet(table)
         atomic_write_bytes(self.path / shard_file(index), data)
         self._checksums[index] = hashlib.sha256(data).hexdigest()
+
+    def _token_table(
+        self,
+        index: int,
+        ids: Sequence[str],
+        expected: int,
+        hidden: Any,
+        labels: Any,
+        example_ids: Any,
+        offsets: Any,
+        encoder_logits: Any,
+    ) -> pa.Table:
+        """Check one shard of windows and build its table (the layout in the module docstring)."""
+        ids = self._check_ids(index, ids, expected)
+        n = len(ids)
+        if example_ids is None:
+            raise ValueError(f"shard {index}: a 'tokens' store needs example_ids, got none")
+        example_ids = list(example_ids)
+        if len(example_ids) != n:
+            raise ValueError(
+                f"shard {index}: expected {n} example_ids (one per window), got {len(example_ids)}"
+            )
+        for window, example in zip(ids, example_ids, strict=True):
+            if not isinstance(example, str):
+                raise ValueError(
+                    f"shard {index}, window {window!r}: example_id must be a string, "
+                    f"got {type(example).__name__}"
+                )
+        lengths = self._window_lengths(index, ids, hidden)
+        row_starts = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=row_starts[1:])
+        hidden16 = self._check_token_hidden(index, ids, hidden, row_starts)
+        if offsets is None:
+            raise ValueError(f"shard {index}: a 'tokens' store needs offsets, got none")
+        flat_offsets = self._per_token(index, ids, "offsets", offsets, lengths, integer=True)
+        bad = _bad_offsets(flat_offsets)
+        if bad.any():
+            token = int(np.argmax(bad))
+            raise DataError(
+                self.path,
+                f"shard {index}: offsets must be (-1, -1) or 0 <= start <= end, got "
+                f"{tuple(int(v) for v in flat_offsets[token])}",
+                key=ids[_window_of(row_starts, token)],
+            )
+        logits = None
+        if self.spec.encoder_logits:
+            if encoder_logits is None:
+                raise ValueError(
+                    f"shard {index}: the spec has encoder_logits true, but none were given"
+                )
+            logits = self._per_token(
+                index, ids, "encoder_logits", encoder_logits, lengths, integer=False
+            )
+            finite = np.isfinite(logits).all(axis=1)
+            if not finite.all():
+                raise DataError(
+                    self.path,
+                    f"shard {index}: encoder_logits contain NaN or inf (or overflow float32)",
+                    key=ids[_window_of(row_starts, int(np.argmin(finite)))],
+                )
+        elif encoder_logits is not None:
+            raise ValueError(
+                f"shard {index}: the spec has encoder_logits false, but encoder_logits were given"
+            )
+        label_array = self._check_span_labels(index, ids, labels, lengths)
+
+        list_type = pa.int32() if row_starts[-1] <= _INT32_MAX else pa.int64()
+        starts = pa.array(row_starts, type=list_type)
+        list_array = pa.ListArray if list_type == pa.int32() else pa.LargeListArray
+        columns = {
+            "id": pa.array(ids, type=pa.string()),
+            "example_id": pa.array(example_ids, type=pa.string()),
+            "hidden": list_array.from_arrays(
+                starts, pa.FixedShapeTensorArray.from_numpy_ndarray(hidden16)
+            ),
+            "offsets": list_array.from_arrays(starts, _pairs(flat_offsets, pa.int32())),
+        }
+        if label_array is not None:
+            columns["label"] = _pairs(label_array, pa.int64())
+        if logits is not None:
+            columns["encoder_logits"] = list_array.from_arrays(starts, _pairs(logits, pa.float32()))
+        return pa.table(columns)
+
+    def _window_lengths(self, index: int, ids: list[str], hidden: Any) -> np.ndarray:
+        """Each window's T, checking the arrays' types, shapes and dtypes."""
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (Sequence, np.ndarray)):
+            raise ValueError(
+                f"shard {index}: hidden must be a sequence of (T, L, H) arrays, one per window, "
+                f"got {type(hidden).__name__}"
+            )
+        if len(hidden) != len(ids):
+            raise ValueError(
+                f"shard {index}: expected {len(ids)} hidden arrays (one per window), "
+                f"got {len(hidden)}"
+            )
+        shape = (self.spec.num_hidden_states, self.spec.hidden_size)
+        lengths = np.empty(len(ids), dtype=np.int64)
+        for k, (window, array) in enumerate(zip(ids, hidden, strict=True)):
+            where = f"shard {index}, window {window!r}"
+            if not isinstance(array, np.ndarray):
+                raise ValueError(
+                    f"{where}: hidden must be a numpy array, got {type(array).__name__}"
+                )
+            if array.ndim != 3 or array.shape[1:] != shape:
+                raise ValueError(
+                    f"{where}: hidden shape expected (T, L, H) = (T, {shape[0]}, {shape[1]}), "
+                    f"got {array.shape}"
+                )
+            if not 1 <= array.shape[0] <= self.spec.max_length:
+                raise ValueError(
+                    f"{where}: expected 1 to max_length = {self.spec.max_length} tokens, "
+                    f"got {array.shape[0]}"
+                )
+            if array.dtype not in (np.float16, np.float32, np.float64):
+                raise ValueError(
+                    f"{where}: hidden dtype expected float16 (or float32/float64 to convert), "
+                    f"got {array.dtype}"
+                )
+            lengths[k] = array.shape[0]
+        return lengths
+
+    def _check_token_hidden(
+        self, index: int, ids: list[str], hidden: Any, row_starts: np.ndarray
+    ) -> np.ndarray:
+        """Every window's tokens in one (sum T, L, H) float16 array, checked finite."""
+        shape = (self.spec.num_hidden_states, self.spec.hidden_size)
+        flat = np.empty((int(row_starts[-1]), *shape), dtype=np.float16)
+        with np.errstate(over="ignore"):  # overflow is reported below, with the window's id
+            for k, array in enumerate(hidden):
+                flat[row_starts[k] : row_starts[k + 1]] = array
+        finite = np.isfinite(flat).reshape(len(flat), -1).all(axis=1)
+        if not finite.all():
+            raise DataError(
+                self.path,
+                f"shard {index}: hidden states contain NaN or inf (or "
+                "overflow float16 when converted)",
+                key=ids[_window_of(row_starts, int(np.argmin(finite)))],
+            )
+        return flat
+
+    def _per_token(
+        self,
+        index: int,
+        ids: list[str],
+        name: str,
+        arrays: Any,
+        lengths: np.ndarray,
+        *,
+        integer: bool,
+    ) -> np.ndarray:
+        """n per-window (T_i, 2) arrays as one (sum T, 2) int32 or float32 array."""
+        if isinstance(arrays, (str, bytes)) or not isinstance(arrays, (Sequence, np.ndarray)):
+            raise ValueError(
+                f"shard {index}: {name} must be a sequence of (T, 2) arrays, one per window, "
+                f"got {type(arrays).__name__}"
+            )
+        if len(arrays) != len(ids):
+            raise ValueError(
+                f"shard {index}: expected {len(ids)} {name} arrays (one per window), "
+                f"got {len(arrays)}"
+            )
+        dtype = np.int32 if integer else np.float32
+        flat = np.empty((int(lengths.sum()), 2), dtype=dtype)
+        at = 0
+        for window, array, length in zip(ids, arrays, lengths, strict=True):
+            where = f"shard {index}, window {window!r}"
+            array = np.asarray(array)
+            if array.shape != (length, 2):
+                raise ValueError(
+                    f"{where}: {name} shape expected (T, 2) = ({length}, 2) to match hidden, "
+                    f"got {array.shape}"
+                )
+            if integer:
+                if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+                    raise ValueError(f"{where}: {name} must be integers, got {array.dtype}")
+                if array.size and (array.min() < -_INT32_MAX or array.max() > _INT32_MAX):
+                    raise DataError(
+                        self.path,
+                        f"shard {index}: {name} beyond int32, from {array.min()} to {array.max()}",
+                        key=window,
+                    )
+            elif not np.issubdtype(array.dtype, np.floating):
+                raise ValueError(f"{where}: {name} must be floats, got {array.dtype}")
+            with np.errstate(over="ignore"):  # float64 beyond float32 is reported as inf
+                flat[at : at + length] = array
+            at += length
+        return flat
+
+    def _check_span_labels(
+        self, index: int, ids: list[str], labels: Any, lengths: np.ndarray
+    ) -> np.ndarray | None:
+        if self.spec.label_kind is None:
+            if labels is not None:
+                raise ValueError(
+                    f"shard {index}: the spec has label_kind null, but labels were given"
+                )
+            return None
+        if labels is None:
+            raise ValueError(f"shard {index}: label_kind is 'span', but no labels were given")
+        labels = np.asarray(labels)
+        if labels.shape != (len(ids), 2):
+            raise ValueError(
+                f"shard {index}: labels shape expected ({len(ids)}, 2) (start, end), "
+                f"got {labels.shape}"
+            )
+        if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"shard {index}: span labels must be integers, got {labels.dtype}")
+        labels = labels.astype(np.int64)
+        bad = _bad_spans(labels, lengths)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(
+                self.path,
+                f"shard {index}: label (start, end) = {tuple(int(v) for v in labels[row])} "
+                f"outside 0 <= start <= end < T = {lengths[row]}",
+                key=ids[row],
+            )
+        return labels
 
     def _check_ids(self, index: int, ids: Sequence[str], expected: int) -> list[str]:
         ids = list(ids)
@@ -694,6 +1030,29 @@ class StoreWriter:
         return entries
 
 
+def _pairs(values: np.ndarray, type_: pa.DataType) -> pa.FixedSizeListArray:
+    """An (n, 2) array as a fixed_size_list<type_, 2> array of n pairs."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=type_), 2)
+
+
+def _bad_spans(labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows whose (start, end) is not 0 <= start <= end < length."""
+    start, end = labels[:, 0], labels[:, 1]
+    return (start < 0) | (start > end) | (end >= lengths)
+
+
+def _window_of(row_starts: np.ndarray, token: int) -> int:
+    """The window that flat token position `token` falls in."""
+    return int(np.searchsorted(row_starts, token, side="right")) - 1
+
+
+def _bad_offsets(offsets: np.ndarray) -> np.ndarray:
+    """Tokens whose (start, end) offsets are neither (-1, -1) nor 0 <= start <= end."""
+    outside = (offsets == -1).all(axis=1)
+    inside = (offsets[:, 0] >= 0) & (offsets[:, 0] <= offsets[:, 1])
+    return ~(outside | inside)
+
+
 def _encode_parquet(table: pa.Table) -> pa.Buffer:
     """The table as Parquet bytes, in memory so they can be hashed before the atomic write."""
     sink = pa.BufferOutputStream()
@@ -704,7 +1063,9 @@ def _encode_parquet(table: pa.Table) -> pa.Buffer:
         # Dictionary encoding never pays for float tensors, and min/max statistics of the
         # float16 column halve write speed (measured) while no reader filters on them.
         use_dictionary=False,
-        write_statistics=[name for name in ("id", "label") if name in table.column_names],
+        write_statistics=[
+            name for name in ("id", "example_id", "label") if name in table.column_names
+        ],
         row_group_size=max(table.num_rows, 1),
     )
     return sink.getvalue()
@@ -762,10 +1123,77 @@ class EmbeddingSplit:
 
 
 @dataclass(frozen=True)
+class TokenSplit:
+    """A token store (selection "tokens") in memory: every window's tokens, flat, no padding.
+
+    Window i's tokens are rows ``row_starts[i]:row_starts[i + 1]`` of `hidden`, `offsets` and
+    `encoder_logits`; `window` slices them out.
+
+    Attributes:
+      ids: the window ids, in the store's order.
+      example_ids: each window's question id (repeated across a question's windows).
+      hidden: (sum T, L, H) float16, every window's tokens in order.
+      row_starts: (n + 1,) int64; window i is ``hidden[row_starts[i]:row_starts[i + 1]]``.
+      offsets: (sum T, 2) int32, per token its (start, end) character offsets into the
+        context, or (-1, -1) outside it.
+      labels: (n, 2) int64 target (start, end) token positions within each window, or None for
+        an unlabelled split.
+      encoder_logits: (sum T, 2) float32 (start, end) logits of the fine-tuned encoder, or None
+        when the store has none.
+      manifest: the store's manifest.
+      path: the store's folder.
+    """
+
+    ids: list[str]
+    example_ids: list[str]
+    hidden: torch.Tensor
+    row_starts: np.ndarray
+    offsets: np.ndarray
+    labels: torch.Tensor | None
+    encoder_logits: np.ndarray | None
+    manifest: dict[str, Any] = field(repr=False)
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self) -> np.ndarray:
+        """(n,) int64: each window's number of tokens T."""
+        return np.diff(self.row_starts)
+
+    def window(self, i: int) -> dict[str, Any]:
+        """Window `i` (negative counts from the end): {"id", "example_id", "hidden" (T, L, H)
+        (a view), "offsets" (T, 2), "label" (2,) or None, "encoder_logits" (T, 2) or None}."""
+        k = range(len(self.ids))[i]  # IndexError out of range, like a list
+        a, b = int(self.row_starts[k]), int(self.row_starts[k + 1])
+        return {
+            "id": self.ids[k],
+            "example_id": self.example_ids[k],
+            "hidden": self.hidden[a:b],
+            "offsets": self.offsets[a:b],
+            "label": None if self.labels is None else self.labels[k],
+            "encoder_logits": None if self.encoder_logits is None else self.encoder_logits[a:b],
+        }
+
+
+@dataclass(frozen=True)
 class _Shard:
     ids: list[str]
     hidden: np.ndarray
     labels: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _TokenShard:
+    """One shard of a token store, as numpy arrays (the fields of `TokenSplit`)."""
+
+    ids: list[str]
+    example_ids: list[str]
+    hidden: np.ndarray
+    row_starts: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray | None
+    encoder_logits: np.ndarray | None
 
 
 def _read_shard(
@@ -773,8 +1201,9 @@ def _read_shard(
     manifest: Mapping[str, Any],
     expected_rows: int,
     data: pa.Buffer | bytes | None = None,
-) -> _Shard:
-    """Read one shard and check it against the manifest: rows, column types, no nulls."""
+) -> _Shard | _TokenShard:
+    """Read one shard and check it against the manifest: rows, column types, no nulls; for a
+    token store also each row's lengths, labels and offsets (a `_TokenShard`)."""
     if data is None and not file.is_file():
         raise DataError(
             file,
@@ -792,6 +1221,8 @@ def _read_shard(
     for name in table.column_names:
         if table.column(name).null_count:
             raise DataError(file, f"column {name!r} has null values")
+    if manifest["selection"] == "tokens":
+        return _token_shard(file, table, manifest)
     hidden = table.column("hidden").combine_chunks().to_numpy_ndarray()
     labels = None
     if "label" in table.column_names:
@@ -806,6 +1237,14 @@ def _check_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) ->
     if "hidden" not in names:
         raise DataError(file, "no 'hidden' column")
     htype = schema.field("hidden").type
+    tokens = manifest["selection"] == "tokens"
+    if tokens:
+        if not _is_list(htype):
+            raise DataError(
+                file,
+                f"'hidden' should be a list of {TENSOR_EXTENSION} (one per token), found {htype}",
+            )
+        htype = htype.value_type
     shape = [manifest["num_hidden_states"], manifest["hidden_size"]]
     if getattr(htype, "extension_name", None) != TENSOR_EXTENSION:
         raise DataError(file, f"'hidden' should be {TENSOR_EXTENSION}, found {htype}")
@@ -829,14 +1268,143 @@ def _check_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) ->
                 f"'label' expected {_LABEL_TYPES[kind]} for {kind}, found "
                 f"{schema.field('label').type}",
             )
+    if tokens:
+        _check_token_schema(file, schema, manifest)
 
 
-def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSplit:
+def _is_list(type_: pa.DataType) -> bool:
+    return pa.types.is_list(type_) or pa.types.is_large_list(type_)
+
+
+def _is_pairs_list(type_: pa.DataType, value_type: pa.DataType) -> bool:
+    """list<fixed_size_list<value_type, 2>> (or with large list offsets)."""
+    if not _is_list(type_) or not pa.types.is_fixed_size_list(type_.value_type):
+        return False
+    return type_.value_type.list_size == 2 and type_.value_type.value_type == value_type
+
+
+def _check_token_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) -> None:
+    """The columns only a token store has: example_id, offsets, perhaps encoder_logits."""
+    names = set(schema.names)
+    if "example_id" not in names or not pa.types.is_string(schema.field("example_id").type):
+        raise DataError(file, "expected a string column 'example_id'")
+    if "offsets" not in names:
+        raise DataError(file, "no 'offsets' column")
+    if not _is_pairs_list(schema.field("offsets").type, pa.int32()):
+        raise DataError(
+            file, f"'offsets' expected {_OFFSETS_TYPE}, found {schema.field('offsets').type}"
+        )
+    wanted = manifest.get("encoder_logits", False)
+    if wanted and "encoder_logits" not in names:
+        raise DataError(
+            file, "no 'encoder_logits' column, but the manifest's encoder_logits is true"
+        )
+    if not wanted and "encoder_logits" in names:
+        raise DataError(
+            file, "has an 'encoder_logits' column, but the manifest's encoder_logits is false"
+        )
+    if wanted and not _is_pairs_list(schema.field("encoder_logits").type, pa.float32()):
+        raise DataError(
+            file,
+            f"'encoder_logits' expected {_LOGITS_TYPE}, found "
+            f"{schema.field('encoder_logits').type}",
+        )
+
+
+def _has_nested_nulls(array: pa.Array) -> bool:
+    """Nulls anywhere in a (nested) array: in its lists, their items, or the values."""
+    while True:
+        if array.null_count:
+            return True
+        if isinstance(array, pa.ExtensionArray):
+            array = array.storage
+        elif isinstance(array, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):
+            array = array.flatten()
+        else:
+            return False
+
+
+def _row_starts(array: pa.Array) -> np.ndarray:
+    """A list array's offsets as (n + 1,) int64 from 0 (the array may be a slice)."""
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    return offsets - offsets[0]
+
+
+def _token_shard(file: Path, table: pa.Table, manifest: Mapping[str, Any]) -> _TokenShard:
+    """The arrays of one token shard, checked row by row (the window id names a bad row)."""
+    ids = table.column("id").to_pylist()
+    columns = {}
+    for name in ("hidden", "offsets", "label", "encoder_logits"):
+        if name in table.column_names:
+            columns[name] = table.column(name).combine_chunks()
+            if _has_nested_nulls(columns[name]):
+                raise DataError(file, f"column {name!r} has null values")
+    row_starts = _row_starts(columns["hidden"])
+    lengths = np.diff(row_starts)
+    max_length = manifest["max_length"]
+    bad = (lengths < 1) | (lengths > max_length)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(
+            file,
+            f"a window of {lengths[row]} tokens; expected 1 to max_length = {max_length}",
+            key=ids[row],
+        )
+    for name in ("offsets", "encoder_logits"):
+        if name in columns:
+            other = np.diff(_row_starts(columns[name]))
+            if not np.array_equal(other, lengths):
+                row = int(np.argmax(other != lengths))
+                raise DataError(
+                    file,
+                    f"{name!r} has {other[row]} tokens, 'hidden' has {lengths[row]}",
+                    key=ids[row],
+                )
+    offsets = columns["offsets"].flatten().flatten().to_numpy().reshape(-1, 2)
+    bad = _bad_offsets(offsets)
+    if bad.any():
+        token = int(np.argmax(bad))
+        raise DataError(
+            file,
+            f"offsets must be (-1, -1) or 0 <= start <= end, found "
+            f"{tuple(int(v) for v in offsets[token])}",
+            key=ids[_window_of(row_starts, token)],
+        )
+    labels = None
+    if "label" in columns:
+        labels = columns["label"].flatten().to_numpy().reshape(-1, 2)
+        bad = _bad_spans(labels, lengths)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(
+                file,
+                f"label (start, end) = {tuple(int(v) for v in labels[row])} outside "
+                f"0 <= start <= end < T = {lengths[row]}",
+                key=ids[row],
+            )
+    logits = None
+    if "encoder_logits" in columns:
+        logits = columns["encoder_logits"].flatten().flatten().to_numpy().reshape(-1, 2)
+    return _TokenShard(
+        ids=ids,
+        example_ids=table.column("example_id").to_pylist(),
+        hidden=columns["hidden"].flatten().to_numpy_ndarray(),
+        row_starts=row_starts,
+        offsets=offsets,
+        labels=labels,
+        encoder_logits=logits,
+    )
+
+
+def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSplit | TokenSplit:
     """Read a whole complete store into memory.
 
     Args:
       path: the store's folder.
       verify: check checksums and ids first (reads every shard twice).
+
+    Returns:
+      An `EmbeddingSplit`, or a `TokenSplit` for a token store (selection "tokens").
 
     Raises:
       DataError: the store is incomplete, or a shard is missing, unreadable or off the
@@ -848,6 +1416,8 @@ def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSpl
     manifest = _complete_manifest(folder)
     if verify:
         _verify(folder)
+    if manifest["selection"] == "tokens":
+        return _load_tokens(folder, manifest)
     rows, shape = manifest["rows"], (manifest["num_hidden_states"], manifest["hidden_size"])
     # Fill preallocated arrays shard by shard: one copy, peak memory the result plus one shard.
     hidden = np.empty((rows, *shape), dtype=np.float16)
@@ -867,6 +1437,139 @@ def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSpl
         labels=None if labels is None else torch.from_numpy(labels),
         manifest=manifest,
         path=folder,
+    )
+
+
+def _load_tokens(folder: Path, manifest: dict[str, Any]) -> TokenSplit:
+    """`load_split` for a token store: learn each shard's token count from its small 'offsets'
+    column, allocate the result once, then fill it shard by shard (peak memory: the result plus
+    one shard)."""
+    entries = manifest["shards"]
+    counts = [_token_count(folder / e["file"], manifest, e["rows"]) for e in entries]
+    rows, total = manifest["rows"], sum(counts)
+    shape = (manifest["num_hidden_states"], manifest["hidden_size"])
+    hidden = np.empty((total, *shape), dtype=np.float16)
+    offsets = np.empty((total, 2), dtype=np.int32)
+    logits = np.empty((total, 2), dtype=np.float32) if manifest.get("encoder_logits") else None
+    labels = np.empty((rows, 2), dtype=np.int64) if manifest["label_kind"] else None
+    row_starts = np.zeros(rows + 1, dtype=np.int64)
+    ids: list[str] = []
+    example_ids: list[str] = []
+    token = 0
+    for entry, count in zip(entries, counts, strict=True):
+        file = folder / entry["file"]
+        shard = _read_shard(file, manifest, entry["rows"])
+        assert isinstance(shard, _TokenShard)
+        if shard.row_starts[-1] != count:
+            raise DataError(file, "changed while being read; read the store again")
+        row, stop = len(ids), token + count
+        hidden[token:stop] = shard.hidden
+        offsets[token:stop] = shard.offsets
+        if logits is not None:
+            logits[token:stop] = shard.encoder_logits
+        if labels is not None:
+            labels[row : row + len(shard.ids)] = shard.labels
+        row_starts[row + 1 : row + len(shard.ids) + 1] = token + shard.row_starts[1:]
+        ids.extend(shard.ids)
+        example_ids.extend(shard.example_ids)
+        token = stop
+    return _token_split(
+        _TokenShard(ids, example_ids, hidden, row_starts, offsets, labels, logits),
+        manifest,
+        folder,
+    )
+
+
+def _token_count(file: Path, manifest: Mapping[str, Any], rows: int) -> int:
+    """The number of tokens in a token shard, from its 'offsets' column alone."""
+    try:
+        column = pq.read_table(file, columns=["offsets"]).column("offsets")
+        return sum(len(chunk.flatten()) for chunk in column.chunks)
+    except (OSError, pa.ArrowException, KeyError):
+        # Missing, unreadable or malformed: the full read says which, naming the file.
+        shard = _read_shard(file, manifest, rows)
+        assert isinstance(shard, _TokenShard)
+        return int(shard.row_starts[-1])
+
+
+def _token_split(shard: _TokenShard, manifest: dict[str, Any], folder: Path) -> TokenSplit:
+    import torch
+
+    def writable(a: np.ndarray) -> np.ndarray:
+        # Arrow's buffers are read-only, and torch warns on (and must not write to) those.
+        return a if a.flags.writeable else a.copy()
+
+    return TokenSplit(
+        ids=shard.ids,
+        example_ids=shard.example_ids,
+        hidden=torch.from_numpy(writable(shard.hidden)),
+        row_starts=shard.row_starts,
+        offsets=writable(shard.offsets),
+        labels=None if shard.labels is None else torch.from_numpy(writable(shard.labels)),
+        encoder_logits=None if shard.encoder_logits is None else writable(shard.encoder_logits),
+        manifest=manifest,
+        path=folder,
+    )
+
+
+def iter_token_shards(
+    path: str | os.PathLike, *, shuffle: bool = False, seed: int = 0
+) -> Iterator[TokenSplit]:
+    """Stream a complete token store shard by shard, holding one shard in memory at a time.
+
+    Each item is a `TokenSplit` of one shard's windows (its `row_starts` count from 0 within
+    the shard). With `shuffle`, shards come in a random order and windows are shuffled within
+    each shard (a window's tokens stay together and in order), reproducibly for a given `seed`.
+
+    Args:
+      path: the store's folder.
+      shuffle: shuffle as above.
+      seed: the shuffle's seed.
+
+    Raises:
+      ConfigError: (when called) the store is not a token store; use `iter_batches`.
+      DataError: (when called) the store is incomplete; (while iterating) a shard is missing,
+        unreadable or off the manifest.
+    """
+    folder = Path(path)
+    manifest = _complete_manifest(folder)
+    if manifest["selection"] != "tokens":
+        raise ConfigError(
+            f"{folder}: selection {manifest['selection']!r} stores one vector per layer and "
+            "example; stream it with iter_batches (iter_token_shards reads token stores)"
+        )
+
+    def shards() -> Iterator[TokenSplit]:
+        rng = np.random.default_rng(seed)
+        entries = manifest["shards"]
+        order = rng.permutation(len(entries)) if shuffle else range(len(entries))
+        for k in order:
+            entry = entries[int(k)]
+            shard = _read_shard(folder / entry["file"], manifest, entry["rows"])
+            assert isinstance(shard, _TokenShard)
+            if shuffle:
+                shard = _permute_windows(shard, rng.permutation(len(shard.ids)))
+            yield _token_split(shard, manifest, folder)
+
+    return shards()
+
+
+def _permute_windows(shard: _TokenShard, perm: np.ndarray) -> _TokenShard:
+    """The shard with its windows in the order `perm`, each window's tokens kept together."""
+    lengths = np.diff(shard.row_starts)[perm]
+    row_starts = np.zeros(len(perm) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=row_starts[1:])
+    # Token j of the new order comes from old position j - new start + old start of its window.
+    shift = np.repeat(shard.row_starts[:-1][perm] - row_starts[:-1], lengths)
+    tokens = np.arange(int(row_starts[-1]), dtype=np.int64) + shift
+    return _TokenShard(
+        ids=[shard.ids[i] for i in perm],
+        example_ids=[shard.example_ids[i] for i in perm],
+        hidden=shard.hidden[tokens],
+        row_starts=row_starts,
+        offsets=shard.offsets[tokens],
+        labels=None if shard.labels is None else shard.labels[perm],
+        encoder_logits=None if shard.encoder_logits is None else shard.encoder_logits[tokens],
     )
 
 
@@ -893,11 +1596,20 @@ def iter_batches(
 
     Yields:
       (ids, hidden (b, L, H) float16, labels (b,) or None).
+
+    Raises:
+      ConfigError: a bad batch_size, or a token store (selection "tokens", whose rows have no
+        common shape; stream it with `iter_token_shards`).
     """
     if not _is_positive_int(batch_size):
         raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
     folder = Path(path)
     manifest = _complete_manifest(folder)
+    if manifest["selection"] == "tokens":
+        raise ConfigError(
+            f"{folder}: a token store (selection 'tokens') has windows of different lengths; "
+            "stream it shard by shard with iter_token_shards"
+        )
     rng = np.random.default_rng(seed)
 
     def shards() -> Iterator[_Shard]:
@@ -975,9 +1687,14 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     readable Parquet, matches its sha256, holds the planned rows with the manifest's first and
     last id, has `hidden` as a float16 fixed-shape tensor [L, H] with finite values, and a
     `label` column exactly when the manifest has a label_kind; ids are unique across shards.
+    For a token store, also: the column types of the layout (module docstring), an
+    `encoder_logits` column exactly when the manifest says so, every row's lists of one length
+    T (1 <= T <= max_length), offsets (-1, -1) or 0 <= start <= end, labels within
+    0 <= start <= end < T, and finite encoder logits.
 
     Returns:
-      {"rows", "shards", "bytes", "bytes_per_row"}.
+      {"rows", "shards", "bytes", "bytes_per_row"}; a token store adds "tokens" (in all
+      windows) and "bytes_per_token" (rows are windows there).
 
     Raises:
       DataError: naming the shard file (or manifest.json) and the problem.
@@ -990,7 +1707,7 @@ def _verify(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path)
     manifest = _complete_manifest(folder)
     seen: dict[str, str] = {}
-    total_bytes = 0
+    total_bytes = tokens = 0
     for entry in manifest["shards"]:
         file = folder / entry["file"]
         try:
@@ -1016,19 +1733,37 @@ def _verify(path: str | os.PathLike) -> dict[str, Any]:
         for i in shard.ids:
             if seen.setdefault(i, entry["file"]) != entry["file"]:
                 raise DataError(file, f"duplicate id, also in {seen[i]}", key=i)
-        if not np.isfinite(shard.hidden).all():
+        if isinstance(shard, _TokenShard):
+            _check_token_values(file, shard)
+            tokens += int(shard.row_starts[-1])
+        elif not np.isfinite(shard.hidden).all():
             raise DataError(file, "hidden states contain NaN or inf")
     rows = manifest["rows"]
-    return {
+    report = {
         "rows": rows,
         "shards": len(manifest["shards"]),
         "bytes": total_bytes,
         "bytes_per_row": total_bytes / rows if rows else 0.0,
     }
+    if manifest["selection"] == "tokens":
+        report["tokens"] = tokens
+        report["bytes_per_token"] = total_bytes / tokens if tokens else 0.0
+    return report
+
+
+def _check_token_values(file: Path, shard: _TokenShard) -> None:
+    """Finite hidden states and encoder logits, naming the first window with a bad token."""
+    for name, values in (("hidden states", shard.hidden), ("encoder_logits", shard.encoder_logits)):
+        if values is None:
+            continue
+        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+        if not finite.all():
+            window = _window_of(shard.row_starts, int(np.argmin(finite)))
+            raise DataError(file, f"{name} contain NaN or inf", key=shard.ids[window])
 
 
 def check_compatible(
-    store: str | os.PathLike | EmbeddingSplit | Mapping[str, Any],
+    store: str | os.PathLike | EmbeddingSplit | TokenSplit | Mapping[str, Any],
     *,
     num_hidden_states: int | None = None,
     hidden_size: int | None = None,
@@ -1037,7 +1772,7 @@ def check_compatible(
     """Check a store fits a head: its shape [L, H], and the encoder that made it.
 
     Args:
-      store: the store's folder, a loaded `EmbeddingSplit`, or a manifest dict.
+      store: the store's folder, a loaded `EmbeddingSplit` or `TokenSplit`, or a manifest dict.
       num_hidden_states: the L the head expects, or None to skip.
       hidden_size: the H the head expects, or None to skip.
       encoder: the expected encoder: a name, a {name, revision} mapping, or an object with
@@ -1062,7 +1797,7 @@ def check_compatible(
 
 
 def _manifest_and_place(store: Any) -> tuple[Mapping[str, Any], str]:
-    if isinstance(store, EmbeddingSplit):
+    if isinstance(store, (EmbeddingSplit, TokenSplit)):
         return store.manifest, str(store.path)
     if isinstance(store, Mapping):
         return store, f"for {store.get('task')}/{store.get('split')}"

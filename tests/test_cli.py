@@ -152,7 +152,7 @@ def test_every_option_at_every_level_is_explained():
 @pytest.mark.parametrize(
     "args",
     [[], ["tasks"], ["tasks", "show"], ["encoder"], ["squad-eval"], ["finetune"], ["embed"], ["train"],
-     ["evaluate"], ["store"], ["store", "verify"]],
+     ["evaluate"], ["ensemble"], ["store"], ["store", "verify"]],
 )  # fmt: skip
 def test_help_runs_at_every_level(args):
     out = run(*args, "--help").stdout

@@ -47,6 +47,25 @@ def test_parity_with_transformers_hidden_states(tiny_bert_dir, batch_size):
                 )
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_tokens_parity_every_real_token_no_padding(tiny_bert_dir, batch_size):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    enc = tok(TEXTS_A, TEXTS_B, truncation=True, max_length=128)
+    ref = reference(tiny_bert_dir, TEXTS_A, TEXTS_B)
+    ex = HiddenStateExtractor(str(tiny_bert_dir), ("question", "context"), selection="tokens", batch_size=batch_size)
+    assert not ex.has_encoder_logits  # a bare encoder has no QA head
+    batch = {"id": [f"w{i}" for i in range(5)], "example_id": list("abcde"), "input_ids": enc["input_ids"],
+             "token_type_ids": enc["token_type_ids"], "offsets": [np.zeros((len(x), 2)) for x in enc["input_ids"]],
+             "label": [(0, 0)] * 5}  # fmt: skip
+    out = ex(batch)
+    assert "encoder_logits" not in out and out["label"].shape == (5, 2)
+    for i, h in enumerate(out["hidden"]):
+        assert h.dtype == np.float16 and h.shape == (len(enc["input_ids"][i]), 3, 32)  # (T_i, L, H): no padding
+        np.testing.assert_allclose(h.astype(np.float32), ref[i].permute(1, 0, 2).numpy(), atol=2e-3, rtol=2e-3)
+
+
 def test_single_sentences_labels_pass_through_and_bundled_shape(tiny_bert_dir):
     ex = HiddenStateExtractor(str(tiny_bert_dir), ("text",))
     out = ex({"id": np.array(["1", "2"]), "text": np.array(["one", "two words"]), "label": np.array([0, 1])})

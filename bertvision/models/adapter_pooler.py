@@ -10,6 +10,11 @@ H = hidden size. The pipeline is
     dropout, then Linear -> num_outputs                                             (..., C)
 
 Leading dims are free, so the same head runs per example (B, L, H) or per token (B, T, L, H).
+
+`SpanAdapterPooler` is the span head (SQuAD): the same pipeline per token and layer of a window,
+with two outputs per token (start and end logits), padding positions masked out of both, and
+the CLS position (token 0) standing for "no answer". Tokens never interact, so a token's logits
+depend on its own hidden states only.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from torch import nn
 from bertvision.errors import ConfigError
 
 COMBINES = ("flatten", "scalar_mix")
-TASK_KINDS = ("classification", "regression")
+TASK_KINDS = ("classification", "regression", "span")
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ class AdapterPoolerConfig:
     hidden_size: int
     """H: width of each hidden state."""
     num_outputs: int
-    """Number of labels (at least 2) for classification; exactly 1 for regression."""
+    """Number of labels (at least 2) for classification; exactly 1 for regression; 2 for spans
+    (start and end logits per token)."""
     adapter_size: int = 64
     """A: width of the adapter's output for each layer."""
     shared: bool = True
@@ -47,7 +53,8 @@ class AdapterPoolerConfig:
     dropout: float = 0.1
     """Dropout probability before the output projection, in [0, 1)."""
     task_kind: str = "classification"
-    """"classification" (logits, cross-entropy) or "regression" (one value, MSE)."""
+    """"classification" (logits, cross-entropy), "regression" (one value, MSE) or "span"
+    (per-token start/end logits, cross-entropy over a window's tokens)."""
 
     def __post_init__(self) -> None:
         for name in ("num_hidden_states", "hidden_size", "num_outputs", "adapter_size"):
@@ -68,6 +75,8 @@ class AdapterPoolerConfig:
         object.__setattr__(self, "dropout", float(d))  # an int 0 from JSON becomes 0.0
         if self.task_kind == "regression" and self.num_outputs != 1:
             raise ConfigError(f"num_outputs must be 1 for regression, got {self.num_outputs}")
+        if self.task_kind == "span" and self.num_outputs != 2:
+            raise ConfigError(f"num_outputs must be 2 (start, end) for spans, got {self.num_outputs}")
         if self.task_kind == "classification" and self.num_outputs < 2:
             raise ConfigError(
                 f"num_outputs must be at least 2 for classification, got {self.num_outputs}"
@@ -166,6 +175,41 @@ class AdapterPooler(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+class SpanAdapterPooler(AdapterPooler):
+    """The span head: (B, T, L, H) token states + (B, T) mask -> (B, T, 2) start/end logits.
+
+    Every token goes through the AdapterPooler pipeline (shared adapter per token and layer,
+    layer combination, residual skip from the last layer's token output, projection to 2);
+    positions where ``mask`` is False (padding) get the lowest float, so they never win a
+    softmax and their values cannot matter.
+    """
+
+    def __init__(self, config: AdapterPoolerConfig):
+        if config.task_kind != "span":
+            raise ConfigError(f"SpanAdapterPooler needs task_kind 'span', got {config.task_kind!r}")
+        super().__init__(config)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if hidden.dim() != 4:
+            raise ValueError(f"span head input must be (B, T, L, H), got {tuple(hidden.shape)}")
+        logits = super().forward(hidden)  # (B, T, 2)
+        if mask is None:
+            return logits
+        if tuple(mask.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(f"mask {tuple(mask.shape)} does not match tokens {tuple(hidden.shape[:2])}")
+        return logits.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(logits.dtype).min)
+
+
+def span_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of the start and end cross-entropies over each window's tokens.
+
+    logits: (B, T, 2) masked start/end logits; targets: (B, 2) token positions (0 = no answer).
+    """
+    start = F.cross_entropy(logits[..., 0], targets[:, 0].long())
+    end = F.cross_entropy(logits[..., 1], targets[:, 1].long())
+    return (start + end) / 2
+
+
 def head_loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean loss over all leading dims. Classification: outputs (..., C) logits, targets (...)
     class ids (cross-entropy; -100 is ignored). Regression: outputs (..., 1), targets (...) or
@@ -178,4 +222,6 @@ def head_loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.
         if outputs.numel() != targets.numel():
             raise ValueError(f"outputs {tuple(outputs.shape)} vs targets {tuple(targets.shape)}")
         return F.mse_loss(outputs.reshape(-1), targets.reshape(-1).to(outputs.dtype))  # (N,)
+    if kind == "span":
+        return span_loss(outputs, targets)
     raise ConfigError(f"task_kind must be one of {TASK_KINDS}, got {kind!r}")
