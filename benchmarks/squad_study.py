@@ -61,8 +61,14 @@ def main():
     p.add_argument("--checkpoints", nargs="+", default=["1"], help="epoch fractions to embed (default: 1)")
     p.add_argument("--head-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed")
+    p.add_argument("--report", action="store_true", help="only rebuild the table from OUT/study.json")
     args = p.parse_args()
     root = Path(args.out)
+    if args.report:
+        result = json.loads((root / "study.json").read_text())
+        (root / "study.md").write_text(table(result, args))
+        print(table(result, args))
+        return
     root.mkdir(parents=True, exist_ok=True)
     log = root / "study.log"
     task = "squad2-articles"
@@ -126,8 +132,15 @@ def table(result: dict, args) -> str:
     lines.append("")
     lines.append("| stage | wall seconds |")
     lines.append("|---|---|")
+    for _name, meta in sorted(result["finetune"].items(), key=lambda kv: kv[1]["fraction"]):
+        lines.append(f"| fine-tuning to {meta['fraction']:g} epoch(s): training steps only | {meta['train_seconds']:.0f} |")
+        lines.append(f"| scoring that checkpoint: validation / test | {meta['validation_seconds']:.0f} / {meta['test_seconds']:.0f} |")
     for stage, sec in result["stage_seconds"].items():
-        lines.append(f"| {stage} | {sec:.0f} |")
+        if not stage.startswith("finetune"):  # a reused run: its wall time is the line above
+            lines.append(f"| {stage} | {sec:.0f} |")
+    for name, summary in result["heads"].items():
+        lines.append(f"| heads {name}: training per seed (mean), per epoch | {summary['train_seconds'] / len(summary['runs']):.0f}, "
+                     f"{summary['epoch_seconds']:.0f} |")
     for name, st in result["stores"].items():
         lines.append("")
         lines.append(f"Store {name}: L={st['L']}, H={st['H']}; original layout {st['original_bytes_per_window']:,} bytes per window")

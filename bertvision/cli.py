@@ -185,6 +185,8 @@ def _add_method_commands(commands) -> None:
     em.add_argument("--shard-rows", type=int, default=None, help="rows per Parquet shard (default: about 64 MiB a shard)")
     em.add_argument("--quantize", choices=("int8",), default=None, help="opt-in dynamic int8 quantisation on CPU: faster, slightly different values (see docs/RESULTS.md)")
     em.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    em.add_argument("--ray", action="store_true", help="run the Ray Data job (ray_jobs.embed) on an in-process Ray, or on $RAY_ADDRESS's cluster: an actor pool of extractors, same store")
+    em.add_argument("--actors", type=int, default=None, help="with --ray: actor pool size (default: one per GPU, or one per 2 CPUs)")
     _add_data_dir(em)
     em.set_defaults(func=cmd_embed)
 
@@ -452,6 +454,13 @@ def cmd_embed(args) -> int:
     span = get_task(args.task, args.data_dir).spec.kind == "span"
     selection = args.selection or ("tokens" if span else "cls")
     max_length = args.max_length or (384 if span else 128)
+    if args.ray:  # the job lives outside the library, which never imports Ray
+        import importlib
+
+        job = importlib.import_module("ray_jobs.embed")
+        args.max_length, args.selection, args.gpus_per_actor, args.address = max_length, selection, None, None
+        job.run(args)
+        return 0
     manifests = embed(
         args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
         data_dir=args.data_dir, selection=selection, max_length=max_length, batch_size=args.batch_size,

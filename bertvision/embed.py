@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from bertvision.errors import ConfigError
 
@@ -48,6 +51,138 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class SplitPlan:
+    """One split to embed: its open store writer and the extractor's input rows, in store order.
+
+    The driver (this process, or a Ray job's driver) owns the writer: it opens the store before
+    any shard is written and finishes it after all are. Shards are written by anyone holding a
+    `StoreWriter.attach` to the same folder (a Ray actor), one file per shard, atomically.
+    """
+
+    name: str
+    writer: object  # bertvision.store.StoreWriter
+    columns: dict[str, list]
+    """Extractor input columns for every row (sentence: id, texts, label; span: windows)."""
+    stats: dict
+    """Facts for the manifest's ``extra``: the task spec, the data source, windowing."""
+
+    def batch(self, shard: int) -> dict[str, list]:
+        """The extractor input rows of one shard."""
+        lo, hi = self.writer.shard_range(shard)
+        return {k: v[lo:hi] for k, v in self.columns.items()}
+
+
+@dataclass
+class EmbedPlan:
+    extractor: dict
+    """`HiddenStateExtractor` keyword arguments (checkpoint, text_fields, selection, max_length,
+    quantize); the runner adds batch_size and device."""
+    splits: list[SplitPlan]
+
+    def pending(self) -> list[tuple[str, int]]:
+        """(split, shard) pairs still to write, in order."""
+        return [(p.name, k) for p in self.splits for k in p.writer.pending_shards()]
+
+
+def prepare(
+    task_name: str,
+    checkpoint: str | None,
+    out_dir: str | Path,
+    *,
+    splits: tuple[str, ...] | None = None,
+    data_dir: str | None = None,
+    selection: str = "cls",
+    max_length: int = 128,
+    shard_rows: int | None = None,
+    quantize: str | None = None,
+    doc_stride: int = 128,
+    max_query_length: int = 64,
+) -> EmbedPlan:
+    """Read and check every split, then open (or resume) one store per split under ``out_dir``.
+
+    Nothing is written before all splits have been read, so bad data leaves no store behind.
+    Span tasks are cut into windows here (the number of windows fixes the store's plan).
+    """
+    from bertvision.encoders import encoder_info, load_tokenizer
+    from bertvision.extract import SELECTIONS, has_qa_head
+    from bertvision.store import StoreSpec, StoreWriter
+    from bertvision.tasks import get_task
+
+    task = get_task(task_name, data_dir)
+    span = task.spec.kind == "span"
+    if span and selection == "cls":
+        selection = "tokens"  # the default selection means "the natural one" for spans
+    if selection not in SELECTIONS:
+        raise ConfigError(f"--selection must be one of {SELECTIONS}, not {selection!r}")
+    if span != (selection == "tokens"):
+        raise ConfigError(f"task {task.name!r} ({task.spec.kind}) cannot be embedded with --selection {selection}: "
+                          "span tasks take 'tokens', sentence tasks 'cls' or 'mean'")  # fmt: skip
+    names = splits or tuple(s for s in task.spec.splits if task.exists(s))
+    if not names:
+        raise ConfigError(f"no split of task {task.name!r} found; see 'bertvision tasks'")
+    for s in names:
+        task.check_split(s)
+    encoder, label, sha = checkpoint_identity(checkpoint)
+    info = encoder_info(checkpoint)
+    logits = span and has_qa_head(info.location)
+    loaded = {name: task.load(name) for name in names}  # bad data fails before anything is written
+    windowing = {"max_length": max_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
+    columns, stats = {}, {}
+    for name, data in loaded.items():
+        stats[name] = {"task_spec": task.spec.to_dict(), "source": data.source, "quantize": quantize}
+        if span:
+            from bertvision.spans import make_windows, offsets_array
+
+            windows = make_windows(load_tokenizer(checkpoint), data.examples, **windowing)
+            columns[name] = {
+                "id": window_ids(windows.example_ids), "example_id": windows.example_ids,
+                "input_ids": windows.input_ids, "token_type_ids": windows.token_type_ids,
+                "offsets": [offsets_array(o) for o in windows.offsets],
+                "label": [(int(a), int(b)) for a, b in zip(windows.start_positions, windows.end_positions, strict=True)],
+            }  # fmt: skip
+            stats[name].update(windowing=windowing, questions=len(data), tokens=sum(len(x) for x in windows.input_ids))
+        else:
+            columns[name] = {"id": list(data.ids), **dict(zip(task.spec.text_fields, data.texts, strict=True))}
+            if data.labels is not None:
+                columns[name]["label"] = list(data.labels)
+    plans = []
+    for name, data in loaded.items():
+        label_kind = "span" if span else (task.spec.kind if data.labels is not None else None)
+        spec = StoreSpec(
+            task=task.name, split=name, encoder_name=encoder["name"], encoder_revision=encoder["revision"],
+            checkpoint=label if not quantize else f"{label} ({quantize} dynamic quantisation)",
+            checkpoint_sha256=sha, num_hidden_states=info.num_hidden_states, hidden_size=info.hidden_size,
+            selection=selection, max_length=max_length, label_kind=label_kind, shard_rows=shard_rows,
+            encoder_logits=bool(logits),
+        )  # fmt: skip
+        writer = StoreWriter(Path(out_dir) / name, spec, len(columns[name]["id"]))
+        plans.append(SplitPlan(name, writer, columns[name], stats[name]))
+    extractor = {"checkpoint": checkpoint, "text_fields": task.spec.text_fields, "selection": selection,
+                 "max_length": max_length, "quantize": quantize}  # fmt: skip
+    return EmbedPlan(extractor, plans)
+
+
+def write_output(writer, shard: int, out: dict) -> None:
+    """Write an extractor's output for one shard through ``writer``."""
+    tokens = {}
+    if "example_id" in out:
+        tokens = {"example_ids": list(out["example_id"]), "offsets": out["offsets"],
+                  "encoder_logits": out.get("encoder_logits")}  # fmt: skip
+    label = out.get("label")
+    if label is not None and not isinstance(label, np.ndarray):
+        label = np.asarray(label)
+    writer.write_shard(shard, list(out["id"]), out["hidden"], label, **tokens)
+
+
+def finish_split(plan: SplitPlan, run: dict | None) -> dict:
+    """Mark a split's store complete, recording the data facts and this run's throughput."""
+    stats = dict(plan.stats)
+    if run:
+        stats["last_run"] = run
+    return plan.writer.finish(extra=stats)
+
+
 def embed(
     task_name: str,
     checkpoint: str | None,
@@ -64,64 +199,38 @@ def embed(
     doc_stride: int = 128,
     max_query_length: int = 64,
 ) -> dict[str, dict]:
-    """Embed ``splits`` (default: every split found) of a task; returns split -> manifest.
+    """Embed ``splits`` (default: every split found) of a task in this process; returns split ->
+    manifest.
 
     Span tasks always use the ``tokens`` selection (``selection`` "cls", the default, is taken
     to mean it); ``doc_stride`` and ``max_query_length`` apply to them only.
     """
     from tqdm.auto import tqdm
 
-    from bertvision.extract import HiddenStateExtractor, iter_split_batches
-    from bertvision.store import StoreSpec, StoreWriter
-    from bertvision.tasks import get_task
+    from bertvision.extract import HiddenStateExtractor
 
-    task = get_task(task_name, data_dir)
-    if task.spec.kind == "span" or selection == "tokens":
-        if task.spec.kind != "span" or selection not in ("tokens", "cls"):
-            raise ConfigError(f"task {task.name!r} ({task.spec.kind}) cannot be embedded with --selection {selection}: "
-                              "span tasks take 'tokens', sentence tasks 'cls' or 'mean'")  # fmt: skip
-        return embed_spans(task, checkpoint, out_dir, splits=splits, max_length=max_length, doc_stride=doc_stride,
-                           max_query_length=max_query_length, batch_size=batch_size, shard_rows=shard_rows,
-                           device=device, quantize=quantize)  # fmt: skip
-    names = splits or tuple(s for s in task.spec.splits if task.exists(s))
-    if not names:
-        raise ConfigError(f"no split of task {task.name!r} found; see 'bertvision tasks'")
-    for s in names:
-        task.check_split(s)
-    encoder, label, sha = checkpoint_identity(checkpoint)
-    extractor = HiddenStateExtractor(
-        checkpoint, task.spec.text_fields, selection=selection, max_length=max_length,
-        batch_size=batch_size, device=device, quantize=quantize,
-    )  # fmt: skip
-    loaded = {name: task.load(name) for name in names}  # bad data fails before anything is written
+    plan = prepare(task_name, checkpoint, out_dir, splits=splits, data_dir=data_dir, selection=selection,
+                   max_length=max_length, shard_rows=shard_rows, quantize=quantize, doc_stride=doc_stride,
+                   max_query_length=max_query_length)  # fmt: skip
+    extractor = HiddenStateExtractor(**plan.extractor, batch_size=batch_size, device=device)
     manifests = {}
-    for name, data in loaded.items():
-        spec = StoreSpec(
-            task=task.name, split=name, encoder_name=encoder["name"], encoder_revision=encoder["revision"],
-            checkpoint=label if not quantize else f"{label} ({quantize} dynamic quantisation)",
-            checkpoint_sha256=sha, num_hidden_states=extractor.output_shape[0],
-            hidden_size=extractor.output_shape[1], selection=selection, max_length=max_length,
-            label_kind=task.spec.kind if data.labels is not None else None, shard_rows=shard_rows,
-        )  # fmt: skip
-        writer = StoreWriter(Path(out_dir) / name, spec, len(data))
-        pending = writer.pending_shards()
-        t0, tokens0 = time.perf_counter(), extractor.tokens_seen
-        rows = 0
-        with tqdm(total=sum(len(range(*writer.shard_range(k))) for k in pending), desc=f"embed {name}", disable=None) as bar:
+    for split in plan.splits:
+        pending = split.writer.pending_shards()
+        t0, tokens0, rows = time.perf_counter(), extractor.tokens_seen, 0
+        total = sum(len(range(*split.writer.shard_range(k))) for k in pending)
+        with tqdm(total=total, desc=f"embed {split.name}", disable=None) as bar:
             for k in pending:
-                start, stop = writer.shard_range(k)
-                batch = next(iter_split_batches(data, stop - start, start, stop))
-                out = extractor(batch)
-                writer.write_shard(k, out["id"], out["hidden"], out.get("label"))
-                rows += stop - start
-                bar.update(stop - start)
+                batch = split.batch(k)
+                write_output(split.writer, k, extractor(batch))
+                rows += len(batch["id"])
+                bar.update(len(batch["id"]))
         seconds = time.perf_counter() - t0
-        stats = {"task_spec": task.spec.to_dict(), "source": data.source, "quantize": quantize}
+        run = None
         if rows:
-            stats["last_run"] = {"rows": rows, "seconds": round(seconds, 2), "rows_per_second": round(rows / seconds, 1),
-                                 "tokens_per_second": round((extractor.tokens_seen - tokens0) / seconds, 1),
-                                 "device": str(extractor.device)}  # fmt: skip
-        manifests[name] = writer.finish(extra=stats)
+            run = {"rows": rows, "seconds": round(seconds, 2), "rows_per_second": round(rows / seconds, 1),
+                   "tokens_per_second": round((extractor.tokens_seen - tokens0) / seconds, 1),
+                   "device": str(extractor.device), "runner": "in-process"}  # fmt: skip
+        manifests[split.name] = finish_split(split, run)
     return manifests
 
 
@@ -134,74 +243,3 @@ def window_ids(example_ids) -> list[str]:
         seen[qid] = k + 1
         out.append(f"{qid}#{k}")
     return out
-
-
-def embed_spans(
-    task,
-    checkpoint: str | None,
-    out_dir: str | Path,
-    *,
-    splits: tuple[str, ...] | None = None,
-    max_length: int = 384,
-    doc_stride: int = 128,
-    max_query_length: int = 64,
-    batch_size: int = 16,
-    shard_rows: int | None = None,
-    device: str | None = None,
-    quantize: str | None = None,
-) -> dict[str, dict]:
-    """Token-level store of a span task's splits; returns split -> manifest."""
-    from tqdm.auto import tqdm
-
-    from bertvision.extract import HiddenStateExtractor
-    from bertvision.spans import make_windows, offsets_array
-    from bertvision.store import StoreSpec, StoreWriter
-
-    names = splits or tuple(s for s in task.spec.splits if task.exists(s))
-    if not names:
-        raise ConfigError(f"no split of task {task.name!r} found; see 'bertvision tasks'")
-    for s in names:
-        task.check_split(s)
-    encoder, label, sha = checkpoint_identity(checkpoint)
-    extractor = HiddenStateExtractor(checkpoint, task.spec.text_fields, selection="tokens", max_length=max_length,
-                                     batch_size=batch_size, device=device, quantize=quantize)  # fmt: skip
-    loaded = {name: task.load(name) for name in names}  # bad data fails before anything is written
-    windowing = {"max_length": max_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
-    manifests = {}
-    for name, data in loaded.items():
-        windows = make_windows(extractor.tokenizer, data.examples, **windowing)
-        ids = window_ids(windows.example_ids)
-        spec = StoreSpec(
-            task=task.name, split=name, encoder_name=encoder["name"], encoder_revision=encoder["revision"],
-            checkpoint=label if not quantize else f"{label} ({quantize} dynamic quantisation)",
-            checkpoint_sha256=sha, num_hidden_states=extractor.output_shape[0],
-            hidden_size=extractor.output_shape[1], selection="tokens", max_length=max_length,
-            label_kind="span", shard_rows=shard_rows, encoder_logits=extractor.has_encoder_logits,
-        )  # fmt: skip
-        writer = StoreWriter(Path(out_dir) / name, spec, len(windows))
-        pending = writer.pending_shards()
-        t0, tokens0, rows = time.perf_counter(), extractor.tokens_seen, 0
-        total = sum(len(range(*writer.shard_range(k))) for k in pending)
-        with tqdm(total=total, desc=f"embed {name} windows", disable=None) as bar:
-            for k in pending:
-                lo, hi = writer.shard_range(k)
-                out = extractor({
-                    "id": ids[lo:hi], "example_id": windows.example_ids[lo:hi],
-                    "input_ids": windows.input_ids[lo:hi], "token_type_ids": windows.token_type_ids[lo:hi],
-                    "offsets": [offsets_array(o) for o in windows.offsets[lo:hi]],
-                    "label": list(zip(windows.start_positions[lo:hi], windows.end_positions[lo:hi], strict=True)),
-                })  # fmt: skip
-                writer.write_shard(k, list(out["id"]), out["hidden"], out["label"], example_ids=list(out["example_id"]),
-                                   offsets=out["offsets"], encoder_logits=out.get("encoder_logits"))  # fmt: skip
-                rows += hi - lo
-                bar.update(hi - lo)
-        seconds = time.perf_counter() - t0
-        stats = {"task_spec": task.spec.to_dict(), "source": data.source, "quantize": quantize,
-                 "windowing": windowing, "questions": len(data),
-                 "tokens": sum(len(x) for x in windows.input_ids)}  # fmt: skip
-        if rows:
-            stats["last_run"] = {"rows": rows, "seconds": round(seconds, 2), "rows_per_second": round(rows / seconds, 1),
-                                 "tokens_per_second": round((extractor.tokens_seen - tokens0) / seconds, 1),
-                                 "device": str(extractor.device)}  # fmt: skip
-        manifests[name] = writer.finish(extra=stats)
-    return manifests

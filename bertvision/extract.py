@@ -21,6 +21,7 @@ attention; bf16 autocast on CUDA; float16 output, the store's dtype.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -115,10 +116,11 @@ class HiddenStateExtractor:
         """
         if self.selection == "tokens":
             return self._call_tokens(batch)
-        from bertvision.encoders import tokenize
-
-        texts = [list(map(str, batch[f])) for f in self.text_fields]
-        encoded = tokenize(self.tokenizer, texts[0], texts[1] if len(texts) > 1 else None, max_length=self.max_length)
+        if "input_ids" in batch:  # tokenised upstream (a Ray Data CPU task: `tokenize_batch`)
+            encoded = {k: [list(x) for x in batch[k]] for k in ("input_ids", "token_type_ids") if k in batch}
+            encoded["attention_mask"] = [[1] * len(x) for x in encoded["input_ids"]]
+        else:
+            encoded = tokenize_batch(batch, self.tokenizer, self.text_fields, self.max_length)
         hidden = self.encode(encoded)
         out = {"id": np.asarray(batch["id"]).astype(str), "hidden": hidden}
         if "label" in batch:
@@ -199,6 +201,17 @@ class HiddenStateExtractor:
         return batch
 
 
+def has_qa_head(location: str) -> bool:
+    """True when the checkpoint folder's safetensors hold a question-answering output layer."""
+    from safetensors import safe_open
+
+    weights = Path(location) / "model.safetensors"
+    if not weights.is_file():
+        return False
+    with safe_open(str(weights), framework="pt") as f:
+        return {"qa_outputs.weight", "qa_outputs.bias"} <= set(f.keys())
+
+
 def _qa_head(location: str, device):
     """The checkpoint's question-answering output layer (H -> 2), or None if it has none.
 
@@ -206,19 +219,12 @@ def _qa_head(location: str, device):
     applying that layer to the last state the extractor computes anyway gives exactly the
     fine-tuned model's start/end logits, without a second forward pass.
     """
-    from pathlib import Path
-
     import torch
-
-    weights = Path(location) / "model.safetensors"
-    if not weights.is_file():
-        return None
     from safetensors import safe_open
 
-    with safe_open(str(weights), framework="pt") as f:
-        keys = set(f.keys())
-        if not {"qa_outputs.weight", "qa_outputs.bias"} <= keys:
-            return None
+    if not has_qa_head(location):
+        return None
+    with safe_open(str(Path(location) / "model.safetensors"), framework="pt") as f:
         w, b = f.get_tensor("qa_outputs.weight"), f.get_tensor("qa_outputs.bias")
     layer = torch.nn.Linear(w.shape[1], w.shape[0])
     with torch.no_grad():
@@ -239,6 +245,31 @@ def _quantize(model, kind: str, device):
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def tokenize_batch(batch: Mapping[str, Sequence], tokenizer, text_fields: Sequence[str], max_length: int) -> dict:
+    """``input_ids`` (and ``token_type_ids``, ``attention_mask``) of a batch's text fields, unpadded.
+
+    ``tokenizer`` is a tokenizer or the location to load one from (cached per process), so a
+    Ray Data CPU task can tokenise without an extractor.
+    """
+    from bertvision.encoders import tokenize
+
+    if isinstance(tokenizer, str) or tokenizer is None:
+        tokenizer = _cached_tokenizer(tokenizer)
+    texts = [list(map(str, batch[f])) for f in text_fields]
+    return tokenize(tokenizer, texts[0], texts[1] if len(texts) > 1 else None, max_length=max_length)
+
+
+_TOKENIZERS: dict = {}
+
+
+def _cached_tokenizer(location: str | None):
+    from bertvision.encoders import load_tokenizer
+
+    if location not in _TOKENIZERS:
+        _TOKENIZERS[location] = load_tokenizer(location)
+    return _TOKENIZERS[location]
 
 
 def iter_split_batches(split, rows_per_batch: int, start: int = 0, stop: int | None = None) -> Iterator[dict]:

@@ -516,6 +516,33 @@ class StoreWriter:
         self._remove_stale_temp_files()
         self.complete = self._open()
 
+    @classmethod
+    def attach(cls, path: str | os.PathLike, spec: StoreSpec, total_rows: int) -> StoreWriter:
+        """A shard-only writer for a store that another process opened (a Ray actor's view).
+
+        It neither creates the manifest nor removes temporary files (other writers may be
+        mid-write), and must not `finish`: the process that opened the store finishes it.
+
+        Raises:
+          DataError: the folder has no readable manifest (the store was never opened).
+          ConfigError: the manifest describes another spec or row count.
+        """
+        self = cls.__new__(cls)
+        self.path, self.spec, self.total_rows = Path(path), spec, total_rows
+        self.num_shards = num_shards(total_rows, spec.shard_rows)
+        self._checksums = {}
+        manifest = read_manifest(self.path)
+        diffs = StoreSpec.from_dict(manifest).differences(spec)
+        if manifest["rows"] != total_rows:
+            diffs.append(f"rows: {manifest['rows']!r} != {total_rows!r}")
+        if diffs:
+            raise ConfigError(f"{self.path} holds a store made with other settings ({'; '.join(diffs)})")
+        self.complete = manifest["status"] == "complete"
+        self.attached = True
+        return self
+
+    attached = False
+
     # -- opening
 
     def _open(self) -> bool:
@@ -975,6 +1002,8 @@ class StoreWriter:
           DataError: shards are missing, hold the wrong rows, or repeat an id.
           ConfigError: `extra` is not JSON-serialisable.
         """
+        if self.attached:
+            raise ValueError(f"{self.path}: an attached (shard-only) writer cannot finish the store")
         if self.complete:
             return read_manifest(self.path)
         try:

@@ -412,3 +412,28 @@ def test_importing_the_store_imports_neither_torch_nor_ray():
     code = "import sys, bertvision.store; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_attached_writers_write_shards_the_opener_finishes(tmp_path):
+    """The Ray job's split: the driver opens and finishes, workers attach and write shards."""
+    spec, data = make_spec(), make_data()
+    opener = StoreWriter(tmp_path / "s", spec, ROWS)
+    workers = [StoreWriter.attach(tmp_path / "s", spec, ROWS) for _ in range(2)]
+    for k in opener.pending_shards():
+        write_shards(workers[k % 2], data, [k])
+    with pytest.raises(ValueError, match="cannot finish"):
+        workers[0].finish()
+    manifest = opener.finish()
+    assert manifest["status"] == "complete" and manifest["rows"] == ROWS
+    assert verify(tmp_path / "s")["rows"] == ROWS
+    assert load_split(tmp_path / "s").ids == data[0]
+
+
+def test_attach_refuses_a_missing_or_different_store(tmp_path):
+    with pytest.raises(DataError, match="manifest.json"):
+        StoreWriter.attach(tmp_path / "none", make_spec(), ROWS)
+    StoreWriter(tmp_path / "s", make_spec(), ROWS)
+    with pytest.raises(ConfigError, match="other settings"):
+        StoreWriter.attach(tmp_path / "s", make_spec(max_length=64), ROWS)
+    with pytest.raises(ConfigError, match="rows"):
+        StoreWriter.attach(tmp_path / "s", make_spec(), ROWS + 1)

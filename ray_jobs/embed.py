@@ -1,0 +1,230 @@
+"""Ray Data extraction job: a task's splits through an actor pool of the library's extractor.
+
+    ray job submit --working-dir . -- python -m ray_jobs.embed --task rte \\
+        --checkpoint runs/rte/ft/checkpoint-e1 --out runs/rte/store
+    bertvision embed --ray --task rte ...            # the same job on an in-process Ray
+
+The driver reads and checks every split and opens the stores (`bertvision.embed.prepare`:
+manifests, the shard plan, resume); Ray Data then makes one row per shard still to write,
+gathers and tokenises its examples in CPU tasks (`tokenize_batch`; SQuAD windows are tokenised
+by the driver, since their number fixes the plan), and maps an actor pool (`ActorPoolStrategy`)
+of `ShardExtractor` over those rows: each actor loads the checkpoint once
+(one GPU per actor where the cluster has GPUs, CPU actors otherwise), extracts a shard and writes
+it through `StoreWriter.attach` (atomic rename, exactly the store format of `bertvision embed`).
+The driver finishes each store (checksums, manifest) when all its shards are on disk. A killed
+job resubmitted with the same arguments writes only the missing shards.
+
+On several nodes ``--out`` must be shared storage (NFS, or a mounted blob container): actors on
+every node write shards into it. Everything here is a thin layer; the work is in `bertvision`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import ray
+
+from bertvision.embed import finish_split, prepare, write_output
+from bertvision.errors import BertVisionError
+
+
+class ShardExtractor:
+    """Ray actor: one `HiddenStateExtractor` for the actor's life; one store shard per row."""
+
+    def __init__(self, extractor: dict, stores: dict, batch_size: int, threads: int | None):
+        import torch
+
+        from bertvision.extract import HiddenStateExtractor
+        from bertvision.store import StoreSpec, StoreWriter
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.extractor = HiddenStateExtractor(**extractor, batch_size=batch_size)
+        self.writers = {split: StoreWriter.attach(s["path"], StoreSpec.from_dict(s["spec"]), s["rows"])
+                        for split, s in stores.items()}  # fmt: skip
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        stats = []
+        for row in table.to_pylist():  # one row = one whole shard (its columns as lists)
+            t0, tokens0 = time.perf_counter(), self.extractor.tokens_seen
+            split, shard = row.pop("split"), row.pop("shard")
+            row = {k: v for k, v in row.items() if v is not None}  # e.g. no labels in a test split
+            write_output(self.writers[split], shard, self.extractor(row))
+            stats.append({"split": split, "shard": shard, "rows": len(row["id"]),
+                          "tokens": self.extractor.tokens_seen - tokens0,
+                          "seconds": time.perf_counter() - t0, "node": self.node})  # fmt: skip
+        return pa.Table.from_pylist(stats)
+
+
+_COLUMNS: dict = {}
+
+
+def _shard_rows(table, splits: dict, tokenizer: str | None, text_fields: list[str] | None, max_length: int):
+    """Ray Data CPU task: (split, shard) rows -> one row per shard holding its examples, tokenised."""
+    import pyarrow as pa
+
+    from bertvision.extract import tokenize_batch
+
+    out = []
+    for row in table.to_pylist():
+        plan = splits[row["split"]]
+        key = plan["columns"].hex()
+        if key not in _COLUMNS:  # each worker process fetches a split's columns once
+            _COLUMNS[key] = ray.get(plan["columns"])
+        cols = _COLUMNS[key]
+        lo = row["shard"] * plan["shard_rows"]
+        hi = min(lo + plan["shard_rows"], plan["rows"])
+        batch = {k: list(v[lo:hi]) for k, v in cols.items()}
+        if text_fields:  # sentence tasks: tokenise here, not in the (GPU) actor
+            enc = tokenize_batch(batch, tokenizer, text_fields, max_length)
+            for f in text_fields:
+                del batch[f]
+            batch.update({k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc})
+        else:  # span windows come tokenised; numpy offsets become nested lists for Arrow
+            batch["offsets"] = [np.asarray(o).tolist() for o in batch["offsets"]]
+        if "label" in batch:
+            batch["label"] = [x.item() if hasattr(x, "item") else x for x in batch["label"]]
+        out.append({"split": row["split"], "shard": row["shard"], "label": None, **batch})
+    return pa.Table.from_pylist(out)
+
+
+def pool_plan(actors: int | None, gpus_per_actor: float | None) -> dict:
+    """Actor pool size and per-actor resources from the cluster (or the user's choice)."""
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 1)
+    # An explicit --gpus-per-actor asks for GPU actors even when no GPU node is up yet: their
+    # demand is what makes the autoscaler start one (clusters scale GPU workers from zero).
+    if gpus_per_actor or (gpus >= 1 and gpus_per_actor != 0):
+        per = gpus_per_actor or 1
+        size = actors or max(1, int(gpus // per))
+        return {"size": size, "num_gpus": per, "num_cpus": 1, "device": "cuda", "threads": None}
+    # CPU actors: one per two logical CPUs, leaving room for the read and tokenise tasks (an
+    # actor holding every CPU starves them: the job hangs; see docs). Threads split the cores.
+    size = actors or max(1, int(cpus // 2))
+    threads = max(1, (os.cpu_count() or 1) // size) if _single_node() else None
+    return {"size": size, "num_gpus": 0, "num_cpus": 1, "device": "cpu", "threads": threads}
+
+
+def _single_node() -> bool:
+    return len([n for n in ray.nodes() if n.get("Alive")]) == 1
+
+
+def run(args: argparse.Namespace) -> dict[str, dict]:
+    """Embed every split named by ``args``; returns split -> manifest."""
+    from ray.data import ActorPoolStrategy, DataContext
+
+    plan = prepare(
+        args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
+        data_dir=args.data_dir, selection=args.selection or "cls", max_length=args.max_length,
+        shard_rows=args.shard_rows, quantize=args.quantize, doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length,
+    )  # fmt: skip
+    if not ray.is_initialized():
+        # In a submitted job this attaches to the cluster; alone it starts a local Ray. On a
+        # small machine give Ray more logical CPUs than cores, so the actor and the tasks that
+        # feed it can all be scheduled.
+        local = {} if args.address or os.environ.get("RAY_ADDRESS") else {"num_cpus": max(4, os.cpu_count() or 1)}
+        ray.init(address=args.address, log_to_driver=True, **local)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    pool = pool_plan(args.actors, args.gpus_per_actor)
+    extractor = {**plan.extractor, "device": args.device or pool["device"]}
+    print(f"actor pool: {pool['size']} {pool['device']} actor(s), {pool['num_gpus'] or 0} GPU and {pool['num_cpus']} CPU "
+          f"each; {len(plan.pending())} shard(s) to write", flush=True)  # fmt: skip
+    pending = plan.pending()
+    t0, per_split = time.perf_counter(), {}
+    if pending:
+        sentence = plan.extractor["selection"] != "tokens"
+        splits = {p.name: {"columns": ray.put(p.columns), "shard_rows": p.writer.spec.shard_rows,
+                           "rows": p.writer.total_rows} for p in plan.splits}  # fmt: skip
+        stores = {p.name: {"path": str(p.writer.path), "spec": p.writer.spec.to_dict(), "rows": p.writer.total_rows}
+                  for p in plan.splits}  # fmt: skip
+        ds = ray.data.from_items([{"split": s, "shard": k} for s, k in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(
+            _shard_rows, batch_format="pyarrow", batch_size=1, num_cpus=0.25,
+            fn_kwargs={"splits": splits, "tokenizer": plan.extractor["checkpoint"],
+                       "text_fields": list(plan.extractor["text_fields"]) if sentence else None,
+                       "max_length": plan.extractor["max_length"]},
+        )  # fmt: skip
+        done = ds.map_batches(
+            ShardExtractor, compute=ActorPoolStrategy(size=min(pool["size"], len(pending))), batch_format="pyarrow",
+            batch_size=1, num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None,
+            fn_constructor_kwargs={"extractor": extractor, "stores": stores, "batch_size": args.batch_size,
+                                   "threads": pool["threads"]},
+        )  # fmt: skip
+        for row in done.iter_rows():
+            st = per_split.setdefault(row["split"], {"rows": 0, "tokens": 0, "nodes": {}})
+            st["rows"] += int(row["rows"])
+            st["tokens"] += int(row["tokens"])
+            st["nodes"][str(row["node"])] = st["nodes"].get(str(row["node"]), 0) + 1
+    seconds = time.perf_counter() - t0
+    manifests = {}
+    for split in plan.splits:
+        st = per_split.get(split.name)
+        run_stats = None
+        if st:  # the job's wall time covers all splits (they share the pool); rates are per job
+            total_rows = sum(x["rows"] for x in per_split.values())
+            total_tokens = sum(x["tokens"] for x in per_split.values())
+            run_stats = {"rows": st["rows"], "seconds": round(seconds, 2), "job_rows": total_rows,
+                         "rows_per_second": round(total_rows / seconds, 1),
+                         "tokens_per_second": round(total_tokens / seconds, 1), "device": extractor["device"],
+                         "runner": "ray", "actors": pool["size"], "shards_per_node": st["nodes"]}  # fmt: skip
+        manifests[split.name] = finish_split(split, run_stats)
+        print(f"{split.writer.path}: {manifests[split.name]['rows']} rows"
+              + (f", job {run_stats['rows_per_second']} rows/s on {len(st['nodes'])} node(s)" if run_stats else
+                 " (already complete)"), flush=True)  # fmt: skip
+    return manifests
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ray_jobs.embed",
+        description="Embed a task's splits with a Ray Data actor pool into the bertvision store "
+        "format (one folder per split under OUT). Same options as 'bertvision embed', plus the pool.",
+    )
+    p.add_argument("--task", required=True, help="task name or user task config file")
+    p.add_argument("--out", required=True, help="store folder; each split goes to OUT/<split> (shared storage on a cluster)")
+    p.add_argument("--checkpoint", default=None, help="fine-tuning checkpoint folder, encoder folder or Hub id (default: the bundled encoder)")
+    p.add_argument("--splits", nargs="+", default=None, help="splits to embed (default: every split found)")
+    p.add_argument("--selection", choices=("cls", "mean", "tokens"), default=None, help="as 'bertvision embed' (default: cls; tokens for span tasks)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per example (default: 128; 384 per window for span tasks)")
+    p.add_argument("--doc-stride", type=int, default=128, help="span tasks: tokens shared by consecutive windows (default: %(default)s)")
+    p.add_argument("--max-query-length", type=int, default=64, help="span tasks: questions cut to this many tokens (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass inside an actor (default: %(default)s)")
+    p.add_argument("--shard-rows", type=int, default=None, help="rows per Parquet shard (default: about 64 MiB a shard)")
+    p.add_argument("--quantize", choices=("int8",), default=None, help="opt-in dynamic int8 quantisation (CPU actors only)")
+    p.add_argument("--device", default=None, help="actors' device (default: cuda on GPU clusters, else cpu)")
+    p.add_argument("--actors", type=int, default=None, help="actor pool size (default: one per GPU, or one per 2 CPUs)")
+    p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 where the cluster has GPUs; 0 forces CPU actors)")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, the job's cluster, else a local Ray)")
+    p.add_argument("--data-dir", default=None, help="local data folder (default: $BERTVISION_DATA, else the Hub)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(args)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from bertvision.tasks import get_task
+
+    try:
+        span = get_task(args.task, args.data_dir).spec.kind == "span"
+        args.max_length = args.max_length or (384 if span else 128)
+        run(args)
+    except BertVisionError as e:
+        print(f"bertvision: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
