@@ -95,20 +95,26 @@ def _shard_rows(table, splits: dict, tokenizer: str | None, text_fields: list[st
     return pa.Table.from_pylist(out)
 
 
-def pool_plan(actors: int | None, gpus_per_actor: float | None) -> dict:
-    """Actor pool size and per-actor resources from the cluster (or the user's choice)."""
+def pool_plan(actors: int | None, gpus_per_actor: float | None, shards: int, threads_per_actor: int = 2) -> dict:
+    """Actor pool size and per-actor resources from the cluster (or the user's choice).
+
+    GPU clusters: one actor per GPU. CPU only: one actor per ``threads_per_actor`` cores (torch
+    threads split the cores; more actors than that only adds copies of the model), never more
+    actors than shards to write. Actors ask for 1 logical CPU, leaving room for the read and
+    tokenise tasks (an actor holding every CPU starves them and the job hangs).
+    """
     resources = ray.cluster_resources()
-    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 1)
+    gpus = resources.get("GPU", 0)
     # An explicit --gpus-per-actor asks for GPU actors even when no GPU node is up yet: their
     # demand is what makes the autoscaler start one (clusters scale GPU workers from zero).
     if gpus_per_actor or (gpus >= 1 and gpus_per_actor != 0):
         per = gpus_per_actor or 1
-        size = actors or max(1, int(gpus // per))
+        size = min(actors or max(1, int(gpus // per)), shards)
         return {"size": size, "num_gpus": per, "num_cpus": 1, "device": "cuda", "threads": None}
-    # CPU actors: one per two logical CPUs, leaving room for the read and tokenise tasks (an
-    # actor holding every CPU starves them: the job hangs; see docs). Threads split the cores.
-    size = actors or max(1, int(cpus // 2))
-    threads = max(1, (os.cpu_count() or 1) // size) if _single_node() else None
+    single = _single_node()
+    cores = (os.cpu_count() or 1) if single else int(resources.get("CPU", 1))
+    size = max(1, min(actors or cores // threads_per_actor, shards))
+    threads = max(1, cores // size) if single else threads_per_actor
     return {"size": size, "num_gpus": 0, "num_cpus": 1, "device": "cpu", "threads": threads}
 
 
@@ -131,10 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         # small machine give Ray more logical CPUs than cores, so the actor and the tasks that
         # feed it can all be scheduled.
         local = {} if args.address or os.environ.get("RAY_ADDRESS") else {"num_cpus": max(4, os.cpu_count() or 1)}
-        ray.init(address=args.address, log_to_driver=True, **local)
+        ray.init(address=args.address, log_to_driver=True, **local, **({"include_dashboard": False} if local else {}))
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
-    pool = pool_plan(args.actors, args.gpus_per_actor)
+    pool = pool_plan(args.actors, args.gpus_per_actor, max(1, len(plan.pending())))
     extractor = {**plan.extractor, "device": args.device or pool["device"]}
     print(f"actor pool: {pool['size']} {pool['device']} actor(s), {pool['num_gpus'] or 0} GPU and {pool['num_cpus']} CPU "
           f"each; {len(plan.pending())} shard(s) to write", flush=True)  # fmt: skip
@@ -154,14 +160,15 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
                        "max_length": plan.extractor["max_length"]},
         )  # fmt: skip
         done = ds.map_batches(
-            ShardExtractor, compute=ActorPoolStrategy(size=min(pool["size"], len(pending))), batch_format="pyarrow",
+            ShardExtractor, compute=ActorPoolStrategy(size=pool["size"]), batch_format="pyarrow",
             batch_size=1, num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None,
             fn_constructor_kwargs={"extractor": extractor, "stores": stores, "batch_size": args.batch_size,
                                    "threads": pool["threads"]},
         )  # fmt: skip
         for row in done.iter_rows():
-            st = per_split.setdefault(row["split"], {"rows": 0, "tokens": 0, "nodes": {}})
+            st = per_split.setdefault(row["split"], {"rows": 0, "tokens": 0, "nodes": {}, "actor_seconds": 0.0})
             st["rows"] += int(row["rows"])
+            st["actor_seconds"] += float(row["seconds"])
             st["tokens"] += int(row["tokens"])
             st["nodes"][str(row["node"])] = st["nodes"].get(str(row["node"]), 0) + 1
     seconds = time.perf_counter() - t0
@@ -175,7 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             run_stats = {"rows": st["rows"], "seconds": round(seconds, 2), "job_rows": total_rows,
                          "rows_per_second": round(total_rows / seconds, 1),
                          "tokens_per_second": round(total_tokens / seconds, 1), "device": extractor["device"],
-                         "runner": "ray", "actors": pool["size"], "shards_per_node": st["nodes"]}  # fmt: skip
+                         "runner": "ray", "actors": pool["size"], "shards_per_node": st["nodes"],
+                         "actor_seconds": round(st["actor_seconds"], 2)}  # fmt: skip
         manifests[split.name] = finish_split(split, run_stats)
         print(f"{split.writer.path}: {manifests[split.name]['rows']} rows"
               + (f", job {run_stats['rows_per_second']} rows/s on {len(st['nodes'])} node(s)" if run_stats else
