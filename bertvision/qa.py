@@ -168,20 +168,6 @@ def window_logits(model, tokenizer, windows, device, batch_size: int, desc: str 
     return starts, ends
 
 
-def evaluate_windows(split, windows, starts, ends, max_answer_tokens: int, threshold: float | None = None):
-    """(scores, SpanPredictions, threshold) of one split; the threshold is chosen here when None
-    (validation only)."""
-    from bertvision import spans
-
-    contexts = {ex.id: ex.context for ex in split.examples}
-    preds = spans.postprocess(windows.example_ids, windows.offsets, starts, ends, contexts,
-                              max_answer_tokens=max_answer_tokens)  # fmt: skip
-    gold = split.gold()
-    if threshold is None:
-        threshold = spans.choose_threshold(gold, preds)
-    return spans.score(gold, preds, threshold), preds, threshold
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -191,6 +177,7 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
     import torch
     from tqdm.auto import tqdm
 
+    from bertvision import spans
     from bertvision.encoders import encoder_info, load_tokenizer, resolve_encoder
     from bertvision.finetune import (
         FinetuneResult,
@@ -271,7 +258,7 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
                 fraction = save_steps[step]
                 t1 = time.perf_counter()
                 s, e = window_logits(model, tokenizer, val_w, device, cfg.eval_batch_size, "validation")
-                scores, _, threshold = evaluate_windows(parts["validation"], val_w, s, e, cfg.max_answer_tokens)
+                scores, _, threshold = spans.evaluate(parts["validation"], val_w, s, e, cfg.max_answer_tokens)
                 meta = {
                     "fraction": fraction, "step": step, "windows_seen": min(step * cfg.batch_size, round(fraction * len(train_w))),
                     "train_seconds": round(train_seconds, 2), "train_loss": loss_sum / loss_n,
@@ -292,6 +279,7 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
 
 def _score_eval(task, result, tokenizer, cfg: QAFinetuneConfig, device, wkw: dict) -> None:
     """Score every saved checkpoint on the eval split(s), once, with its validation threshold."""
+    from bertvision import spans
     from bertvision.finetune import CHECKPOINT_META
     from bertvision.spans import make_windows
 
@@ -302,7 +290,7 @@ def _score_eval(task, result, tokenizer, cfg: QAFinetuneConfig, device, wkw: dic
             model = load_qa_model(str(folder), device)
             t0 = time.perf_counter()
             s, e = window_logits(model, tokenizer, windows, device, cfg.eval_batch_size, split)
-            scores, preds, _ = evaluate_windows(data, windows, s, e, cfg.max_answer_tokens, meta["threshold"])
+            scores, preds, _ = spans.evaluate(data, windows, s, e, cfg.max_answer_tokens, meta["threshold"])
             meta[split] = scores
             meta[f"{split}_seconds"] = round(time.perf_counter() - t0, 2)
             atomic_write_json(folder / f"predictions-{split}.json", preds.predictions(meta["threshold"]))

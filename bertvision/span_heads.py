@@ -36,6 +36,7 @@ import numpy as np
 
 from bertvision.errors import ConfigError, DataError
 from bertvision.io import atomic_write_json
+from bertvision.spans import evaluate
 
 HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
 METHODS = ("max", "mean")
@@ -247,19 +248,6 @@ def _check_ids(where: Path, window_qids: Sequence[str], split) -> None:
         raise DataError(where, f"windows do not match the task's {split.split} questions "
                         f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]}); "
                         "was it embedded from other data?")  # fmt: skip
-
-
-def evaluate(split, windows: WindowSet, starts, ends, max_answer_tokens: int, threshold: float | None = None):
-    """(scores, SpanPredictions, threshold); the threshold is chosen on ``split`` when None."""
-    from bertvision import spans
-
-    contexts = {ex.id: ex.context for ex in split.examples}
-    preds = spans.postprocess(windows.example_ids, windows.offsets, starts, ends, contexts,
-                              max_answer_tokens=max_answer_tokens)  # fmt: skip
-    gold = split.gold()
-    if threshold is None:
-        threshold = spans.choose_threshold(gold, preds)
-    return spans.score(gold, preds, threshold), preds, threshold
 
 
 # ---------------------------------------------------------------------------------------------

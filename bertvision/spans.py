@@ -264,3 +264,19 @@ def score(gold: dict[str, list[str]], preds: SpanPredictions, threshold: float) 
     out = squad_v2_scores(gold, preds.predictions(threshold))
     out["threshold"] = float(threshold)
     return out
+
+
+def evaluate(split, windows, starts, ends, max_answer_tokens: int = 30, threshold: float | None = None):
+    """Post-process and score one split: (scores, SpanPredictions, threshold).
+
+    ``split`` gives the contexts and gold answers (a `SquadSplit`); ``windows`` anything with
+    ``example_ids`` and ``offsets`` per window (`Windows`, a span head's window set). The
+    threshold is chosen here when None: only ever on a validation part.
+    """
+    contexts = {ex.id: ex.context for ex in split.examples}
+    preds = postprocess(windows.example_ids, windows.offsets, starts, ends, contexts,
+                        max_answer_tokens=max_answer_tokens)  # fmt: skip
+    gold = split.gold()
+    if threshold is None:
+        threshold = choose_threshold(gold, preds)
+    return score(gold, preds, threshold), preds, threshold
