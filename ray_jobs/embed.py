@@ -124,7 +124,7 @@ def _single_node() -> bool:
 
 def run(args: argparse.Namespace) -> dict[str, dict]:
     """Embed every split named by ``args``; returns split -> manifest."""
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     plan = prepare(
         args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
@@ -153,8 +153,11 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         stores = {p.name: {"path": str(p.writer.path), "spec": p.writer.spec.to_dict(), "rows": p.writer.total_rows}
                   for p in plan.splits}  # fmt: skip
         ds = ray.data.from_items([{"split": s, "shard": k} for s, k in pending], override_num_blocks=len(pending))
+        # Two tokenise tasks in flight per actor keep the actors fed; more only start worker
+        # processes (each importing transformers) that compete with the actors for CPU.
         ds = ds.map_batches(
             _shard_rows, batch_format="pyarrow", batch_size=1, num_cpus=0.25,
+            compute=TaskPoolStrategy(size=2 * pool["size"]),
             fn_kwargs={"splits": splits, "tokenizer": plan.extractor["checkpoint"],
                        "text_fields": list(plan.extractor["text_fields"]) if sentence else None,
                        "max_length": plan.extractor["max_length"]},
