@@ -69,21 +69,37 @@ class FinetuneConfig:
     """Score the dev split(s) at the end (once per saved checkpoint)."""
 
     def __post_init__(self):
-        if not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise ConfigError(f"--epochs must be in (0, inf), not {self.epochs}")
-        for f in self.save_at:
-            if not (f > 0 and math.isfinite(f)):
-                raise ConfigError(f"--save-at fractions must be in (0, inf), not {f}")
-            if f > self.epochs + 1e-9:
-                raise ConfigError(f"--save-at {f} lies beyond --epochs {self.epochs}")
-        for name in ("lr", "batch_size", "max_length", "eval_batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"--warmup must be in [0, 1), not {self.warmup}")
+        check_schedule(self, ("lr", "batch_size", "max_length", "eval_batch_size"))
 
     def checkpoint_fractions(self) -> list[float]:
         return sorted({*self.save_at, self.epochs})
+
+
+def check_schedule(cfg, positive: tuple[str, ...]) -> None:
+    """The checks every fine-tuning config shares: epochs, save_at fractions, warmup, and the
+    named fields that must be positive."""
+    if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
+        raise ConfigError(f"--epochs must be in (0, inf), not {cfg.epochs}")
+    for f in cfg.save_at:
+        if not (f > 0 and math.isfinite(f)):
+            raise ConfigError(f"--save-at fractions must be in (0, inf), not {f}")
+        if f > cfg.epochs + 1e-9:
+            raise ConfigError(f"--save-at {f} lies beyond --epochs {cfg.epochs}")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if not 0 <= cfg.warmup < 1:
+        raise ConfigError(f"--warmup must be in [0, 1), not {cfg.warmup}")
+
+
+def adamw(model, lr: float, weight_decay: float):
+    """AdamW with weight decay on matrices only (not on biases and LayerNorm weights)."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 @dataclass
@@ -252,11 +268,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path) -> FinetuneResult:
     # A checkpoint "after 0.3 epochs" comes after the step that completes 30% of the batches.
     total_steps = fraction_step(cfg.epochs, steps_per_epoch)
     save_steps = {fraction_step(f, steps_per_epoch): f for f in cfg.checkpoint_fractions()}
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     scheduler = linear_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(

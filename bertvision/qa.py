@@ -67,19 +67,10 @@ class QAFinetuneConfig:
     """Score the eval split(s) at the end (once per saved checkpoint)."""
 
     def __post_init__(self):
-        if not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise ConfigError(f"--epochs must be in (0, inf), not {self.epochs}")
-        for f in self.save_at:
-            if not (f > 0 and math.isfinite(f)):
-                raise ConfigError(f"--save-at fractions must be in (0, inf), not {f}")
-            if f > self.epochs + 1e-9:
-                raise ConfigError(f"--save-at {f} lies beyond --epochs {self.epochs}")
-        for name in ("lr", "batch_size", "max_length", "doc_stride", "max_query_length",
-                     "max_answer_tokens", "eval_batch_size"):  # fmt: skip
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"--warmup must be in [0, 1), not {self.warmup}")
+        from bertvision.finetune import check_schedule
+
+        check_schedule(self, ("lr", "batch_size", "max_length", "doc_stride", "max_query_length",
+                              "max_answer_tokens", "eval_batch_size"))  # fmt: skip
 
     def checkpoint_fractions(self) -> list[float]:
         return sorted({*self.save_at, self.epochs})
@@ -182,6 +173,7 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
     from bertvision.finetune import (
         FinetuneResult,
         _save_checkpoint,
+        adamw,
         checkpoint_name,
         collate,
         fraction_step,
@@ -219,11 +211,7 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
     steps_per_epoch = math.ceil(len(train_w) / cfg.batch_size)
     total_steps = fraction_step(cfg.epochs, steps_per_epoch)
     save_steps = {fraction_step(f, steps_per_epoch): f for f in cfg.checkpoint_fractions()}
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     scheduler = linear_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "config.json", {

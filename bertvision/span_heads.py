@@ -180,6 +180,8 @@ class SpanParts:
     train_path: Path
     train_keep: set[str] | None
     """Question ids of train windows to train on (None: all of STORE/train)."""
+    train_windows: int
+    """How many windows of STORE/train are trained on."""
     validation: WindowSet
     evals: dict[str, WindowSet]
     questions: dict[str, object]
@@ -223,7 +225,7 @@ def load_parts(store: str | Path, data_dir: str | None, validation_fraction: flo
     else:  # carve whole articles out of STORE/train, as fine-tuning did
         held = {ex.id for ex in parts["validation"].examples}
         validation = None
-        for shard in st.iter_token_shards(root / "train"):
+        for shard in st.iter_token_shards(root / "train"):  # one pass: validation windows out
             piece = WindowSet.from_split(shard, held)
             if validation is None:
                 validation = piece
@@ -231,13 +233,14 @@ def load_parts(store: str | Path, data_dir: str | None, validation_fraction: flo
                 validation.extend(piece)
         train_keep = {ex.id for ex in parts["train"].examples}
         _check_ids(root / "train", validation.example_ids, parts["validation"])
+    n_train = manifest["rows"] - (len(validation) if train_keep is not None else 0)
     names = list(eval_names) if eval_names else [s for s in spec["eval_splits"] if (root / s).is_dir()]
     evals = {}
     for name in names:
         evals[name] = load(name)
         questions[name] = task.load(name)
         _check_ids(root / name, evals[name].example_ids, questions[name])
-    return SpanParts(spec, manifest, root / "train", train_keep, validation, evals, questions)
+    return SpanParts(spec, manifest, root / "train", train_keep, n_train, validation, evals, questions)
 
 
 def _check_ids(where: Path, window_qids: Sequence[str], split) -> None:
@@ -265,14 +268,6 @@ def _train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator) 
         lengths = np.array([len(h) for h in ws.hidden])
         for idx in length_batches(lengths, batch_size, rng):
             yield WindowSet([ws.ids[i] for i in idx], [], [ws.hidden[i] for i in idx], [], ws.labels[idx], None)
-
-
-def _count_train_windows(parts: SpanParts) -> int:
-    from bertvision import store as st
-
-    if parts.train_keep is None:
-        return parts.manifest["rows"]
-    return sum(sum(q in parts.train_keep for q in s.example_ids) for s in st.iter_token_shards(parts.train_path))
 
 
 def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: int, out_dir: Path) -> dict:
@@ -363,7 +358,7 @@ def train_span_heads(cfg: SpanHeadTrainConfig, out_dir: str | Path) -> dict:
     if (out_dir / "summary.json").is_file() and previous_run(out_dir, asdict(cfg), "train") is not None:
         return json.loads((out_dir / "summary.json").read_text())
     parts = load_parts(cfg.store, cfg.data_dir, cfg.validation_fraction, cfg.validation_seed)
-    n_train = _count_train_windows(parts)
+    n_train = parts.train_windows
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = ("encoder", "checkpoint", "task", "num_hidden_states", "hidden_size", "selection", "max_length", "rows")
     atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "store": {k: parts.manifest.get(k) for k in keys},
