@@ -7,7 +7,10 @@
     bertvision finetune / embed / train / evaluate / store verify    the method, stage by stage
     bertvision ensemble                   span heads (and the fine-tuned encoder) combined
 
-Errors a user can fix print one line (``bertvision: error: FILE:LINE: problem``) and exit 1.
+Errors print one line (``bertvision: error: FILE:LINE: problem``, no traceback). Exit status:
+0 done, 1 the input is wrong (a data file, a store, a head, an option), 2 the command line is
+malformed, 3 something failed while running (disk full, permissions, a folder held by another
+process, training diverged), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import textwrap
 from pathlib import Path
 
 from bertvision import __version__
-from bertvision.errors import BertVisionError
+from bertvision.errors import EXIT_INTERRUPTED, EXIT_RUN, BertVisionError, os_error
 
 DATA_HELP = (
     "local data folder holding glue/<Task>/*.tsv (the glue_data layout) and squad2/*-v2.0.json; "
@@ -37,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a BERT-family encoder briefly, store every layer's hidden states "
         "once, and train small AdapterPooler heads on them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'bertvision COMMAND --help' for a command's options.",
+        epilog="Run 'bertvision COMMAND --help' for a command's options.\n\n"
+        "Exit status: 0 done; 1 the input is wrong (a data file, a store, a head, an option);\n"
+        "2 the command line is malformed; 3 something failed while running (disk full,\n"
+        "permissions, a folder held by another process, training diverged); 130 interrupted.\n"
+        "Errors print one line naming the file (and line) or the option.",
     )
     parser.add_argument("--version", action="version", version=f"bertvision {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -270,15 +277,21 @@ def _add_method_commands(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status says what happened (see `bertvision.errors`): 0 done,
+    1 the input is wrong, 2 the command line is malformed, 3 something failed while running,
+    130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except BertVisionError as e:
         print(f"bertvision: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
+    except OSError as e:  # a full disk, a permission, a vanished path: say which, no traceback
+        print(f"bertvision: error: {os_error(e, f'running {args.command!r}')}", file=sys.stderr)
+        return EXIT_RUN
     except KeyboardInterrupt:
         print("bertvision: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +472,9 @@ def cmd_embed(args) -> int:
 
         job = importlib.import_module("ray_jobs.embed")
         args.max_length, args.selection, args.gpus_per_actor, args.address = max_length, selection, None, None
+        # The job runs in this process and this folder, where a relative path means what it says;
+        # the actors (on every node of a $RAY_ADDRESS cluster) get it absolute.
+        args.out = str(Path(args.out).expanduser().absolute())
         job.run(args)
         return 0
     manifests = embed(
@@ -468,8 +484,8 @@ def cmd_embed(args) -> int:
         max_query_length=args.max_query_length,
     )  # fmt: skip
     for split, m in manifests.items():
-        run = m["extra"].get("last_run")
-        speed = f", {run['rows_per_second']} rows/s" if run else " (already complete)"
+        run = m["this_run"]  # None: the store was complete before this run; nothing was embedded
+        speed = f", {run['rows_per_second']} rows/s" if run else " (already complete; nothing embedded)"
         shape = f"({m['num_hidden_states']}, {m['hidden_size']})"
         what = f"{m['rows']} windows x tokens x {shape}" if m["selection"] == "tokens" else f"{m['rows']} rows x {shape}"
         print(f"{args.out}/{split}: {what}{speed}")

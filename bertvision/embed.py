@@ -13,15 +13,18 @@ checkpoint, the encoder's own start/end logits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bertvision.errors import ConfigError
+from bertvision.fingerprint import split_fingerprint
+from bertvision.outdir import check_out_dir, claim
 
 
 def checkpoint_identity(checkpoint: str | None) -> tuple[dict, str, str | None]:
@@ -66,6 +69,8 @@ class SplitPlan:
     """Extractor input columns for every row (sentence: id, texts, label; span: windows)."""
     stats: dict
     """Facts for the manifest's ``extra``: the task spec, the data source, windowing."""
+    complete_before: bool = False
+    """The store was already complete when opened: nothing to write (a rerun)."""
 
     def batch(self, shard: int) -> dict[str, list]:
         """The extractor input rows of one shard."""
@@ -75,14 +80,28 @@ class SplitPlan:
 
 @dataclass
 class EmbedPlan:
+    """What to embed, with every split's store open and locked (`bertvision.locks`) until
+    `close` (or the end of a ``with`` block): one process writes a store folder at a time."""
+
     extractor: dict
     """`HiddenStateExtractor` keyword arguments (checkpoint, text_fields, selection, max_length,
     quantize); the runner adds batch_size and device."""
     splits: list[SplitPlan]
+    locks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def pending(self) -> list[tuple[str, int]]:
         """(split, shard) pairs still to write, in order."""
         return [(p.name, k) for p in self.splits for k in p.writer.pending_shards()]
+
+    def close(self) -> None:
+        """Release the store folders' locks."""
+        self.locks.close()
+
+    def __enter__(self) -> EmbedPlan:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def prepare(
@@ -109,6 +128,7 @@ def prepare(
     from bertvision.store import StoreSpec, StoreWriter
     from bertvision.tasks import get_task
 
+    out_dir = check_out_dir(out_dir)
     task = get_task(task_name, data_dir)
     span = task.spec.kind == "span"
     if span and selection == "cls":
@@ -146,21 +166,32 @@ def prepare(
             columns[name] = {"id": list(data.ids), **dict(zip(task.spec.text_fields, data.texts, strict=True))}
             if data.labels is not None:
                 columns[name]["label"] = list(data.labels)
-    plans = []
+    specs = {}
     for name, data in loaded.items():
+        source = split_fingerprint(data)
+        if span:  # windowing fixes the rows too, and only max_length is a spec field
+            source = hashlib.sha256(f"{source}:{json.dumps(windowing, sort_keys=True)}".encode()).hexdigest()
         label_kind = "span" if span else (task.spec.kind if data.labels is not None else None)
         spec = StoreSpec(
             task=task.name, split=name, encoder_name=encoder["name"], encoder_revision=encoder["revision"],
             checkpoint=label if not quantize else f"{label} ({quantize} dynamic quantisation)",
             checkpoint_sha256=sha, num_hidden_states=info.num_hidden_states, hidden_size=info.hidden_size,
             selection=selection, max_length=max_length, label_kind=label_kind, shard_rows=shard_rows,
-            encoder_logits=bool(logits),
+            encoder_logits=bool(logits), source_sha256=source,
         )  # fmt: skip
-        writer = StoreWriter(Path(out_dir) / name, spec, len(columns[name]["id"]))
-        plans.append(SplitPlan(name, writer, columns[name], stats[name]))
+        specs[name] = spec
     extractor = {"checkpoint": checkpoint, "text_fields": task.spec.text_fields, "selection": selection,
                  "max_length": max_length, "quantize": quantize}  # fmt: skip
-    return EmbedPlan(extractor, plans)
+    plan = EmbedPlan(extractor, [])
+    try:  # lock each split's folder before its writer opens it (and cleans temporary files)
+        for name, spec in specs.items():
+            folder = plan.locks.enter_context(claim(Path(out_dir) / name, "embed store"))
+            writer = StoreWriter(folder, spec, len(columns[name]["id"]))
+            plan.splits.append(SplitPlan(name, writer, columns[name], stats[name], writer.complete))
+    except BaseException:
+        plan.close()
+        raise
+    return plan
 
 
 def write_output(writer, shard: int, out: dict) -> None:
@@ -200,23 +231,32 @@ def embed(
     max_query_length: int = 64,
 ) -> dict[str, dict]:
     """Embed ``splits`` (default: every split found) of a task in this process; returns split ->
-    manifest.
+    manifest (with ``this_run``: this run's throughput facts, or None where the store was
+    already complete).
 
     Span tasks always use the ``tokens`` selection (``selection`` "cls", the default, is taken
     to mean it); ``doc_stride`` and ``max_query_length`` apply to them only.
     """
+    from bertvision.finetune import pick_device
+
+    pick_device(device)  # a bad --device fails before any store is opened
+    with prepare(task_name, checkpoint, out_dir, splits=splits, data_dir=data_dir, selection=selection,
+                 max_length=max_length, shard_rows=shard_rows, quantize=quantize, doc_stride=doc_stride,
+                 max_query_length=max_query_length) as plan:  # fmt: skip
+        return _run(plan, batch_size, device)
+
+
+def _run(plan: EmbedPlan, batch_size: int, device: str | None) -> dict[str, dict]:
     from tqdm.auto import tqdm
 
     from bertvision.extract import HiddenStateExtractor
 
-    plan = prepare(task_name, checkpoint, out_dir, splits=splits, data_dir=data_dir, selection=selection,
-                   max_length=max_length, shard_rows=shard_rows, quantize=quantize, doc_stride=doc_stride,
-                   max_query_length=max_query_length)  # fmt: skip
-    extractor = HiddenStateExtractor(**plan.extractor, batch_size=batch_size, device=device)
+    # A rerun over complete stores loads no model.
+    extractor = HiddenStateExtractor(**plan.extractor, batch_size=batch_size, device=device) if plan.pending() else None
     manifests = {}
     for split in plan.splits:
         pending = split.writer.pending_shards()
-        t0, tokens0, rows = time.perf_counter(), extractor.tokens_seen, 0
+        t0, tokens0, rows = time.perf_counter(), extractor.tokens_seen if extractor else 0, 0
         total = sum(len(range(*split.writer.shard_range(k))) for k in pending)
         with tqdm(total=total, desc=f"embed {split.name}", disable=None) as bar:
             for k in pending:
@@ -230,7 +270,7 @@ def embed(
             run = {"rows": rows, "seconds": round(seconds, 2), "rows_per_second": round(rows / seconds, 1),
                    "tokens_per_second": round((extractor.tokens_seen - tokens0) / seconds, 1),
                    "device": str(extractor.device), "runner": "in-process"}  # fmt: skip
-        manifests[split.name] = finish_split(split, run)
+        manifests[split.name] = {**finish_split(split, run), "this_run": run}
     return manifests
 
 

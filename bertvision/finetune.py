@@ -29,10 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bertvision.errors import ConfigError
-from bertvision.io import atomic_write_json
+from bertvision.errors import ConfigError, RunError, os_error
+from bertvision.fingerprint import splits_fingerprint
+from bertvision.io import atomic_write_json, respect_umask
+from bertvision.outdir import check_out_dir, claim
 
 CHECKPOINT_META = "bertvision.json"
+# What a fine-tuning run writes besides config.json and metrics.json (a killed run's are removed
+# before it starts over).
+CHECKPOINT_GLOBS = ("checkpoint-e*",)
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,46 @@ class FinetuneConfig:
         return sorted({*self.save_at, self.epochs})
 
 
+def check_optimisation(cfg) -> None:
+    """The checks every training config shares (fine-tuning and heads): a finite positive
+    learning rate, finite non-negative weight decay, warmup in [0, 1), a validation part in
+    (0, 1) of train, and (where the config has them) dropout in [0, 1), distinct seeds."""
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"--lr must be a finite positive number, not {cfg.lr}")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        raise ConfigError(f"--weight-decay must be finite and >= 0, not {cfg.weight_decay}")
+    if not 0 <= cfg.warmup < 1:
+        raise ConfigError(f"--warmup must be in [0, 1), not {cfg.warmup}")
+    if not 0 < cfg.validation_fraction < 1:
+        raise ConfigError(f"--validation-fraction must be in (0, 1), not {cfg.validation_fraction}")
+    if hasattr(cfg, "dropout") and not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), not {cfg.dropout}")
+    if hasattr(cfg, "max_grad_norm") and not (cfg.max_grad_norm > 0 and math.isfinite(cfg.max_grad_norm)):
+        raise ConfigError(f"max_grad_norm must be a finite positive number, not {cfg.max_grad_norm}")
+    seeds = getattr(cfg, "seeds", None)
+    if seeds is not None:
+        if not seeds:
+            raise ConfigError("--seeds: give at least one seed")
+        repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+        if repeated:
+            raise ConfigError(f"--seeds: seed {', '.join(map(str, repeated))} given more than once; a "
+                              "repeated seed repeats one run and understates the spread")  # fmt: skip
+
+
+def check_loss(loss, step: int, lr: float, what: str = "training") -> float:
+    """The loss as a float, or a RunError when it is NaN or infinite: training diverged (or the
+    data holds non-finite values), and every later step and the saved weights would be NaN."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise RunError(f"{what} diverged: the loss is {value} at step {step} (--lr {lr:g}); nothing was "
+                       "saved from this run. Lower --lr, or check the input for NaN/inf values")  # fmt: skip
+    return value
+
+
 def check_schedule(cfg, positive: tuple[str, ...]) -> None:
-    """The checks every fine-tuning config shares: epochs, save_at fractions, warmup, and the
-    named fields that must be positive."""
+    """The checks every fine-tuning config shares: epochs, save_at fractions, the named fields
+    that must be positive, and `check_optimisation`."""
+    check_optimisation(cfg)
     if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
         raise ConfigError(f"--epochs must be in (0, inf), not {cfg.epochs}")
     for f in cfg.save_at:
@@ -88,8 +130,6 @@ def check_schedule(cfg, positive: tuple[str, ...]) -> None:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    if not 0 <= cfg.warmup < 1:
-        raise ConfigError(f"--warmup must be in [0, 1), not {cfg.warmup}")
 
 
 def adamw(model, lr: float, weight_decay: float):
@@ -135,9 +175,28 @@ def quiet_transformers() -> None:
 
 
 def pick_device(device: str | None):
+    """The torch device named by ``--device`` (None: CUDA when available, else the CPU).
+
+    Raises:
+      ConfigError: the name is not a device, or names CUDA (or MPS) on a machine without it.
+    """
     import torch
 
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device {device}: CUDA is not available here ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,27 +291,38 @@ def predict(model, tokenizer, encoded, device, batch_size: int, desc: str = "pre
 
 def finetune(cfg: FinetuneConfig, out_dir: str | Path) -> FinetuneResult:
     """Fine-tune ``cfg.encoder`` on ``cfg.task`` and save checkpoints; see the module docstring."""
+    from bertvision.tasks import get_task
+
+    out_dir = check_out_dir(out_dir)
+    device = pick_device(cfg.device)
+    task = get_task(cfg.task, cfg.data_dir)
+    spec = task.spec
+    if spec.kind == "span":
+        raise ConfigError(f"task {spec.name!r} is a span task; sentence-level fine-tuning needs classification or regression")
+    # ---- every split read and checked before anything is written: train, and the dev split(s)
+    # scored at the end (a bad dev line must not surface after the training time is spent)
+    full = task.load("train")
+    dev_splits = {s: task.load(s) for s in spec.eval_splits if task.exists(s)} if cfg.score_dev else {}
+    inputs = splits_fingerprint({"train": full, **dev_splits})
+    with claim(out_dir, "finetune run"):
+        done = previous_run(out_dir, asdict(cfg), "finetune", inputs, CHECKPOINT_GLOBS)
+        if done is not None:
+            return FinetuneResult(out_dir, done)
+        return _finetune(cfg, out_dir, task, full, dev_splits, inputs, device)
+
+
+def _finetune(cfg: FinetuneConfig, out_dir: Path, task, full, dev_splits: dict, inputs: dict, device) -> FinetuneResult:
     import torch
     from tqdm.auto import tqdm
 
     from bertvision.encoders import encoder_info, load_tokenizer, resolve_encoder
     from bertvision.metrics import compute_metrics
-    from bertvision.tasks import get_task
     from bertvision.tasks.base import carve_validation
 
-    out_dir = Path(out_dir)
-    done = previous_run(out_dir, asdict(cfg), "finetune")
-    if done is not None:
-        return FinetuneResult(out_dir, done)
-    task = get_task(cfg.task, cfg.data_dir)
     spec = task.spec
-    if spec.kind == "span":
-        raise ConfigError(f"task {spec.name!r} is a span task; sentence-level fine-tuning needs classification or regression")
-    device = pick_device(cfg.device)
     set_seed(cfg.seed)
 
     # ---- data: train minus a carved validation part; dev only at the end
-    full = task.load("train")
     tr_idx, va_idx = carve_validation(full.labels, len(full), cfg.validation_fraction, cfg.validation_seed)
     train, val = full.subset(tr_idx, "train"), full.subset(va_idx, "validation")
     _, location = resolve_encoder(cfg.encoder)
@@ -273,8 +343,9 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path) -> FinetuneResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         out_dir / "config.json",
-        {"finetune": asdict(cfg), "task": spec.to_dict(), "encoder": info.to_dict(), "train_examples": len(train),
-         "validation_examples": len(val), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
+        {"finetune": asdict(cfg), "inputs": inputs, "task": spec.to_dict(), "encoder": info.to_dict(),
+         "train_examples": len(train), "validation_examples": len(val), "steps_per_epoch": steps_per_epoch,
+         "total_steps": total_steps},
     )  # fmt: skip
 
     # ---- loop
@@ -288,6 +359,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path) -> FinetuneResult:
             t0 = time.perf_counter()
             model.train()
             loss = model(**collate(tokenizer, enc_train, idx, device, labels)).loss
+            value = check_loss(loss, step + 1, cfg.lr, "fine-tuning")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -295,7 +367,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path) -> FinetuneResult:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             train_seconds += time.perf_counter() - t0
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            loss_sum, loss_n = loss_sum + value, loss_n + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
             if step in save_steps:
@@ -314,47 +386,101 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path) -> FinetuneResult:
             if step >= total_steps:
                 break
     bar.close()
-    if cfg.score_dev:
-        _score_dev(task, result, tokenizer, cfg, device)
+    _score_dev(task, dev_splits, result, tokenizer, cfg, device)
     atomic_write_json(out_dir / "metrics.json", result.checkpoints)
     return result
 
 
-def previous_run(out_dir: Path, config: dict, key: str) -> dict | None:
-    """The metrics of a finished run in ``out_dir`` with the same config, else None.
+def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], leftovers: tuple[str, ...]) -> dict | None:
+    """What an earlier run in ``out_dir`` means for this one, by its config.json.
 
-    A finished run with another config is an error, so results are never silently mixed; an
-    unfinished one (no metrics.json: the process was killed) is started over.
+    ``config`` (stored under ``key``) holds the settings and ``inputs`` the fingerprints of what
+    the run reads (`bertvision.fingerprint`: data splits, or stores), stored under "inputs".
+
+    * a finished run (metrics.json written) with the same settings and inputs: its metrics,
+      reused;
+    * a finished run with other settings or inputs: ConfigError saying which, nothing touched;
+    * an unfinished run (the process was killed) with the same settings and inputs: its
+      artifacts (the ``leftovers`` globs, e.g. checkpoint folders) are removed and None returned:
+      the run starts over and no artifact stays that its config does not describe;
+    * an unfinished run with other settings or inputs, or artifacts without a config.json:
+      ConfigError (another --out, or delete the folder), nothing touched.
     """
+    import shutil
+
     cfg_file, metrics = out_dir / "config.json", out_dir / "metrics.json"
-    if not (cfg_file.is_file() and metrics.is_file()):
+    found = sorted(p for pattern in leftovers for p in out_dir.glob(pattern))
+    if not cfg_file.is_file():
+        if found:
+            raise ConfigError(f"{out_dir} holds {found[0].name} but no config.json saying what made it; "
+                              "use another --out or delete the folder")  # fmt: skip
         return None
-    old = json.loads(json.dumps(json.loads(cfg_file.read_text()).get(key, {})))
-    new = json.loads(json.dumps(config))  # tuples -> lists, as stored
+    stored = json.loads(cfg_file.read_text())
+    finished = metrics.is_file()
+    state = "a finished" if finished else "an unfinished (killed?)"
+    old, new = json.loads(json.dumps(stored.get(key, {}))), json.loads(json.dumps(config))  # tuples -> lists
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ConfigError(f"{out_dir} holds a finished run with other settings ({', '.join(diff)}); use another --out")
-    return json.loads(metrics.read_text())
+        raise ConfigError(f"{out_dir} holds {state} run with other settings ({', '.join(diff)}); use another --out"
+                          + ("" if finished else " or delete the folder"))  # fmt: skip
+    from bertvision.fingerprint import differing
+
+    if "inputs" not in stored:
+        raise ConfigError(f"{out_dir} holds {state} run made before input fingerprints were recorded, so "
+                          "whether its data is this data is unknown; use another --out or delete the folder")  # fmt: skip
+    changed = differing(stored["inputs"], inputs)
+    if changed:
+        raise ConfigError(f"{out_dir} holds {state} run on other data: {', '.join(changed)} changed since it ran "
+                          "(content fingerprints differ); use another --out, or delete the folder to rerun")  # fmt: skip
+    if finished:
+        return json.loads(metrics.read_text())
+    for path in found:  # a killed run with these settings: start over, leaving nothing stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None
 
 
 def _save_checkpoint(model, tokenizer, path: Path, meta: dict) -> None:
-    """Weights as safetensors, the transformers config, the tokenizer, and our metadata."""
+    """Weights as safetensors, the transformers config, the tokenizer, and our metadata.
+
+    The folder appears whole or not at all: it is written as ``<name>.tmp`` and renamed; a
+    failure (a full disk, a permission) removes the temporary folder and raises a RunError
+    naming the checkpoint. Non-finite weights (a diverged run) are never saved.
+    """
+    import shutil
+
+    check_finite_state(model.state_dict(), path)
     tmp = path.with_name(path.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / CHECKPOINT_META, meta)
-    if path.exists():
-        import shutil
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / CHECKPOINT_META, meta)
+        respect_umask(tmp)  # safetensors writes its file 0600
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise os_error(exc, f"saving checkpoint {path}") from None
+        if isinstance(exc, Exception) and type(exc).__name__ == "SafetensorError":
+            raise RunError(f"{path}: cannot save the checkpoint ({exc}); nothing was left behind") from None
+        raise
 
-        shutil.rmtree(path)
-    tmp.rename(path)  # a checkpoint folder appears whole or not at all
+
+def check_finite_state(state: dict, where) -> None:
+    """RunError when a model's weights hold NaN or inf (they would be saved as a broken model)."""
+    import torch
+
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"{where}: the weights are not finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                       "training diverged and nothing was saved. Lower --lr")  # fmt: skip
 
 
-def _score_dev(task, result: FinetuneResult, tokenizer, cfg: FinetuneConfig, device) -> None:
+def _score_dev(task, dev_splits: dict, result: FinetuneResult, tokenizer, cfg: FinetuneConfig, device) -> None:
     """Score each saved checkpoint on the labelled dev split(s), once, at the end."""
     from bertvision.metrics import compute_metrics
 
-    dev_splits = {s: task.load(s) for s in task.spec.eval_splits if task.exists(s)}
     encoded = {s: encode_split(tokenizer, d, cfg.max_length) for s, d in dev_splits.items()}
     for name, meta in result.checkpoints.items():
         model = load_model(str(result.out_dir / name), task.spec, device)

@@ -1,28 +1,55 @@
 """Small file helpers. Every artifact is written atomically: a temporary name, then a rename,
-so a killed process never leaves a half-written file under the final name."""
+so a killed process never leaves a half-written file under the final name.
+
+Files get the mode `open()` would give them, 0o666 less the process umask (0644 under the usual
+umask 022, 0664 under 002 for a shared group folder), like the files transformers and
+TensorBoard write beside them. (`tempfile.mkstemp` would make them 0600, unreadable to
+teammates on shared storage.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
+# As tempfile.mkstemp opens its files, but with the mode open() uses: the kernel applies the
+# umask (and a folder's default ACL) at creation, so nothing reads or changes the process-wide
+# umask and no other thread can race with it. O_BINARY matters on Windows only.
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+_TEMP_ATTEMPTS = 100
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create and open a new temporary file beside ``path``, named ".<name>.<random>.tmp"
+    (the names `StoreWriter` cleans up after a killed writer)."""
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
+
+    The file's mode is 0o666 less the umask, as `open()` gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write (ENOSPC) names no file; say which
         raise
     return path
 
@@ -33,3 +60,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def default_mode(folder: bool = False) -> int:
+    """The mode `open()` (or `mkdir`) gives a new file (folder): 0o666 (0o777) less the umask.
+
+    Read from /proc/self/status where it exists, so no thread sees the umask changed; else
+    by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
+def respect_umask(folder: str | os.PathLike) -> None:
+    """Give every file under ``folder`` the mode `open()` would have: for files written by
+    libraries that create them 0600 (safetensors' writer does), so teammates can read them."""
+    mode = default_mode()
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+

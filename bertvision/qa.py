@@ -165,6 +165,28 @@ def window_logits(model, tokenizer, windows, device, batch_size: int, desc: str 
 
 def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
     """Fine-tune for span answers and save checkpoints; see the module docstring."""
+    from bertvision.finetune import CHECKPOINT_GLOBS, FinetuneResult, pick_device, previous_run
+    from bertvision.fingerprint import splits_fingerprint
+    from bertvision.outdir import check_out_dir, claim
+    from bertvision.tasks import get_task
+
+    out_dir = check_out_dir(out_dir)
+    device = pick_device(cfg.device)
+    task = get_task(cfg.task, cfg.data_dir)
+    if task.spec.kind != "span":
+        raise ConfigError(f"task {task.name!r} is not a span task; use the sentence-level finetune")
+    # every split read and checked before anything is written or trained
+    parts = span_parts(task, cfg.validation_fraction, cfg.validation_seed)
+    evals = eval_splits(task) if cfg.score_dev else {}
+    inputs = splits_fingerprint({**parts, **evals})
+    with claim(out_dir, "finetune run"):
+        done = previous_run(out_dir, asdict(cfg), "finetune", inputs, CHECKPOINT_GLOBS)
+        if done is not None:
+            return FinetuneResult(out_dir, done)
+        return _finetune_qa(cfg, out_dir, task, parts, evals, inputs, device)
+
+
+def _finetune_qa(cfg: QAFinetuneConfig, out_dir: Path, task, parts: dict, evals: dict, inputs: dict, device):
     import torch
     from tqdm.auto import tqdm
 
@@ -174,29 +196,17 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
         FinetuneResult,
         _save_checkpoint,
         adamw,
+        check_loss,
         checkpoint_name,
         collate,
         fraction_step,
         length_grouped_batches,
         linear_schedule,
-        pick_device,
-        previous_run,
         set_seed,
     )  # fmt: skip
     from bertvision.spans import make_windows
-    from bertvision.tasks import get_task
 
-    out_dir = Path(out_dir)
-    done = previous_run(out_dir, asdict(cfg), "finetune")
-    if done is not None:
-        return FinetuneResult(out_dir, done)
-    task = get_task(cfg.task, cfg.data_dir)
-    if task.spec.kind != "span":
-        raise ConfigError(f"task {task.name!r} is not a span task; use the sentence-level finetune")
-    device = pick_device(cfg.device)
     set_seed(cfg.seed)
-
-    parts = span_parts(task, cfg.validation_fraction, cfg.validation_seed)
     _, location = resolve_encoder(cfg.encoder)
     info = encoder_info(cfg.encoder)
     tokenizer = load_tokenizer(cfg.encoder)
@@ -215,7 +225,7 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
     scheduler = linear_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "config.json", {
-        "finetune": asdict(cfg), "task": task.spec.to_dict(), "encoder": info.to_dict(),
+        "finetune": asdict(cfg), "inputs": inputs, "task": task.spec.to_dict(), "encoder": info.to_dict(),
         "train_examples": len(parts["train"]), "train_windows": len(train_w),
         "validation_examples": len(parts["validation"]), "validation_windows": len(val_w),
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -232,6 +242,7 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
             batch = collate(tokenizer, feats, idx, device)
             t = torch.as_tensor(targets[idx], device=device)
             loss = model(**batch, start_positions=t[:, 0], end_positions=t[:, 1]).loss
+            value = check_loss(loss, step + 1, cfg.lr, "fine-tuning")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -239,7 +250,7 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
             optimizer.zero_grad(set_to_none=True)
             step += 1
             train_seconds += time.perf_counter() - t0
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            loss_sum, loss_n = loss_sum + value, loss_n + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
             if step in save_steps:
@@ -259,19 +270,18 @@ def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
             if step >= total_steps:
                 break
     bar.close()
-    if cfg.score_dev:
-        _score_eval(task, result, tokenizer, cfg, device, wkw)
+    _score_eval(evals, result, tokenizer, cfg, device, wkw)
     atomic_write_json(out_dir / "metrics.json", result.checkpoints)
     return result
 
 
-def _score_eval(task, result, tokenizer, cfg: QAFinetuneConfig, device, wkw: dict) -> None:
+def _score_eval(evals: dict, result, tokenizer, cfg: QAFinetuneConfig, device, wkw: dict) -> None:
     """Score every saved checkpoint on the eval split(s), once, with its validation threshold."""
     from bertvision import spans
     from bertvision.finetune import CHECKPOINT_META
     from bertvision.spans import make_windows
 
-    for split, data in eval_splits(task).items():
+    for split, data in evals.items():
         windows = make_windows(tokenizer, data.examples, **wkw)
         for name, meta in result.checkpoints.items():
             folder = result.out_dir / name

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bertvision.errors import ConfigError, DataError
-from bertvision.io import atomic_write_json
+from bertvision.io import atomic_write_bytes, atomic_write_json
 from bertvision.spans import evaluate
 
 HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
@@ -72,10 +72,9 @@ class SpanHeadTrainConfig:
         for name in ("adapter_size", "batch_size", "epochs", "patience", "max_answer_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be positive, not {self.lr}")
-        if not self.seeds:
-            raise ConfigError("--seeds: give at least one seed")
+        from bertvision.finetune import check_optimisation
+
+        check_optimisation(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,11 +270,17 @@ def _train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator) 
 
 
 def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: int, out_dir: Path) -> dict:
+    import safetensors.torch
     import torch
-    from safetensors.torch import save_file
     from torch.utils.tensorboard import SummaryWriter
 
-    from bertvision.finetune import linear_schedule, pick_device, set_seed
+    from bertvision.finetune import (
+        check_finite_state,
+        check_loss,
+        linear_schedule,
+        pick_device,
+        set_seed,
+    )
     from bertvision.models.adapter_pooler import AdapterPoolerConfig, SpanAdapterPooler, span_loss
 
     set_seed(seed)
@@ -301,13 +306,14 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
         for batch in _train_batches(parts, cfg.batch_size, rng):
             x, mask = pad_batch(batch.hidden, device)
             loss = span_loss(model(x, mask), torch.as_tensor(batch.labels, device=device))
+            value = check_loss(loss, step + 1, cfg.lr, f"span head training (seed {seed}, epoch {epoch + 1})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if step < total:
                 scheduler.step()
             step += 1
-            tb.add_scalar("train/loss", loss.item(), step)
+            tb.add_scalar("train/loss", value, step)
         epoch_seconds.append(time.perf_counter() - t0)
         tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
         s, e = head_logits(model, parts.validation, device)
@@ -323,6 +329,7 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
             since_best += 1
             if since_best >= cfg.patience:
                 break
+    check_finite_state(best_state, out_dir / HEAD_WEIGHTS)
     model.load_state_dict(best_state)
     chosen = history[best_epoch - 1]
     result = {
@@ -339,7 +346,8 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
         for metric in ("exact", "f1"):
             tb.add_scalar(f"{name}/{metric}", scores[metric], best_epoch)
     tb.close()
-    save_file(best_state, str(out_dir / HEAD_WEIGHTS))
+    # through bytes: safetensors' own file writer makes its files 0600, ignoring the umask
+    atomic_write_bytes(out_dir / HEAD_WEIGHTS, safetensors.torch.save(best_state))
     atomic_write_json(out_dir / HEAD_CONFIG, {
         "adapter_pooler": pooler_cfg.to_dict(), "task": parts.spec, "encoder": m["encoder"],
         "checkpoint": m.get("checkpoint"), "selection": "tokens", "threshold": chosen["threshold"],
@@ -351,27 +359,30 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
 
 def train_span_heads(cfg: SpanHeadTrainConfig, out_dir: str | Path) -> dict:
     """Train one span head per seed; returns (and writes) the summary."""
-    from bertvision.finetune import previous_run
-    from bertvision.train import summarize
+    from bertvision.finetune import pick_device, previous_run
+    from bertvision.fingerprint import store_fingerprint
+    from bertvision.outdir import check_out_dir, claim
+    from bertvision.train import SEED_GLOBS, _write_summary, in_seed_folder
 
-    out_dir = Path(out_dir)
-    if (out_dir / "summary.json").is_file() and previous_run(out_dir, asdict(cfg), "train") is not None:
-        return json.loads((out_dir / "summary.json").read_text())
-    parts = load_parts(cfg.store, cfg.data_dir, cfg.validation_fraction, cfg.validation_seed)
-    n_train = parts.train_windows
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys = ("encoder", "checkpoint", "task", "num_hidden_states", "hidden_size", "selection", "max_length", "rows")
-    atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "store": {k: parts.manifest.get(k) for k in keys},
-                                                "train_windows": n_train})  # fmt: skip
-    runs = []
-    for seed in cfg.seeds:
-        seed_dir = out_dir / f"seed-{seed}"
-        seed_dir.mkdir(parents=True, exist_ok=True)
-        runs.append(train_seed(cfg, seed, parts, n_train, seed_dir))
-    summary = summarize(runs, ["validation", *parts.evals])
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_json(out_dir / "metrics.json", {r["seed"]: {k: r[k] for k in ("validation", *parts.evals)} for r in runs})
-    return summary
+    out_dir = check_out_dir(out_dir)
+    pick_device(cfg.device)
+    root = Path(cfg.store)
+    # Fingerprints from the manifests (cheap): a finished run on the same stores is reused
+    # without reading the token store; every shard read later is checked (sha256, finite).
+    if not (root / "train").is_dir():
+        raise DataError(root, "no 'train' split in this store; run 'bertvision embed' on a span task first")
+    inputs = {p.name: store_fingerprint(p) for p in sorted(root.iterdir()) if (p / "manifest.json").is_file()}
+    with claim(out_dir, "head training"):
+        if previous_run(out_dir, asdict(cfg), "train", inputs, SEED_GLOBS) is not None:
+            return json.loads((out_dir / "summary.json").read_text())
+        parts = load_parts(cfg.store, cfg.data_dir, cfg.validation_fraction, cfg.validation_seed)
+        n_train = parts.train_windows
+        keys = ("encoder", "checkpoint", "task", "num_hidden_states", "hidden_size", "selection", "max_length", "rows")
+        atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "inputs": inputs, "train_windows": n_train,
+                                                    "store": {k: parts.manifest.get(k) for k in keys}})  # fmt: skip
+        runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: train_seed(cfg, seed, parts, n_train, d))
+                for seed in cfg.seeds]  # fmt: skip
+        return _write_summary(out_dir, runs, list(parts.evals))
 
 
 def load_span_head(path: str | Path):
@@ -387,7 +398,13 @@ def load_span_head(path: str | Path):
     try:
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
-        raise DataError(cfg_file, f"malformed JSON: {e.msg}", line=e.lineno) from e
+        from bertvision.errors import json_error
+
+        raise json_error(cfg_file, e, what="malformed JSON") from e
+    except UnicodeDecodeError as e:
+        from bertvision.errors import decode_error
+
+        raise decode_error(cfg_file, e) from e
     if meta.get("selection") != "tokens":
         raise ConfigError(f"{path}: not a span head (selection {meta.get('selection')!r})")
     model = SpanAdapterPooler(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))

@@ -46,10 +46,11 @@ Every list column of a row has the same length T. Shards hold ``shard_rows`` win
 ``manifest.json`` holds ``format_version`` (1), ``status`` ("incomplete" while writing,
 "complete" at the end), the fields of `StoreSpec` (encoder {name, revision}, checkpoint,
 checkpoint_sha256, task, split, num_hidden_states, hidden_size, selection, max_length, dtype,
-label_kind, shard_rows, encoder_logits), ``rows`` (the split's size, known from the start; windows
-for a token store), ``shards`` (one {file, rows, sha256, first_id, last_id} per shard, filled in
-at the end), ``code_version``, ``created`` (UTC) and ``extra`` (free: throughput and the like). A
-manifest written before ``encoder_logits`` existed reads as ``encoder_logits`` false.
+label_kind, shard_rows, encoder_logits, source_sha256), ``rows`` (the split's size, known from
+the start; windows for a token store), ``shards`` (one {file, rows, sha256, first_id, last_id}
+per shard, filled in at the end), ``code_version``, ``created`` (UTC) and ``extra`` (free:
+throughput and the like). A manifest written before ``encoder_logits`` existed reads as
+``encoder_logits`` false, one before ``source_sha256`` as null (unknown data).
 
 Writing is resumable: a shard appears under its final name only when it is whole (it is written
 under a temporary name and renamed), so after a crash the shards on disk are the ones done and
@@ -177,6 +178,9 @@ class StoreSpec:
       dtype: the stored dtype; only "float16".
       encoder_logits: whether rows carry the fine-tuned encoder's own (start, end) logits per
         token; token stores only.
+      source_sha256: a fingerprint of the split's data (`bertvision.fingerprint`: ids, texts,
+        labels in order), so a rerun over changed data with the same row count is refused
+        instead of mixing old and new shards; None where unknown (stores written before it).
     """
 
     task: str
@@ -193,6 +197,7 @@ class StoreSpec:
     shard_rows: int | None = None
     dtype: str = "float16"
     encoder_logits: bool = False
+    source_sha256: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("task", "split", "encoder_name", "encoder_revision", "checkpoint"):
@@ -209,12 +214,13 @@ class StoreSpec:
                 "a positive integer",
                 getattr(self, name),
             )
-        _require(
-            self.checkpoint_sha256 is None or isinstance(self.checkpoint_sha256, str),
-            "checkpoint_sha256",
-            "a string or null",
-            self.checkpoint_sha256,
-        )
+        for name in ("checkpoint_sha256", "source_sha256"):
+            _require(
+                getattr(self, name) is None or isinstance(getattr(self, name), str),
+                name,
+                "a string or null",
+                getattr(self, name),
+            )
         _require(self.selection in SELECTIONS, "selection", f"one of {SELECTIONS}", self.selection)
         _require(
             self.label_kind is None or self.label_kind in LABEL_KINDS,
@@ -272,13 +278,15 @@ class StoreSpec:
             "label_kind": self.label_kind,
             "shard_rows": self.shard_rows,
             "encoder_logits": self.encoder_logits,
+            "source_sha256": self.source_sha256,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoreSpec:
         """The spec from manifest fields; other keys are ignored.
 
-        A missing ``encoder_logits`` (a manifest written before it existed) reads as false.
+        A missing ``encoder_logits`` (a manifest written before it existed) reads as false, a
+        missing ``source_sha256`` as null.
 
         Raises:
           ConfigError: a field is missing or has a bad value.
@@ -290,8 +298,8 @@ class StoreSpec:
         for f in fields(cls):
             if f.name in kwargs:
                 continue
-            if f.name == "encoder_logits" and f.name not in data:
-                kwargs[f.name] = False
+            if f.name in ("encoder_logits", "source_sha256") and f.name not in data:
+                kwargs[f.name] = False if f.name == "encoder_logits" else None
                 continue
             if f.name not in data:
                 raise ConfigError(f"{f.name}: missing")
@@ -302,6 +310,10 @@ class StoreSpec:
         """The manifest fields where `self` and `other` differ, as "field: a != b" lines."""
         mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
         return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+
+
+def _short(sha: str | None) -> str:
+    return "none (written before fingerprints)" if sha is None else sha[:12]
 
 
 def _require(ok: Any, name: str, expected: str, got: Any) -> None:
@@ -387,7 +399,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(file, f"not valid JSON: {exc.msg}", line=exc.lineno) from None
+        from bertvision.errors import json_error
+
+        raise json_error(file, exc) from None
     _check_manifest(manifest, file)
     return manifest
 
@@ -556,7 +570,20 @@ class StoreWriter:
             atomic_write_json(self.path / MANIFEST_NAME, _new_manifest(self.spec, self.total_rows))
             return False
         manifest = read_manifest(self.path)
-        diffs = StoreSpec.from_dict(manifest).differences(self.spec)
+        stored = StoreSpec.from_dict(manifest)
+        if stored.source_sha256 != self.spec.source_sha256 and not [
+            d for d in stored.differences(self.spec) if not d.startswith("source_sha256")
+        ]:
+            state = "a complete" if manifest["status"] == "complete" else "an unfinished"
+            raise ConfigError(
+                f"{self.path} holds {state} store of other data: the {self.spec.task}/"
+                f"{self.spec.split} examples (for span tasks: or their windowing) changed since it "
+                f"was written (source_sha256 "
+                f"{_short(stored.source_sha256)} stored, {_short(self.spec.source_sha256)} now); "
+                "its shards would mix old and new data. Use another --out, or delete the folder "
+                "to embed the new data"
+            )
+        diffs = stored.differences(self.spec)
         if manifest["rows"] != self.total_rows:
             diffs.append(f"rows: {manifest['rows']!r} != {self.total_rows!r}")
         if diffs:
@@ -1259,6 +1286,44 @@ def _read_shard(
     return _Shard(table.column("id").to_pylist(), hidden, labels)
 
 
+def _read_entry(folder: Path, manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> _Shard | _TokenShard:
+    """Read the shard of one manifest entry and check what was read: the Parquet structure
+    (`_read_shard`), the file's sha256 against the manifest's, and finite values. Every reader
+    of a complete store goes through here, so a flipped byte or a NaN never reaches a head."""
+    file = folder / entry["file"]
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise DataError(
+            file,
+            "missing shard; the store is damaged: delete the folder and rerun the embed command",
+        ) from None
+    except OSError as exc:
+        raise DataError(file, f"cannot read: {exc.strerror or exc}") from None
+    shard = _read_shard(file, manifest, entry["rows"], data=data)
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != entry["sha256"]:
+        raise DataError(
+            file,
+            f"sha256 checksum mismatch: manifest {entry['sha256']}, file {sha}; the file was "
+            "changed or damaged ('bertvision store verify' checks a whole store): re-embed it",
+        )
+    _check_finite(file, shard)
+    return shard
+
+
+def _check_finite(file: Path, shard: _Shard | _TokenShard) -> None:
+    """Finite hidden states (and encoder logits), naming the first example with a bad value."""
+    if isinstance(shard, _TokenShard):
+        _check_token_values(file, shard)
+        return
+    finite = np.isfinite(shard.hidden).reshape(len(shard.ids), -1).all(axis=1)
+    if not finite.all():
+        raise DataError(
+            file, "hidden states contain NaN or inf", key=shard.ids[int(np.argmin(finite))]
+        )
+
+
 def _check_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) -> None:
     names = set(schema.names)
     if "id" not in names or not pa.types.is_string(schema.field("id").type):
@@ -1428,9 +1493,13 @@ def _token_shard(file: Path, table: pa.Table, manifest: Mapping[str, Any]) -> _T
 def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSplit | TokenSplit:
     """Read a whole complete store into memory.
 
+    Every shard read is checked against the manifest (sha256, rows, schema) and for finite
+    values, here and in `iter_batches` / `iter_token_shards`.
+
     Args:
       path: the store's folder.
-      verify: check checksums and ids first (reads every shard twice).
+      verify: also run `verify` first (first/last ids, ids unique across shards; reads every
+        shard twice).
 
     Returns:
       An `EmbeddingSplit`, or a `TokenSplit` for a token store (selection "tokens").
@@ -1454,7 +1523,7 @@ def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSpl
     labels = np.empty(rows, dtype=_LABEL_DTYPES[kind]) if kind else None
     ids: list[str] = []
     for entry in manifest["shards"]:
-        shard = _read_shard(folder / entry["file"], manifest, entry["rows"])
+        shard = _read_entry(folder, manifest, entry)
         start = len(ids)
         hidden[start : start + entry["rows"]] = shard.hidden
         if labels is not None:
@@ -1487,7 +1556,7 @@ def _load_tokens(folder: Path, manifest: dict[str, Any]) -> TokenSplit:
     token = 0
     for entry, count in zip(entries, counts, strict=True):
         file = folder / entry["file"]
-        shard = _read_shard(file, manifest, entry["rows"])
+        shard = _read_entry(folder, manifest, entry)
         assert isinstance(shard, _TokenShard)
         if shard.row_starts[-1] != count:
             raise DataError(file, "changed while being read; read the store again")
@@ -1574,7 +1643,7 @@ def iter_token_shards(
         order = rng.permutation(len(entries)) if shuffle else range(len(entries))
         for k in order:
             entry = entries[int(k)]
-            shard = _read_shard(folder / entry["file"], manifest, entry["rows"])
+            shard = _read_entry(folder, manifest, entry)
             assert isinstance(shard, _TokenShard)
             if shuffle:
                 shard = _permute_windows(shard, rng.permutation(len(shard.ids)))
@@ -1646,7 +1715,7 @@ def iter_batches(
         order = rng.permutation(len(entries)) if shuffle else range(len(entries))
         for k in order:
             entry = entries[int(k)]
-            shard = _read_shard(folder / entry["file"], manifest, entry["rows"])
+            shard = _read_entry(folder, manifest, entry)
             if shuffle:
                 perm = rng.permutation(len(shard.ids))
                 labels = None if shard.labels is None else shard.labels[perm]
@@ -1710,7 +1779,8 @@ def _to_torch(batch: _Shard) -> tuple[list[str], torch.Tensor, torch.Tensor | No
 
 
 def verify(path: str | os.PathLike) -> dict[str, Any]:
-    """Check a store end to end, stopping at the first problem.
+    """Check a store end to end, stopping at the first problem. (Every read of a store checks
+    each shard's sha256 and finite values too; this adds the ids across shards.)
 
     Checks the manifest is complete and consistent with the plan; every shard exists, is
     readable Parquet, matches its sha256, holds the planned rows with the manifest's first and
@@ -1739,19 +1809,8 @@ def _verify(path: str | os.PathLike) -> dict[str, Any]:
     total_bytes = tokens = 0
     for entry in manifest["shards"]:
         file = folder / entry["file"]
-        try:
-            data = file.read_bytes()
-        except FileNotFoundError:
-            raise DataError(file, "missing shard") from None
-        total_bytes += len(data)
-        shard = _read_shard(file, manifest, entry["rows"], data=data)
-        sha = hashlib.sha256(data).hexdigest()
-        if sha != entry["sha256"]:
-            raise DataError(
-                file,
-                f"sha256 checksum mismatch: manifest {entry['sha256']}, file "
-                f"{sha}; the file was changed or damaged",
-            )
+        shard = _read_entry(folder, manifest, entry)
+        total_bytes += file.stat().st_size
         if (shard.ids[0], shard.ids[-1]) != (entry["first_id"], entry["last_id"]):
             raise DataError(
                 file,
@@ -1763,10 +1822,7 @@ def _verify(path: str | os.PathLike) -> dict[str, Any]:
             if seen.setdefault(i, entry["file"]) != entry["file"]:
                 raise DataError(file, f"duplicate id, also in {seen[i]}", key=i)
         if isinstance(shard, _TokenShard):
-            _check_token_values(file, shard)
             tokens += int(shard.row_starts[-1])
-        elif not np.isfinite(shard.hidden).all():
-            raise DataError(file, "hidden states contain NaN or inf")
     rows = manifest["rows"]
     report = {
         "rows": rows,

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bertvision.errors import ConfigError, DataError
-from bertvision.io import atomic_write_json
+from bertvision.errors import ConfigError, DataError, os_error
+from bertvision.fingerprint import store_fingerprint
+from bertvision.io import atomic_write_bytes, atomic_write_json
+from bertvision.outdir import check_out_dir, claim
 
 HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
 
@@ -67,10 +69,9 @@ class HeadTrainConfig:
         for name in ("adapter_size", "batch_size", "epochs", "patience"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be positive, not {self.lr}")
-        if not self.seeds:
-            raise ConfigError("--seeds: give at least one seed")
+        from bertvision.finetune import check_optimisation
+
+        check_optimisation(self)
 
 
 def _pooler_config(cfg: HeadTrainConfig, manifest: dict, spec: dict):
@@ -144,12 +145,18 @@ def predict(model, hidden, batch_size: int = 1024, device=None):
 
 def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_idx, evals, out_dir: Path) -> dict:
     """Train one head with ``seed``; keep the best validation epoch; score eval splits once."""
+    import safetensors.torch
     import torch
-    from safetensors.torch import save_file
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    from bertvision.finetune import linear_schedule, pick_device, set_seed
+    from bertvision.finetune import (
+        check_finite_state,
+        check_loss,
+        linear_schedule,
+        pick_device,
+        set_seed,
+    )
     from bertvision.metrics import compute_metrics
     from bertvision.models.adapter_pooler import AdapterPooler
 
@@ -172,12 +179,13 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
         t0 = time.perf_counter()
         for idx in torch.randperm(len(x_tr), generator=gen).split(cfg.batch_size):
             loss = model.loss(model(x_tr[idx].to(device)), y_tr[idx].to(device))
+            value = check_loss(loss, step + 1, cfg.lr, f"head training (seed {seed}, epoch {epoch + 1})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             step += 1
-            tb.add_scalar("train/loss", loss.item(), step)
+            tb.add_scalar("train/loss", value, step)
         epoch_seconds.append(time.perf_counter() - t0)
         tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
         scores = compute_metrics(spec["metrics"], predict(model, x_va, device=device), y_va)
@@ -194,6 +202,7 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
             if since_best >= cfg.patience:
                 break
     tb.flush()
+    check_finite_state(best_state, out_dir / HEAD_WEIGHTS)
     model.load_state_dict(best_state)
     # ---- the held-out splits, once, with the selected epoch
     result = {
@@ -208,7 +217,8 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
         for metric, value in result[name].items():
             tb.add_scalar(f"{name}/{metric}", value, best_epoch)
     tb.close()
-    save_file(best_state, str(out_dir / HEAD_WEIGHTS))
+    # through bytes: safetensors' own file writer makes its files 0600, ignoring the umask
+    atomic_write_bytes(out_dir / HEAD_WEIGHTS, safetensors.torch.save(best_state))
     atomic_write_json(out_dir / HEAD_CONFIG, {
         "adapter_pooler": pooler_cfg.to_dict(), "task": spec, "encoder": train.manifest["encoder"],
         "checkpoint": train.manifest.get("checkpoint"), "selection": train.manifest.get("selection"),
@@ -220,23 +230,53 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
 
 def train_heads(cfg: HeadTrainConfig, out_dir: str | Path) -> dict:
     """Train one head per seed in ``cfg.seeds``; returns (and writes) the summary."""
-    from bertvision.finetune import previous_run
+    from bertvision.finetune import pick_device, previous_run
     from bertvision.tasks.base import carve_validation
 
-    out_dir = Path(out_dir)
-    done = previous_run(out_dir, asdict(cfg), "train") if (out_dir / "summary.json").is_file() else None
-    if done is not None:
-        return json.loads((out_dir / "summary.json").read_text())
-    spec, train, evals = load_store_splits(cfg)
-    labels = train.labels.numpy()
-    tr_idx, val_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "store": _manifest_summary(train.manifest)})
-    runs = []
-    for seed in cfg.seeds:
-        seed_dir = out_dir / f"seed-{seed}"
-        seed_dir.mkdir(parents=True, exist_ok=True)
-        runs.append(train_seed(cfg, seed, spec, train, val_idx, tr_idx, evals, seed_dir))
+    out_dir = check_out_dir(out_dir)
+    pick_device(cfg.device)  # a bad --device fails before the store is read
+    spec, train, evals = load_store_splits(cfg)  # every shard read is checked (sha256, finite)
+    inputs = {name: store_fingerprint(d.manifest) for name, d in {"train": train, **evals}.items()}
+    with claim(out_dir, "head training"):
+        if previous_run(out_dir, asdict(cfg), "train", inputs, SEED_GLOBS) is not None:
+            return json.loads((out_dir / "summary.json").read_text())
+        labels = train.labels.numpy()
+        tr_idx, val_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
+        atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "inputs": inputs,
+                                                    "store": _manifest_summary(train.manifest)})  # fmt: skip
+        runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: train_seed(cfg, seed, spec, train, val_idx, tr_idx, evals, d))
+                for seed in cfg.seeds]  # fmt: skip
+        return _write_summary(out_dir, runs, list(evals))
+
+
+# What a head run writes besides config.json, metrics.json and summary.json (a killed run's are
+# removed before it starts over).
+SEED_GLOBS = ("seed-*", ".seed-*.tmp")
+
+
+def in_seed_folder(out_dir: Path, seed: int, train_fn):
+    """Run ``train_fn(folder)`` in ``.seed-<k>.tmp`` and rename it to ``seed-<k>`` when it
+    returns: a seed folder appears whole, and a failed seed (a diverged loss, a full disk)
+    leaves no folder behind."""
+    import shutil
+
+    final, tmp = out_dir / f"seed-{seed}", out_dir / f".seed-{seed}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        result = train_fn(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise os_error(exc, f"writing head seed {seed} under {out_dir}") from None
+        raise
+    return result
+
+
+def _write_summary(out_dir: Path, runs: list[dict], evals: list[str]) -> dict:
     summary = summarize(runs, ["validation", *evals])
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_json(out_dir / "metrics.json", {r["seed"]: {k: r[k] for k in ("validation", *evals) if k in r} for r in runs})
@@ -279,7 +319,13 @@ def load_head(path: str | Path):
     try:
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
-        raise DataError(cfg_file, f"malformed JSON: {e.msg}", line=e.lineno) from e
+        from bertvision.errors import json_error
+
+        raise json_error(cfg_file, e, what="malformed JSON") from e
+    except UnicodeDecodeError as e:
+        from bertvision.errors import decode_error
+
+        raise decode_error(cfg_file, e) from e
     model = AdapterPooler(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
     try:
         state = load_file(str(path / HEAD_WEIGHTS))

@@ -203,7 +203,10 @@ def test_glue_data_folder_layout_is_found(tmp_path):
 def test_non_utf8_file(tmp_path):
     path = write_rte(tmp_path, "")
     path.write_bytes(RTE_HEADER.encode() + b"0\tcaf\xe9\tb\tentailment\n")
-    with pytest.raises(DataError, match=r"train.tsv: not UTF-8 text \(invalid continuation byte\)"):
+    with pytest.raises(
+        DataError,
+        match=r"train.tsv:2: not UTF-8 text \(invalid continuation byte\): byte 0xe9 at byte offset 37 \(offset 5 in the line\)",
+    ):
         load_rte(tmp_path)
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from os import PathLike
 
-from bertvision.errors import DataError
+from bertvision.errors import DataError, decode_error, json_error
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
@@ -158,13 +158,20 @@ def read_gold(data_file: str | PathLike) -> dict[str, list[str]]:
     if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
         raise DataError(data_file, 'expected a JSON object with a "data" list (SQuAD 2.0 format)')
     gold: dict[str, list[str]] = {}
+    first: dict[str, str] = {}  # question id -> where it is first
     try:
-        for article in dataset["data"]:
-            for paragraph in article["paragraphs"]:
-                for qa in paragraph["qas"]:
+        for a, article in enumerate(dataset["data"]):
+            for p, paragraph in enumerate(article["paragraphs"]):
+                for q, qa in enumerate(paragraph["qas"]):
                     qid = str(qa["id"])
+                    place = f"data[{a}].paragraphs[{p}].qas[{q}]"
                     if qid in gold:
-                        raise DataError(data_file, "question id appears twice", key=qid)
+                        raise DataError(
+                            data_file,
+                            f"question id appears twice: at {place}, first at {first[qid]}",
+                            key=qid,
+                        )
+                    first[qid] = place
                     gold[qid] = [str(answer["text"]) for answer in qa["answers"]]
     except (KeyError, TypeError) as err:
         # A missing key or a value of the wrong type somewhere in the nested structure.
@@ -255,14 +262,18 @@ def _some(ids: list[str], n: int = 5) -> str:
 
 def _load_json(path: str | PathLike):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, "rb") as f:  # bytes: no newline translation, so offsets are the file's
+            data = f.read()
     except FileNotFoundError as err:
         raise DataError(path, "file not found") from err
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON: {err.msg}", line=err.lineno) from err
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise DataError(path, f"cannot read the file: {err}") from err
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise decode_error(path, err, data) from err
+    except json.JSONDecodeError as err:
+        raise json_error(path, err) from err
 
 
 def _read_id_map(path: str | PathLike, kind: type | tuple[type, ...], described: str) -> dict:

@@ -22,9 +22,10 @@ A config file's path can be given wherever a task name is accepted (``--task rev
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from bertvision.errors import ConfigError, DataError
+from bertvision.errors import ConfigError, DataError, decode_error, json_error
 from bertvision.tasks.base import SentenceSplit, Task, TaskSpec, require_file
 from bertvision.tasks.readers import Columns, build_split, check_header, read_rows
 
@@ -56,15 +57,31 @@ def is_task_config(name: str) -> bool:
 
 
 def load_config(path: str | Path) -> dict:
+    """The table of a TOML or JSON task config file; errors name the line.
+
+    Lines end at ``\\n``, so a ``\\r\\n`` or ``\\r\\r\\n`` ending is one line (read as ``\\n`` in
+    TOML); a lone ``\\r`` is not a line ending (JSON takes it as white space, TOML rejects it).
+    """
     path = Path(path)
     require_file(path, "task config file")
     try:
-        if path.suffix.lower() == ".json":
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            cfg = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"malformed task config: {e}") from e
+        data = path.read_bytes()  # bytes: no newline translation, and exact offsets
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e.strerror or e}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise decode_error(path, e, data) from e
+    if path.suffix.lower() == ".json":
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise json_error(path, e, what="malformed task config: not valid JSON") from e
+    else:
+        try:
+            cfg = tomllib.loads(re.sub(r"\r+\n", "\n", text))
+        except tomllib.TOMLDecodeError as e:
+            raise DataError(path, f"malformed task config: {e}") from e
     if not isinstance(cfg, dict):
         raise DataError(path, "a task config must be a table/object")
     return cfg

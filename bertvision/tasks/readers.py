@@ -1,8 +1,16 @@
-"""Reading delimited (TSV, CSV) and JSON-lines files into a `SentenceSplit`, strictly.
+r"""Reading delimited (TSV, CSV) and JSON-lines files into a `SentenceSplit`, strictly.
 
 Every problem raises a `DataError` that names the file and the line: a header with missing or
 unexpected columns, a row with the wrong number of fields, an unknown label, a score that is not
-a number, empty text. Nothing is skipped silently.
+a number, empty text, a repeated id (and the line it first appeared on), a byte that is not
+UTF-8. Nothing is skipped silently.
+
+Line numbers are the ones a text editor shows: a line ends at ``\n``, and the ``\r`` of
+``\r\n`` (or ``\r\r\n``, as files converted twice have) belongs to that one line ending and is
+never part of a value. A lone ``\r`` (one not followed by ``\n``, as in old Mac files) is not a
+line ending: in a TSV or CSV file it is an error, unless it sits inside a quoted CSV field,
+where it is text; in a JSON-lines file it is white space between JSON tokens, as JSON defines
+it. A row whose quoted field spans lines is reported at its first line.
 """
 
 from __future__ import annotations
@@ -10,14 +18,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bertvision.errors import DataError
+from bertvision.errors import DataError, decode_error, json_error
 from bertvision.tasks.base import SentenceSplit, TaskSpec, check_text
 
 # GLUE's own TSV files contain stray quote characters that are part of the text, so they are
@@ -41,9 +48,11 @@ class Columns:
 
 
 def _open_text(path: Path):
-    # utf-8-sig drops the byte-order mark that GLUE's MRPC files start with.
+    # utf-8-sig drops the byte-order mark that GLUE's MRPC files start with. newline="\n": lines
+    # end at \n only (newline="" would also end one at each \r, so \r\r\n counted as two lines).
+    # The csv module drops the \r of a line ending itself; JSON skips it as white space.
     try:
-        return open(path, encoding="utf-8-sig", newline="")
+        return open(path, encoding="utf-8-sig", newline="\n")
     except OSError as e:
         raise DataError(path, f"cannot open: {e.strerror or e}") from e
 
@@ -72,42 +81,50 @@ def read_rows(
         header = list(names) if names is not None else next(reader, None)
     except UnicodeDecodeError as e:
         f.close()
-        raise DataError(path, f"not UTF-8 text ({e.reason})") from e
+        raise decode_error(path, e) from e
     except csv.Error as e:
         f.close()
-        raise DataError(path, f"unreadable header: {e}", line=1) from e
+        raise _csv_error(path, e, reader, 1, "unreadable header") from e
     if header is None:
         f.close()
         raise DataError(path, "file is empty")
     header = [h.strip() for h in header]
-    return header, _delimited_rows(path, f, reader, header, names is None)
+    return header, _delimited_rows(path, f, reader, header)
 
 
-def _delimited_rows(path, f, reader, header, has_header) -> Iterator[tuple[int, dict]]:
-    width, header_rows = len(header), 1 if has_header else 0
+def _delimited_rows(path, f, reader, header) -> Iterator[tuple[int, dict]]:
+    width = len(header)
     with f:
-        index = header_rows
         while True:
+            start = reader.line_num + 1  # the row's first line (a quoted field may span lines)
             try:
                 fields = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError as e:  # decoding runs ahead of the reader: no line number
-                raise DataError(path, f"not UTF-8 text ({e.reason})") from e
+            except UnicodeDecodeError as e:  # decoding runs ahead of the reader: find the line
+                raise decode_error(path, e) from e
             except csv.Error as e:
-                raise DataError(
-                    path, f"malformed row: {e}", line=reader.line_num or index + 1
-                ) from e
-            index += 1
+                raise _csv_error(path, e, reader, start, "malformed row") from e
             if not fields:  # a blank line
                 continue
             if len(fields) != width:
                 raise DataError(
                     path,
                     f"malformed row: expected {width} fields, found {len(fields)}",
-                    line=reader.line_num,
+                    line=start,
                 )
-            yield reader.line_num, dict(zip(header, fields, strict=True))
+            yield start, dict(zip(header, fields, strict=True))
+
+
+def _csv_error(path, exc: csv.Error, reader, start: int, what: str) -> DataError:
+    if "new-line character" in str(exc):  # a \r that does not end a line, outside quotes
+        return DataError(
+            path,
+            f"{what}: a carriage return (\\r) inside the line, outside quotes; lines must end "
+            "with \\n or \\r\\n (a lone \\r, as in old Mac files, does not end a line)",
+            line=reader.line_num or start,
+        )
+    return DataError(path, f"{what}: {exc}", line=start)
 
 
 def _read_jsonl(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
@@ -118,7 +135,7 @@ def _read_jsonl(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(path, f"malformed JSON: {e.msg}", line=lineno) from e
+            raise json_error(path, e, line=lineno, what="malformed JSON") from e
         if not isinstance(obj, dict):
             raise DataError(path, "each line must be a JSON object", line=lineno)
         return obj
@@ -131,7 +148,7 @@ def _read_jsonl(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
                 break
     except UnicodeDecodeError as e:
         f.close()
-        raise DataError(path, f"not UTF-8 text ({e.reason})") from e
+        raise decode_error(path, e) from e
     if first is None:
         f.close()
         raise DataError(path, "file is empty")
@@ -144,7 +161,7 @@ def _read_jsonl(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
                     if line.strip():
                         yield lineno, parse(lineno, line)
             except UnicodeDecodeError as e:
-                raise DataError(path, f"not UTF-8 text ({e.reason})") from e
+                raise decode_error(path, e) from e
 
     return list(first[1].keys()), rows()
 
@@ -183,10 +200,23 @@ def build_split(
       label_map: raw label value (as text) -> label id, for classification.
     """
     ids: list[str] = []
+    first_line: dict[str, int] = {}  # example id -> the line it is first on
     texts: tuple[list[str], ...] = tuple([] for _ in columns.text)
     labels: list = []
     for lineno, row in rows:
-        ids.append(str(_field(path, row, columns.id, lineno)) if columns.id else str(lineno))
+        if columns.id:
+            key = str(_field(path, row, columns.id, lineno))
+            if key in first_line:
+                raise DataError(
+                    path,
+                    f"example id {key!r} occurs more than once in column {columns.id!r} "
+                    f"(first on line {first_line[key]})",
+                    line=lineno,
+                )
+            first_line[key] = lineno
+        else:
+            key = str(lineno)
+        ids.append(key)
         for j, col in enumerate(columns.text):
             text = _field(path, row, col, lineno)
             if not isinstance(text, str):
@@ -199,9 +229,6 @@ def build_split(
             labels.append(_parse_label(spec, path, lineno, raw, label_map))
     if not ids:
         raise DataError(path, "no examples (the file holds a header only)")
-    if len(set(ids)) != len(ids):
-        dup = next(i for i, c in Counter(ids).items() if c > 1)
-        raise DataError(path, f"example id {dup!r} occurs more than once in column {columns.id!r}")
     label_array = None
     if columns.label is not None:
         label_array = np.asarray(

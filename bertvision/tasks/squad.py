@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertvision.errors import ConfigError, DataError
+from bertvision.errors import ConfigError, DataError, decode_error, json_error
 from bertvision.tasks.base import Task, TaskSpec, check_text, require_file
 
 HUB_DATASET = "rajpurkar/squad_v2"
@@ -112,22 +112,28 @@ class SquadSplit:
 def read_squad_json(path: str | Path) -> list[SquadExample]:
     """Read a SQuAD (2.0 or 1.1) JSON file, checking every answer's offset against its context.
 
-    Raises `DataError` naming the file and the question id for: malformed JSON, missing keys,
-    empty questions or contexts, an answerable question without answers, an unanswerable one
-    with answers, an answer whose text is not at its offset, and duplicate ids.
+    Raises `DataError` naming the file and the question id for: malformed JSON (with the
+    character offset, and line and column, where decoding stopped), text that is not UTF-8
+    (with the byte offset), missing keys, empty questions or contexts, an answerable question
+    without answers, an unanswerable one with answers, an answer whose text is not at its
+    offset, and duplicate ids (with the places of both questions).
     """
     path = Path(path)
     require_file(path, "SQuAD JSON file")
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON: {e.msg}", line=e.lineno) from e
+        data = path.read_bytes()  # bytes: no newline translation, so offsets are the file's
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e.strerror or e}") from e
+    try:
+        doc = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text: {e}") from e
+        raise decode_error(path, e, data) from e
+    except json.JSONDecodeError as e:
+        raise json_error(path, e, what="malformed JSON") from e
+    del data
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(path, "not a SQuAD file: expected an object with a 'data' list")
-    examples, seen = [], set()
+    examples, seen = [], {}  # question id -> where it is first
     for a, article in enumerate(doc["data"]):
         title = _get(path, article, "title", str, f"data[{a}]")
         for p, para in enumerate(_get(path, article, "paragraphs", list, title)):
@@ -135,11 +141,16 @@ def read_squad_json(path: str | Path) -> list[SquadExample]:
             context = check_text(
                 _get(path, para, "context", str, where), str(path), "context", key=where
             )
-            for qa in _get(path, para, "qas", list, where):
+            for q, qa in enumerate(_get(path, para, "qas", list, where)):
                 ex = _read_question(path, title, context, qa, where)
+                place = f"data[{a}].paragraphs[{p}].qas[{q}] (article {title!r})"
                 if ex.id in seen:
-                    raise DataError(path, "question id occurs more than once", key=ex.id)
-                seen.add(ex.id)
+                    raise DataError(
+                        path,
+                        f"question id occurs more than once: at {place}, first at {seen[ex.id]}",
+                        key=ex.id,
+                    )
+                seen[ex.id] = place
                 examples.append(ex)
     if not examples:
         raise DataError(path, "no questions in file")
