@@ -359,6 +359,7 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
 
 def train_span_heads(cfg: SpanHeadTrainConfig, out_dir: str | Path) -> dict:
     """Train one span head per seed; returns (and writes) the summary."""
+    from bertvision import store as st
     from bertvision.finetune import pick_device, previous_run
     from bertvision.fingerprint import store_fingerprint
     from bertvision.outdir import check_out_dir, claim
@@ -371,7 +372,9 @@ def train_span_heads(cfg: SpanHeadTrainConfig, out_dir: str | Path) -> dict:
     # without reading the token store; every shard read later is checked (sha256, finite).
     if not (root / "train").is_dir():
         raise DataError(root, "no 'train' split in this store; run 'bertvision embed' on a span task first")
-    inputs = {p.name: store_fingerprint(p) for p in sorted(root.iterdir()) if (p / "manifest.json").is_file()}
+    spec = st.read_manifest(root / "train").get("extra", {}).get("task_spec") or {}
+    used = ["train", "validation", *spec.get("eval_splits", ())]  # what load_parts reads
+    inputs = {name: store_fingerprint(root / name) for name in used if (root / name / "manifest.json").is_file()}
     with claim(out_dir, "head training"):
         if previous_run(out_dir, asdict(cfg), "train", inputs, SEED_GLOBS) is not None:
             return json.loads((out_dir / "summary.json").read_text())
@@ -396,7 +399,7 @@ def load_span_head(path: str | Path):
     if not cfg_file.is_file():
         raise DataError(cfg_file, "head config not found; pass a seed-<k> folder written by 'bertvision train'")
     try:
-        meta = json.loads(cfg_file.read_text())
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         from bertvision.errors import json_error
 
@@ -450,7 +453,9 @@ def ensemble(
 ) -> dict:
     """Score each member and their ensembles on validation (thresholds) and eval splits (once)."""
     from bertvision.finetune import pick_device
+    from bertvision.outdir import check_out_dir, claim
 
+    out_dir = check_out_dir(out_dir)
     if not heads and not include_encoder:
         raise ConfigError("an ensemble needs members: --heads and/or --encoder")
     if len(heads) + include_encoder < 2:
@@ -483,10 +488,13 @@ def ensemble(
             out[name], out[f"_predictions_{name}"] = scores, preds.predictions(thr)
         return out
 
+    with claim(out_dir, "ensemble"):
+        return _ensemble(logits, run, sets, parts, methods, store, out_dir)
+
+
+def _ensemble(logits: dict, run, sets: dict, parts: SpanParts, methods: Sequence[str], store, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     result: dict = {"members": {}, "ensembles": {}, "store": str(store)}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, by_part in logits.items():
         result["members"][name] = {k: v for k, v in run(by_part).items() if not k.startswith("_")}
     probs = {name: {p: member_probs(*se) for p, se in by_part.items()} for name, by_part in logits.items()}

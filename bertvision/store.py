@@ -388,7 +388,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """
     file = Path(path) / MANIFEST_NAME
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise DataError(
             file,
@@ -396,6 +397,10 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise DataError(file, f"cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        from bertvision.errors import decode_error
+
+        raise decode_error(file, exc, data) from None
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -1286,13 +1291,20 @@ def _read_shard(
     return _Shard(table.column("id").to_pylist(), hidden, labels)
 
 
-def _read_entry(folder: Path, manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> _Shard | _TokenShard:
+def _read_entry(
+    folder: Path, manifest: Mapping[str, Any], entry: Mapping[str, Any], *, again: bool = False
+) -> _Shard | _TokenShard:
     """Read the shard of one manifest entry and check what was read: the Parquet structure
     (`_read_shard`), the file's sha256 against the manifest's, and finite values. Every reader
-    of a complete store goes through here, so a flipped byte or a NaN never reaches a head."""
+    of a complete store goes through here, so a flipped byte or a NaN never reaches a head.
+
+    The checks cost about half as much again as the read itself (benchmarks/checked_reads.py),
+    so a shard already checked by this process is not checked again while its file is
+    unchanged (same inode, size and modification time): a head streaming a token store checks
+    each shard in its first epoch only. ``again`` checks regardless (`verify`)."""
     file = folder / entry["file"]
     try:
-        data = file.read_bytes()
+        info = os.stat(file)
     except FileNotFoundError:
         raise DataError(
             file,
@@ -1300,8 +1312,14 @@ def _read_entry(folder: Path, manifest: Mapping[str, Any], entry: Mapping[str, A
         ) from None
     except OSError as exc:
         raise DataError(file, f"cannot read: {exc.strerror or exc}") from None
-    shard = _read_shard(file, manifest, entry["rows"], data=data)
-    sha = hashlib.sha256(data).hexdigest()
+    key = (str(file.resolve()), info.st_ino, info.st_size, info.st_mtime_ns, entry["sha256"])
+    shard = _read_shard(file, manifest, entry["rows"])
+    if key in _CHECKED and not again:
+        return shard
+    try:
+        sha = _file_sha256(file)
+    except OSError as exc:
+        raise DataError(file, f"cannot read: {exc.strerror or exc}") from None
     if sha != entry["sha256"]:
         raise DataError(
             file,
@@ -1309,7 +1327,12 @@ def _read_entry(folder: Path, manifest: Mapping[str, Any], entry: Mapping[str, A
             "changed or damaged ('bertvision store verify' checks a whole store): re-embed it",
         )
     _check_finite(file, shard)
+    _CHECKED.add(key)
     return shard
+
+
+# (file, inode, size, mtime_ns, manifest sha256) of the shards this process has checked.
+_CHECKED: set[tuple] = set()
 
 
 def _check_finite(file: Path, shard: _Shard | _TokenShard) -> None:
@@ -1809,7 +1832,7 @@ def _verify(path: str | os.PathLike) -> dict[str, Any]:
     total_bytes = tokens = 0
     for entry in manifest["shards"]:
         file = folder / entry["file"]
-        shard = _read_entry(folder, manifest, entry)
+        shard = _read_entry(folder, manifest, entry, again=True)
         total_bytes += file.stat().st_size
         if (shard.ids[0], shard.ids[-1]) != (entry["first_id"], entry["last_id"]):
             raise DataError(

@@ -317,7 +317,7 @@ def load_head(path: str | Path):
     if not cfg_file.is_file():
         raise DataError(cfg_file, "head config not found; pass a seed-<k> folder written by 'bertvision train'")
     try:
-        meta = json.loads(cfg_file.read_text())
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         from bertvision.errors import json_error
 
