@@ -58,7 +58,10 @@ clean:
 # Azure cluster (Ray cluster launcher). Walk-through: cluster/README.md.
 # Only cluster-validate works offline; the others talk to Azure (after `az login`) or to the
 # cluster through SSH. Run them from the repository root (file_mounts paths are relative).
+# Cluster commands go through cluster/launcher.py, which checks the config (cluster/check.py)
+# and runs Ray's CLI with SSH limited to provider.ssh_source_ranges and the narrow identity roles.
 CLUSTER_CONFIG ?= cluster/azure.yaml
+LAUNCH := $(PY) cluster/launcher.py
 # Where cluster-token keeps a private copy of the head's auth token; cluster-submit uses it.
 CLUSTER_TOKEN ?= $(HOME)/.ray/bertvision-azure.token
 # The dashboard (and job API) through the SSH tunnel that cluster-dashboard holds open.
@@ -76,26 +79,28 @@ $(AZURE_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,azure]'
 	@touch $(AZURE_STAMP)
 
-# Ray's own validator on the YAML plus the VM size list (cluster/vm_sizes.py); no Azure.
+# Ray's own validator on the YAML, the VM size list (cluster/vm_sizes.py) and the security
+# checks (cluster/check.py: refuses the shipped SSH placeholder until you set it); no Azure.
 cluster-validate: setup
 	BERTVISION_CLUSTER_CONFIG=$(CLUSTER_CONFIG) $(PY) -m pytest -q -p no:cacheprovider tests/test_cluster_config.py
+	$(PY) cluster/check.py $(CLUSTER_CONFIG)
 
 # Creates (or updates) the resource group, network, head VM; workers follow on demand.
 cluster-up: setup $(AZURE_STAMP)
-	$(BIN)/ray up -y $(CLUSTER_CONFIG)
+	$(LAUNCH) up -y $(CLUSTER_CONFIG)
 
 # Prints the head's auth token (for the dashboard's login) and keeps a private copy for
 # cluster-submit.
 cluster-token: setup $(AZURE_STAMP)
-	$(BIN)/ray exec $(CLUSTER_CONFIG) 'ray get-auth-token; echo'
+	$(LAUNCH) exec $(CLUSTER_CONFIG) 'ray get-auth-token; echo'
 	@mkdir -p $(dir $(CLUSTER_TOKEN))
-	@umask 077; $(BIN)/ray rsync-down $(CLUSTER_CONFIG) /home/ubuntu/.ray/auth_token $(CLUSTER_TOKEN)
+	@umask 077; $(LAUNCH) rsync-down $(CLUSTER_CONFIG) /home/ubuntu/.ray/auth_token $(CLUSTER_TOKEN)
 	@chmod 600 $(CLUSTER_TOKEN)
 	@echo "token saved to $(CLUSTER_TOKEN); use: export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(CLUSTER_TOKEN)"
 
 # Forwards the dashboard to http://127.0.0.1:8265 over SSH; keep it running (Ctrl-C ends it).
 cluster-dashboard: setup $(AZURE_STAMP)
-	$(BIN)/ray dashboard $(CLUSTER_CONFIG)
+	$(LAUNCH) dashboard $(CLUSTER_CONFIG)
 
 # Submits JOB through the tunnel, uploading this checkout as the job's working directory.
 #   make cluster-submit JOB='python -m ray_jobs.embed --task rte --checkpoint ... --out ...'
@@ -105,8 +110,8 @@ cluster-submit: setup
 
 # TensorBoard on the head over the shared runs folder, forwarded to http://127.0.0.1:6006.
 cluster-tensorboard: setup $(AZURE_STAMP)
-	$(BIN)/ray exec -p 6006 $(CLUSTER_CONFIG) 'tensorboard --logdir $(CLUSTER_RUNS) --host 127.0.0.1 --port 6006'
+	$(LAUNCH) exec -p 6006 $(CLUSTER_CONFIG) 'tensorboard --logdir $(CLUSTER_RUNS) --host 127.0.0.1 --port 6006'
 
 # Deletes the VMs (the resource group, network and the NFS share stay).
 cluster-down: setup $(AZURE_STAMP)
-	$(BIN)/ray down -y $(CLUSTER_CONFIG)
+	$(LAUNCH) down -y $(CLUSTER_CONFIG)

@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bertvision.errors import ConfigError, RunError, os_error
+from bertvision.errors import ConfigError, RunError
 from bertvision.fingerprint import splits_fingerprint
-from bertvision.io import atomic_write_json, respect_umask
+from bertvision.io import atomic_folder, atomic_write_json
 from bertvision.outdir import check_out_dir, claim
 
 CHECKPOINT_META = "bertvision.json"
 # What a fine-tuning run writes besides config.json and metrics.json (a killed run's are removed
 # before it starts over).
-CHECKPOINT_GLOBS = ("checkpoint-e*",)
+CHECKPOINT_GLOBS = ("checkpoint-e*", ".checkpoint-e*.tmp")
 
 
 @dataclass(frozen=True)
@@ -442,27 +442,18 @@ def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], 
 def _save_checkpoint(model, tokenizer, path: Path, meta: dict) -> None:
     """Weights as safetensors, the transformers config, the tokenizer, and our metadata.
 
-    The folder appears whole or not at all: it is written as ``<name>.tmp`` and renamed; a
-    failure (a full disk, a permission) removes the temporary folder and raises a RunError
-    naming the checkpoint. Non-finite weights (a diverged run) are never saved.
+    The folder appears whole or not at all (`io.atomic_folder`); a failure (a full disk, a
+    permission) leaves nothing and raises a RunError naming the checkpoint. Non-finite weights
+    (a diverged run) are never saved.
     """
-    import shutil
-
     check_finite_state(model.state_dict(), path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / CHECKPOINT_META, meta)
-        respect_umask(tmp)  # safetensors writes its file 0600
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise os_error(exc, f"saving checkpoint {path}") from None
-        if isinstance(exc, Exception) and type(exc).__name__ == "SafetensorError":
+        with atomic_folder(path, f"saving checkpoint {path}") as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / CHECKPOINT_META, meta)
+    except Exception as exc:
+        if type(exc).__name__ == "SafetensorError":  # safetensors' writer reports a full disk so
             raise RunError(f"{path}: cannot save the checkpoint ({exc}); nothing was left behind") from None
         raise
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,4 +86,29 @@ def respect_umask(folder: str | os.PathLike) -> None:
     for root, _dirs, files in os.walk(folder):
         for name in files:
             os.chmod(os.path.join(root, name), mode)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, doing: str) -> Iterator[Path]:
+    """Write a folder whole or not at all: the block writes into ``.<name>.tmp`` beside
+    ``path``, which then replaces ``path`` (its files given the default mode, `respect_umask`).
+    Any failure removes the temporary folder; an OSError becomes a RunError naming the path and
+    ``doing`` ("saving checkpoint ...")."""
+    from bertvision.errors import os_error
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        respect_umask(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise os_error(exc, doing) from None
+        raise
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertvision.errors import ConfigError, DataError, os_error
+from bertvision.errors import ConfigError, DataError
 from bertvision.fingerprint import store_fingerprint
-from bertvision.io import atomic_write_bytes, atomic_write_json
+from bertvision.io import atomic_folder, atomic_write_bytes, atomic_write_json
 from bertvision.outdir import check_out_dir, claim
 
 HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
@@ -251,29 +251,15 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path) -> dict:
 
 # What a head run writes besides config.json, metrics.json and summary.json (a killed run's are
 # removed before it starts over).
-SEED_GLOBS = ("seed-*", ".seed-*.tmp")
+SEED_GLOBS = ("seed-*", ".seed-*.tmp")  # the second: `io.atomic_folder`'s temporary name
 
 
 def in_seed_folder(out_dir: Path, seed: int, train_fn):
-    """Run ``train_fn(folder)`` in ``.seed-<k>.tmp`` and rename it to ``seed-<k>`` when it
-    returns: a seed folder appears whole, and a failed seed (a diverged loss, a full disk)
-    leaves no folder behind."""
-    import shutil
-
-    final, tmp = out_dir / f"seed-{seed}", out_dir / f".seed-{seed}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        result = train_fn(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise os_error(exc, f"writing head seed {seed} under {out_dir}") from None
-        raise
-    return result
+    """Run ``train_fn(folder)`` on a temporary folder that becomes ``seed-<k>`` when it
+    returns (`io.atomic_folder`): a seed folder appears whole, and a failed seed (a diverged
+    loss, a full disk) leaves no folder behind."""
+    with atomic_folder(out_dir / f"seed-{seed}", f"writing head seed {seed} under {out_dir}") as tmp:
+        return train_fn(tmp)
 
 
 def _write_summary(out_dir: Path, runs: list[dict], evals: list[str]) -> dict:

@@ -1,7 +1,7 @@
 """Ray Data extraction job: a task's splits through an actor pool of the library's extractor.
 
     ray job submit --working-dir . -- python -m ray_jobs.embed --task rte \\
-        --checkpoint runs/rte/ft/checkpoint-e1 --out runs/rte/store
+        --checkpoint /mnt/bertvision/runs/rte/ft/checkpoint-e1 --out /mnt/bertvision/runs/rte/store
     bertvision embed --ray --task rte ...            # the same job on an in-process Ray
 
 The driver reads and checks every split and opens the stores (`bertvision.embed.prepare`:
@@ -15,21 +15,29 @@ The driver finishes each store (checksums, manifest) when all its shards are on 
 job resubmitted with the same arguments writes only the missing shards.
 
 On several nodes ``--out`` must be shared storage (NFS, or a mounted blob container): actors on
-every node write shards into it. Everything here is a thin layer; the work is in `bertvision`.
+every node write shards into it. A submitted job runs in Ray's temporary copy of the uploaded
+working directory, deleted when Ray cleans up, so a relative ``--out`` is refused
+(`job_paths`) unless ``--storage-root DIR`` says what to resolve it against; relative inputs
+(``--checkpoint``, ``--data-dir``) are read from that copy and must be in it. Started alone
+(no ``--address``, no ``$RAY_ADDRESS``), the job starts its own local Ray in a fresh temporary
+folder, never one already running on the machine, and shuts it down when done.
+Everything here is a thin layer; the work is in `bertvision`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
 import ray
 
 from bertvision.embed import finish_split, prepare, write_output
-from bertvision.errors import BertVisionError
+from bertvision.errors import BertVisionError, ConfigError
 
 
 class ShardExtractor:
@@ -124,20 +132,55 @@ def _single_node() -> bool:
 
 def run(args: argparse.Namespace) -> dict[str, dict]:
     """Embed every split named by ``args``; returns split -> manifest."""
-    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
-
     plan = prepare(
         args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
         data_dir=args.data_dir, selection=args.selection or "cls", max_length=args.max_length,
         shard_rows=args.shard_rows, quantize=args.quantize, doc_stride=args.doc_stride,
         max_query_length=args.max_query_length,
     )  # fmt: skip
-    if not ray.is_initialized():
-        # In a submitted job this attaches to the cluster; alone it starts a local Ray. On a
-        # small machine give Ray more logical CPUs than cores, so the actor and the tasks that
-        # feed it can all be scheduled.
-        local = {} if args.address or os.environ.get("RAY_ADDRESS") else {"num_cpus": max(4, os.cpu_count() or 1)}
-        ray.init(address=args.address, log_to_driver=True, **local, **({"include_dashboard": False} if local else {}))
+    local_dir = None
+    try:
+        if not ray.is_initialized():
+            local_dir = _init_ray(args.address)
+        return _run(args, plan)
+    finally:
+        if local_dir:  # the job's own local Ray: stop it and drop its session folder
+            ray.shutdown()
+            shutil.rmtree(local_dir, ignore_errors=True)
+        plan.close()  # the store folders' locks
+
+
+def _init_ray(address: str | None) -> str | None:
+    """Attach to ``address`` (or $RAY_ADDRESS: a submitted job's cluster), else start a local
+    Ray of this process's own; returns the local Ray's temporary folder (None when attached).
+
+    A plain ``ray.init()`` would attach to the head that the last ``ray start`` on this machine
+    recorded in the default temporary folder (``/tmp/ray/ray_current_cluster``), someone else's
+    cluster perhaps. ``address="local"`` and a fresh temporary folder keep the local Ray apart:
+    its own session, sockets and ports, shut down with this process.
+    """
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+        return None
+    # Unix socket paths (<temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, up
+    # to 64 bytes after the temp dir) are limited to 107 bytes; mkdtemp adds 15.
+    base = tempfile.gettempdir()
+    temp_dir = tempfile.mkdtemp(prefix="bvray-", dir=base if len(base) + 15 + 64 <= 107 else "/tmp")
+    # On a small machine give Ray more logical CPUs than cores, so the actor and the tasks that
+    # feed it can all be scheduled.
+    try:
+        ray.init(address="local", _temp_dir=temp_dir, num_cpus=max(4, os.cpu_count() or 1),
+                 include_dashboard=False, log_to_driver=True)  # fmt: skip
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    print(f"local Ray of this process in {temp_dir} (removed at the end)", flush=True)
+    return temp_dir
+
+
+def _run(args: argparse.Namespace, plan) -> dict[str, dict]:
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
     pool = pool_plan(args.actors, args.gpus_per_actor, max(1, len(plan.pending())))
@@ -198,11 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ray_jobs.embed",
         description="Embed a task's splits with a Ray Data actor pool into the bertvision store "
-        "format (one folder per split under OUT). Same options as 'bertvision embed', plus the pool.",
+        "format (one folder per split under OUT). Same options as 'bertvision embed', plus the pool "
+        "and --storage-root. Submitted with 'ray job submit --working-dir .', the job runs in Ray's "
+        "temporary copy of that folder: --out must be absolute (or relative to --storage-root), and "
+        "relative inputs must be among the uploaded files. Errors print one line and exit 1 (input) "
+        "or 3 (a failure while running).",
     )
-    p.add_argument("--task", required=True, help="task name or user task config file")
-    p.add_argument("--out", required=True, help="store folder; each split goes to OUT/<split> (shared storage on a cluster)")
-    p.add_argument("--checkpoint", default=None, help="fine-tuning checkpoint folder, encoder folder or Hub id (default: the bundled encoder)")
+    p.add_argument("--task", required=True, help="task name or user task config file (a relative file is read from the job's working directory)")
+    p.add_argument("--out", required=True, help="store folder, an absolute path (shared storage on a cluster); each split goes to OUT/<split>. "
+                   "A relative path is refused: a Ray job runs in a temporary copy of the working directory, deleted when Ray cleans up (see --storage-root)")
+    p.add_argument("--storage-root", metavar="DIR", default=None, help="absolute folder that a relative --out is resolved against, e.g. /mnt/bertvision/runs")
+    p.add_argument("--checkpoint", default=None, help="fine-tuning checkpoint folder, encoder folder or Hub id (default: the bundled encoder). "
+                   "A relative folder is read from the job's working directory, the uploaded copy (files git ignores, such as runs/, are not uploaded) "
+                   "and is refused when it is not there; on several nodes give an absolute path on shared storage")
     p.add_argument("--splits", nargs="+", default=None, help="splits to embed (default: every split found)")
     p.add_argument("--selection", choices=("cls", "mean", "tokens"), default=None, help="as 'bertvision embed' (default: cls; tokens for span tasks)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per example (default: 128; 384 per window for span tasks)")
@@ -215,8 +266,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=None, help="actor pool size (default: one per GPU, or one per 2 CPUs)")
     p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 where the cluster has GPUs; 0 forces CPU actors)")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, the job's cluster, else a local Ray)")
-    p.add_argument("--data-dir", default=None, help="local data folder (default: $BERTVISION_DATA, else the Hub)")
+    p.add_argument("--data-dir", default=None, help="local data folder (default: $BERTVISION_DATA, else the Hub); a relative folder is read from "
+                   "the job's working directory (the uploaded copy) and is refused when it is not there")
     return p
+
+
+_TEMP_COPY = "a Ray job runs in a temporary copy of the working directory, deleted when Ray cleans up"
+
+
+def _is_relative(path: str) -> bool:
+    return not os.path.isabs(os.path.expanduser(path))
+
+
+def job_paths(args: argparse.Namespace) -> None:
+    """Check the job's paths before anything is read or written (ConfigError, exit status 1).
+
+    The output must outlive the job: a relative ``--out`` would land in Ray's temporary copy of
+    the working directory, so it is refused unless ``--storage-root`` (absolute) says what to
+    resolve it against; ``args.out`` becomes absolute. Relative inputs are read from that copy,
+    which holds only what was uploaded: one that is not there is refused rather than looked up
+    (as a Hub id) or silently missed.
+    """
+    root = args.storage_root
+    if root is not None and _is_relative(root):
+        raise ConfigError(f"--storage-root {root} is relative: {_TEMP_COPY}; give an absolute path on shared storage")
+    if _is_relative(args.out):
+        if root is None:
+            raise ConfigError(f"--out {args.out} is relative: {_TEMP_COPY}; give an absolute path on shared storage, "
+                              "or --storage-root DIR to resolve it against")  # fmt: skip
+        args.out = os.path.join(os.path.expanduser(root), args.out)
+    args.out = os.path.normpath(os.path.expanduser(args.out))
+    checkpoint = args.checkpoint
+    # A checkpoint string that can only be a path (not a Hub id 'name' or 'owner/name').
+    path_like = bool(checkpoint) and (checkpoint.startswith(".") or checkpoint.count("/") > 1 or checkpoint.endswith("/"))
+    for option, value, check in (("--checkpoint", checkpoint, path_like), ("--data-dir", args.data_dir, True)):
+        if value and check and _is_relative(value) and not os.path.exists(value):
+            raise ConfigError(f"{option} {value} is relative and not in the job's working directory ({os.getcwd()}): {_TEMP_COPY}, "
+                              "holding only the uploaded files (not those git ignores, such as runs/); give an absolute path on shared storage")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,15 +311,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from bertvision.tasks import get_task
-
     try:
+        job_paths(args)
+        from bertvision.tasks import get_task
+
         span = get_task(args.task, args.data_dir).spec.kind == "span"
         args.max_length = args.max_length or (384 if span else 128)
         run(args)
     except BertVisionError as e:
         print(f"bertvision: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     return 0
 
 

@@ -1,18 +1,25 @@
 """The Ray Data extraction job, started the real way.
 
-- `bertvision embed --ray` on an in-process Ray writes the same store as the library loop;
+- `bertvision embed --ray` on an in-process Ray writes the same store as the library loop, on
+  a Ray of its own (it neither attaches to a head already running on the machine nor leaves a
+  process behind);
 - a head started with `ray start --head` (dashboard on 127.0.0.1) runs
   `ray job submit --working-dir . -- python -m ray_jobs.embed ...`;
 - a job killed after some shards and submitted again finishes the store, equal to an
   uninterrupted run;
-- a second node (`ray start --address ...`) joins and extraction actors run on both nodes.
+- a second node (`ray start --address ...`) joins and extraction actors run on both nodes;
+- a relative --out is refused, in-process and as a submitted job;
+- the head refuses a job submitted without its token, or with a wrong one.
 
-Local clusters run with RAY_AUTH_MODE=disabled (token authentication is for real clusters).
+Every head runs with token authentication (RAY_AUTH_MODE=token, a random per-test token in a
+0600 file, RAY_AUTH_TOKEN_PATH): its GCS, raylet and client server listen on every interface.
+The tests start and stop their own Ray processes only (`tests/ray_cluster.py`; never
+`ray stop`, which ends every Ray process of the user): a "bystander" head, started first as
+someone else's cluster would be, must still be running when the module's heads are gone.
+Tests that start Ray carry the `ray` marker (`-m "not ray"` skips them).
 """
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,31 +30,21 @@ import numpy as np
 import pytest
 
 from bertvision import store as st
+from tests import ray_cluster as rc
 from tests.conftest import REPO, bertvision_cli, write_toy_task
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(600)
 
 BIN = Path(sys.executable).parent
+RELATIVE_OUT = (
+    "is relative: a Ray job runs in a temporary copy of the working directory, deleted when Ray "
+    "cleans up; give an absolute path on shared storage, or --storage-root DIR to resolve it against"
+)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `python` is this venv's
-    env["RAY_AUTH_MODE"] = "disabled"
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _ray(*args, check=True, timeout=180) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True, env=_env(), timeout=timeout,
+def _ray(*args, env, check=True, timeout=180) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True, env=env, timeout=timeout,
                           cwd=REPO)  # fmt: skip
     if check and proc.returncode:
         raise AssertionError(f"ray {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -79,41 +76,139 @@ def reference(tmp_path_factory, task) -> Path:
     return out
 
 
-def test_embed_ray_in_process_equals_the_library_loop(task, reference, tmp_path):
+# --- relative paths, refused before Ray starts ----------------------------------------------
+
+
+def test_job_refuses_a_relative_out_and_writes_nothing(task, tmp_path, monkeypatch, capsys):
+    from ray_jobs import embed as job
+
+    monkeypatch.chdir(tmp_path)
+    code = job.main(["--task", str(task), "--out", "runs/x"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip() == f"bertvision: error: --out runs/x {RELATIVE_OUT}"  # one line, says why
+    assert list(tmp_path.iterdir()) == []  # no runs/, no store, no lock file
+
+
+def test_storage_root_resolves_a_relative_out_and_must_be_absolute(tmp_path, monkeypatch, capsys):
+    from ray_jobs import embed as job
+
+    monkeypatch.chdir(tmp_path)
+    args = job.build_parser().parse_args(["--task", "rte", "--out", "rte/store", "--storage-root", str(tmp_path / "runs")])
+    job.job_paths(args)
+    assert args.out == str(tmp_path / "runs" / "rte" / "store")
+    args = job.build_parser().parse_args(["--task", "rte", "--out", str(tmp_path / "abs"), "--storage-root", str(tmp_path / "r")])
+    job.job_paths(args)
+    assert args.out == str(tmp_path / "abs")  # an absolute --out stays
+    assert job.main(["--task", "rte", "--out", "x", "--storage-root", "runs"]) == 1
+    assert "--storage-root runs is relative" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_job_refuses_relative_inputs_missing_from_the_working_directory(task, tmp_path, monkeypatch, capsys):
+    from ray_jobs import embed as job
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert job.main(["--task", str(task), "--out", str(out), "--checkpoint", "runs/rte/ft/checkpoint-e1"]) == 1
+    err = capsys.readouterr().err
+    assert "--checkpoint runs/rte/ft/checkpoint-e1 is relative and not in the job's working directory" in err
+    assert job.main(["--task", str(task), "--out", str(out), "--data-dir", "data"]) == 1
+    assert "--data-dir data is relative and not in the job's working directory" in capsys.readouterr().err
+    assert not out.exists()
+    # One that is in the working directory (an uploaded file) is read from there.
+    (tmp_path / "data").mkdir()
+    args = job.build_parser().parse_args(["--task", str(task), "--out", str(out), "--data-dir", "data"])
+    job.job_paths(args)
+    assert args.data_dir == "data"
+
+
+# --- an in-process Ray -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("r", numbered=True)
+
+
+@pytest.fixture(scope="module")
+def token(ray_tmp) -> Path:
+    return rc.write_token(ray_tmp / "token")
+
+
+@pytest.fixture(scope="module")
+def bystander(ray_tmp):
+    """A head the tests did not start for themselves: someone's cluster on the same machine,
+    with its own temp dir (``<root>/ray``, where ``ray.init()`` looks when $RAY_TMPDIR is
+    ``<root>``), ports and token. It must outlive every head of this module."""
+    root = rc.short_dir(ray_tmp, "by")
+    node = rc.start_head(root / "ray", rc.write_token(ray_tmp / "bystander-token"), num_cpus=1, dashboard=False,
+                         object_store_memory=100_000_000)  # fmt: skip
+    node.root = root
+    yield node
+    try:  # after every other fixture of the module has stopped its Ray
+        assert node.alive() and node.answers(), f"the bystander head died:\n{node.log_tail()}"
+    finally:
+        node.stop()
+
+
+@pytest.mark.ray
+def test_embed_ray_in_process_equals_the_library_loop(task, reference, tmp_path, token, bystander, ray_tmp):
+    """`bertvision embed --ray` runs the job in this process and folder, where a relative --out
+    means what it says (the CLI makes it absolute for the actors)."""
     out = tmp_path / "store"
-    proc = subprocess.run([*bertvision_cli(), "embed", "--ray", "--task", str(task), "--out", str(out),
-                           "--shard-rows", "16"], capture_output=True, text=True, env=_env(), timeout=400)  # fmt: skip
+    own = rc.short_dir(ray_tmp, "ip", room=15)  # TMPDIR: the job's own Ray makes its temp dir here
+    mark = uuid.uuid4().hex
+    # RAY_TMPDIR points ray.init() at the bystander's ray_current_cluster: a plain ray.init()
+    # would attach to it (and fail, being given num_cpus); the job must start a Ray of its own.
+    env = rc.ray_env(token, RAY_TMPDIR=str(bystander.root), TMPDIR=str(own), **{rc.MARK: mark})
+    proc = subprocess.run([*bertvision_cli(), "embed", "--ray", "--task", str(task), "--out", "store",
+                           "--shard-rows", "16"], capture_output=True, text=True, env=env, timeout=400,
+                          cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     for split in ("train", "dev"):
         _stores_equal(out / split, reference / split)
         st.verify(out / split)
         run = st.read_manifest(out / split)["extra"]["last_run"]
         assert run["runner"] == "ray" and run["rows"] == st.read_manifest(out / split)["rows"]
+        assert len(run["shards_per_node"]) == 1
     # the tensor column is Arrow's own fixed-shape tensor: pyarrow alone reads the shape back
     import pyarrow.parquet as pq
 
     table = pq.read_table(out / "train" / "shard-00000.parquet")
     assert table.column("hidden").combine_chunks().to_numpy_ndarray().shape == (16, 7, 384)
+    # The job's Ray went with the process, and its session folder too; the bystander is intact.
+    deadline = time.time() + 30
+    while rc.marked_processes(mark, own) and time.time() < deadline:
+        time.sleep(0.5)
+    assert rc.marked_processes(mark, own) == []
+    assert f"local Ray of this process in {own}/bvray-" in proc.stdout, proc.stdout[-2000:]
+    assert not list(own.glob("bvray-*"))
+    assert bystander.alive() and bystander.answers()
+    rc.discard(own)
+
+
+# --- a real head -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """A real single-node Ray head (`ray start --head`), dashboard on 127.0.0.1."""
-    _ray("stop", "--force", check=False)
-    port, dash = _free_port(), _free_port()
-    _ray("start", "--head", f"--port={port}", "--num-cpus=4", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--include-dashboard=true", "--disable-usage-stats")  # fmt: skip
-    yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
-    _ray("stop", "--force", check=False)
+def head(ray_tmp, token, bystander):
+    """A real single-node Ray head (`ray start --head --block`), dashboard on 127.0.0.1, token
+    authentication with this module's token, stopped by what it started."""
+    node = rc.start_head(rc.short_dir(ray_tmp, "h"), token, num_cpus=4)
+    yield node
+    node.stop()  # raises if any of its processes survive
 
 
-def _submit(head, task, out, *extra, wait=True, job_id=None) -> subprocess.CompletedProcess:
-    args = ["job", "submit", "--address", head["dashboard"], "--working-dir", ".", *(() if wait else ("--no-wait",)),
+def _submit(head, task, out, *extra, wait=True, job_id=None, env=None, check=True, runtime_env=None) -> subprocess.CompletedProcess:
+    args = ["job", "submit", "--address", head.dashboard, "--working-dir", ".", *(() if wait else ("--no-wait",)),
             *(("--submission-id", job_id) if job_id else ()),
+            *(("--runtime-env-json", json.dumps(runtime_env)) if runtime_env else ()),
             "--", "python", "-m", "ray_jobs.embed", "--task", str(task), "--out", str(out), "--shard-rows", "16", *extra]
-    return _ray(*args, timeout=400)
+    return _ray(*args, env=env or head.env, timeout=400, check=check)
 
 
+@pytest.mark.ray
 def test_ray_job_submit_to_a_real_head(head, task, reference, tmp_path):
     out = tmp_path / "store"
     proc = _submit(head, task, out)
@@ -123,6 +218,7 @@ def test_ray_job_submit_to_a_real_head(head, task, reference, tmp_path):
         st.verify(out / split)
 
 
+@pytest.mark.ray
 def test_killed_job_resumes_and_equals_an_uninterrupted_run(head, task, reference, tmp_path):
     out = tmp_path / "store"
     job_id = f"kill-{uuid.uuid4().hex[:8]}"
@@ -131,7 +227,7 @@ def test_killed_job_resumes_and_equals_an_uninterrupted_run(head, task, referenc
     while len(list((out / "train").glob("shard-*.parquet"))) < 3:
         assert time.time() < deadline, "no shards written"
         time.sleep(0.2)
-    _ray("job", "stop", "--address", head["dashboard"], job_id)
+    _ray("job", "stop", "--address", head.dashboard, job_id, env=head.env)
     written = len(list((out / "train").glob("shard-*.parquet")))
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["status"] == "incomplete" and written < 30, written  # killed part-way (30 shards planned)
@@ -142,28 +238,68 @@ def test_killed_job_resumes_and_equals_an_uninterrupted_run(head, task, referenc
     assert st.read_manifest(out / "train")["extra"]["last_run"]["rows"] < 480  # the rerun wrote only the rest
 
 
-def test_two_nodes_run_extraction_actors_on_both(head, task, tmp_path):
+@pytest.mark.ray
+def test_two_nodes_run_extraction_actors_on_both(head, task, tmp_path, token):
     """A second node joins on loopback; the actor pool spreads over both nodes."""
-    ports = {f"--{name}": _free_port() for name in ("node-manager-port", "object-manager-port",
-                                                    "dashboard-agent-grpc-port", "dashboard-agent-listen-port",
-                                                    "metrics-export-port", "runtime-env-agent-port")}  # fmt: skip
-    _ray("start", f"--address={head['gcs']}", "--num-cpus=2", *[f"{k}={v}" for k, v in ports.items()],
-         "--min-worker-port=20000", "--max-worker-port=20999", "--disable-usage-stats")  # fmt: skip
+    worker = rc.start_worker(head, rc.short_dir(tmp_path, "w"), token, num_cpus=2, remove_temp_dir=True)
     try:
         deadline = time.time() + 60
         while _alive_nodes(head) < 2:
             assert time.time() < deadline, "second node did not join"
             time.sleep(1)
         out = tmp_path / "store"
-        proc = _submit(head, task, out, "--splits", "train", "--actors", "2")
+        # The pool's actor on the new node starts slowly on a small machine (the working dir
+        # unpacked there, torch imported): Ray Data waits for both actors before handing out
+        # shards, or the head's actor may write them all first.
+        wait = {"env_vars": {"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"}}
+        proc = _submit(head, task, out, "--splits", "train", "--actors", "2", runtime_env=wait)
         assert "succeeded" in proc.stdout.lower(), proc.stdout[-2000:]
         nodes = st.read_manifest(out / "train")["extra"]["last_run"]["shards_per_node"]
         assert len(nodes) == 2 and sum(nodes.values()) == 30, nodes
     finally:
-        _ray("stop", "--force", check=False)  # stops both nodes; the head fixture's stop is then a no-op
+        worker.stop()  # this node only; the head fixture stops the head
+    assert worker.processes() == [] and head.alive()
 
 
 def _alive_nodes(head) -> int:
-    code = f"import ray; ray.init(address={head['gcs']!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    code = f"import ray; ray.init(address={head.gcs!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=head.env, timeout=60)
     return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else 0
+
+
+@pytest.mark.ray
+def test_a_submitted_job_refuses_a_relative_out(head, task):
+    name = f"runs/bv-relative-{uuid.uuid4().hex[:8]}"
+    proc = _submit(head, task, name, check=False)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "failed" in logs.lower(), logs[-2000:]
+    assert f"bertvision: error: --out {name} {RELATIVE_OUT}" in logs, logs[-2000:]  # the job's log
+    assert not (REPO / name).exists()
+    assert not list(head.temp_dir.glob(f"session_*/runtime_resources/working_dir_files/*/{name}"))
+
+
+@pytest.mark.ray
+def test_the_head_refuses_a_job_without_its_token(head, task, tmp_path):
+    ran = tmp_path / "ran"
+    entry = ["--", "python", "-c", f"open({str(ran)!r}, 'w').write('x')"]
+    wrong = rc.write_token(tmp_path / "wrong-token")
+    no_token = rc.ray_env(None, HOME=str(tmp_path))  # no ~/.ray/auth_token there either
+    for env, says in ((rc.ray_env(wrong), "invalid"), (no_token, "couldn't find an authentication token")):
+        proc = _ray("job", "submit", "--address", head.dashboard, *entry, env=env, check=False, timeout=120)
+        assert proc.returncode != 0 and says in proc.stderr.lower(), proc.stderr[-2000:]
+    assert not ran.exists() and not (tmp_path / ".ray").exists()
+    # with the token it runs
+    proc = _ray("job", "submit", "--address", head.dashboard, *entry, env=head.env, timeout=120)
+    assert "succeeded" in proc.stdout.lower() and ran.exists()
+
+
+@pytest.mark.ray
+def test_stopping_a_test_head_leaves_a_bystander_running(bystander, tmp_path):
+    """What the tests' fixtures do to their own heads (start, stop) spares a head they did not
+    start; the module's fixtures are checked the same way when they end (`bystander`)."""
+    node = rc.start_head(rc.short_dir(tmp_path, "h"), rc.write_token(tmp_path / "token"), num_cpus=1,
+                         dashboard=False, remove_temp_dir=True, object_store_memory=100_000_000)  # fmt: skip
+    assert node.answers() and node.processes()
+    node.stop()
+    assert node.processes() == [] and not node.alive()
+    assert bystander.alive() and bystander.answers() and bystander.processes()
