@@ -237,7 +237,7 @@ def embed(
     Span tasks always use the ``tokens`` selection (``selection`` "cls", the default, is taken
     to mean it); ``doc_stride`` and ``max_query_length`` apply to them only.
     """
-    from bertvision.finetune import pick_device
+    from bertvision.runtime import pick_device
 
     pick_device(device)  # a bad --device fails before any store is opened
     with prepare(task_name, checkpoint, out_dir, splits=splits, data_dir=data_dir, selection=selection,

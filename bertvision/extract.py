@@ -82,7 +82,7 @@ class HiddenStateExtractor:
         if batch_size <= 0 or max_length < 8:
             raise ConfigError("batch_size must be positive and max_length at least 8")
         from bertvision.encoders import load_encoder
-        from bertvision.finetune import pick_device, quiet_transformers
+        from bertvision.runtime import pick_device, quiet_transformers
 
         quiet_transformers()
         self.device = pick_device(device)

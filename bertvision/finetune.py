@@ -20,9 +20,7 @@ Output folder::
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +30,17 @@ import numpy as np
 from bertvision.errors import ConfigError, RunError
 from bertvision.fingerprint import splits_fingerprint
 from bertvision.io import atomic_folder, atomic_write_json
-from bertvision.outdir import check_out_dir, claim
+from bertvision.outdir import check_out_dir, claim, previous_run
+from bertvision.runtime import (
+    adamw,
+    check_finite_state,
+    check_loss,
+    check_optimisation,
+    linear_schedule,
+    pick_device,
+    quiet_transformers,
+    set_seed,
+)
 
 CHECKPOINT_META = "bertvision.json"
 # What a fine-tuning run writes besides config.json and metrics.json (a killed run's are removed
@@ -80,42 +88,6 @@ class FinetuneConfig:
         return sorted({*self.save_at, self.epochs})
 
 
-def check_optimisation(cfg) -> None:
-    """The checks every training config shares (fine-tuning and heads): a finite positive
-    learning rate, finite non-negative weight decay, warmup in [0, 1), a validation part in
-    (0, 1) of train, and (where the config has them) dropout in [0, 1), distinct seeds."""
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"--lr must be a finite positive number, not {cfg.lr}")
-    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
-        raise ConfigError(f"--weight-decay must be finite and >= 0, not {cfg.weight_decay}")
-    if not 0 <= cfg.warmup < 1:
-        raise ConfigError(f"--warmup must be in [0, 1), not {cfg.warmup}")
-    if not 0 < cfg.validation_fraction < 1:
-        raise ConfigError(f"--validation-fraction must be in (0, 1), not {cfg.validation_fraction}")
-    if hasattr(cfg, "dropout") and not 0 <= cfg.dropout < 1:
-        raise ConfigError(f"--dropout must be in [0, 1), not {cfg.dropout}")
-    if hasattr(cfg, "max_grad_norm") and not (cfg.max_grad_norm > 0 and math.isfinite(cfg.max_grad_norm)):
-        raise ConfigError(f"max_grad_norm must be a finite positive number, not {cfg.max_grad_norm}")
-    seeds = getattr(cfg, "seeds", None)
-    if seeds is not None:
-        if not seeds:
-            raise ConfigError("--seeds: give at least one seed")
-        repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
-        if repeated:
-            raise ConfigError(f"--seeds: seed {', '.join(map(str, repeated))} given more than once; a "
-                              "repeated seed repeats one run and understates the spread")  # fmt: skip
-
-
-def check_loss(loss, step: int, lr: float, what: str = "training") -> float:
-    """The loss as a float, or a RunError when it is NaN or infinite: training diverged (or the
-    data holds non-finite values), and every later step and the saved weights would be NaN."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise RunError(f"{what} diverged: the loss is {value} at step {step} (--lr {lr:g}); nothing was "
-                       "saved from this run. Lower --lr, or check the input for NaN/inf values")  # fmt: skip
-    return value
-
-
 def check_schedule(cfg, positive: tuple[str, ...]) -> None:
     """The checks every fine-tuning config shares: epochs, save_at fractions, the named fields
     that must be positive, and `check_optimisation`."""
@@ -132,16 +104,6 @@ def check_schedule(cfg, positive: tuple[str, ...]) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
 
 
-def adamw(model, lr: float, weight_decay: float):
-    """AdamW with weight decay on matrices only (not on biases and LayerNorm weights)."""
-    import torch
-
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
-
-
 @dataclass
 class FinetuneResult:
     out_dir: Path
@@ -156,47 +118,6 @@ def checkpoint_name(fraction: float) -> str:
 def fraction_step(fraction: float, steps_per_epoch: int) -> int:
     """The optimizer step at which ``fraction`` epochs are complete (at least 1)."""
     return max(1, math.ceil(fraction * steps_per_epoch - 1e-9))
-
-
-def set_seed(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def quiet_transformers() -> None:
-    """Keep transformers' load reports and progress bars out of our output."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def pick_device(device: str | None):
-    """The torch device named by ``--device`` (None: CUDA when available, else the CPU).
-
-    Raises:
-      ConfigError: the name is not a device, or names CUDA (or MPS) on a machine without it.
-    """
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ConfigError(f"--device {device}: CUDA is not available here ({why}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu")
-    return dev
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,17 +178,6 @@ def load_model(location: str, spec, device):
     except ValueError:  # an architecture without SDPA
         model = AutoModelForSequenceClassification.from_pretrained(location, **kwargs)
     return model.to(device)
-
-
-def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
-    import torch
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def predict(model, tokenizer, encoded, device, batch_size: int, desc: str = "predict") -> np.ndarray:
@@ -391,54 +301,6 @@ def _finetune(cfg: FinetuneConfig, out_dir: Path, task, full, dev_splits: dict, 
     return result
 
 
-def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], leftovers: tuple[str, ...]) -> dict | None:
-    """What an earlier run in ``out_dir`` means for this one, by its config.json.
-
-    ``config`` (stored under ``key``) holds the settings and ``inputs`` the fingerprints of what
-    the run reads (`bertvision.fingerprint`: data splits, or stores), stored under "inputs".
-
-    * a finished run (metrics.json written) with the same settings and inputs: its metrics,
-      reused;
-    * a finished run with other settings or inputs: ConfigError saying which, nothing touched;
-    * an unfinished run (the process was killed) with the same settings and inputs: its
-      artifacts (the ``leftovers`` globs, e.g. checkpoint folders) are removed and None returned:
-      the run starts over and no artifact stays that its config does not describe;
-    * an unfinished run with other settings or inputs, or artifacts without a config.json:
-      ConfigError (another --out, or delete the folder), nothing touched.
-    """
-    import shutil
-
-    cfg_file, metrics = out_dir / "config.json", out_dir / "metrics.json"
-    found = sorted(p for pattern in leftovers for p in out_dir.glob(pattern))
-    if not cfg_file.is_file():
-        if found:
-            raise ConfigError(f"{out_dir} holds {found[0].name} but no config.json saying what made it; "
-                              "use another --out or delete the folder")  # fmt: skip
-        return None
-    stored = json.loads(cfg_file.read_text())
-    finished = metrics.is_file()
-    state = "a finished" if finished else "an unfinished (killed?)"
-    old, new = json.loads(json.dumps(stored.get(key, {}))), json.loads(json.dumps(config))  # tuples -> lists
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ConfigError(f"{out_dir} holds {state} run with other settings ({', '.join(diff)}); use another --out"
-                          + ("" if finished else " or delete the folder"))  # fmt: skip
-    from bertvision.fingerprint import differing
-
-    if "inputs" not in stored:
-        raise ConfigError(f"{out_dir} holds {state} run made before input fingerprints were recorded, so "
-                          "whether its data is this data is unknown; use another --out or delete the folder")  # fmt: skip
-    changed = differing(stored["inputs"], inputs)
-    if changed:
-        raise ConfigError(f"{out_dir} holds {state} run on other data: {', '.join(changed)} changed since it ran "
-                          "(content fingerprints differ); use another --out, or delete the folder to rerun")  # fmt: skip
-    if finished:
-        return json.loads(metrics.read_text())
-    for path in found:  # a killed run with these settings: start over, leaving nothing stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return None
-
-
 def _save_checkpoint(model, tokenizer, path: Path, meta: dict) -> None:
     """Weights as safetensors, the transformers config, the tokenizer, and our metadata.
 
@@ -456,16 +318,6 @@ def _save_checkpoint(model, tokenizer, path: Path, meta: dict) -> None:
         if type(exc).__name__ == "SafetensorError":  # safetensors' writer reports a full disk so
             raise RunError(f"{path}: cannot save the checkpoint ({exc}); nothing was left behind") from None
         raise
-
-
-def check_finite_state(state: dict, where) -> None:
-    """RunError when a model's weights hold NaN or inf (they would be saved as a broken model)."""
-    import torch
-
-    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
-    if bad:
-        raise RunError(f"{where}: the weights are not finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
-                       "training diverged and nothing was saved. Lower --lr")  # fmt: skip
 
 
 def _score_dev(task, dev_splits: dict, result: FinetuneResult, tokenizer, cfg: FinetuneConfig, device) -> None:

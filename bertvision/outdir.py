@@ -1,14 +1,16 @@
-"""Output folders: checked, created and held by one process at a time.
+"""Output folders: checked, created, held by one process at a time, and judged on a rerun.
 
 Every stage that writes a folder (a store split, a fine-tuning run, a head run, an ensemble)
 claims it first: ``--out`` naming a file is refused with one line, a folder that cannot be
 created is a RunError naming it, and an exclusive lock (`bertvision.locks.hold`) keeps a second
 process out while the first writes (its message names the holder). A lock left by a killed
-process never blocks a rerun.
+process never blocks a rerun. `previous_run` says what an earlier run found there means: reuse,
+refuse, or start over.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,3 +43,51 @@ def claim(path: str | os.PathLike, what: str, option: str = "--out") -> Iterator
         raise os_error(exc, f"creating the {option} folder") from None
     with hold(path, what):
         yield path
+
+
+def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], leftovers: tuple[str, ...]) -> dict | None:
+    """What an earlier run in ``out_dir`` means for this one, by its config.json.
+
+    ``config`` (stored under ``key``) holds the settings and ``inputs`` the fingerprints of what
+    the run reads (`bertvision.fingerprint`: data splits, or stores), stored under "inputs".
+
+    * a finished run (metrics.json written) with the same settings and inputs: its metrics,
+      reused;
+    * a finished run with other settings or inputs: ConfigError saying which, nothing touched;
+    * an unfinished run (the process was killed) with the same settings and inputs: its
+      artifacts (the ``leftovers`` globs, e.g. checkpoint folders) are removed and None returned:
+      the run starts over and no artifact stays that its config does not describe;
+    * an unfinished run with other settings or inputs, or artifacts without a config.json:
+      ConfigError (another --out, or delete the folder), nothing touched.
+    """
+    import shutil
+
+    cfg_file, metrics = out_dir / "config.json", out_dir / "metrics.json"
+    found = sorted(p for pattern in leftovers for p in out_dir.glob(pattern))
+    if not cfg_file.is_file():
+        if found:
+            raise ConfigError(f"{out_dir} holds {found[0].name} but no config.json saying what made it; "
+                              "use another --out or delete the folder")  # fmt: skip
+        return None
+    stored = json.loads(cfg_file.read_text())
+    finished = metrics.is_file()
+    state = "a finished" if finished else "an unfinished (killed?)"
+    old, new = json.loads(json.dumps(stored.get(key, {}))), json.loads(json.dumps(config))  # tuples -> lists
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ConfigError(f"{out_dir} holds {state} run with other settings ({', '.join(diff)}); use another --out"
+                          + ("" if finished else " or delete the folder"))  # fmt: skip
+    from bertvision.fingerprint import differing
+
+    if "inputs" not in stored:
+        raise ConfigError(f"{out_dir} holds {state} run made before input fingerprints were recorded, so "
+                          "whether its data is this data is unknown; use another --out or delete the folder")  # fmt: skip
+    changed = differing(stored["inputs"], inputs)
+    if changed:
+        raise ConfigError(f"{out_dir} holds {state} run on other data: {', '.join(changed)} changed since it ran "
+                          "(content fingerprints differ); use another --out, or delete the folder to rerun")  # fmt: skip
+    if finished:
+        return json.loads(metrics.read_text())
+    for path in found:  # a killed run with these settings: start over, leaving nothing stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None

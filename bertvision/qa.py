@@ -126,7 +126,7 @@ def window_features(windows) -> dict:
 def load_qa_model(location: str, device):
     from transformers import AutoModelForQuestionAnswering
 
-    from bertvision.finetune import quiet_transformers
+    from bertvision.runtime import quiet_transformers
 
     quiet_transformers()
     try:
@@ -165,9 +165,10 @@ def window_logits(model, tokenizer, windows, device, batch_size: int, desc: str 
 
 def finetune_qa(cfg: QAFinetuneConfig, out_dir: str | Path):
     """Fine-tune for span answers and save checkpoints; see the module docstring."""
-    from bertvision.finetune import CHECKPOINT_GLOBS, FinetuneResult, pick_device, previous_run
+    from bertvision.finetune import CHECKPOINT_GLOBS, FinetuneResult
     from bertvision.fingerprint import splits_fingerprint
-    from bertvision.outdir import check_out_dir, claim
+    from bertvision.outdir import check_out_dir, claim, previous_run
+    from bertvision.runtime import pick_device
     from bertvision.tasks import get_task
 
     out_dir = check_out_dir(out_dir)
@@ -195,15 +196,12 @@ def _finetune_qa(cfg: QAFinetuneConfig, out_dir: Path, task, parts: dict, evals:
     from bertvision.finetune import (
         FinetuneResult,
         _save_checkpoint,
-        adamw,
-        check_loss,
         checkpoint_name,
         collate,
         fraction_step,
         length_grouped_batches,
-        linear_schedule,
-        set_seed,
     )  # fmt: skip
+    from bertvision.runtime import adamw, check_loss, linear_schedule, set_seed
     from bertvision.spans import make_windows
 
     set_seed(cfg.seed)

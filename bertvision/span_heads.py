@@ -72,7 +72,7 @@ class SpanHeadTrainConfig:
         for name in ("adapter_size", "batch_size", "epochs", "patience", "max_answer_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        from bertvision.finetune import check_optimisation
+        from bertvision.runtime import check_optimisation
 
         check_optimisation(self)
 
@@ -274,14 +274,14 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from bertvision.finetune import (
+    from bertvision.models.adapter_pooler import AdapterPoolerConfig, SpanAdapterPooler, span_loss
+    from bertvision.runtime import (
         check_finite_state,
         check_loss,
         linear_schedule,
         pick_device,
         set_seed,
     )
-    from bertvision.models.adapter_pooler import AdapterPoolerConfig, SpanAdapterPooler, span_loss
 
     set_seed(seed)
     device = pick_device(cfg.device)
@@ -360,9 +360,9 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
 def train_span_heads(cfg: SpanHeadTrainConfig, out_dir: str | Path) -> dict:
     """Train one span head per seed; returns (and writes) the summary."""
     from bertvision import store as st
-    from bertvision.finetune import pick_device, previous_run
     from bertvision.fingerprint import store_fingerprint
-    from bertvision.outdir import check_out_dir, claim
+    from bertvision.outdir import check_out_dir, claim, previous_run
+    from bertvision.runtime import pick_device
     from bertvision.train import SEED_GLOBS, _write_summary, in_seed_folder
 
     out_dir = check_out_dir(out_dir)
@@ -452,8 +452,8 @@ def ensemble(
     device: str | None = None,
 ) -> dict:
     """Score each member and their ensembles on validation (thresholds) and eval splits (once)."""
-    from bertvision.finetune import pick_device
     from bertvision.outdir import check_out_dir, claim
+    from bertvision.runtime import pick_device
 
     out_dir = check_out_dir(out_dir)
     if not heads and not include_encoder:

@@ -69,7 +69,7 @@ class HeadTrainConfig:
         for name in ("adapter_size", "batch_size", "epochs", "patience"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        from bertvision.finetune import check_optimisation
+        from bertvision.runtime import check_optimisation
 
         check_optimisation(self)
 
@@ -150,15 +150,15 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    from bertvision.finetune import (
+    from bertvision.metrics import compute_metrics
+    from bertvision.models.adapter_pooler import AdapterPooler
+    from bertvision.runtime import (
         check_finite_state,
         check_loss,
         linear_schedule,
         pick_device,
         set_seed,
     )
-    from bertvision.metrics import compute_metrics
-    from bertvision.models.adapter_pooler import AdapterPooler
 
     set_seed(seed)
     device = pick_device(cfg.device)
@@ -230,7 +230,8 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
 
 def train_heads(cfg: HeadTrainConfig, out_dir: str | Path) -> dict:
     """Train one head per seed in ``cfg.seeds``; returns (and writes) the summary."""
-    from bertvision.finetune import pick_device, previous_run
+    from bertvision.outdir import previous_run
+    from bertvision.runtime import pick_device
     from bertvision.tasks.base import carve_validation
 
     out_dir = check_out_dir(out_dir)
