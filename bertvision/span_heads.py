@@ -276,6 +276,7 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
 
     from bertvision.models.adapter_pooler import AdapterPoolerConfig, SpanAdapterPooler, span_loss
     from bertvision.runtime import (
+        adamw,
         check_finite_state,
         check_loss,
         linear_schedule,
@@ -294,7 +295,7 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
     model = SpanAdapterPooler(pooler_cfg).to(device)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size) + 1  # per-shard batching may add a few
     total = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay)  # no decay on biases, as fine-tuning
     scheduler = linear_schedule(optimizer, round(cfg.warmup * total), total)
     tb = SummaryWriter(str(out_dir / "tb"))
     rng = np.random.default_rng(seed)

@@ -153,6 +153,7 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
     from bertvision.metrics import compute_metrics
     from bertvision.models.adapter_pooler import AdapterPooler
     from bertvision.runtime import (
+        adamw,
         check_finite_state,
         check_loss,
         linear_schedule,
@@ -168,7 +169,7 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
     x_va, y_va = train.hidden[val_idx], train.labels[val_idx].numpy()
     steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay)  # no decay on biases, as fine-tuning
     scheduler = linear_schedule(optimizer, round(cfg.warmup * total), total)
     tb = SummaryWriter(str(out_dir / "tb"))
     gen = torch.Generator().manual_seed(seed)
