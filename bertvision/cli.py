@@ -192,7 +192,7 @@ def _add_method_commands(commands) -> None:
     em.add_argument("--shard-rows", type=int, default=None, help="rows per Parquet shard (default: about 64 MiB a shard)")
     em.add_argument("--quantize", choices=("int8",), default=None, help="opt-in dynamic int8 quantisation on CPU: faster, slightly different values (see docs/RESULTS.md)")
     em.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    em.add_argument("--ray", action="store_true", help="run the Ray Data job (ray_jobs.embed) on an in-process Ray, or on $RAY_ADDRESS's cluster: an actor pool of extractors, same store")
+    em.add_argument("--ray", action="store_true", help="run the Ray Data job (python -m ray_jobs.embed) on an in-process Ray, or on $RAY_ADDRESS's cluster: an actor pool of extractors, same store")
     em.add_argument("--actors", type=int, default=None, help="with --ray: actor pool size (default: one per GPU, or one per 2 CPUs)")
     _add_data_dir(em)
     em.set_defaults(func=cmd_embed)
@@ -460,6 +460,20 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def _ray_runner(name: str):
+    """The Ray entrypoint registered as ``name`` in the ``bertvision.runners`` entry points
+    (pyproject.toml: the project's ``ray_jobs``), loaded only when ``--ray`` asks for it."""
+    from importlib.metadata import entry_points
+
+    from bertvision.errors import ConfigError
+
+    found = list(entry_points(group="bertvision.runners", name=name))
+    if not found:
+        raise ConfigError(f"--ray: no Ray runner {name!r} is installed (the project's ray_jobs package registers "
+                          "it; reinstall with: pip install -e .)")  # fmt: skip
+    return found[0].load()
+
+
 def cmd_embed(args) -> int:
     from bertvision.embed import embed
     from bertvision.tasks import get_task
@@ -468,14 +482,12 @@ def cmd_embed(args) -> int:
     selection = args.selection or ("tokens" if span else "cls")
     max_length = args.max_length or (384 if span else 128)
     if args.ray:  # the job lives outside the library, which never imports Ray
-        import importlib
-
-        job = importlib.import_module("ray_jobs.embed")
+        run = _ray_runner("embed")
         args.max_length, args.selection, args.gpus_per_actor, args.address = max_length, selection, None, None
         # The job runs in this process and this folder, where a relative path means what it says;
         # the actors (on every node of a $RAY_ADDRESS cluster) get it absolute.
         args.out = str(Path(args.out).expanduser().absolute())
-        job.run(args)
+        run(args)
         return 0
     manifests = embed(
         args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
