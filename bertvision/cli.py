@@ -549,10 +549,9 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from bertvision.train import evaluate_head
+    from bertvision.train import evaluate_head, is_span_head, read_head_config
 
-    config = Path(args.head) / "head_config.json"
-    if config.is_file() and '"tokens"' in config.read_text():
+    if is_span_head(read_head_config(args.head)):  # the head kind, from its config
         from bertvision.span_heads import evaluate_span_head
 
         print(json.dumps(evaluate_span_head(args.head, args.store, args.data_dir), indent=2))

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from bertvision.errors import ConfigError, DataError
-from bertvision.io import atomic_write_bytes, atomic_write_json
+from bertvision.io import atomic_write_json
 from bertvision.spans import evaluate
+from bertvision.train import HEAD_WEIGHTS, load_head, save_head
 
-HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
 METHODS = ("max", "mean")
 
 
@@ -270,7 +270,6 @@ def _train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator) 
 
 
 def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: int, out_dir: Path) -> dict:
-    import safetensors.torch
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
@@ -347,9 +346,7 @@ def train_seed(cfg: SpanHeadTrainConfig, seed: int, parts: SpanParts, n_train: i
         for metric in ("exact", "f1"):
             tb.add_scalar(f"{name}/{metric}", scores[metric], best_epoch)
     tb.close()
-    # through bytes: safetensors' own file writer makes its files 0600, ignoring the umask
-    atomic_write_bytes(out_dir / HEAD_WEIGHTS, safetensors.torch.save(best_state))
-    atomic_write_json(out_dir / HEAD_CONFIG, {
+    save_head(out_dir, best_state, {
         "adapter_pooler": pooler_cfg.to_dict(), "task": parts.spec, "encoder": m["encoder"],
         "checkpoint": m.get("checkpoint"), "selection": "tokens", "threshold": chosen["threshold"],
         "windowing": m.get("extra", {}).get("windowing"), "train": asdict(replace(cfg, seeds=(seed,))),
@@ -387,36 +384,6 @@ def train_span_heads(cfg: SpanHeadTrainConfig, out_dir: str | Path) -> dict:
         runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: train_seed(cfg, seed, parts, n_train, d))
                 for seed in cfg.seeds]  # fmt: skip
         return _write_summary(out_dir, runs, list(parts.evals))
-
-
-def load_span_head(path: str | Path):
-    """A trained span head and its config dict, from a ``seed-<k>`` folder."""
-    from safetensors.torch import load_file
-
-    from bertvision.models.adapter_pooler import AdapterPoolerConfig, SpanAdapterPooler
-
-    path = Path(path)
-    cfg_file = path / HEAD_CONFIG
-    if not cfg_file.is_file():
-        raise DataError(cfg_file, "head config not found; pass a seed-<k> folder written by 'bertvision train'")
-    try:
-        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        from bertvision.errors import json_error
-
-        raise json_error(cfg_file, e, what="malformed JSON") from e
-    except UnicodeDecodeError as e:
-        from bertvision.errors import decode_error
-
-        raise decode_error(cfg_file, e) from e
-    if meta.get("selection") != "tokens":
-        raise ConfigError(f"{path}: not a span head (selection {meta.get('selection')!r})")
-    model = SpanAdapterPooler(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
-    try:
-        model.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
-    except Exception as e:  # a missing, truncated or mismatched weights file
-        raise DataError(path / HEAD_WEIGHTS, f"cannot load head weights: {e}") from e
-    return model.eval(), meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,7 +433,7 @@ def ensemble(
     sets = {"validation": parts.validation, **parts.evals}
     logits: dict[str, dict[str, tuple[list, list]]] = {}  # member -> part -> (starts, ends)
     for head in heads:
-        model, meta = load_span_head(head)
+        model, meta = load_head(head, span=True)
         if meta.get("checkpoint") != parts.manifest.get("checkpoint"):
             raise ConfigError(f"head {head} was trained on checkpoint {meta.get('checkpoint')!r}, "
                               f"the store holds {parts.manifest.get('checkpoint')!r}")  # fmt: skip
@@ -516,7 +483,7 @@ def evaluate_span_head(head_dir: str | Path, store_dir: str | Path, data_dir: st
     from bertvision import store as st
     from bertvision.tasks import get_task
 
-    model, meta = load_span_head(head_dir)
+    model, meta = load_head(head_dir, span=True)
     data = st.load_split(store_dir)
     if data.manifest.get("selection") != "tokens":
         raise ConfigError(f"{store_dir}: a {data.manifest.get('selection')!r} store; span heads need 'tokens'")

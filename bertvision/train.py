@@ -145,7 +145,6 @@ def predict(model, hidden, batch_size: int = 1024, device=None):
 
 def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_idx, evals, out_dir: Path) -> dict:
     """Train one head with ``seed``; keep the best validation epoch; score eval splits once."""
-    import safetensors.torch
     import torch
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
@@ -218,9 +217,7 @@ def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_i
         for metric, value in result[name].items():
             tb.add_scalar(f"{name}/{metric}", value, best_epoch)
     tb.close()
-    # through bytes: safetensors' own file writer makes its files 0600, ignoring the umask
-    atomic_write_bytes(out_dir / HEAD_WEIGHTS, safetensors.torch.save(best_state))
-    atomic_write_json(out_dir / HEAD_CONFIG, {
+    save_head(out_dir, best_state, {
         "adapter_pooler": pooler_cfg.to_dict(), "task": spec, "encoder": train.manifest["encoder"],
         "checkpoint": train.manifest.get("checkpoint"), "selection": train.manifest.get("selection"),
         "train": asdict(replace(cfg, seeds=(seed,))),
@@ -294,14 +291,19 @@ def _manifest_summary(manifest: dict) -> dict:
     return {k: manifest.get(k) for k in keys}
 
 
-def load_head(path: str | Path):
-    """A trained head (AdapterPooler) and its config dict, from a ``seed-<k>`` folder."""
-    from safetensors.torch import load_file
+def save_head(folder: Path, state: dict, meta: dict) -> None:
+    """A trained head of any kind: its weights (safetensors; through bytes, since safetensors'
+    own file writer makes its files 0600, ignoring the umask) and ``head_config.json`` (the
+    AdapterPoolerConfig under "adapter_pooler", the task, encoder, checkpoint, training config)."""
+    import safetensors.torch
 
-    from bertvision.models.adapter_pooler import AdapterPooler, AdapterPoolerConfig
+    atomic_write_bytes(folder / HEAD_WEIGHTS, safetensors.torch.save(state))
+    atomic_write_json(folder / HEAD_CONFIG, meta)
 
-    path = Path(path)
-    cfg_file = path / HEAD_CONFIG
+
+def read_head_config(path: str | Path) -> dict:
+    """The ``head_config.json`` of a ``seed-<k>`` folder written by 'bertvision train'."""
+    cfg_file = Path(path) / HEAD_CONFIG
     if not cfg_file.is_file():
         raise DataError(cfg_file, "head config not found; pass a seed-<k> folder written by 'bertvision train'")
     try:
@@ -314,10 +316,40 @@ def load_head(path: str | Path):
         from bertvision.errors import decode_error
 
         raise decode_error(cfg_file, e) from e
-    model = AdapterPooler(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
+    if not isinstance(meta, dict) or not isinstance(meta.get("adapter_pooler"), dict):
+        raise DataError(cfg_file, "no 'adapter_pooler' object: not a head config written by 'bertvision train'")
+    return meta
+
+
+def is_span_head(meta: dict) -> bool:
+    """Whether a head config describes a span head (start/end logits per token)."""
+    return meta["adapter_pooler"].get("task_kind") == "span"
+
+
+def load_head(path: str | Path, *, span: bool | None = None):
+    """A trained head of any kind and its config dict, from a ``seed-<k>`` folder: an
+    `AdapterPooler`, or a `SpanAdapterPooler` where the config's task kind is "span".
+
+    Args:
+      span: True or False to require a span head or a sentence head (ConfigError otherwise).
+    """
+    from safetensors.torch import load_file
+
+    from bertvision.models.adapter_pooler import (
+        AdapterPooler,
+        AdapterPoolerConfig,
+        SpanAdapterPooler,
+    )
+
+    path = Path(path)
+    meta = read_head_config(path)
+    if span is not None and is_span_head(meta) != span:
+        want, got = ("a span head", "a sentence head") if span else ("a sentence head", "a span head")
+        raise ConfigError(f"{path}: {got}, but {want} is needed here")
+    module = SpanAdapterPooler if is_span_head(meta) else AdapterPooler
+    model = module(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
     try:
-        state = load_file(str(path / HEAD_WEIGHTS))
-        model.load_state_dict(state)
+        model.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
     except Exception as e:  # a missing, truncated or mismatched weights file
         raise DataError(path / HEAD_WEIGHTS, f"cannot load head weights: {e}") from e
     return model.eval(), meta
@@ -328,7 +360,7 @@ def evaluate_head(head_dir: str | Path, store_dir: str | Path) -> dict:
     from bertvision import store as st
     from bertvision.metrics import compute_metrics
 
-    model, meta = load_head(head_dir)
+    model, meta = load_head(head_dir, span=False)
     data = st.load_split(store_dir)
     pooler = meta["adapter_pooler"]
     st.check_compatible(data, num_hidden_states=pooler["num_hidden_states"], hidden_size=pooler["hidden_size"],

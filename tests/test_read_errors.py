@@ -129,7 +129,7 @@ def test_truncated_manifest_gives_the_offset(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "module, loader", [("train", "load_head"), ("span_heads", "load_span_head")]
+    "module, loader", [("train", "load_head"), ("train", "read_head_config")]
 )
 def test_truncated_head_config_gives_the_offset(tmp_path, module, loader):
     import importlib

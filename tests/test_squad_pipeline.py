@@ -179,6 +179,14 @@ def test_span_heads_and_ensembles(token_store, squad_dir, tmp_path):
     assert json.loads(proc.stdout)["f1"] == pytest.approx(summary["runs"][0]["dev"]["f1"])
     # a second call with the same config reuses the finished run
     assert train_span_heads(cfg, tmp_path / "heads")["runs"][0]["dev"] == summary["runs"][0]["dev"]
+    # one loader for every head kind: the module comes from the config's task kind
+    from bertvision.models.adapter_pooler import SpanAdapterPooler
+    from bertvision.train import evaluate_head, load_head
+
+    model, meta = load_head(seed_dir)
+    assert isinstance(model, SpanAdapterPooler) and meta["selection"] == "tokens"
+    with pytest.raises(ConfigError, match="a span head, but a sentence head is needed here"):
+        evaluate_head(seed_dir, out / "dev")
 
     heads = [tmp_path / "heads" / "seed-0", tmp_path / "heads" / "seed-1"]
     result = ensemble(out, heads, tmp_path / "ens", include_encoder=True, data_dir=str(squad_dir),
