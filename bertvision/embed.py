@@ -69,8 +69,6 @@ class SplitPlan:
     """Extractor input columns for every row (sentence: id, texts, label; span: windows)."""
     stats: dict
     """Facts for the manifest's ``extra``: the task spec, the data source, windowing."""
-    complete_before: bool = False
-    """The store was already complete when opened: nothing to write (a rerun)."""
 
     def batch(self, shard: int) -> dict[str, list]:
         """The extractor input rows of one shard."""
@@ -187,7 +185,7 @@ def prepare(
         for name, spec in specs.items():
             folder = plan.locks.enter_context(claim(Path(out_dir) / name, "embed store"))
             writer = StoreWriter(folder, spec, len(columns[name]["id"]))
-            plan.splits.append(SplitPlan(name, writer, columns[name], stats[name], writer.complete))
+            plan.splits.append(SplitPlan(name, writer, columns[name], stats[name]))
     except BaseException:
         plan.close()
         raise
