@@ -5,14 +5,13 @@ only: a misspelt ``vmSize`` such as ``Standard_NC6s_v9`` passes it and fails min
 ``ray up``. ``size_errors`` catches that, and a node type whose declared ``resources`` do not
 match the VM (Ray schedules by what is declared, not by what the VM has).
 
-    python cluster/vm_sizes.py [cluster/azure.yaml]     # prints problems, exit status 1 if any
+    python cluster/check.py [cluster/azure.yaml]     # these and the security checks; exit 1 if any
 
 Figures from Microsoft's size pages (vCPUs, memory, GPUs). Nothing here contacts Azure.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,19 +74,3 @@ def size_errors(config: dict[str, Any]) -> list[str]:
         if name == config.get("head_node_type") and size.gpus:
             errors.append(f"{name}: the head node type should be a CPU size, not {vm_size}")
     return errors
-
-
-def main(argv: list[str]) -> int:
-    import yaml
-
-    path = argv[0] if argv else "cluster/azure.yaml"
-    with open(path) as f:
-        config = yaml.safe_load(f)
-    errors = size_errors(config)
-    for error in errors:
-        print(f"{path}: {error}", file=sys.stderr)
-    return 1 if errors else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
