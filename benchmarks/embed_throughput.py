@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bertvision.embed import embed
+from bertvision.embed import EmbedConfig, embed
 from bertvision.encoders import tokenize
 from bertvision.extract import HiddenStateExtractor
 from bertvision.tasks import get_task
@@ -57,7 +57,7 @@ def main():
 
     def library():
         shutil.rmtree(tmp / "lib", ignore_errors=True)
-        embed(args.task, None, tmp / "lib", splits=(args.split,))
+        embed(EmbedConfig(task=args.task, splits=(args.split,)), tmp / "lib")
 
     def ray_job():
         shutil.rmtree(tmp / "ray", ignore_errors=True)

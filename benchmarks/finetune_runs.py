@@ -11,7 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from bertvision.finetune import FinetuneConfig, finetune
+from bertvision.config import FinetuneConfig
+from bertvision.finetune import finetune
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--out", required=True, help="study folder")

@@ -15,13 +15,19 @@ import time
 import numpy as np
 import torch
 
-from bertvision.encoders import load_tokenizer, resolve_encoder
-from bertvision.finetune import collate, encode_split, length_grouped_batches, load_model
-from bertvision.models.adapter_pooler import AdapterPooler
+from bertvision.encoders import (
+    collate,
+    encode_split,
+    length_grouped_batches,
+    load_model,
+    load_tokenizer,
+    resolve_encoder,
+)
+from bertvision.kinds import KINDS
+from bertvision.models.adapter_pooler import AdapterPooler, AdapterPoolerConfig
 from bertvision.store import load_split
 from bertvision.tasks import get_task
 from bertvision.tasks.base import carve_validation
-from bertvision.train import HeadTrainConfig, _pooler_config
 
 
 def encoder_epoch_seconds(task_name: str, steps: int, batch_size: int = 32) -> tuple[float, int]:
@@ -52,7 +58,9 @@ def head_epoch_seconds(store: str, epochs: int = 5) -> tuple[float, int, int]:
     labels = train.labels.numpy()
     tr, _ = carve_validation(labels, len(labels), 0.1, 0)
     spec = train.manifest["extra"]["task_spec"]
-    model = AdapterPooler(_pooler_config(HeadTrainConfig(store=store), train.manifest, spec))
+    m = train.manifest
+    model = AdapterPooler(AdapterPoolerConfig(num_hidden_states=m["num_hidden_states"], hidden_size=m["hidden_size"],
+                                              num_outputs=KINDS[spec["kind"]].num_outputs(spec), task_kind=spec["kind"]))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = train.hidden[tr], train.labels[tr]
     times = []

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertvision.embed import embed
-from bertvision.train import HeadTrainConfig, train_heads
+from bertvision.config import HeadTrainConfig
+from bertvision.embed import EmbedConfig, embed
+from bertvision.train import train_heads
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--out", required=True, help="study folder")
@@ -28,7 +29,7 @@ for seed in args.seeds:
     ckpt = root / f"ft-partial-seed{seed}" / f"checkpoint-e{args.fraction}"
     store = root / f"emb-e{args.fraction}-seed{seed}-int8"
     t0 = time.perf_counter()
-    embed(args.task, str(ckpt), store, splits=("train", "dev"), quantize="int8")
+    embed(EmbedConfig(task=args.task, checkpoint=str(ckpt), splits=("train", "dev"), quantize="int8"), store)
     seconds.append(time.perf_counter() - t0)
     summ = train_heads(HeadTrainConfig(store=str(store), seeds=(0, 1, 2)), root / f"heads-e{args.fraction}-seed{seed}-int8")
     ref = json.loads((root / f"heads-e{args.fraction}-seed{seed}" / "summary.json").read_text())

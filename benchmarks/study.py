@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bertvision.embed import embed
-from bertvision.train import HeadTrainConfig, train_heads
+from bertvision.config import HeadTrainConfig
+from bertvision.embed import EmbedConfig, embed
+from bertvision.train import train_heads
 
 
 def embed_once(task, checkpoint, out: Path) -> float:
-    manifests = embed(task, checkpoint, out, splits=("train", "dev"))
+    manifests = embed(EmbedConfig(task=task, checkpoint=checkpoint, splits=("train", "dev")), out)
     return sum(m["extra"]["last_run"]["seconds"] for m in manifests.values())
 
 

@@ -22,16 +22,15 @@ import textwrap
 from pathlib import Path
 
 from bertvision import __version__
-from bertvision.errors import EXIT_INTERRUPTED, EXIT_RUN, BertVisionError, os_error
-
-DATA_HELP = (
-    "local data folder holding glue/<Task>/*.tsv (the glue_data layout) and squad2/*-v2.0.json; "
-    "default: $BERTVISION_DATA, else the Hugging Face Hub"
-)
+from bertvision.errors import EXIT_INTERRUPTED, EXIT_RUN, BertVisionError, ConfigError, os_error
 
 
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", metavar="DIR", default=None, help=DATA_HELP)
+def _add_data_dir(p: argparse.ArgumentParser, owner=None) -> None:
+    """--data-dir, explained as ``owner``'s field (default: fine-tuning's)."""
+    from bertvision.config import FinetuneConfig, field_docs
+
+    p.add_argument("--data-dir", metavar="DIR", default=None,
+                   help=field_docs(owner or FinetuneConfig)["data_dir"].replace("%", "%%"))  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,24 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _floats(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
 def _add_method_commands(commands) -> None:
-    """finetune, embed, train, evaluate, store verify: the BERTVision method, stage by stage."""
-    from bertvision.finetune import FinetuneConfig
-    from bertvision.qa import QAFinetuneConfig
-    from bertvision.train import HeadTrainConfig
+    """finetune, embed, train, ensemble, evaluate, store verify: the BERTVision method, stage by
+    stage. The options of the first four are their configs' fields (`bertvision.config`): named
+    after the field, explained by its docstring, defaulting to its default."""
+    from bertvision.config import (
+        EmbedConfig,
+        EnsembleConfig,
+        FinetuneConfig,
+        HeadTrainConfig,
+        add_arguments,
+    )
 
-    ft_defaults, head_defaults = FinetuneConfig(task="-"), HeadTrainConfig(store="-")
-    qa_defaults = QAFinetuneConfig(task="-")
-    from bertvision.span_heads import SpanHeadTrainConfig
-
-    span_defaults = SpanHeadTrainConfig(store="-")
     ft = commands.add_parser(
         "finetune",
         help="fine-tune an encoder with a task head, for fractions of an epoch or several epochs",
@@ -152,23 +145,8 @@ def _add_method_commands(commands) -> None:
         "of span tasks); the dev/test split is scored once at the end. Checkpoints (safetensors + "
         "config) go to OUT/checkpoint-e<fraction>.",
     )
-    ft.add_argument("--task", required=True, help="task name or user task config file")
+    add_arguments(ft, FinetuneConfig, required=("task",))
     ft.add_argument("--out", required=True, help="output folder")
-    ft.add_argument("--encoder", default=None, help="Hugging Face id or folder (default: bundled all-MiniLM-L6-v2)")
-    ft.add_argument("--epochs", type=_floats, default=ft_defaults.epochs, help="training length in epochs, fractions allowed (default: %(default)s)")
-    ft.add_argument("--save-at", type=_floats, nargs="*", default=[], metavar="F", help="also save checkpoints after these epoch fractions (e.g. 0.1 0.3)")
-    ft.add_argument("--lr", type=_floats, default=ft_defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
-    ft.add_argument("--batch-size", type=int, default=ft_defaults.batch_size, help="examples per step (default: %(default)s)")
-    ft.add_argument("--warmup", type=_floats, default=ft_defaults.warmup, help="share of steps warming up, then linear decay (default: %(default)s)")
-    ft.add_argument("--max-length", type=int, default=None, help=f"tokens per example, or per window for span tasks (default: {ft_defaults.max_length}; {qa_defaults.max_length} for span tasks)")
-    ft.add_argument("--doc-stride", type=int, default=qa_defaults.doc_stride, help="span tasks: tokens shared by consecutive windows of a long context (default: %(default)s)")
-    ft.add_argument("--max-query-length", type=int, default=qa_defaults.max_query_length, help="span tasks: questions are cut to this many tokens (default: %(default)s)")
-    ft.add_argument("--max-answer-tokens", type=int, default=qa_defaults.max_answer_tokens, help="span tasks: longest answer considered, in tokens (default: %(default)s)")
-    ft.add_argument("--seed", type=int, default=ft_defaults.seed, help="seed of head init, dropout, batch order (default: %(default)s)")
-    ft.add_argument("--validation-fraction", type=_floats, default=ft_defaults.validation_fraction, help="share of train held out for selection (default: %(default)s)")
-    ft.add_argument("--validation-seed", type=int, default=ft_defaults.validation_seed, help="seed of that carve; keep it equal across compared runs (default: %(default)s)")
-    ft.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    _add_data_dir(ft)
     ft.set_defaults(func=cmd_finetune)
 
     em = commands.add_parser(
@@ -177,24 +155,13 @@ def _add_method_commands(commands) -> None:
         description="Run a checkpoint over a task's splits and store the hidden states of every "
         "layer (embedding output included) as float16 Parquet shards with a manifest, one folder per "
         "split under OUT. Span tasks (SQuAD) are cut into windows and stored token by token without "
-        "padding, with character offsets, targets and (from a QA checkpoint) the encoder's own "
+        "padding, with character offsets, targets and (from a span checkpoint) the encoder's own "
         "start/end logits. A rerun skips complete shards.",
     )
-    em.add_argument("--task", required=True, help="task name or user task config file")
+    add_arguments(em, EmbedConfig, required=("task",))
     em.add_argument("--out", required=True, help="store folder; each split goes to OUT/<split>")
-    em.add_argument("--checkpoint", default=None, help="a 'bertvision finetune' checkpoint folder, an encoder folder or Hub id (default: the bundled encoder, not fine-tuned)")
-    em.add_argument("--splits", nargs="+", default=None, help="splits to embed (default: every split found)")
-    em.add_argument("--selection", choices=("cls", "mean", "tokens"), default=None, help="cls: first position of every layer; mean: mean over real tokens; tokens: every real token of every window, no padding (default: cls; tokens for span tasks)")
-    em.add_argument("--max-length", type=int, default=None, help=f"tokens per example (default: 128; {qa_defaults.max_length} per window for span tasks)")
-    em.add_argument("--doc-stride", type=int, default=qa_defaults.doc_stride, help="span tasks: tokens shared by consecutive windows (default: %(default)s; use fine-tuning's)")
-    em.add_argument("--max-query-length", type=int, default=qa_defaults.max_query_length, help="span tasks: questions are cut to this many tokens (default: %(default)s)")
-    em.add_argument("--batch-size", type=int, default=16, help="examples per forward pass, after sorting by length (default: %(default)s)")
-    em.add_argument("--shard-rows", type=int, default=None, help="rows per Parquet shard (default: about 64 MiB a shard)")
-    em.add_argument("--quantize", choices=("int8",), default=None, help="opt-in dynamic int8 quantisation on CPU: faster, slightly different values (see docs/RESULTS.md)")
-    em.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     em.add_argument("--ray", action="store_true", help="run the Ray Data job (python -m ray_jobs.embed) on an in-process Ray, or on $RAY_ADDRESS's cluster: an actor pool of extractors, same store")
-    em.add_argument("--actors", type=int, default=None, help="with --ray: actor pool size (default: one per GPU, or one per 2 CPUs)")
-    _add_data_dir(em)
+    em.add_argument("--actors", type=int, default=None, metavar="N", help="with --ray: actor pool size (default: one per GPU, or one per 2 CPUs)")
     em.set_defaults(func=cmd_embed)
 
     tr = commands.add_parser(
@@ -205,27 +172,12 @@ def _add_method_commands(commands) -> None:
         "scored once with the selected epoch. A token-level store (from 'embed' on a span task) "
         "trains span heads: start/end logits per token, padding masked, CLS = no answer; epochs are "
         "selected on validation F1 with the no-answer threshold chosen there (STORE/validation, or "
-        "whole articles carved from train), then test/dev is scored once. Writes TensorBoard events, "
-        "weights (safetensors), configs and metrics per seed, and summary.json with mean and "
-        "standard deviation.",
+        "whole articles carved from train), then test/dev is scored once. Defaults marked 'for span "
+        "tasks' apply to token-level stores. Writes TensorBoard events, weights (safetensors), "
+        "configs and metrics per seed, and summary.json with mean and standard deviation.",
     )
-    tr.add_argument("--store", required=True, help="store folder written by 'bertvision embed'")
+    add_arguments(tr, HeadTrainConfig, required=("store",))
     tr.add_argument("--out", required=True, help="output folder")
-    tr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="head seeds (default: 0 1 2)")
-    tr.add_argument("--adapter-size", type=int, default=head_defaults.adapter_size, help="adapter width A (default: %(default)s)")
-    tr.add_argument("--unshared", action="store_true", help="one adapter per layer instead of one shared by all")
-    tr.add_argument("--combine", choices=("flatten", "scalar_mix"), default=head_defaults.combine, help="layer combination (default: %(default)s)")
-    tr.add_argument("--no-residual", action="store_true", help="drop the skip connection from the last layer")
-    tr.add_argument("--dropout", type=_floats, default=head_defaults.dropout, help="dropout before the projection (default: %(default)s)")
-    tr.add_argument("--lr", type=_floats, default=head_defaults.lr, help="peak AdamW learning rate (default: %(default)s)")
-    tr.add_argument("--batch-size", type=int, default=None, help=f"examples (span stores: windows) per step (default: {head_defaults.batch_size}; {span_defaults.batch_size} for span stores)")
-    tr.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default: {head_defaults.epochs}; {span_defaults.epochs} for span stores)")
-    tr.add_argument("--patience", type=int, default=None, help=f"early-stopping patience in epochs (default: {head_defaults.patience}; {span_defaults.patience} for span stores)")
-    tr.add_argument("--max-answer-tokens", type=int, default=span_defaults.max_answer_tokens, help="span stores: longest answer considered, in tokens (default: %(default)s)")
-    tr.add_argument("--validation-fraction", type=_floats, default=head_defaults.validation_fraction, help="share of train held out for selection (default: %(default)s)")
-    tr.add_argument("--validation-seed", type=int, default=head_defaults.validation_seed, help="seed of that carve; must equal fine-tuning's (default: %(default)s)")
-    tr.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    _add_data_dir(tr)
     tr.set_defaults(func=cmd_train)
 
     en = commands.add_parser(
@@ -238,16 +190,8 @@ def _add_method_commands(commands) -> None:
         "scored once on the eval split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json and "
         "predictions per method.",
     )
-    en.add_argument("--store", required=True, help="token-level store folder (with train/, validation/ or a carve, test/ or dev/)")
-    en.add_argument("--heads", nargs="*", default=[], help="seed-<k> folders of span heads")
-    en.add_argument("--encoder", action="store_true", help="include the fine-tuned encoder's own start/end logits as a member")
-    en.add_argument("--method", nargs="+", choices=("max", "mean"), default=["max", "mean"], help="how probabilities combine (default: both)")
+    add_arguments(en, EnsembleConfig, required=("store",), flags={"methods": "--method"})
     en.add_argument("--out", required=True, help="output folder")
-    en.add_argument("--max-answer-tokens", type=int, default=span_defaults.max_answer_tokens, help="longest answer considered, in tokens (default: %(default)s)")
-    en.add_argument("--validation-fraction", type=_floats, default=span_defaults.validation_fraction, help="share of train's articles held out when the store has no validation split (default: %(default)s)")
-    en.add_argument("--validation-seed", type=int, default=span_defaults.validation_seed, help="seed of that carve (default: %(default)s)")
-    en.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    _add_data_dir(en)
     en.set_defaults(func=cmd_ensemble)
 
     ev = commands.add_parser(
@@ -260,7 +204,7 @@ def _add_method_commands(commands) -> None:
     )
     ev.add_argument("--head", required=True, help="a seed-<k> folder written by 'bertvision train'")
     ev.add_argument("--store", required=True, help="a split folder of a store (e.g. STORE/dev)")
-    _add_data_dir(ev)
+    _add_data_dir(ev, HeadTrainConfig)
     ev.set_defaults(func=cmd_evaluate)
 
     store = commands.add_parser("store", help="inspect embedding stores", description="Inspect embedding stores.")
@@ -431,31 +375,22 @@ def cmd_encoder(args) -> int:
     return 0
 
 
-def cmd_finetune(args) -> int:
-    from bertvision.finetune import FinetuneConfig, finetune
-    from bertvision.qa import QAFinetuneConfig, finetune_qa
-    from bertvision.tasks import get_task
+EVAL_SPLITS = ("dev", "dev_matched", "dev_mismatched", "test")
+SPAN_METRICS = ("exact", "f1", "HasAns_f1", "NoAns_f1")
 
-    common = dict(
-        task=args.task, encoder=args.encoder, data_dir=args.data_dir, epochs=args.epochs,
-        save_at=tuple(args.save_at), lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
-        seed=args.seed, validation_fraction=args.validation_fraction,
-        validation_seed=args.validation_seed, device=args.device,
-    )  # fmt: skip
-    if get_task(args.task, args.data_dir).spec.kind == "span":
-        length = {"max_length": args.max_length} if args.max_length else {}
-        cfg = QAFinetuneConfig(**common, **length, doc_stride=args.doc_stride, max_query_length=args.max_query_length,
-                               max_answer_tokens=args.max_answer_tokens)  # fmt: skip
-        result = finetune_qa(cfg, args.out)
-        keep = ("exact", "f1", "HasAns_f1", "NoAns_f1")
-    else:
-        cfg = FinetuneConfig(**common, max_length=args.max_length or FinetuneConfig.max_length)
-        result = finetune(cfg, args.out)
-        keep = None
+
+def _headline(scores: dict) -> dict:
+    """A split's scores as printed: SQuAD scores (they have HasAns_f1) cut to the headline ones."""
+    return {m: round(scores[m], 2) for m in SPAN_METRICS if m in scores} if "HasAns_f1" in scores else scores
+
+
+def cmd_finetune(args) -> int:
+    from bertvision.config import FinetuneConfig, from_arguments
+    from bertvision.finetune import finetune
+
+    result = finetune(from_arguments(FinetuneConfig, args), args.out)
     for name, meta in result.checkpoints.items():
-        scores = {k: meta[k] for k in meta if k == "validation" or k in ("dev", "dev_matched", "dev_mismatched", "test")}
-        if keep:
-            scores = {split: {m: round(v[m], 2) for m in keep if m in v} for split, v in scores.items()}
+        scores = {k: _headline(v) for k, v in meta.items() if k in ("validation", *EVAL_SPLITS)}
         print(f"{result.out_dir / name}: {json.dumps(scores)}  ({meta['train_seconds']:.0f} s training)")
     return 0
 
@@ -465,8 +400,6 @@ def _ray_runner(name: str):
     (pyproject.toml: the project's ``ray_jobs``), loaded only when ``--ray`` asks for it."""
     from importlib.metadata import entry_points
 
-    from bertvision.errors import ConfigError
-
     found = list(entry_points(group="bertvision.runners", name=name))
     if not found:
         raise ConfigError(f"--ray: no Ray runner {name!r} is installed (the project's ray_jobs package registers "
@@ -475,27 +408,20 @@ def _ray_runner(name: str):
 
 
 def cmd_embed(args) -> int:
+    from bertvision.config import EmbedConfig, from_arguments
     from bertvision.embed import embed
-    from bertvision.tasks import get_task
 
-    span = get_task(args.task, args.data_dir).spec.kind == "span"
-    selection = args.selection or ("tokens" if span else "cls")
-    max_length = args.max_length or (384 if span else 128)
+    cfg = from_arguments(EmbedConfig, args)
     if args.ray:  # the job lives outside the library, which never imports Ray
         run = _ray_runner("embed")
-        args.max_length, args.selection, args.gpus_per_actor, args.address = max_length, selection, None, None
+        job = sys.modules[run.__module__].RayJobConfig(actors=args.actors)  # the runner's own job options
         # The job runs in this process and this folder, where a relative path means what it says;
         # the actors (on every node of a $RAY_ADDRESS cluster) get it absolute.
-        args.out = str(Path(args.out).expanduser().absolute())
-        run(args)
+        run(cfg, str(Path(args.out).expanduser().absolute()), job)
         return 0
-    manifests = embed(
-        args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
-        data_dir=args.data_dir, selection=selection, max_length=max_length, batch_size=args.batch_size,
-        shard_rows=args.shard_rows, device=args.device, quantize=args.quantize, doc_stride=args.doc_stride,
-        max_query_length=args.max_query_length,
-    )  # fmt: skip
-    for split, m in manifests.items():
+    if args.actors is not None:
+        raise ConfigError("--actors sizes the Ray actor pool: it needs --ray")
+    for split, m in embed(cfg, args.out).items():
         run = m["this_run"]  # None: the store was complete before this run; nothing was embedded
         speed = f", {run['rows_per_second']} rows/s" if run else " (already complete; nothing embedded)"
         shape = f"({m['num_hidden_states']}, {m['hidden_size']})"
@@ -505,23 +431,13 @@ def cmd_embed(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from bertvision import store as st
-    from bertvision.span_heads import SpanHeadTrainConfig, train_span_heads
-    from bertvision.train import HeadTrainConfig, train_heads
+    from bertvision.config import HeadTrainConfig, from_arguments
+    from bertvision.train import train_heads
 
-    span = (Path(args.store) / "train" / "manifest.json").is_file() and st.read_manifest(Path(args.store) / "train")["selection"] == "tokens"
-    kind = SpanHeadTrainConfig if span else HeadTrainConfig
-    given = {k: getattr(args, k) for k in ("batch_size", "epochs", "patience") if getattr(args, k) is not None}
-    common = dict(
-        store=args.store, adapter_size=args.adapter_size, shared=not args.unshared, combine=args.combine,
-        residual=not args.no_residual, dropout=args.dropout, lr=args.lr, seeds=tuple(args.seeds),
-        validation_fraction=args.validation_fraction, validation_seed=args.validation_seed, device=args.device, **given,
-    )  # fmt: skip
-    if span:
-        summary = train_span_heads(kind(**common, max_answer_tokens=args.max_answer_tokens, data_dir=args.data_dir), args.out)
-        metrics, splits = ("exact", "f1", "HasAns_f1", "NoAns_f1", "threshold"), ("validation", "test", "dev")
+    summary = train_heads(from_arguments(HeadTrainConfig, args), args.out)
+    if summary["kind"] == "span":
+        metrics, splits = (*SPAN_METRICS, "threshold"), ("validation", "test", "dev")
     else:
-        summary = train_heads(kind(**common), args.out)
         metrics, splits = None, ("validation", *[k for k in summary if k.startswith("dev")])
     for split in splits:
         for metric, v in summary.get(split, {}).items():
@@ -532,13 +448,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from bertvision.span_heads import ensemble
+    from bertvision.config import EnsembleConfig, from_arguments
+    from bertvision.ensemble import ensemble
 
-    result = ensemble(
-        args.store, args.heads, args.out, include_encoder=args.encoder, methods=tuple(args.method),
-        data_dir=args.data_dir, validation_fraction=args.validation_fraction, validation_seed=args.validation_seed,
-        max_answer_tokens=args.max_answer_tokens, device=args.device,
-    )  # fmt: skip
+    result = ensemble(from_arguments(EnsembleConfig, args), args.out)
     rows = [(f"member {k}", v) for k, v in result["members"].items()] + [(f"ensemble {k}", v) for k, v in result["ensembles"].items()]
     for label, r in rows:
         for split in [s for s in r if s not in ("validation", "threshold")]:
@@ -549,14 +462,9 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from bertvision.train import evaluate_head, is_span_head, read_head_config
+    from bertvision.train import evaluate_head
 
-    if is_span_head(read_head_config(args.head)):  # the head kind, from its config
-        from bertvision.span_heads import evaluate_span_head
-
-        print(json.dumps(evaluate_span_head(args.head, args.store, args.data_dir), indent=2))
-        return 0
-    print(json.dumps(evaluate_head(args.head, args.store), indent=2))
+    print(json.dumps(evaluate_head(args.head, args.store, args.data_dir), indent=2))
     return 0
 
 

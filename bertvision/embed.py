@@ -22,9 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bertvision.config import EmbedConfig
+from bertvision.encoders import encoder_info, load_tokenizer
 from bertvision.errors import ConfigError
+from bertvision.extract import SELECTIONS, HiddenStateExtractor, has_qa_head
 from bertvision.fingerprint import split_fingerprint
 from bertvision.outdir import check_out_dir, claim
+from bertvision.runtime import pick_device
+from bertvision.spans import make_windows, offsets_array
+from bertvision.store import StoreSpec, StoreWriter
+from bertvision.tasks import get_task
 
 
 def checkpoint_identity(checkpoint: str | None) -> tuple[dict, str, str | None]:
@@ -33,8 +40,6 @@ def checkpoint_identity(checkpoint: str | None) -> tuple[dict, str, str | None]:
     A fine-tuning checkpoint (a folder written by `bertvision finetune`) names the encoder it
     started from in its run's config.json; a plain encoder is its own base ("pretrained").
     """
-    from bertvision.encoders import encoder_info
-
     info = encoder_info(checkpoint)
     folder = Path(info.location)
     run_config = folder.parent / "config.json"
@@ -64,7 +69,7 @@ class SplitPlan:
     """
 
     name: str
-    writer: object  # bertvision.store.StoreWriter
+    writer: StoreWriter
     columns: dict[str, list]
     """Extractor input columns for every row (sentence: id, texts, label; span: windows)."""
     stats: dict
@@ -102,56 +107,42 @@ class EmbedPlan:
         self.close()
 
 
-def prepare(
-    task_name: str,
-    checkpoint: str | None,
-    out_dir: str | Path,
-    *,
-    splits: tuple[str, ...] | None = None,
-    data_dir: str | None = None,
-    selection: str = "cls",
-    max_length: int = 128,
-    shard_rows: int | None = None,
-    quantize: str | None = None,
-    doc_stride: int = 128,
-    max_query_length: int = 64,
-) -> EmbedPlan:
+def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
     """Read and check every split, then open (or resume) one store per split under ``out_dir``.
 
+    ``cfg`` is resolved for the task's family first (`EmbedConfig.resolved`): a ``selection``
+    or ``max_length`` left unset takes the family's (cls and 128 for sentence tasks, tokens and
+    384 per window for span tasks). ``plan.extractor`` holds the resolved values.
     Nothing is written before all splits have been read, so bad data leaves no store behind.
     Span tasks are cut into windows here (the number of windows fixes the store's plan).
     """
-    from bertvision.encoders import encoder_info, load_tokenizer
-    from bertvision.extract import SELECTIONS, has_qa_head
-    from bertvision.store import StoreSpec, StoreWriter
-    from bertvision.tasks import get_task
-
     out_dir = check_out_dir(out_dir)
-    task = get_task(task_name, data_dir)
+    task = get_task(cfg.task, cfg.data_dir)
     span = task.spec.kind == "span"
-    if span and selection == "cls":
-        selection = "tokens"  # the default selection means "the natural one" for spans
+    cfg = cfg.resolved(task.spec.kind)
+    selection, max_length, quantize = cfg.selection, cfg.max_length, cfg.quantize
     if selection not in SELECTIONS:
         raise ConfigError(f"--selection must be one of {SELECTIONS}, not {selection!r}")
     if span != (selection == "tokens"):
         raise ConfigError(f"task {task.name!r} ({task.spec.kind}) cannot be embedded with --selection {selection}: "
                           "span tasks take 'tokens', sentence tasks 'cls' or 'mean'")  # fmt: skip
-    names = splits or tuple(s for s in task.spec.splits if task.exists(s))
+    names = cfg.splits or tuple(s for s in task.spec.splits if task.exists(s))
     if not names:
         raise ConfigError(f"no split of task {task.name!r} found; see 'bertvision tasks'")
     for s in names:
         task.check_split(s)
+    checkpoint = cfg.checkpoint
     encoder, label, sha = checkpoint_identity(checkpoint)
     info = encoder_info(checkpoint)
     logits = span and has_qa_head(info.location)
     loaded = {name: task.load(name) for name in names}  # bad data fails before anything is written
-    windowing = {"max_length": max_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
+    # Key order is the manifest's (extra.windowing): keep it.
+    windowing = {"max_length": max_length, "doc_stride": cfg.windowing.doc_stride,
+                 "max_query_length": cfg.windowing.max_query_length}  # fmt: skip
     columns, stats = {}, {}
     for name, data in loaded.items():
         stats[name] = {"task_spec": task.spec.to_dict(), "source": data.source, "quantize": quantize}
         if span:
-            from bertvision.spans import make_windows, offsets_array
-
             windows = make_windows(load_tokenizer(checkpoint), data.examples, **windowing)
             columns[name] = {
                 "id": window_ids(windows.example_ids), "example_id": windows.example_ids,
@@ -174,7 +165,7 @@ def prepare(
             task=task.name, split=name, encoder_name=encoder["name"], encoder_revision=encoder["revision"],
             checkpoint=label if not quantize else f"{label} ({quantize} dynamic quantisation)",
             checkpoint_sha256=sha, num_hidden_states=info.num_hidden_states, hidden_size=info.hidden_size,
-            selection=selection, max_length=max_length, label_kind=label_kind, shard_rows=shard_rows,
+            selection=selection, max_length=max_length, label_kind=label_kind, shard_rows=cfg.shard_rows,
             encoder_logits=bool(logits), source_sha256=source,
         )  # fmt: skip
         specs[name] = spec
@@ -212,42 +203,21 @@ def finish_split(plan: SplitPlan, run: dict | None) -> dict:
     return plan.writer.finish(extra=stats)
 
 
-def embed(
-    task_name: str,
-    checkpoint: str | None,
-    out_dir: str | Path,
-    *,
-    splits: tuple[str, ...] | None = None,
-    data_dir: str | None = None,
-    selection: str = "cls",
-    max_length: int = 128,
-    batch_size: int = 16,
-    shard_rows: int | None = None,
-    device: str | None = None,
-    quantize: str | None = None,
-    doc_stride: int = 128,
-    max_query_length: int = 64,
-) -> dict[str, dict]:
-    """Embed ``splits`` (default: every split found) of a task in this process; returns split ->
-    manifest (with ``this_run``: this run's throughput facts, or None where the store was
-    already complete).
+def embed(cfg: EmbedConfig, out_dir: str | Path) -> dict[str, dict]:
+    """Embed ``cfg.splits`` (default: every split found) of ``cfg.task`` in this process; returns
+    split -> manifest (with ``this_run``: this run's throughput facts, or None where the store
+    was already complete).
 
-    Span tasks always use the ``tokens`` selection (``selection`` "cls", the default, is taken
-    to mean it); ``doc_stride`` and ``max_query_length`` apply to them only.
+    Span tasks take the ``tokens`` selection (the default for them; cls or mean is refused);
+    ``cfg.windowing`` applies to them only.
     """
-    from bertvision.runtime import pick_device
-
-    pick_device(device)  # a bad --device fails before any store is opened
-    with prepare(task_name, checkpoint, out_dir, splits=splits, data_dir=data_dir, selection=selection,
-                 max_length=max_length, shard_rows=shard_rows, quantize=quantize, doc_stride=doc_stride,
-                 max_query_length=max_query_length) as plan:  # fmt: skip
-        return _run(plan, batch_size, device)
+    pick_device(cfg.device)  # a bad --device fails before any store is opened
+    with prepare(cfg, out_dir) as plan:
+        return _run(plan, cfg.batch_size, cfg.device)
 
 
 def _run(plan: EmbedPlan, batch_size: int, device: str | None) -> dict[str, dict]:
     from tqdm.auto import tqdm
-
-    from bertvision.extract import HiddenStateExtractor
 
     # A rerun over complete stores loads no model.
     extractor = HiddenStateExtractor(**plan.extractor, batch_size=batch_size, device=device) if plan.pending() else None

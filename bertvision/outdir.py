@@ -37,12 +37,20 @@ def claim(path: str | os.PathLike, what: str, option: str = "--out") -> Iterator
     from bertvision.locks import hold
 
     path = check_out_dir(path, option)
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise os_error(exc, f"creating the {option} folder") from None
-    with hold(path, what):
-        yield path
+    try:
+        with hold(path, what):
+            yield path
+    except BaseException:
+        # A run refused before it wrote anything (bad data found while reading) leaves no
+        # empty folder behind.
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
 
 
 def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], leftovers: tuple[str, ...]) -> dict | None:

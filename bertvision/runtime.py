@@ -77,26 +77,24 @@ def adamw(model, lr: float, weight_decay: float):
 
 
 def check_optimisation(cfg) -> None:
-    """The checks every training config shares (fine-tuning and heads): a finite positive
-    learning rate, finite non-negative weight decay, warmup in [0, 1), a validation part in
-    (0, 1) of train, and (where the config has them) dropout in [0, 1), distinct seeds."""
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+    """The checks every training config shares (fine-tuning, heads), on the fields ``cfg`` has:
+    a finite positive learning rate, finite non-negative weight decay, warmup in [0, 1), a
+    validation part in (0, 1) of train, a finite positive gradient clip, distinct seeds."""
+    has = lambda name: getattr(cfg, name, None) is not None  # noqa: E731
+    if has("lr") and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ConfigError(f"--lr must be a finite positive number, not {cfg.lr}")
-    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+    if has("weight_decay") and not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
         raise ConfigError(f"--weight-decay must be finite and >= 0, not {cfg.weight_decay}")
-    if not 0 <= cfg.warmup < 1:
+    if has("warmup") and not 0 <= cfg.warmup < 1:
         raise ConfigError(f"--warmup must be in [0, 1), not {cfg.warmup}")
-    if not 0 < cfg.validation_fraction < 1:
+    if has("validation_fraction") and not 0 < cfg.validation_fraction < 1:
         raise ConfigError(f"--validation-fraction must be in (0, 1), not {cfg.validation_fraction}")
-    if hasattr(cfg, "dropout") and not 0 <= cfg.dropout < 1:
-        raise ConfigError(f"--dropout must be in [0, 1), not {cfg.dropout}")
-    if hasattr(cfg, "max_grad_norm") and not (cfg.max_grad_norm > 0 and math.isfinite(cfg.max_grad_norm)):
-        raise ConfigError(f"max_grad_norm must be a finite positive number, not {cfg.max_grad_norm}")
-    seeds = getattr(cfg, "seeds", None)
-    if seeds is not None:
-        if not seeds:
+    if has("max_grad_norm") and not (cfg.max_grad_norm > 0 and math.isfinite(cfg.max_grad_norm)):
+        raise ConfigError(f"--max-grad-norm must be a finite positive number, not {cfg.max_grad_norm}")
+    if has("seeds"):
+        if not cfg.seeds:
             raise ConfigError("--seeds: give at least one seed")
-        repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+        repeated = sorted({s for s in cfg.seeds if list(cfg.seeds).count(s) > 1})
         if repeated:
             raise ConfigError(f"--seeds: seed {', '.join(map(str, repeated))} given more than once; a "
                               "repeated seed repeats one run and understates the spread")  # fmt: skip

@@ -1876,8 +1876,9 @@ def check_compatible(
     num_hidden_states: int | None = None,
     hidden_size: int | None = None,
     encoder: str | Mapping[str, Any] | Any | None = None,
+    checkpoint: Any = ...,
 ) -> None:
-    """Check a store fits a head: its shape [L, H], and the encoder that made it.
+    """Check a store fits a head: its shape [L, H], the encoder and the checkpoint that made it.
 
     Args:
       store: the store's folder, a loaded `EmbeddingSplit` or `TokenSplit`, or a manifest dict.
@@ -1885,6 +1886,8 @@ def check_compatible(
       hidden_size: the H the head expects, or None to skip.
       encoder: the expected encoder: a name, a {name, revision} mapping, or an object with
         `name` and `revision` (an `EncoderInfo`); a revision of None is not compared.
+      checkpoint: the checkpoint label the head (or the train split) was made from
+        ("pretrained" or a checkpoint folder); left out, not compared.
 
     Raises:
       ConfigError: naming the store, the expected and the found values.
@@ -1900,6 +1903,8 @@ def check_compatible(
         if found["name"] != name or (revision is not None and found["revision"] != revision):
             want = name if revision is None else f"{name}@{revision}"
             problems.append(f"encoder: expected {want}, found {found['name']}@{found['revision']}")
+    if checkpoint is not ... and manifest.get("checkpoint") != checkpoint:
+        problems.append(f"made from checkpoint {manifest.get('checkpoint')!r}, but the head is trained on {checkpoint!r}")
     if problems:
         raise ConfigError(f"store {where} does not fit: {'; '.join(problems)}")
 

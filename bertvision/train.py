@@ -1,19 +1,24 @@
-"""Training AdapterPooler heads on stored hidden states, one seed or several.
+"""Training AdapterPooler heads on stored hidden states: one loop for every head kind.
 
     bertvision train --store runs/rte/emb/e0.3 --seeds 0 1 2 --out runs/rte/heads/e0.3
 
-reads ``STORE/train`` (and ``STORE/<dev split>``), carves the validation part from train with
-the same seeded function fine-tuning used (so the encoder never saw it), trains with AdamW,
-warmup and linear decay, keeps the epoch with the best validation task score (the mean of the
-task's metrics; early stopping after ``patience`` epochs without improvement), and only then
-scores the dev split, once.
+The store's manifest says the head kind (`bertvision.kinds`: sentence classification or
+regression on cls/mean stores, spans on token stores), and the kind supplies the data, the
+model, the loss, the scoring and the selection metric. `fit_head` trains one head: AdamW (no
+decay on biases), warmup and linear decay, every epoch scored on the validation part (carved
+from train with the seed fine-tuning used, so the encoder never saw it), the best epoch kept,
+early stopping after ``patience`` epochs without improvement. It never reads dev or test:
+`train_heads` scores those once per seed, with the selected epoch (and, for spans, the
+no-answer threshold chosen on validation). ``on_epoch`` is how a caller watches training
+(TensorBoard here; a Tune trial or a Ray Train worker reports through it).
 
 Output folder::
 
-    config.json               resolved HeadTrainConfig and the store's manifest summary
+    config.json               resolved HeadTrainConfig, the head kind, the store's manifest summary
     seed-<k>/head.safetensors the best head's weights
     seed-<k>/head_config.json AdapterPoolerConfig + what it was trained on (encoder, store)
-    seed-<k>/metrics.json     per-epoch validation, the best epoch, dev, wall times
+    seed-<k>/metrics.json     per-epoch validation, the best epoch, dev/test, wall times
+    seed-<k>/predictions-<split>.json   span heads: answers on the eval split
     seed-<k>/tb/              TensorBoard event files (loss, learning rate, validation metrics)
     summary.json              per seed, and mean / standard deviation over seeds
 """
@@ -23,229 +28,177 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bertvision.errors import ConfigError, DataError
+from bertvision import store as st
+from bertvision.config import HeadTrainConfig
+from bertvision.errors import ConfigError, DataError, decode_error, json_error
 from bertvision.fingerprint import store_fingerprint
 from bertvision.io import atomic_folder, atomic_write_bytes, atomic_write_json
-from bertvision.outdir import check_out_dir, claim
+from bertvision.kinds import HeadData, head_kind, same_source, store_kind
+from bertvision.models.adapter_pooler import AdapterPoolerConfig
+from bertvision.outdir import check_out_dir, claim, previous_run
+from bertvision.runtime import (
+    adamw,
+    check_finite_state,
+    check_loss,
+    linear_schedule,
+    pick_device,
+    set_seed,
+)
 
 HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
 
 
-@dataclass(frozen=True)
-class HeadTrainConfig:
-    store: str
-    """Store folder holding one sub-folder per split (``train``, ``dev``, ...)."""
-    adapter_size: int = 64
-    """A: width of the shared adapter."""
-    shared: bool = True
-    """One adapter shared by every layer (LayerWeightShare); False: one per layer."""
-    combine: str = "flatten"
-    """``flatten`` (layers x A, then project) or ``scalar_mix`` (softmax layer weights)."""
-    residual: bool = True
-    """Concatenate the last layer's representation to the head's input."""
-    dropout: float = 0.1
-    lr: float = 1e-3
-    batch_size: int = 64
-    epochs: int = 20
-    """Maximum epochs; early stopping usually ends sooner."""
-    patience: int = 4
-    """Stop after this many epochs without a better validation score."""
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    seeds: tuple[int, ...] = (0,)
-    validation_fraction: float = 0.1
-    validation_seed: int = 0
-    """Must equal the fine-tuning run's, so the validation part is examples it never trained on."""
-    device: str | None = None
-    eval_splits: tuple[str, ...] | None = None
-    """Splits scored once at the end; None: the task's labelled eval splits found in the store."""
+@dataclass
+class FitResult:
+    """One trained head: the selected epoch's weights (loaded into ``model``) and the history."""
 
-    def __post_init__(self):
-        for name in ("adapter_size", "batch_size", "epochs", "patience"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        from bertvision.runtime import check_optimisation
+    model: object
+    """The head (`AdapterPooler` or `SpanAdapterPooler`) with the selected epoch's weights."""
+    config: AdapterPoolerConfig
+    state: dict
+    best_epoch: int
+    history: list[dict]
+    """Per epoch: {"epoch", validation metrics...}."""
+    epoch_seconds: list[float]
 
-        check_optimisation(self)
+    @property
+    def chosen(self) -> dict:
+        """The selected epoch's validation scores."""
+        return self.history[self.best_epoch - 1]
 
 
-def _pooler_config(cfg: HeadTrainConfig, manifest: dict, spec: dict):
-    from bertvision.models.adapter_pooler import AdapterPoolerConfig
+def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train one head (``cfg.seeds`` must hold one seed) on ``data.train``, select the epoch on
+    ``data.parts["validation"]``, and return it. Reads nothing else.
 
-    kind = spec["kind"]
-    return AdapterPoolerConfig(
-        num_hidden_states=manifest["num_hidden_states"],
-        hidden_size=manifest["hidden_size"],
-        num_outputs=len(spec["labels"]) if spec["labels"] else 1,
-        adapter_size=cfg.adapter_size,
-        shared=cfg.shared,
-        combine=cfg.combine,
-        residual=cfg.residual,
-        dropout=cfg.dropout,
-        task_kind=kind,
-    )
-
-
-def load_store_splits(cfg: HeadTrainConfig):
-    """The task spec, the train store, and the eval stores named by ``cfg``."""
-    from bertvision import store as st
-
-    root = Path(cfg.store)
-    if not (root / "train").is_dir():
-        raise DataError(root, "no 'train' split in this store; run 'bertvision embed' with --splits train ...")
-    train = st.load_split(root / "train")
-    spec = train.manifest.get("extra", {}).get("task_spec")
-    if not spec:
-        raise DataError(root / "train" / "manifest.json", "manifest has no task_spec; re-embed with this version")
-    if spec["kind"] == "span":
-        raise ConfigError("span stores train with the span head (SQuAD), not this sentence-level trainer")
-    if train.labels is None:
-        raise DataError(root / "train", "the train split carries no labels")
-    names = cfg.eval_splits or tuple(s for s in spec["eval_splits"] if (root / s).is_dir())
-    evals = {}
-    for name in names:
-        data = st.load_split(root / name)
-        st.check_compatible(data.manifest, num_hidden_states=train.manifest["num_hidden_states"],
-                            hidden_size=train.manifest["hidden_size"], encoder=train.manifest["encoder"])  # fmt: skip
-        if data.manifest.get("checkpoint") != train.manifest.get("checkpoint"):
-            raise ConfigError(f"{root / name}: made from checkpoint {data.manifest.get('checkpoint')!r}, "
-                              f"but train from {train.manifest.get('checkpoint')!r}")  # fmt: skip
-        evals[name] = data
-    return spec, train, evals
-
-
-def selection_score(scores: dict[str, float]) -> float:
-    """What early stopping maximises: the mean of the task's metrics, as GLUE scores a task.
-
-    For MRPC that is (F1 + accuracy) / 2: F1 alone rewards predicting the majority (positive)
-    class everywhere (F1 0.81 at 68% accuracy), which F1-only selection picked in practice.
-    NaN (constant outputs) counts as the worst score.
+    ``on_epoch(report)`` is called after each epoch with {"epoch", "step", "losses" (this
+    epoch's, per step), "lr", "validation" (scores), "score" (the selection metric),
+    "best_epoch", "seconds"}.
     """
-    value = float(np.mean(list(scores.values())))
-    return -math.inf if math.isnan(value) else value
-
-
-def predict(model, hidden, batch_size: int = 1024, device=None):
-    """Head outputs for stored hidden states (N, L, H), as a float32 numpy array."""
-    import torch
-
-    model.eval()
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(hidden), batch_size):
-            x = hidden[start : start + batch_size].to(device or "cpu")
-            outs.append(model(x).float().cpu())
-    return torch.cat(outs).numpy()
-
-
-def train_seed(cfg: HeadTrainConfig, seed: int, spec: dict, train, val_idx, tr_idx, evals, out_dir: Path) -> dict:
-    """Train one head with ``seed``; keep the best validation epoch; score eval splits once."""
-    import torch
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    from bertvision.metrics import compute_metrics
-    from bertvision.models.adapter_pooler import AdapterPooler
-    from bertvision.runtime import (
-        adamw,
-        check_finite_state,
-        check_loss,
-        linear_schedule,
-        pick_device,
-        set_seed,
-    )
-
+    if len(cfg.seeds) != 1:
+        raise ConfigError(f"fit_head trains one head; give one seed (cfg.for_seed(k)), not {cfg.seeds}")
+    cfg = cfg.resolved(kind.family)
+    seed, opt = cfg.seeds[0], cfg.optim
     set_seed(seed)
     device = pick_device(cfg.device)
-    pooler_cfg = _pooler_config(cfg, train.manifest, spec)
-    model = AdapterPooler(pooler_cfg).to(device)
-    x_tr, y_tr = train.hidden[tr_idx], train.labels[tr_idx]
-    x_va, y_va = train.hidden[val_idx], train.labels[val_idx].numpy()
-    steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    optimizer = adamw(model, cfg.lr, cfg.weight_decay)  # no decay on biases, as fine-tuning
-    scheduler = linear_schedule(optimizer, round(cfg.warmup * total), total)
-    tb = SummaryWriter(str(out_dir / "tb"))
-    gen = torch.Generator().manual_seed(seed)
-    history, best, best_state, since_best, step = [], -math.inf, None, 0, 0
+    m = data.manifest
+    config = AdapterPoolerConfig(**asdict(cfg.head), num_hidden_states=m["num_hidden_states"], hidden_size=m["hidden_size"],
+                                 num_outputs=kind.num_outputs(data.spec), task_kind=kind.name)  # fmt: skip
+    model = kind.module(config).to(device)
+    total = kind.steps_per_epoch(data, opt.batch_size) * opt.epochs
+    optimizer = adamw(model, opt.lr, opt.weight_decay)  # no decay on biases, as fine-tuning
+    scheduler = linear_schedule(optimizer, round(opt.warmup * total), total)
+    rng = kind.rng(seed)
+    history, best, best_state, best_epoch, since_best, step = [], -math.inf, None, 0, 0, 0
     epoch_seconds = []
-    for epoch in tqdm(range(cfg.epochs), desc=f"head seed {seed}", leave=False, disable=None):
+    for epoch in tqdm(range(opt.epochs), desc=f"head seed {seed}", leave=False, disable=None):
         model.train()
-        t0 = time.perf_counter()
-        for idx in torch.randperm(len(x_tr), generator=gen).split(cfg.batch_size):
-            loss = model.loss(model(x_tr[idx].to(device)), y_tr[idx].to(device))
-            value = check_loss(loss, step + 1, cfg.lr, f"head training (seed {seed}, epoch {epoch + 1})")
+        t0, losses = time.perf_counter(), []
+        for batch in kind.batches(data, opt.batch_size, rng):
+            loss = kind.loss(model, batch, device)
+            value = check_loss(loss, step + 1, opt.lr, f"head training (seed {seed}, epoch {epoch + 1})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            if step < total:
+                scheduler.step()
             step += 1
-            tb.add_scalar("train/loss", value, step)
+            losses.append(value)
         epoch_seconds.append(time.perf_counter() - t0)
-        tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-        scores = compute_metrics(spec["metrics"], predict(model, x_va, device=device), y_va)
-        for name, value in scores.items():
-            tb.add_scalar(f"validation/{name}", value, epoch + 1)
+        scores, _ = kind.score(model, data.parts["validation"], data, cfg, device)
         history.append({"epoch": epoch + 1, **scores})
-        score = selection_score(scores)
-        if best_state is None or score > best:  # NaN scores (constant outputs) count as worst
-            best, since_best = score, 0
+        score = kind.selection(scores)
+        improved = best_state is None or score > best  # NaN scores (constant outputs) count as worst
+        if improved:
+            best, best_epoch, since_best = score, epoch + 1, 0
             best_state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-            best_epoch = epoch + 1
         else:
             since_best += 1
-            if since_best >= cfg.patience:
-                break
-    tb.flush()
-    check_finite_state(best_state, out_dir / HEAD_WEIGHTS)
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch + 1, "step": step, "losses": losses, "lr": scheduler.get_last_lr()[0],
+                      "validation": scores, "score": score, "best_epoch": best_epoch,
+                      "seconds": epoch_seconds[-1]})  # fmt: skip
+        if not improved and since_best >= opt.patience:
+            break
+    check_finite_state(best_state, f"head (seed {seed})")
     model.load_state_dict(best_state)
-    # ---- the held-out splits, once, with the selected epoch
-    result = {
-        "seed": seed, "best_epoch": best_epoch, "epochs_run": len(history), "validation_history": history,
-        "validation": history[best_epoch - 1], "epoch_seconds": float(np.mean(epoch_seconds)),
-        "train_seconds": float(np.sum(epoch_seconds)), "parameters": model.num_parameters(),
-    }  # fmt: skip
-    for name, data in evals.items():
-        if data.labels is None:
-            continue
-        result[name] = compute_metrics(spec["metrics"], predict(model, data.hidden, device=device), data.labels.numpy())
-        for metric, value in result[name].items():
-            tb.add_scalar(f"{name}/{metric}", value, best_epoch)
-    tb.close()
-    save_head(out_dir, best_state, {
-        "adapter_pooler": pooler_cfg.to_dict(), "task": spec, "encoder": train.manifest["encoder"],
-        "checkpoint": train.manifest.get("checkpoint"), "selection": train.manifest.get("selection"),
-        "train": asdict(replace(cfg, seeds=(seed,))),
-    })  # fmt: skip
-    atomic_write_json(out_dir / "metrics.json", result)
-    return result
+    return FitResult(model.eval(), config, best_state, best_epoch, history, epoch_seconds)
 
 
 def train_heads(cfg: HeadTrainConfig, out_dir: str | Path) -> dict:
-    """Train one head per seed in ``cfg.seeds``; returns (and writes) the summary."""
-    from bertvision.outdir import previous_run
-    from bertvision.runtime import pick_device
-    from bertvision.tasks.base import carve_validation
-
+    """Train one head per seed in ``cfg.seeds``; score the eval splits once each; returns (and
+    writes) the summary (mean and standard deviation over seeds, and "kind")."""
     out_dir = check_out_dir(out_dir)
     pick_device(cfg.device)  # a bad --device fails before the store is read
-    spec, train, evals = load_store_splits(cfg)  # every shard read is checked (sha256, finite)
-    inputs = {name: store_fingerprint(d.manifest) for name, d in {"train": train, **evals}.items()}
+    root = Path(cfg.store)
+    kind, manifest, spec = store_kind(root)
+    cfg = cfg.resolved(kind.family)
+    eval_names = list(cfg.eval_splits or (s for s in spec["eval_splits"] if (root / s).is_dir()))
+    # Fingerprints from the manifests (cheap): a finished run on the same stores is reused
+    # without reading them; every shard read later is checked (sha256, finite).
+    used = dict.fromkeys(["train", "validation", *eval_names])  # STORE/validation: spans' own part
+    inputs = {name: store_fingerprint(root / name) for name in used if (root / name / st.MANIFEST_NAME).is_file()}
     with claim(out_dir, "head training"):
         if previous_run(out_dir, asdict(cfg), "train", inputs, SEED_GLOBS) is not None:
             return json.loads((out_dir / "summary.json").read_text())
-        labels = train.labels.numpy()
-        tr_idx, val_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
-        atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "inputs": inputs,
-                                                    "store": _manifest_summary(train.manifest)})  # fmt: skip
-        runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: train_seed(cfg, seed, spec, train, val_idx, tr_idx, evals, d))
+        data = kind.load(cfg, root, spec, eval_names)
+        atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "kind": kind.name, "inputs": inputs,
+                                                    "train_rows": data.train_rows,
+                                                    "store": _manifest_summary(data.manifest)})  # fmt: skip
+        runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: _train_seed(cfg.for_seed(seed), data, kind, d))
                 for seed in cfg.seeds]  # fmt: skip
-        return _write_summary(out_dir, runs, list(evals))
+        return _write_summary(out_dir, runs, data.evals, kind.name)
+
+
+def _train_seed(cfg: HeadTrainConfig, data: HeadData, kind, folder: Path) -> dict:
+    """`fit_head`, then the eval splits scored once with the selected epoch; TensorBoard events,
+    weights, head config and metrics written into ``folder``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(folder / "tb"))
+
+    def log(report: dict) -> None:
+        first = report["step"] - len(report["losses"])
+        for i, value in enumerate(report["losses"]):
+            tb.add_scalar("train/loss", value, first + i + 1)
+        tb.add_scalar("train/lr", report["lr"], report["step"])
+        for name, value in kind.logged(report["validation"]).items():
+            tb.add_scalar(f"validation/{name}", value, report["epoch"])
+
+    fit = fit_head(cfg, data, kind, on_epoch=log)
+    tb.flush()
+    device = pick_device(cfg.device)
+    chosen = fit.chosen
+    result = {
+        "seed": cfg.seeds[0], "best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
+        "validation_history": fit.history, "validation": chosen,
+        **({"threshold": chosen["threshold"]} if "threshold" in chosen else {}),
+        "epoch_seconds": float(np.mean(fit.epoch_seconds)), "train_seconds": float(np.sum(fit.epoch_seconds)),
+        "parameters": fit.model.num_parameters(),
+    }  # fmt: skip
+    for name in data.evals:  # the held-out splits, once, with the selected epoch (and threshold)
+        t0 = time.perf_counter()
+        scores, preds = kind.score(fit.model, data.parts[name], data, cfg, device, chosen.get("threshold"))
+        result[name], result[f"{name}_seconds"] = scores, round(time.perf_counter() - t0, 2)
+        if preds is not None:
+            atomic_write_json(folder / f"predictions-{name}.json", preds.predictions(chosen["threshold"]))
+        for metric, value in kind.logged(scores).items():
+            tb.add_scalar(f"{name}/{metric}", value, fit.best_epoch)
+    tb.close()
+    save_head(folder, fit.state, {
+        "adapter_pooler": fit.config.to_dict(), "task": data.spec, "encoder": data.manifest["encoder"],
+        "checkpoint": data.manifest.get("checkpoint"), **kind.head_meta(data, chosen), "train": asdict(cfg),
+    })  # fmt: skip
+    atomic_write_json(folder / "metrics.json", result)
+    return result
 
 
 # What a head run writes besides config.json, metrics.json and summary.json (a killed run's are
@@ -261,8 +214,8 @@ def in_seed_folder(out_dir: Path, seed: int, train_fn):
         return train_fn(tmp)
 
 
-def _write_summary(out_dir: Path, runs: list[dict], evals: list[str]) -> dict:
-    summary = summarize(runs, ["validation", *evals])
+def _write_summary(out_dir: Path, runs: list[dict], evals: list[str], kind: str) -> dict:
+    summary = {**summarize(runs, ["validation", *evals]), "kind": kind}
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_json(out_dir / "metrics.json", {r["seed"]: {k: r[k] for k in ("validation", *evals) if k in r} for r in runs})
     return summary
@@ -309,45 +262,30 @@ def read_head_config(path: str | Path) -> dict:
     try:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        from bertvision.errors import json_error
-
         raise json_error(cfg_file, e, what="malformed JSON") from e
     except UnicodeDecodeError as e:
-        from bertvision.errors import decode_error
-
         raise decode_error(cfg_file, e) from e
     if not isinstance(meta, dict) or not isinstance(meta.get("adapter_pooler"), dict):
         raise DataError(cfg_file, "no 'adapter_pooler' object: not a head config written by 'bertvision train'")
     return meta
 
 
-def is_span_head(meta: dict) -> bool:
-    """Whether a head config describes a span head (start/end logits per token)."""
-    return meta["adapter_pooler"].get("task_kind") == "span"
-
-
 def load_head(path: str | Path, *, span: bool | None = None):
-    """A trained head of any kind and its config dict, from a ``seed-<k>`` folder: an
-    `AdapterPooler`, or a `SpanAdapterPooler` where the config's task kind is "span".
+    """A trained head of any kind and its config dict, from a ``seed-<k>`` folder: the kind's
+    module (`AdapterPooler`, or `SpanAdapterPooler` for spans) chosen by the config's task kind.
 
     Args:
       span: True or False to require a span head or a sentence head (ConfigError otherwise).
     """
     from safetensors.torch import load_file
 
-    from bertvision.models.adapter_pooler import (
-        AdapterPooler,
-        AdapterPoolerConfig,
-        SpanAdapterPooler,
-    )
-
     path = Path(path)
     meta = read_head_config(path)
-    if span is not None and is_span_head(meta) != span:
+    kind = head_kind(meta)
+    if span is not None and (kind.family == "span") != span:
         want, got = ("a span head", "a sentence head") if span else ("a sentence head", "a span head")
         raise ConfigError(f"{path}: {got}, but {want} is needed here")
-    module = SpanAdapterPooler if is_span_head(meta) else AdapterPooler
-    model = module(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
+    model = kind.module(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
     try:
         model.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
     except Exception as e:  # a missing, truncated or mismatched weights file
@@ -355,21 +293,11 @@ def load_head(path: str | Path, *, span: bool | None = None):
     return model.eval(), meta
 
 
-def evaluate_head(head_dir: str | Path, store_dir: str | Path) -> dict:
-    """Score a saved head on one store split; the store must match the head's encoder and shape."""
-    from bertvision import store as st
-    from bertvision.metrics import compute_metrics
-
-    model, meta = load_head(head_dir, span=False)
-    data = st.load_split(store_dir)
-    pooler = meta["adapter_pooler"]
-    st.check_compatible(data, num_hidden_states=pooler["num_hidden_states"], hidden_size=pooler["hidden_size"],
-                        encoder=meta["encoder"])  # fmt: skip
-    if data.manifest.get("checkpoint") != meta.get("checkpoint"):
-        raise ConfigError(f"store {store_dir} was made from checkpoint {data.manifest.get('checkpoint')!r}, "
-                          f"but the head was trained on {meta.get('checkpoint')!r}")  # fmt: skip
-    if data.labels is None:
-        raise DataError(store_dir, "this split carries no labels to score against")
-    outputs = predict(model, data.hidden)
-    return {"split": data.manifest["split"], "rows": len(data.ids),
-            **compute_metrics(meta["task"]["metrics"], outputs, data.labels.numpy())}  # fmt: skip
+def evaluate_head(head_dir: str | Path, store_dir: str | Path, data_dir: str | None = None) -> dict:
+    """Score a saved head of any kind on one store split, which must come from the head's
+    encoder, checkpoint and shape (span heads: with the threshold chosen at training, the
+    questions' text read from the task's data)."""
+    model, meta = load_head(head_dir)
+    split = st.load_split(store_dir)
+    st.check_compatible(split, **same_source({**meta["adapter_pooler"], **meta}))
+    return head_kind(meta).evaluate(model, meta, split, Path(store_dir), data_dir)

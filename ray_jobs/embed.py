@@ -32,12 +32,38 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
 
+from bertvision.config import EmbedConfig, add_arguments, from_arguments
 from bertvision.embed import finish_split, prepare, write_output
 from bertvision.errors import BertVisionError, ConfigError
+
+
+@dataclass(frozen=True)
+class RayJobConfig:
+    """The job's own settings, beside the `EmbedConfig` it shares with 'bertvision embed': the
+    actor pool, the cluster, and where a relative --out goes. ('bertvision embed --ray' reaches
+    this class through the module of the `bertvision.runners` entry point: the library never
+    imports ray_jobs.)"""
+
+    actors: int | None = None
+    """Actor pool size (default: one per GPU, or one per 2 CPUs)."""
+    gpus_per_actor: float | None = None
+    """GPUs per actor (default: 1 where the cluster has GPUs; 0 forces CPU actors)."""
+    address: str | None = None
+    """Ray address (default: $RAY_ADDRESS, the job's cluster, else a local Ray)."""
+    storage_root: str | None = None
+    """Absolute folder that a relative --out is resolved against, e.g. /mnt/bertvision/runs."""
+
+    def __post_init__(self):
+        if self.actors is not None and self.actors <= 0:
+            raise ConfigError("--actors must be positive")
+        if self.gpus_per_actor is not None and not self.gpus_per_actor >= 0:
+            raise ConfigError("--gpus-per-actor must be 0 or more")
 
 
 class ShardExtractor:
@@ -130,19 +156,19 @@ def _single_node() -> bool:
     return len([n for n in ray.nodes() if n.get("Alive")]) == 1
 
 
-def run(args: argparse.Namespace) -> dict[str, dict]:
-    """Embed every split named by ``args``; returns split -> manifest."""
-    plan = prepare(
-        args.task, args.checkpoint, args.out, splits=tuple(args.splits) if args.splits else None,
-        data_dir=args.data_dir, selection=args.selection or "cls", max_length=args.max_length,
-        shard_rows=args.shard_rows, quantize=args.quantize, doc_stride=args.doc_stride,
-        max_query_length=args.max_query_length,
-    )  # fmt: skip
+def run(cfg: EmbedConfig, out_dir: str, job: RayJobConfig = RayJobConfig()) -> dict[str, dict]:
+    """Embed the splits ``cfg`` names into ``out_dir`` on Ray; returns split -> manifest.
+
+    ``cfg`` is resolved for the task's family by `prepare`, as in `bertvision.embed.embed`.
+    ``out_dir`` is made absolute here, against this process's folder: the actors (on every node
+    of a cluster) write into it. A submitted job checks its paths first (`job_paths`).
+    """
+    plan = prepare(cfg, Path(out_dir).expanduser().absolute())
     local_dir = None
     try:
         if not ray.is_initialized():
-            local_dir = _init_ray(args.address)
-        return _run(args, plan)
+            local_dir = _init_ray(job.address)
+        return _run(cfg, job, plan)
     finally:
         if local_dir:  # the job's own local Ray: stop it and drop its session folder
             ray.shutdown()
@@ -178,13 +204,13 @@ def _init_ray(address: str | None) -> str | None:
     return temp_dir
 
 
-def _run(args: argparse.Namespace, plan) -> dict[str, dict]:
+def _run(cfg: EmbedConfig, job: RayJobConfig, plan) -> dict[str, dict]:
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
-    pool = pool_plan(args.actors, args.gpus_per_actor, max(1, len(plan.pending())))
-    extractor = {**plan.extractor, "device": args.device or pool["device"]}
+    pool = pool_plan(job.actors, job.gpus_per_actor, max(1, len(plan.pending())))
+    extractor = {**plan.extractor, "device": cfg.device or pool["device"]}
     print(f"actor pool: {pool['size']} {pool['device']} actor(s), {pool['num_gpus'] or 0} GPU and {pool['num_cpus']} CPU "
           f"each; {len(plan.pending())} shard(s) to write", flush=True)  # fmt: skip
     pending = plan.pending()
@@ -208,7 +234,7 @@ def _run(args: argparse.Namespace, plan) -> dict[str, dict]:
         done = ds.map_batches(
             ShardExtractor, compute=ActorPoolStrategy(size=pool["size"]), batch_format="pyarrow",
             batch_size=1, num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None,
-            fn_constructor_kwargs={"extractor": extractor, "stores": stores, "batch_size": args.batch_size,
+            fn_constructor_kwargs={"extractor": extractor, "stores": stores, "batch_size": cfg.batch_size,
                                    "threads": pool["threads"]},
         )  # fmt: skip
         for row in done.iter_rows():
@@ -238,36 +264,21 @@ def _run(args: argparse.Namespace, plan) -> dict[str, dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The job's options: `EmbedConfig`'s (as 'bertvision embed'), --out, `RayJobConfig`'s."""
     p = argparse.ArgumentParser(
         prog="python -m ray_jobs.embed",
         description="Embed a task's splits with a Ray Data actor pool into the bertvision store "
         "format (one folder per split under OUT). Same options as 'bertvision embed', plus the pool "
         "and --storage-root. Submitted with 'ray job submit --working-dir .', the job runs in Ray's "
         "temporary copy of that folder: --out must be absolute (or relative to --storage-root), and "
-        "relative inputs must be among the uploaded files. Errors print one line and exit 1 (input) "
-        "or 3 (a failure while running).",
+        "relative inputs (--task file, --checkpoint folder, --data-dir) are read from that copy and "
+        "must be among the uploaded files (files git ignores, such as runs/, are not uploaded). "
+        "Errors print one line and exit 1 (input) or 3 (a failure while running).",
     )
-    p.add_argument("--task", required=True, help="task name or user task config file (a relative file is read from the job's working directory)")
-    p.add_argument("--out", required=True, help="store folder, an absolute path (shared storage on a cluster); each split goes to OUT/<split>. "
-                   "A relative path is refused: a Ray job runs in a temporary copy of the working directory, deleted when Ray cleans up (see --storage-root)")
-    p.add_argument("--storage-root", metavar="DIR", default=None, help="absolute folder that a relative --out is resolved against, e.g. /mnt/bertvision/runs")
-    p.add_argument("--checkpoint", default=None, help="fine-tuning checkpoint folder, encoder folder or Hub id (default: the bundled encoder). "
-                   "A relative folder is read from the job's working directory, the uploaded copy (files git ignores, such as runs/, are not uploaded) "
-                   "and is refused when it is not there; on several nodes give an absolute path on shared storage")
-    p.add_argument("--splits", nargs="+", default=None, help="splits to embed (default: every split found)")
-    p.add_argument("--selection", choices=("cls", "mean", "tokens"), default=None, help="as 'bertvision embed' (default: cls; tokens for span tasks)")
-    p.add_argument("--max-length", type=int, default=None, help="tokens per example (default: 128; 384 per window for span tasks)")
-    p.add_argument("--doc-stride", type=int, default=128, help="span tasks: tokens shared by consecutive windows (default: %(default)s)")
-    p.add_argument("--max-query-length", type=int, default=64, help="span tasks: questions cut to this many tokens (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass inside an actor (default: %(default)s)")
-    p.add_argument("--shard-rows", type=int, default=None, help="rows per Parquet shard (default: about 64 MiB a shard)")
-    p.add_argument("--quantize", choices=("int8",), default=None, help="opt-in dynamic int8 quantisation (CPU actors only)")
-    p.add_argument("--device", default=None, help="actors' device (default: cuda on GPU clusters, else cpu)")
-    p.add_argument("--actors", type=int, default=None, help="actor pool size (default: one per GPU, or one per 2 CPUs)")
-    p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 where the cluster has GPUs; 0 forces CPU actors)")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, the job's cluster, else a local Ray)")
-    p.add_argument("--data-dir", default=None, help="local data folder (default: $BERTVISION_DATA, else the Hub); a relative folder is read from "
-                   "the job's working directory (the uploaded copy) and is refused when it is not there")
+    add_arguments(p, EmbedConfig, required=("task",))
+    p.add_argument("--out", required=True, help="Store folder, an absolute path (shared storage on a cluster); each split goes to OUT/<split>. "
+                   "A relative path is refused: a Ray job runs in a temporary copy of the working directory, deleted when Ray cleans up (see --storage-root).")  # fmt: skip
+    add_arguments(p, RayJobConfig)
     return p
 
 
@@ -278,31 +289,33 @@ def _is_relative(path: str) -> bool:
     return not os.path.isabs(os.path.expanduser(path))
 
 
-def job_paths(args: argparse.Namespace) -> None:
+def job_paths(cfg: EmbedConfig, out_dir: str, job: RayJobConfig = RayJobConfig()) -> tuple[EmbedConfig, str]:
     """Check the job's paths before anything is read or written (ConfigError, exit status 1).
 
     The output must outlive the job: a relative ``--out`` would land in Ray's temporary copy of
     the working directory, so it is refused unless ``--storage-root`` (absolute) says what to
-    resolve it against; ``args.out`` becomes absolute. Relative inputs are read from that copy,
-    which holds only what was uploaded: one that is not there is refused rather than looked up
-    (as a Hub id) or silently missed.
+    resolve it against. Relative inputs are read from that copy, which holds only what was
+    uploaded: one that is not there is refused rather than looked up (as a Hub id) or silently
+    missed. Returns the config (its inputs are kept as given: they are read from the copy) and
+    the absolute output folder.
     """
-    root = args.storage_root
+    root = job.storage_root
     if root is not None and _is_relative(root):
         raise ConfigError(f"--storage-root {root} is relative: {_TEMP_COPY}; give an absolute path on shared storage")
-    if _is_relative(args.out):
+    if _is_relative(out_dir):
         if root is None:
-            raise ConfigError(f"--out {args.out} is relative: {_TEMP_COPY}; give an absolute path on shared storage, "
+            raise ConfigError(f"--out {out_dir} is relative: {_TEMP_COPY}; give an absolute path on shared storage, "
                               "or --storage-root DIR to resolve it against")  # fmt: skip
-        args.out = os.path.join(os.path.expanduser(root), args.out)
-    args.out = os.path.normpath(os.path.expanduser(args.out))
-    checkpoint = args.checkpoint
+        out_dir = os.path.join(os.path.expanduser(root), out_dir)
+    out_dir = os.path.normpath(os.path.expanduser(out_dir))
+    checkpoint = cfg.checkpoint
     # A checkpoint string that can only be a path (not a Hub id 'name' or 'owner/name').
     path_like = bool(checkpoint) and (checkpoint.startswith(".") or checkpoint.count("/") > 1 or checkpoint.endswith("/"))
-    for option, value, check in (("--checkpoint", checkpoint, path_like), ("--data-dir", args.data_dir, True)):
+    for option, value, check in (("--checkpoint", checkpoint, path_like), ("--data-dir", cfg.data_dir, True)):
         if value and check and _is_relative(value) and not os.path.exists(value):
             raise ConfigError(f"{option} {value} is relative and not in the job's working directory ({os.getcwd()}): {_TEMP_COPY}, "
                               "holding only the uploaded files (not those git ignores, such as runs/); give an absolute path on shared storage")  # fmt: skip
+    return cfg, out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,13 +324,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run the job on parsed options; returns the exit status (errors print one line)."""
     try:
-        job_paths(args)
-        from bertvision.tasks import get_task
-
-        span = get_task(args.task, args.data_dir).spec.kind == "span"
-        args.max_length = args.max_length or (384 if span else 128)
-        run(args)
+        cfg, job = from_arguments(EmbedConfig, args), from_arguments(RayJobConfig, args)
+        cfg, out_dir = job_paths(cfg, args.out, job)
+        run(cfg, out_dir, job)
     except BertVisionError as e:
         print(f"bertvision: error: {e}", file=sys.stderr)
         return e.exit_code

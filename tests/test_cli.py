@@ -1,15 +1,28 @@
 """The `bertvision` command line, run as users run it: the installed console script."""
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
-from bertvision.cli import build_parser
+from bertvision.cli import build_parser, main
+from bertvision.config import (
+    EmbedConfig,
+    EnsembleConfig,
+    FinetuneConfig,
+    HeadArchitecture,
+    HeadTrainConfig,
+    Optimisation,
+    field_docs,
+    from_arguments,
+)
 from tests.conftest import bertvision_cli
 
 
@@ -168,7 +181,181 @@ def test_every_option_at_every_level_is_explained():
     "args",
     [[], ["tasks"], ["tasks", "show"], ["encoder"], ["squad-eval"], ["finetune"], ["embed"], ["train"],
      ["evaluate"], ["ensemble"], ["store"], ["store", "verify"]],
-)  # fmt: skip
+)
 def test_help_runs_at_every_level(args):
     out = run(*args, "--help").stdout
     assert out.startswith("usage: bertvision")
+
+
+# ---------------------------------------------------------------------------------------------
+# The method commands' options are their configs' fields (bertvision.config)
+
+METHOD_CONFIGS = {"finetune": FinetuneConfig, "embed": EmbedConfig, "train": HeadTrainConfig, "ensemble": EnsembleConfig}
+RENAMED = {"methods": "--method"}
+
+
+def _command(name: str) -> argparse.ArgumentParser:
+    return dict(_parsers(build_parser()))[(name,)]
+
+
+def _field_leaves(cls):
+    """(owner class, field) of every field, nested configs flattened."""
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default):
+            yield from _field_leaves(type(f.default))
+        else:
+            yield cls, f
+
+
+@pytest.mark.parametrize("command", METHOD_CONFIGS)
+def test_every_config_field_is_a_flag_with_its_docstring(command):
+    cls = METHOD_CONFIGS[command]
+    actions = {s: a for a in _command(command)._actions for s in a.option_strings}
+    leaves = list(_field_leaves(cls))
+    if cls is HeadTrainConfig:  # the nested configs are covered, field by field
+        owners = {(owner, f.name) for owner, f in leaves}
+        assert owners >= {(c, f.name) for c in (HeadArchitecture, Optimisation) for f in dataclasses.fields(c)}
+    for owner, f in leaves:
+        flag = RENAMED.get(f.name, "--" + f.name.replace("_", "-"))
+        assert flag in actions, (command, flag)
+        action = actions[flag]
+        doc = field_docs(owner)[f.name].rstrip(".")
+        assert doc and doc in action.help.replace("%%", "%"), (flag, action.help)
+        assert action.dest.split("__")[-1] == f.name
+        if f.type in ("bool", bool):
+            assert "--no-" + flag[2:] in actions, flag
+        by_kind = getattr(owner, "kind_defaults", {}).get(f.name)
+        if by_kind:
+            assert all(f"{v} for {k} tasks" in action.help for k, v in by_kind.items()), action.help
+        elif f.default not in (None, dataclasses.MISSING):
+            assert "(default: " in action.help, action.help
+    out = run(command, "--help").stdout
+    assert all(RENAMED.get(f.name, "--" + f.name.replace("_", "-")) in out for _, f in leaves)
+
+
+def _parse(*argv):
+    return build_parser().parse_args(list(argv))
+
+
+def test_parsed_defaults_are_the_configs_defaults():
+    assert from_arguments(HeadTrainConfig, _parse("train", "--store", "S", "--out", "O")) == HeadTrainConfig(store="S")
+    assert from_arguments(FinetuneConfig, _parse("finetune", "--task", "rte", "--out", "O")) == FinetuneConfig(task="rte")
+    assert from_arguments(EmbedConfig, _parse("embed", "--task", "rte", "--out", "O")) == EmbedConfig(task="rte")
+    args = _parse("ensemble", "--store", "S", "--heads", "a", "b", "--out", "O")
+    assert from_arguments(EnsembleConfig, args) == EnsembleConfig(store="S", heads=("a", "b"))
+
+
+def test_parsed_options_reach_the_configs():
+    args = _parse("train", "--store", "S", "--out", "O", "--no-shared", "--no-residual", "--adapter-size", "8",
+                  "--combine", "scalar_mix", "--dropout", "0", "--seeds", "3", "4", "--epochs", "2", "--lr", "0.01")  # fmt: skip
+    assert from_arguments(HeadTrainConfig, args) == HeadTrainConfig(
+        store="S", seeds=(3, 4), optim=Optimisation(epochs=2, lr=0.01),
+        head=HeadArchitecture(adapter_size=8, shared=False, residual=False, combine="scalar_mix", dropout=0.0),
+    )  # fmt: skip
+    args = _parse("finetune", "--task", "squad2", "--out", "O", "--save-at", "0.25", "0.5", "--max-length", "256",
+                  "--doc-stride", "64", "--no-score-dev")  # fmt: skip
+    cfg = from_arguments(FinetuneConfig, args)
+    assert (cfg.save_at, cfg.max_length, cfg.windowing.doc_stride, cfg.score_dev) == ((0.25, 0.5), 256, 64, False)
+    args = _parse("ensemble", "--store", "S", "--encoder", "--heads", "h", "--method", "max", "--out", "O")
+    assert from_arguments(EnsembleConfig, args) == EnsembleConfig(store="S", heads=("h",), encoder=True, methods=("max",))
+    with pytest.raises(SystemExit):  # the old flag is gone
+        _parse("train", "--store", "S", "--out", "O", "--unshared")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [(["train", "--store", "S", "--out", "O", "--dropout", "1.5"], "dropout"),
+     (["train", "--store", "S", "--out", "O", "--lr", "nan"], "--lr"),
+     (["train", "--store", "S", "--out", "O", "--seeds", "1", "1"], "--seeds"),
+     (["finetune", "--task", "rte", "--out", "O", "--epochs", "0"], "--epochs"),
+     (["finetune", "--task", "rte", "--out", "O", "--save-at", "2"], "--save-at"),
+     (["embed", "--task", "rte", "--out", "O", "--max-length", "0"], "--max-length"),
+     (["embed", "--task", "rte", "--out", "O", "--actors", "2"], "--ray"),
+     (["ensemble", "--store", "S", "--out", "O"], "members")],
+)
+def test_a_bad_value_exits_1_with_one_line(tmp_path, args, says):
+    proc = run(*args, check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bertvision: error: ") and says in lines[0], proc.stderr
+    assert not (tmp_path / "O").exists()
+
+
+def test_a_malformed_value_exits_2():
+    proc = run("train", "--store", "S", "--out", "O", "--dropout", "abc", check=False)
+    assert proc.returncode == 2 and "not a number: 'abc'" in proc.stderr
+
+
+# The commands hand their config to the library function and print its result.
+
+
+def test_train_prints_the_summary_of_either_kind(monkeypatch, capsys):
+    import bertvision.train
+
+    given = []
+
+    def fake(kind):
+        def train_heads(cfg, out_dir):
+            given.append((cfg, out_dir))
+            score = {"mean": 0.5, "std": 0.1}
+            splits = {"validation": {"exact": score, "f1": score, "total": score}, "dev": {"f1": score, "threshold": score}}
+            if kind != "span":
+                splits = {"validation": {"accuracy": score}, "dev_matched": {"accuracy": score}, "test": {"accuracy": score}}
+            return {"kind": kind, "seeds": [0, 1], "runs": [{"parameters": 123}], "epoch_seconds": 1.5, **splits}
+
+        return train_heads
+
+    monkeypatch.setattr(bertvision.train, "train_heads", fake("span"))
+    assert main(["train", "--store", "S", "--out", "O", "--epochs", "3"]) == 0
+    assert given == [(HeadTrainConfig(store="S", optim=Optimisation(epochs=3)), "O")]
+    out = capsys.readouterr().out
+    assert "validation exact: 0.5000 ± 0.1000 over 2 seed(s)" in out and "dev threshold:" in out
+    assert "total" not in out and "head: 123 parameters, 1.50 s per epoch" in out
+    monkeypatch.setattr(bertvision.train, "train_heads", fake("classification"))
+    assert main(["train", "--store", "S", "--out", "O"]) == 0
+    out = capsys.readouterr().out
+    assert "validation accuracy" in out and "dev_matched accuracy" in out and "test" not in out
+
+
+def test_finetune_and_evaluate_call_the_library(monkeypatch, capsys, tmp_path):
+    import bertvision.finetune
+    import bertvision.train
+
+    squad = {"exact": 50.123, "f1": 60.0, "total": 10, "HasAns_f1": 1.0, "NoAns_f1": 2.0}
+    result = types.SimpleNamespace(out_dir=tmp_path, checkpoints={
+        "checkpoint-e0.5": {"validation": squad, "threshold": 0.2, "train_seconds": 3.0, "dev": squad},
+        "checkpoint-e1": {"validation": {"accuracy": 0.75}, "train_seconds": 7.0}})  # fmt: skip
+    seen = []
+    monkeypatch.setattr(bertvision.finetune, "finetune", lambda cfg, out: seen.append((cfg, out)) or result)
+    assert main(["finetune", "--task", "rte", "--out", "O", "--lr", "1e-4"]) == 0
+    assert seen == [(FinetuneConfig(task="rte", lr=1e-4), "O")]
+    out = capsys.readouterr().out.splitlines()
+    head = {"exact": 50.12, "f1": 60.0, "HasAns_f1": 1.0, "NoAns_f1": 2.0}
+    assert out[0] == f"{tmp_path / 'checkpoint-e0.5'}: {json.dumps({'validation': head, 'dev': head})}  (3 s training)"
+    assert out[1].endswith('{"validation": {"accuracy": 0.75}}  (7 s training)')
+    monkeypatch.setattr(bertvision.train, "evaluate_head", lambda *a: {"args": list(a)})
+    assert main(["evaluate", "--head", "H", "--store", "S", "--data-dir", "D"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"args": ["H", "S", "D"]}
+
+
+def test_embed_ray_hands_the_config_and_job_to_the_runner(monkeypatch, tmp_path):
+    import bertvision.cli as cli
+
+    module = types.ModuleType("fake_ray_job")
+
+    @dataclasses.dataclass(frozen=True)
+    class RayJobConfig:
+        actors: int | None = None
+        address: str | None = None
+
+    calls = []
+
+    def fake_run(cfg, out_dir, job):
+        calls.append((cfg, out_dir, job))
+
+    module.RayJobConfig, fake_run.__module__ = RayJobConfig, module.__name__
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(cli, "_ray_runner", lambda name: fake_run)
+    monkeypatch.chdir(tmp_path)
+    assert main(["embed", "--task", "rte", "--out", "store", "--ray", "--actors", "3", "--splits", "train"]) == 0
+    assert calls == [(EmbedConfig(task="rte", splits=("train",)), str(tmp_path / "store"), RayJobConfig(actors=3))]

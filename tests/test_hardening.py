@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertvision import store as st
-from bertvision.embed import embed, prepare
+from bertvision.config import FinetuneConfig, HeadTrainConfig, Optimisation
+from bertvision.embed import EmbedConfig, embed, prepare
 from bertvision.errors import EXIT_INPUT, EXIT_RUN, ConfigError, DataError, RunError
-from bertvision.finetune import FinetuneConfig, finetune
-from bertvision.train import HeadTrainConfig, train_heads
+from bertvision.finetune import finetune
+from bertvision.train import train_heads
 from tests.conftest import bertvision_cli, write_toy_task
 
 
@@ -45,7 +46,7 @@ def toy(tmp_path_factory):
 def store(tmp_path_factory, toy, tiny_bert_dir) -> Path:
     """A clean store of the toy task from the tiny BERT (train 80 rows in 5 shards, dev 24)."""
     out = tmp_path_factory.mktemp("store") / "emb"
-    embed(str(toy), str(tiny_bert_dir), out, shard_rows=16)
+    embed(EmbedConfig(task=str(toy), checkpoint=str(tiny_bert_dir), shard_rows=16), out)
     return out
 
 
@@ -124,7 +125,7 @@ def test_1_a_diverging_head_stops_with_a_clear_error(store, tmp_path, monkeypatc
 
     monkeypatch.setattr(adapter_pooler.AdapterPooler, "loss", loss)
     with pytest.raises(RunError, match=r"head training \(seed 0, epoch 1\) diverged: the loss is nan at step 3"):
-        train_heads(HeadTrainConfig(store=str(store), seeds=(0,), epochs=2, batch_size=8), tmp_path / "heads")
+        train_heads(HeadTrainConfig(store=str(store), seeds=(0,), optim=Optimisation(epochs=2, batch_size=8)), tmp_path / "heads")
     assert not list((tmp_path / "heads").glob("*seed-0*"))  # no seed folder, not even a temporary one
 
 
@@ -136,7 +137,7 @@ def test_1_finetune_refuses_non_finite_learning_rates(toy, tmp_path, lr):
     assert "--lr must be a finite positive number" in one_line_error(proc, EXIT_INPUT)
     assert not (tmp_path / "ft").exists()
     with pytest.raises(ConfigError, match="--lr must be a finite positive number"):
-        HeadTrainConfig(store="-", lr=float(lr))
+        HeadTrainConfig(store="-", optim=Optimisation(lr=float(lr)))
 
 
 def test_1_finetune_never_saves_non_finite_weights(toy, tiny_bert_dir, tmp_path):
@@ -159,7 +160,7 @@ def test_2a_embed_refuses_to_resume_over_changed_data(tmp_path, tiny_bert_dir):
 
     task = write_toy_task(tmp_path / "toy")
     out = tmp_path / "emb"
-    with prepare(str(task), str(tiny_bert_dir), out, splits=("train",), shard_rows=16) as plan:
+    with prepare(EmbedConfig(task=str(task), checkpoint=str(tiny_bert_dir), splits=("train",), shard_rows=16), out) as plan:
         extractor = HiddenStateExtractor(**plan.extractor, device="cpu")
         split = plan.splits[0]
         for k in (0, 1):  # then the process "dies": the store stays incomplete
@@ -196,7 +197,7 @@ def test_2c_train_rerun_on_a_replaced_store_is_refused(store, tmp_path, toy):
     import shutil
 
     shutil.rmtree(mine)
-    embed(str(toy), None, mine, shard_rows=16, splits=("train", "dev"), max_length=32)  # another store there
+    embed(EmbedConfig(task=str(toy), shard_rows=16, splits=("train", "dev"), max_length=32), mine)  # another store there
     line = one_line_error(cli(*args), EXIT_INPUT)
     assert "holds a finished run on other data: dev, train changed" in line
 

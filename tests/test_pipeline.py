@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from bertvision.embed import embed
+from bertvision.config import FinetuneConfig, HeadTrainConfig, Optimisation
+from bertvision.embed import EmbedConfig, embed
 from bertvision.errors import ConfigError, DataError
-from bertvision.finetune import FinetuneConfig, finetune
+from bertvision.finetune import finetune
 from bertvision.store import verify
-from bertvision.train import HeadTrainConfig, evaluate_head, train_heads
+from bertvision.train import evaluate_head, train_heads
 from tests.conftest import bertvision_cli, write_toy_task
 
 
@@ -78,7 +79,7 @@ def test_bad_fractions(epochs, save_at, pattern):
 def test_embed_train_evaluate(finetuned, tmp_path):
     root, cfg, out, _ = finetuned
     ckpt = out / "checkpoint-e0.5"
-    manifests = embed(str(cfg), str(ckpt), tmp_path / "emb", shard_rows=32)
+    manifests = embed(EmbedConfig(task=str(cfg), checkpoint=str(ckpt), shard_rows=32), tmp_path / "emb")
     assert set(manifests) == {"train", "dev"}
     m = manifests["train"]
     assert m["status"] == "complete" and m["rows"] == 80 and len(m["shards"]) == 3
@@ -90,11 +91,11 @@ def test_embed_train_evaluate(finetuned, tmp_path):
     assert verify(tmp_path / "emb" / "train")["rows"] == 80
     # A rerun finds every shard complete and writes nothing.
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "emb" / "train").glob("shard-*")}
-    again = embed(str(cfg), str(ckpt), tmp_path / "emb", shard_rows=32)
+    again = embed(EmbedConfig(task=str(cfg), checkpoint=str(ckpt), shard_rows=32), tmp_path / "emb")
     assert "last_run" in again["train"]["extra"]  # from the first run, not re-measured
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "emb" / "train").glob("shard-*")}
 
-    summary = train_heads(HeadTrainConfig(store=str(tmp_path / "emb"), seeds=(0, 1, 2), epochs=5, batch_size=16), tmp_path / "heads")
+    summary = train_heads(HeadTrainConfig(store=str(tmp_path / "emb"), seeds=(0, 1, 2), optim=Optimisation(epochs=5, batch_size=16)), tmp_path / "heads")
     assert summary["seeds"] == [0, 1, 2]
     for split in ("validation", "dev"):
         assert set(summary[split]) == {"accuracy", "macro_f1"}
@@ -117,18 +118,18 @@ def test_embed_train_evaluate(finetuned, tmp_path):
 
 def test_store_mismatches_are_refused(finetuned, tmp_path, tiny_bert_dir):
     root, cfg, out, _ = finetuned
-    embed(str(cfg), str(out / "checkpoint-e1"), tmp_path / "e1", splits=("train", "dev"))
-    embed(str(cfg), str(out / "checkpoint-e0.5"), tmp_path / "e05", splits=("dev",))
-    train_heads(HeadTrainConfig(store=str(tmp_path / "e1"), seeds=(0,), epochs=1), tmp_path / "heads")
+    embed(EmbedConfig(task=str(cfg), checkpoint=str(out / "checkpoint-e1"), splits=("train", "dev")), tmp_path / "e1")
+    embed(EmbedConfig(task=str(cfg), checkpoint=str(out / "checkpoint-e0.5"), splits=("dev",)), tmp_path / "e05")
+    train_heads(HeadTrainConfig(store=str(tmp_path / "e1"), seeds=(0,), optim=Optimisation(epochs=1)), tmp_path / "heads")
     head = tmp_path / "heads" / "seed-0"
     with pytest.raises(ConfigError, match="made from checkpoint .*checkpoint-e0.5.*trained on .*checkpoint-e1"):
         evaluate_head(head, tmp_path / "e05" / "dev")
-    embed(str(cfg), None, tmp_path / "bundled", splits=("dev",))  # another encoder: (7, 384)
+    embed(EmbedConfig(task=str(cfg), splits=("dev",)), tmp_path / "bundled")  # another encoder: (7, 384)
     with pytest.raises(ConfigError, match="does not fit"):
         evaluate_head(head, tmp_path / "bundled" / "dev")
     # a store with a different spec in the same folder
     with pytest.raises(ConfigError, match="max_length"):
-        embed(str(cfg), str(out / "checkpoint-e1"), tmp_path / "e1", splits=("dev",), max_length=64)
+        embed(EmbedConfig(task=str(cfg), checkpoint=str(out / "checkpoint-e1"), splits=("dev",), max_length=64), tmp_path / "e1")
     with pytest.raises(DataError, match="no 'train' split"):
         train_heads(HeadTrainConfig(store=str(tmp_path / "e05")), tmp_path / "h2")
 
@@ -148,7 +149,7 @@ def test_command_line_end_to_end(tmp_path, tiny_bert_dir):
     assert proc.returncode == 0, proc.stderr
     assert "train: 80 rows x (3, 32)" in proc.stdout
     proc = run_cli("train", "--store", str(tmp_path / "emb"), "--out", str(tmp_path / "heads"), "--seeds", "0", "1",
-                   "--epochs", "3", "--combine", "scalar_mix", "--unshared")  # fmt: skip
+                   "--epochs", "3", "--combine", "scalar_mix", "--no-shared")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "dev pearson:" in proc.stdout and "over 2 seed(s)" in proc.stdout
     head_cfg = json.loads((tmp_path / "heads" / "seed-1" / "head_config.json").read_text())
@@ -179,7 +180,7 @@ def test_finished_runs_are_reused_and_other_settings_refused(finetuned, tiny_ber
 
 
 def test_selection_score_is_the_glue_task_score():
-    from bertvision.train import selection_score
+    from bertvision.kinds import selection_score
 
     # MRPC-like: all-positive has the best F1 but the worse mean of F1 and accuracy.
     all_positive, learned = {"f1": 0.81, "accuracy": 0.68}, {"f1": 0.80, "accuracy": 0.74}

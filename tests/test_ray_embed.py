@@ -69,10 +69,11 @@ def task(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, task) -> Path:
     """The library loop's store (no Ray), the reference every Ray run must equal."""
+    from bertvision.config import EmbedConfig
     from bertvision.embed import embed
 
     out = tmp_path_factory.mktemp("ref") / "store"
-    embed(str(task), None, out, shard_rows=16)
+    embed(EmbedConfig(task=str(task), shard_rows=16), out)
     return out
 
 
@@ -90,16 +91,22 @@ def test_job_refuses_a_relative_out_and_writes_nothing(task, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # no runs/, no store, no lock file
 
 
+def _job_paths(job, argv: list[str]):
+    """`job_paths` on the configs that the job's command line makes of ``argv``."""
+    from bertvision.config import EmbedConfig, from_arguments
+
+    args = job.build_parser().parse_args(argv)
+    return job.job_paths(from_arguments(EmbedConfig, args), args.out, from_arguments(job.RayJobConfig, args))
+
+
 def test_storage_root_resolves_a_relative_out_and_must_be_absolute(tmp_path, monkeypatch, capsys):
     from ray_jobs import embed as job
 
     monkeypatch.chdir(tmp_path)
-    args = job.build_parser().parse_args(["--task", "rte", "--out", "rte/store", "--storage-root", str(tmp_path / "runs")])
-    job.job_paths(args)
-    assert args.out == str(tmp_path / "runs" / "rte" / "store")
-    args = job.build_parser().parse_args(["--task", "rte", "--out", str(tmp_path / "abs"), "--storage-root", str(tmp_path / "r")])
-    job.job_paths(args)
-    assert args.out == str(tmp_path / "abs")  # an absolute --out stays
+    cfg, out = _job_paths(job, ["--task", "rte", "--out", "rte/store", "--storage-root", str(tmp_path / "runs")])
+    assert out == str(tmp_path / "runs" / "rte" / "store") and cfg.task == "rte"
+    _, out = _job_paths(job, ["--task", "rte", "--out", str(tmp_path / "abs"), "--storage-root", str(tmp_path / "r")])
+    assert out == str(tmp_path / "abs")  # an absolute --out stays
     assert job.main(["--task", "rte", "--out", "x", "--storage-root", "runs"]) == 1
     assert "--storage-root runs is relative" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -118,9 +125,25 @@ def test_job_refuses_relative_inputs_missing_from_the_working_directory(task, tm
     assert not out.exists()
     # One that is in the working directory (an uploaded file) is read from there.
     (tmp_path / "data").mkdir()
-    args = job.build_parser().parse_args(["--task", str(task), "--out", str(out), "--data-dir", "data"])
-    job.job_paths(args)
-    assert args.data_dir == "data"
+    cfg, _ = _job_paths(job, ["--task", str(task), "--out", str(out), "--data-dir", "data"])
+    assert cfg.data_dir == "data"
+
+
+def test_job_options_are_the_configs_fields(tmp_path, capsys):
+    """The job's command line is derived from `EmbedConfig` and `RayJobConfig`: the same flags as
+    'bertvision embed', plus --out and the pool's; a bad value is one line and exit status 1."""
+    from bertvision.config import EmbedConfig, Windowing, from_arguments
+    from ray_jobs import embed as job
+
+    args = job.build_parser().parse_args(["--task", "rte", "--out", str(tmp_path / "o"), "--splits", "dev", "--doc-stride", "64",
+                                          "--batch-size", "8", "--actors", "2", "--gpus-per-actor", "0.5"])  # fmt: skip
+    assert from_arguments(EmbedConfig, args) == EmbedConfig(task="rte", splits=("dev",), windowing=Windowing(doc_stride=64), batch_size=8)
+    assert from_arguments(job.RayJobConfig, args) == job.RayJobConfig(actors=2, gpus_per_actor=0.5)
+    assert job.main(["--task", "rte", "--out", str(tmp_path / "o"), "--actors", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "bertvision: error: --actors must be positive"
+    assert job.main(["--task", "rte", "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "bertvision: error: --batch-size must be positive"
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- an in-process Ray -----------------------------------------------------------------------

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from bertvision.ensemble import combine, member_probs
 from bertvision.errors import ConfigError
 from bertvision.models.adapter_pooler import AdapterPoolerConfig, SpanAdapterPooler, span_loss
-from bertvision.span_heads import WindowSet, combine, head_logits, member_probs
+from bertvision.span_heads import WindowSet, head_logits
 from bertvision.spans import SpanPredictions, best_span, choose_threshold, postprocess, score
 
 

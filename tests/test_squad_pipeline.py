@@ -57,23 +57,26 @@ def squad_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_qa(tmp_path_factory, tiny_bert_dir, squad_dir):
     """A tiny BERT fine-tuned for spans (1 epoch, checkpoint at 0.5)."""
-    from bertvision.qa import QAFinetuneConfig, finetune_qa
+    from bertvision.config import FinetuneConfig, Windowing
+    from bertvision.finetune import finetune
 
     out = tmp_path_factory.mktemp("qa") / "ft"
-    cfg = QAFinetuneConfig(task="squad2", encoder=str(tiny_bert_dir), data_dir=str(squad_dir), epochs=1,
-                           save_at=(0.5,), max_length=128, doc_stride=48, batch_size=8, lr=1e-3,
-                           validation_fraction=0.2)  # fmt: skip
-    return finetune_qa(cfg, out), cfg
+    cfg = FinetuneConfig(task="squad2", encoder=str(tiny_bert_dir), data_dir=str(squad_dir), epochs=1,
+                         save_at=(0.5,), max_length=128, windowing=Windowing(doc_stride=48), batch_size=8,
+                         lr=1e-3, validation_fraction=0.2)  # fmt: skip
+    return finetune(cfg, out), cfg
 
 
 @pytest.fixture(scope="module")
 def token_store(tmp_path_factory, tiny_qa, squad_dir):
+    from bertvision.config import EmbedConfig, Windowing
     from bertvision.embed import embed
 
     result, _ = tiny_qa
     out = tmp_path_factory.mktemp("emb") / "e1"
-    manifests = embed("squad2", str(result.out_dir / "checkpoint-e1"), out, data_dir=str(squad_dir),
-                      selection="tokens", max_length=128, doc_stride=48, shard_rows=16)  # fmt: skip
+    cfg = EmbedConfig(task="squad2", checkpoint=str(result.out_dir / "checkpoint-e1"), data_dir=str(squad_dir),
+                      selection="tokens", max_length=128, windowing=Windowing(doc_stride=48), shard_rows=16)  # fmt: skip
+    manifests = embed(cfg, out)
     return out, manifests
 
 
@@ -157,13 +160,15 @@ def test_stored_encoder_logits_are_the_fine_tuned_models_logits(token_store, tin
 
 
 def test_span_heads_and_ensembles(token_store, squad_dir, tmp_path):
-    from bertvision.span_heads import SpanHeadTrainConfig, ensemble, train_span_heads
+    from bertvision.config import EnsembleConfig, HeadArchitecture, HeadTrainConfig, Optimisation
+    from bertvision.ensemble import ensemble
+    from bertvision.train import train_heads
 
     out, _ = token_store
-    cfg = SpanHeadTrainConfig(store=str(out), seeds=(0, 1), epochs=2, adapter_size=8, batch_size=8,
-                              data_dir=str(squad_dir), validation_fraction=0.2)  # fmt: skip
-    summary = train_span_heads(cfg, tmp_path / "heads")
-    assert summary["seeds"] == [0, 1]
+    cfg = HeadTrainConfig(store=str(out), head=HeadArchitecture(adapter_size=8), optim=Optimisation(epochs=2, batch_size=8),
+                          seeds=(0, 1), data_dir=str(squad_dir), validation_fraction=0.2)  # fmt: skip
+    summary = train_heads(cfg, tmp_path / "heads")
+    assert summary["seeds"] == [0, 1] and summary["kind"] == "span"
     for run in summary["runs"]:
         assert run["dev"]["threshold"] == run["threshold"] == run["validation"]["threshold"]
         assert run["dev"]["total"] == 24 and 0 <= run["dev"]["f1"] <= 100
@@ -178,7 +183,7 @@ def test_span_heads_and_ensembles(token_store, squad_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["f1"] == pytest.approx(summary["runs"][0]["dev"]["f1"])
     # a second call with the same config reuses the finished run
-    assert train_span_heads(cfg, tmp_path / "heads")["runs"][0]["dev"] == summary["runs"][0]["dev"]
+    assert train_heads(cfg, tmp_path / "heads")["runs"][0]["dev"] == summary["runs"][0]["dev"]
     # one loader for every head kind: the module comes from the config's task kind
     from bertvision.models.adapter_pooler import SpanAdapterPooler
     from bertvision.train import evaluate_head, load_head
@@ -186,11 +191,12 @@ def test_span_heads_and_ensembles(token_store, squad_dir, tmp_path):
     model, meta = load_head(seed_dir)
     assert isinstance(model, SpanAdapterPooler) and meta["selection"] == "tokens"
     with pytest.raises(ConfigError, match="a span head, but a sentence head is needed here"):
-        evaluate_head(seed_dir, out / "dev")
+        load_head(seed_dir, span=False)
+    assert evaluate_head(seed_dir, out / "dev", str(squad_dir))["f1"] == pytest.approx(summary["runs"][0]["dev"]["f1"])
 
     heads = [tmp_path / "heads" / "seed-0", tmp_path / "heads" / "seed-1"]
-    result = ensemble(out, heads, tmp_path / "ens", include_encoder=True, data_dir=str(squad_dir),
-                      validation_fraction=0.2)  # fmt: skip
+    result = ensemble(EnsembleConfig(store=str(out), heads=tuple(map(str, heads)), encoder=True, data_dir=str(squad_dir),
+                                     validation_fraction=0.2), tmp_path / "ens")  # fmt: skip
     assert set(result["members"]) == {str(h) for h in heads} | {"encoder"}
     # each member scored here equals its own training run's dev score (same threshold search)
     for h, run in zip(heads, summary["runs"], strict=True):
@@ -202,12 +208,13 @@ def test_span_heads_and_ensembles(token_store, squad_dir, tmp_path):
         assert len(preds) == 24
 
     with pytest.raises(ConfigError, match="at least two members"):
-        ensemble(out, heads[:1], tmp_path / "ens2", data_dir=str(squad_dir), validation_fraction=0.2)
+        EnsembleConfig(store=str(out), heads=(str(heads[0]),), data_dir=str(squad_dir), validation_fraction=0.2)
 
 
 def test_span_heads_refuse_a_store_of_other_questions(token_store, tmp_path):
     """The store's windows must belong to the task's questions (here: other data)."""
-    from bertvision.span_heads import SpanHeadTrainConfig, train_span_heads
+    from bertvision.config import HeadTrainConfig, Optimisation
+    from bertvision.train import train_heads
 
     other = tmp_path / "other"
     (other / "squad2").mkdir(parents=True)
@@ -215,13 +222,14 @@ def test_span_heads_refuse_a_store_of_other_questions(token_store, tmp_path):
     _squad_file(other / "squad2" / "train-v2.0.json", 10, 7)
     _squad_file(other / "squad2" / "dev-v2.0.json", 3, 8)
     out, _ = token_store
-    cfg = SpanHeadTrainConfig(store=str(out), epochs=1, data_dir=str(other), validation_fraction=0.2)
+    cfg = HeadTrainConfig(store=str(out), optim=Optimisation(epochs=1), data_dir=str(other), validation_fraction=0.2)
     with pytest.raises(DataError, match="do not match the task"):
-        train_span_heads(cfg, tmp_path / "heads")
+        train_heads(cfg, tmp_path / "heads")
 
 
 def test_embed_refuses_tokens_for_sentence_tasks(toy_task, tmp_path):
+    from bertvision.config import EmbedConfig
     from bertvision.embed import embed
 
     with pytest.raises(ConfigError, match="cannot be embedded with --selection tokens"):
-        embed(str(toy_task), None, tmp_path / "x", selection="tokens")
+        embed(EmbedConfig(task=str(toy_task), selection="tokens"), tmp_path / "x")

@@ -27,14 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertvision.config import HeadArchitecture
 from bertvision.errors import ConfigError
 
-COMBINES = ("flatten", "scalar_mix")
 TASK_KINDS = ("classification", "regression", "span")
 
 
-@dataclass(frozen=True)
-class AdapterPoolerConfig:
+@dataclass(frozen=True, kw_only=True)
+class AdapterPoolerConfig(HeadArchitecture):
+    """A head's whole config: its `HeadArchitecture` and the shapes of the store it reads."""
+
     num_hidden_states: int
     """L: hidden states per token (embedding output + one per encoder layer)."""
     hidden_size: int
@@ -42,37 +44,18 @@ class AdapterPoolerConfig:
     num_outputs: int
     """Number of labels (at least 2) for classification; exactly 1 for regression; 2 for spans
     (start and end logits per token)."""
-    adapter_size: int = 64
-    """A: width of the adapter's output for each layer."""
-    shared: bool = True
-    """True: one adapter Linear for every layer (the weight share); False: one per layer."""
-    combine: str = "flatten"
-    """How layers are combined: "flatten" (L*A features) or "scalar_mix" (A features)."""
-    residual: bool = True
-    """Concatenate the last layer's H-vector to the combined features before the projection."""
-    dropout: float = 0.1
-    """Dropout probability before the output projection, in [0, 1)."""
     task_kind: str = "classification"
     """"classification" (logits, cross-entropy), "regression" (one value, MSE) or "span"
     (per-token start/end logits, cross-entropy over a window's tokens)."""
 
     def __post_init__(self) -> None:
-        for name in ("num_hidden_states", "hidden_size", "num_outputs", "adapter_size"):
+        for name in ("num_hidden_states", "hidden_size", "num_outputs"):
             value = getattr(self, name)
-            # bool is an int subclass; True as a size is a mistake, not 1.
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("shared", "residual"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.combine not in COMBINES:
-            raise ConfigError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+        super().__post_init__()
         if self.task_kind not in TASK_KINDS:
             raise ConfigError(f"task_kind must be one of {TASK_KINDS}, got {self.task_kind!r}")
-        d = self.dropout
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
-            raise ConfigError(f"dropout must be a number in [0, 1), got {d!r}")
-        object.__setattr__(self, "dropout", float(d))  # an int 0 from JSON becomes 0.0
         if self.task_kind == "regression" and self.num_outputs != 1:
             raise ConfigError(f"num_outputs must be 1 for regression, got {self.num_outputs}")
         if self.task_kind == "span" and self.num_outputs != 2:
