@@ -1,0 +1,124 @@
+"""Configs (bertvision.config) and the one head-training function (train.fit_head)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from bertvision.config import (
+    EmbedConfig,
+    EnsembleConfig,
+    FinetuneConfig,
+    HeadArchitecture,
+    HeadTrainConfig,
+    Optimisation,
+    Windowing,
+    from_dict,
+)
+from bertvision.errors import ConfigError
+from bertvision.kinds import KINDS, HeadData, selection_score
+from bertvision.train import fit_head
+
+SPEC = {"name": "toy", "kind": "classification", "labels": ["no", "yes"], "metrics": ["accuracy", "macro_f1"]}
+MANIFEST = {"num_hidden_states": 3, "hidden_size": 8, "encoder": {"name": "tiny", "revision": "r"}}
+
+
+class Untouchable:
+    """A part that fails the test if anything reads it (dev and test are not fit_head's)."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"fit_head read an eval part ({name})")
+
+    def __iter__(self):
+        raise AssertionError("fit_head read an eval part")
+
+    def __len__(self):
+        raise AssertionError("fit_head read an eval part")
+
+
+def _data(n: int = 96) -> HeadData:
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 3, 8, generator=g).half()
+    x[:, -1, 0] += 2 * y.half()  # learnable from the last layer
+    data = HeadData(SPEC, MANIFEST, (x[:64], y[:64]), 64)
+    data.parts["validation"] = (x[64:], y[64:].numpy())
+    data.parts["dev"] = Untouchable()
+    data.parts["test"] = Untouchable()
+    return data
+
+
+def _cfg(**optim) -> HeadTrainConfig:
+    return HeadTrainConfig(store="-", head=HeadArchitecture(adapter_size=4), optim=Optimisation(**{"epochs": 6, "batch_size": 16, **optim}),
+                           seeds=(0,), device="cpu")  # fmt: skip
+
+
+def test_fit_head_trains_on_train_selects_on_validation_and_never_reads_dev():
+    reports = []
+    fit = fit_head(_cfg(patience=10), _data(), KINDS["classification"], on_epoch=reports.append)
+    assert [r["epoch"] for r in reports] == [h["epoch"] for h in fit.history] == list(range(1, 7))
+    assert all(len(r["losses"]) == 4 for r in reports)  # 64 rows / 16 per step
+    assert reports[-1]["step"] == 24
+    scores = [selection_score({k: v for k, v in h.items() if k != "epoch"}) for h in fit.history]
+    assert fit.best_epoch == 1 + scores.index(max(scores))  # the first best epoch
+    assert fit.chosen == fit.history[fit.best_epoch - 1]
+    assert all(torch.equal(v, fit.model.state_dict()[k]) for k, v in fit.state.items())
+    assert fit.config.task_kind == "classification" and fit.config.adapter_size == 4
+
+
+def test_fit_head_stops_early_and_is_seeded():
+    a = fit_head(_cfg(patience=1, epochs=20), _data(), KINDS["classification"])
+    assert len(a.history) == a.best_epoch + 1 < 20  # one epoch without improvement, then stop
+    b = fit_head(_cfg(patience=1, epochs=20), _data(), KINDS["classification"])
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    c = fit_head(dataclasses.replace(_cfg(patience=1, epochs=20), seeds=(5,)), _data(), KINDS["classification"])
+    assert not all(torch.equal(a.state[k], c.state[k]) for k in a.state)
+
+
+def test_fit_head_wants_one_seed():
+    with pytest.raises(ConfigError, match="one seed"):
+        fit_head(dataclasses.replace(_cfg(), seeds=(0, 1)), _data(), KINDS["classification"])
+
+
+def test_a_trial_changes_a_config_with_replace_and_it_is_checked():
+    cfg = _cfg()
+    trial = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=3e-3),
+                                head=dataclasses.replace(cfg.head, combine="scalar_mix"))  # fmt: skip
+    assert trial.optim.lr == 3e-3 and trial.head.combine == "scalar_mix" and cfg.optim.lr == 1e-3
+    with pytest.raises(ConfigError, match="--lr"):
+        dataclasses.replace(cfg.optim, lr=float("nan"))
+    with pytest.raises(ConfigError, match="dropout"):
+        dataclasses.replace(cfg.head, dropout=1.0)
+    with pytest.raises(ConfigError, match="combine"):
+        HeadArchitecture(combine="sum")
+
+
+def test_kind_defaults_are_filled_by_the_task_kind_and_given_values_kept():
+    ft = FinetuneConfig(task="x")
+    assert ft.max_length is None
+    assert ft.resolved("classification").max_length == 128 == ft.resolved("regression").max_length
+    assert ft.resolved("span").max_length == 384
+    assert FinetuneConfig(task="x", max_length=200).resolved("span").max_length == 200
+    heads = HeadTrainConfig(store="s").resolved("span")
+    assert (heads.optim.batch_size, heads.optim.epochs, heads.optim.patience) == (32, 6, 2)
+    heads = HeadTrainConfig(store="s", optim=Optimisation(epochs=3)).resolved("classification")
+    assert (heads.optim.batch_size, heads.optim.epochs, heads.optim.patience) == (64, 3, 4)
+    assert EmbedConfig(task="x").resolved("span").selection == "tokens"
+    assert EmbedConfig(task="x").resolved("regression").selection == "cls"
+    with pytest.raises(ConfigError, match="family"):
+        ft.resolved("tokens")
+
+
+@pytest.mark.parametrize("cfg", [
+    FinetuneConfig(task="rte", save_at=(0.1, 0.5), windowing=Windowing(doc_stride=64)),
+    EmbedConfig(task="squad2", splits=("train", "dev"), selection="tokens"),
+    HeadTrainConfig(store="s", head=HeadArchitecture(shared=False), optim=Optimisation(lr=0.01), seeds=(3, 4)),
+    EnsembleConfig(store="s", heads=("a", "b"), methods=("max",)),
+])  # fmt: skip
+def test_configs_read_back_from_their_json_form(cfg):
+    import json
+
+    again = from_dict(type(cfg), json.loads(json.dumps(dataclasses.asdict(cfg))))
+    assert again == cfg
+    with pytest.raises(ConfigError, match="unknown keys"):
+        from_dict(type(cfg), {**dataclasses.asdict(cfg), "typo": 1})
