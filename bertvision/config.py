@@ -31,13 +31,39 @@ from typing import Any, ClassVar, Literal
 from bertvision.errors import ConfigError
 from bertvision.runtime import check_optimisation
 
-Combine = Literal["flatten", "scalar_mix"]
-COMBINES = typing.get_args(Combine)
-
 FAMILIES = ("sentence", "span")
 """Task families whose defaults differ: sentence (classification, regression) and span tasks."""
 FAMILY = {"classification": "sentence", "regression": "sentence", "span": "span"}
 """Task kind (a task spec's ``kind``) -> its family."""
+
+
+def check_choices(cfg) -> None:
+    """ConfigError for a field typed ``Literal[...]`` (or a tuple of them) holding another value."""
+    for name, hint in _hints(type(cfg)).items():
+        base, _ = _unwrap(hint)
+        value = getattr(cfg, name)
+        if typing.get_origin(base) is tuple:
+            base, values = typing.get_args(base)[0], value or ()
+        else:
+            values = () if value is None else (value,)
+        if typing.get_origin(base) is Literal:
+            choices = typing.get_args(base)
+            bad = [v for v in values if v not in choices]
+            if bad:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, not {bad[0]!r}")
+
+
+@cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls, globals())
+
+
+def _unwrap(hint):
+    """(type, optional) of ``X | None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
 
 
 class KindDefaults:
@@ -70,7 +96,7 @@ class HeadArchitecture:
     """A: width of the adapter's output for each layer."""
     shared: bool = True
     """One adapter Linear for every layer (the LayerWeightShare); off: one per layer."""
-    combine: Combine = "flatten"
+    combine: Literal["flatten", "scalar_mix"] = "flatten"
     """How layers are combined: flatten (L*A features, as the original) or scalar_mix (softmax
     layer weights, A features)."""
     residual: bool = True
@@ -86,8 +112,7 @@ class HeadArchitecture:
         for name in ("shared", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.combine not in COMBINES:
-            raise ConfigError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+        check_choices(self)
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
             raise ConfigError(f"dropout must be a number in [0, 1), got {d!r}")
@@ -215,6 +240,7 @@ class EmbedConfig(KindDefaults):
                                "max_length": FinetuneConfig.kind_defaults["max_length"]}  # fmt: skip
 
     def __post_init__(self):
+        check_choices(self)
         _positive(self, ("max_length", "batch_size", "shard_rows"))
 
 
@@ -306,6 +332,7 @@ class EnsembleConfig:
             raise ConfigError("an ensemble needs at least two members")
         if not self.methods:
             raise ConfigError("--method: give at least one of max, mean")
+        check_choices(self)
         _positive(self, ("max_answer_tokens",))
 
 
@@ -413,14 +440,6 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
-def _unwrap(hint):
-    """(type, optional) of ``X | None``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
-    return hint, False
-
-
 def _dataclass_of(hint):
     base, _ = _unwrap(hint)
     return base if isinstance(base, type) and is_dataclass(base) else None
@@ -458,11 +477,6 @@ def field_docs(cls) -> dict[str, str]:
                     and isinstance(nxt.value.value, str)):  # fmt: skip
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
-
-
-@cache
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls, globals())
 
 
 __all__ = [
