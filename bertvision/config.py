@@ -103,6 +103,8 @@ class HeadArchitecture:
     """Concatenate the last layer's H-vector to the combined features before the projection."""
     dropout: float = 0.1
     """Dropout probability before the output projection, in [0, 1)."""
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
+    """The adapter's nonlinearity (the original's is GELU)."""
 
     def __post_init__(self) -> None:
         value = self.adapter_size

@@ -3,7 +3,7 @@
 Input is the stack of hidden states (..., L, H): L = embedding output + one per encoder layer,
 H = hidden size. The pipeline is
 
-    adapter (Linear H -> A, then GELU; one shared by all layers, or one per layer)  (..., L, A)
+    adapter (Linear H -> A, then GELU or another activation; shared, or per layer)  (..., L, A)
     combine: "flatten" (concatenate the layers, as the original LayerWeightShare)   (..., L*A)
           or "scalar_mix" (softmax-weighted sum of layers times a scale gamma)      (..., A)
     residual: concatenate the last layer's H-vector (the skip of the best model)    (..., F+H)
@@ -31,6 +31,7 @@ from bertvision.config import HeadArchitecture
 from bertvision.errors import ConfigError
 
 TASK_KINDS = ("classification", "regression", "span")
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,11 +85,13 @@ class AdapterPoolerConfig(HeadArchitecture):
 
 
 class LayerAdapter(nn.Module):
-    """(..., L, H) -> (..., L, A): Linear then GELU, shared by all layers or one per layer."""
+    """(..., L, H) -> (..., L, A): Linear then the activation, shared by all layers or per layer."""
 
-    def __init__(self, num_layers: int, hidden_size: int, adapter_size: int, shared: bool = True):
+    def __init__(self, num_layers: int, hidden_size: int, adapter_size: int, shared: bool = True,
+                 activation: str = "gelu"):  # fmt: skip
         super().__init__()
         self.shared = shared
+        self.activation = ACTIVATIONS[activation]
         if shared:
             self.linear = nn.Linear(hidden_size, adapter_size)
         else:
@@ -104,7 +107,7 @@ class LayerAdapter(nn.Module):
             y = self.linear(x)  # (..., L, A)
         else:
             y = torch.einsum("...lh,lha->...la", x, self.weight) + self.bias  # (..., L, A)
-        return F.gelu(y)  # (..., L, A)
+        return self.activation(y)  # (..., L, A)
 
 
 class ScalarMix(nn.Module):
@@ -130,7 +133,7 @@ class AdapterPooler(nn.Module):
         super().__init__()
         self.config = c = config
         L, H, A = c.num_hidden_states, c.hidden_size, c.adapter_size
-        self.adapter = LayerAdapter(L, H, A, shared=c.shared)
+        self.adapter = LayerAdapter(L, H, A, shared=c.shared, activation=c.activation)
         self.mix = ScalarMix(L) if c.combine == "scalar_mix" else None
         features = (L * A if self.mix is None else A) + (H if c.residual else 0)
         self.dropout = nn.Dropout(c.dropout)
