@@ -122,3 +122,31 @@ def test_configs_read_back_from_their_json_form(cfg):
     assert again == cfg
     with pytest.raises(ConfigError, match="unknown keys"):
         from_dict(type(cfg), {**dataclasses.asdict(cfg), "typo": 1})
+
+
+def test_a_head_architecture_field_reaches_the_flag_the_model_and_the_saved_head(tmp_path):
+    """The worked example of docs/ARCHITECTURE.md: HeadArchitecture.activation."""
+    from bertvision.cli import build_parser
+    from bertvision.config import from_arguments
+    from bertvision.models.adapter_pooler import AdapterPooler, AdapterPoolerConfig
+    from bertvision.train import load_head, save_head
+
+    args = build_parser().parse_args(["train", "--store", "s", "--out", "o", "--activation", "tanh"])
+    assert from_arguments(HeadTrainConfig, args).head.activation == "tanh"
+    with pytest.raises(ConfigError, match="--activation must be one of gelu, relu, tanh"):
+        HeadArchitecture(activation="swish")
+    shape = {"num_hidden_states": 3, "hidden_size": 8, "num_outputs": 2}
+    x = torch.randn(5, 3, 8)
+    outs = {}
+    for act in ("gelu", "tanh"):
+        torch.manual_seed(0)
+        outs[act] = AdapterPooler(AdapterPoolerConfig(**shape, activation=act)).eval()(x)
+    assert not torch.allclose(outs["gelu"], outs["tanh"])
+    # a head saved before the field existed (no "activation" in its config) loads as GELU
+    torch.manual_seed(0)
+    model = AdapterPooler(AdapterPoolerConfig(**shape)).eval()
+    pooler = model.config.to_dict()
+    del pooler["activation"]
+    save_head(tmp_path, model.state_dict(), {"adapter_pooler": pooler, "task": SPEC})
+    loaded, _ = load_head(tmp_path)
+    assert loaded.config.activation == "gelu" and torch.equal(loaded(x), outs["gelu"])
