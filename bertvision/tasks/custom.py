@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bertvision.errors import ConfigError, DataError, decode_error, json_error
 from bertvision.tasks.base import SentenceSplit, Task, TaskSpec, require_file
-from bertvision.tasks.readers import Columns, build_split, check_header, read_rows
+from bertvision.tasks.readers import Columns, build_split, check_header, label_key, read_rows
 
 try:
     import tomllib
@@ -155,12 +155,10 @@ class UserTask(Task):
 
     def _infer_labels(self) -> tuple[str, ...]:
         """The sorted distinct label values of the train split (or the first split)."""
-        from bertvision.tasks.readers import _label_key
-
         split = "train" if "train" in self.paths else next(iter(self.paths))
         header, rows = self._rows(split)
         check_header(self.paths[split], header, self.columns, allowed=self.ignore)
-        values = {_label_key(row.get(self.columns.label)) for _, row in rows}
+        values = {label_key(row.get(self.columns.label)) for _, row in rows}
         if len(values) < 2:
             self._fail(
                 f"{self.paths[split]} has fewer than 2 distinct labels; list them in 'labels'"

@@ -252,14 +252,14 @@ def _parse_label(spec: TaskSpec, path, lineno: int, raw, label_map) -> int | flo
         if not math.isfinite(value):
             raise DataError(path, f"score {raw!r} is not finite", line=lineno)
         return value
-    key = _label_key(raw)
+    key = label_key(raw)
     if key not in label_map:
         known = ", ".join(repr(k) for k in label_map)
         raise DataError(path, f"unknown label {key!r}; expected one of {known}", line=lineno)
     return label_map[key]
 
 
-def _label_key(raw) -> str:
+def label_key(raw) -> str:
     """Labels compare as text, so JSON 1, "1" and CSV "1" are the same label."""
     if isinstance(raw, bool):
         return str(raw).lower()
