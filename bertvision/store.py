@@ -66,7 +66,7 @@ import math
 import os
 import subprocess
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -115,6 +115,9 @@ _OFFSETS_TYPE = pa.list_(pa.list_(pa.int32(), 2))
 _LOGITS_TYPE = pa.list_(pa.list_(pa.float32(), 2))
 _INT32_MAX = 2**31 - 1
 _INCOMPLETE_HINT = "rerun the embed command to finish it"
+_MISSING_SHARD = (
+    "missing shard; the store is damaged: delete the folder and rerun the embed command"
+)
 
 
 # --------------------------------------------------------------------------- names and plan
@@ -551,9 +554,7 @@ class StoreWriter:
         self.num_shards = num_shards(total_rows, spec.shard_rows)
         self._checksums = {}
         manifest = read_manifest(self.path)
-        diffs = StoreSpec.from_dict(manifest).differences(spec)
-        if manifest["rows"] != total_rows:
-            diffs.append(f"rows: {manifest['rows']!r} != {total_rows!r}")
+        diffs = self._differences(StoreSpec.from_dict(manifest), manifest)
         if diffs:
             raise ConfigError(f"{self.path} holds a store made with other settings ({'; '.join(diffs)})")
         self.complete = manifest["status"] == "complete"
@@ -588,9 +589,7 @@ class StoreWriter:
                 "its shards would mix old and new data. Use another --out, or delete the folder "
                 "to embed the new data"
             )
-        diffs = stored.differences(self.spec)
-        if manifest["rows"] != self.total_rows:
-            diffs.append(f"rows: {manifest['rows']!r} != {self.total_rows!r}")
+        diffs = self._differences(stored, manifest)
         if diffs:
             raise ConfigError(
                 f"{self.path} holds a store made with other settings (store != asked: "
@@ -600,6 +599,14 @@ class StoreWriter:
             return True
         self._drop_bad_shards()
         return False
+
+    def _differences(self, stored: StoreSpec, manifest: Mapping[str, Any]) -> list[str]:
+        """Where the folder's store (`stored`, from `manifest`) differs from this writer's spec
+        and row count, as "field: stored != asked" lines."""
+        diffs = stored.differences(self.spec)
+        if manifest["rows"] != self.total_rows:
+            diffs.append(f"rows: {manifest['rows']!r} != {self.total_rows!r}")
+        return diffs
 
     def _remove_stale_temp_files(self) -> None:
         # atomic_write_bytes names its temporary files ".<final name>.<random>.tmp".
@@ -705,6 +712,7 @@ class StoreWriter:
                     f"store's selection is {self.spec.selection!r}"
                 )
             ids = self._check_ids(index, ids, stop - start)
+            self._check_hidden_array(f"shard {index}", hidden, len(ids))
             hidden16 = self._check_hidden(index, ids, hidden)
             label_array = self._check_labels(index, ids, labels)
             columns = {
@@ -748,19 +756,11 @@ class StoreWriter:
         lengths = self._window_lengths(index, ids, hidden)
         row_starts = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=row_starts[1:])
-        hidden16 = self._check_token_hidden(index, ids, hidden, row_starts)
+        hidden16 = self._check_hidden(index, ids, hidden, row_starts)
         if offsets is None:
             raise ValueError(f"shard {index}: a 'tokens' store needs offsets, got none")
         flat_offsets = self._per_token(index, ids, "offsets", offsets, lengths, integer=True)
-        bad = _bad_offsets(flat_offsets)
-        if bad.any():
-            token = int(np.argmax(bad))
-            raise DataError(
-                self.path,
-                f"shard {index}: offsets must be (-1, -1) or 0 <= start <= end, got "
-                f"{tuple(int(v) for v in flat_offsets[token])}",
-                key=ids[_window_of(row_starts, token)],
-            )
+        _check_offsets(self.path, f"shard {index}: ", flat_offsets, ids, row_starts)
         logits = None
         if self.spec.encoder_logits:
             if encoder_logits is None:
@@ -770,18 +770,18 @@ class StoreWriter:
             logits = self._per_token(
                 index, ids, "encoder_logits", encoder_logits, lengths, integer=False
             )
-            finite = np.isfinite(logits).all(axis=1)
-            if not finite.all():
-                raise DataError(
-                    self.path,
-                    f"shard {index}: encoder_logits contain NaN or inf (or overflow float32)",
-                    key=ids[_window_of(row_starts, int(np.argmin(finite)))],
-                )
+            _require_finite(
+                self.path,
+                f"shard {index}: encoder_logits contain NaN or inf (or overflow float32)",
+                logits,
+                ids,
+                row_starts,
+            )
         elif encoder_logits is not None:
             raise ValueError(
                 f"shard {index}: the spec has encoder_logits false, but encoder_logits were given"
             )
-        label_array = self._check_span_labels(index, ids, labels, lengths)
+        label_array = self._check_labels(index, ids, labels, lengths)
 
         list_type = pa.int32() if row_starts[-1] <= _INT32_MAX else pa.int64()
         starts = pa.array(row_starts, type=list_type)
@@ -802,24 +802,40 @@ class StoreWriter:
 
     def _window_lengths(self, index: int, ids: list[str], hidden: Any) -> np.ndarray:
         """Each window's T, checking the arrays' types, shapes and dtypes."""
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (Sequence, np.ndarray)):
-            raise ValueError(
-                f"shard {index}: hidden must be a sequence of (T, L, H) arrays, one per window, "
-                f"got {type(hidden).__name__}"
-            )
-        if len(hidden) != len(ids):
-            raise ValueError(
-                f"shard {index}: expected {len(ids)} hidden arrays (one per window), "
-                f"got {len(hidden)}"
-            )
-        shape = (self.spec.num_hidden_states, self.spec.hidden_size)
+        self._check_per_window(index, ids, "hidden", hidden, "(T, L, H)")
         lengths = np.empty(len(ids), dtype=np.int64)
         for k, (window, array) in enumerate(zip(ids, hidden, strict=True)):
-            where = f"shard {index}, window {window!r}"
-            if not isinstance(array, np.ndarray):
-                raise ValueError(
-                    f"{where}: hidden must be a numpy array, got {type(array).__name__}"
-                )
+            self._check_hidden_array(f"shard {index}, window {window!r}", array, None)
+            lengths[k] = array.shape[0]
+        return lengths
+
+    def _check_per_window(
+        self, index: int, ids: list[str], name: str, arrays: Any, shape: str
+    ) -> None:
+        """`arrays` (a token store's `name`) is a sequence of `shape` arrays, one per window."""
+        if isinstance(arrays, (str, bytes)) or not isinstance(arrays, (Sequence, np.ndarray)):
+            raise ValueError(
+                f"shard {index}: {name} must be a sequence of {shape} arrays, one per window, "
+                f"got {type(arrays).__name__}"
+            )
+        if len(arrays) != len(ids):
+            raise ValueError(
+                f"shard {index}: expected {len(ids)} {name} arrays (one per window), "
+                f"got {len(arrays)}"
+            )
+
+    def _check_hidden_array(self, where: str, array: Any, rows: int | None) -> None:
+        """A numpy array of hidden states, (rows, L, H), or for `rows` None one window's
+        (T, L, H) with 1 <= T <= max_length, of a dtype that converts to float16. `where`
+        ("shard k" or "shard k, window 'id'") starts the message."""
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"{where}: hidden must be a numpy array, got {type(array).__name__}")
+        shape = (self.spec.num_hidden_states, self.spec.hidden_size)
+        if rows is not None and array.shape != (rows, *shape):
+            raise ValueError(
+                f"{where}: hidden shape expected (rows, L, H) = {(rows, *shape)}, got {array.shape}"
+            )
+        if rows is None:
             if array.ndim != 3 or array.shape[1:] != shape:
                 raise ValueError(
                     f"{where}: hidden shape expected (T, L, H) = (T, {shape[0]}, {shape[1]}), "
@@ -830,32 +846,36 @@ class StoreWriter:
                     f"{where}: expected 1 to max_length = {self.spec.max_length} tokens, "
                     f"got {array.shape[0]}"
                 )
-            if array.dtype not in (np.float16, np.float32, np.float64):
-                raise ValueError(
-                    f"{where}: hidden dtype expected float16 (or float32/float64 to convert), "
-                    f"got {array.dtype}"
-                )
-            lengths[k] = array.shape[0]
-        return lengths
-
-    def _check_token_hidden(
-        self, index: int, ids: list[str], hidden: Any, row_starts: np.ndarray
-    ) -> np.ndarray:
-        """Every window's tokens in one (sum T, L, H) float16 array, checked finite."""
-        shape = (self.spec.num_hidden_states, self.spec.hidden_size)
-        flat = np.empty((int(row_starts[-1]), *shape), dtype=np.float16)
-        with np.errstate(over="ignore"):  # overflow is reported below, with the window's id
-            for k, array in enumerate(hidden):
-                flat[row_starts[k] : row_starts[k + 1]] = array
-        finite = np.isfinite(flat).reshape(len(flat), -1).all(axis=1)
-        if not finite.all():
-            raise DataError(
-                self.path,
-                f"shard {index}: hidden states contain NaN or inf (or "
-                "overflow float16 when converted)",
-                key=ids[_window_of(row_starts, int(np.argmin(finite)))],
+        if array.dtype not in (np.float16, np.float32, np.float64):
+            raise ValueError(
+                f"{where}: hidden dtype expected float16 (or float32/float64 to convert), "
+                f"got {array.dtype}"
             )
-        return flat
+
+    def _check_hidden(
+        self, index: int, ids: list[str], hidden: Any, row_starts: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The hidden states (checked by `_check_hidden_array`) as float16, checked finite: one
+        (n, L, H) array, or for a token store (`row_starts` given) every window's tokens in one
+        (sum T, L, H) array."""
+        # Converting can overflow float16 (|x| > 65504 becomes inf), so check after it; the
+        # check also catches NaN/inf from an encoder run in float16.
+        with np.errstate(over="ignore"):  # overflow is reported below, with the row's id
+            if row_starts is None:
+                hidden16 = np.ascontiguousarray(hidden, dtype=np.float16)
+            else:
+                shape = (self.spec.num_hidden_states, self.spec.hidden_size)
+                hidden16 = np.empty((int(row_starts[-1]), *shape), dtype=np.float16)
+                for k, array in enumerate(hidden):
+                    hidden16[row_starts[k] : row_starts[k + 1]] = array
+        _require_finite(
+            self.path,
+            f"shard {index}: hidden states contain NaN or inf (or overflow float16 when converted)",
+            hidden16,
+            ids,
+            row_starts,
+        )
+        return hidden16
 
     def _per_token(
         self,
@@ -868,16 +888,7 @@ class StoreWriter:
         integer: bool,
     ) -> np.ndarray:
         """n per-window (T_i, 2) arrays as one (sum T, 2) int32 or float32 array."""
-        if isinstance(arrays, (str, bytes)) or not isinstance(arrays, (Sequence, np.ndarray)):
-            raise ValueError(
-                f"shard {index}: {name} must be a sequence of (T, 2) arrays, one per window, "
-                f"got {type(arrays).__name__}"
-            )
-        if len(arrays) != len(ids):
-            raise ValueError(
-                f"shard {index}: expected {len(ids)} {name} arrays (one per window), "
-                f"got {len(arrays)}"
-            )
+        self._check_per_window(index, ids, name, arrays, "(T, 2)")
         dtype = np.int32 if integer else np.float32
         flat = np.empty((int(lengths.sum()), 2), dtype=dtype)
         at = 0
@@ -905,37 +916,6 @@ class StoreWriter:
             at += length
         return flat
 
-    def _check_span_labels(
-        self, index: int, ids: list[str], labels: Any, lengths: np.ndarray
-    ) -> np.ndarray | None:
-        if self.spec.label_kind is None:
-            if labels is not None:
-                raise ValueError(
-                    f"shard {index}: the spec has label_kind null, but labels were given"
-                )
-            return None
-        if labels is None:
-            raise ValueError(f"shard {index}: label_kind is 'span', but no labels were given")
-        labels = np.asarray(labels)
-        if labels.shape != (len(ids), 2):
-            raise ValueError(
-                f"shard {index}: labels shape expected ({len(ids)}, 2) (start, end), "
-                f"got {labels.shape}"
-            )
-        if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"shard {index}: span labels must be integers, got {labels.dtype}")
-        labels = labels.astype(np.int64)
-        bad = _bad_spans(labels, lengths)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise DataError(
-                self.path,
-                f"shard {index}: label (start, end) = {tuple(int(v) for v in labels[row])} "
-                f"outside 0 <= start <= end < T = {lengths[row]}",
-                key=ids[row],
-            )
-        return labels
-
     def _check_ids(self, index: int, ids: Sequence[str], expected: int) -> list[str]:
         ids = list(ids)
         if len(ids) != expected:
@@ -954,38 +934,11 @@ class StoreWriter:
                 seen.add(i)
         return ids
 
-    def _check_hidden(self, index: int, ids: list[str], hidden: np.ndarray) -> np.ndarray:
-        if not isinstance(hidden, np.ndarray):
-            raise ValueError(
-                f"shard {index}: hidden must be a numpy array, got {type(hidden).__name__}"
-            )
-        expected = (len(ids), self.spec.num_hidden_states, self.spec.hidden_size)
-        if hidden.shape != expected:
-            raise ValueError(
-                f"shard {index}: hidden shape expected (rows, L, H) = {expected}, "
-                f"got {hidden.shape}"
-            )
-        if hidden.dtype not in (np.float16, np.float32, np.float64):
-            raise ValueError(
-                f"shard {index}: hidden dtype expected float16 (or float32/float64 "
-                f"to convert), got {hidden.dtype}"
-            )
-        # Converting can overflow float16 (|x| > 65504 becomes inf), so check after it; the
-        # check also catches NaN/inf from an encoder run in float16.
-        with np.errstate(over="ignore"):  # overflow is reported below, with the row's id
-            hidden16 = np.ascontiguousarray(hidden, dtype=np.float16)
-        finite = np.isfinite(hidden16).reshape(len(ids), -1).all(axis=1)
-        if not finite.all():
-            row = int(np.argmin(finite))
-            raise DataError(
-                self.path,
-                f"shard {index}: hidden states contain NaN or inf (or "
-                "overflow float16 when converted)",
-                key=ids[row],
-            )
-        return hidden16
-
-    def _check_labels(self, index: int, ids: list[str], labels: Any) -> np.ndarray | None:
+    def _check_labels(
+        self, index: int, ids: list[str], labels: Any, lengths: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """The labels in their stored dtype, checked against the spec's label_kind; `lengths`,
+        each window's T, bounds span labels."""
         kind = self.spec.label_kind
         if kind is None:
             if labels is not None:
@@ -996,24 +949,25 @@ class StoreWriter:
         if labels is None:
             raise ValueError(f"shard {index}: label_kind is {kind!r}, but no labels were given")
         labels = np.asarray(labels)
-        if labels.shape != (len(ids),):
+        shape = (len(ids), 2) if kind == "span" else (len(ids),)
+        if labels.shape != shape:
+            pairs = " (start, end)" if kind == "span" else ""
             raise ValueError(
-                f"shard {index}: labels shape expected ({len(ids)},), got {labels.shape}"
+                f"shard {index}: labels shape expected {shape}{pairs}, got {labels.shape}"
             )
-        if kind == "classification":
-            if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        if kind == "regression":
+            if not np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_:
                 raise ValueError(
-                    f"shard {index}: classification labels must be integers, got {labels.dtype}"
+                    f"shard {index}: regression labels must be numbers, got {labels.dtype}"
                 )
-            return labels.astype(np.int64)
-        if not np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_:
-            raise ValueError(
-                f"shard {index}: regression labels must be numbers, got {labels.dtype}"
-            )
-        out = labels.astype(np.float32)
-        if not np.isfinite(out).all():
-            row = int(np.argmin(np.isfinite(out)))
-            raise DataError(self.path, f"shard {index}: label is NaN or inf", key=ids[row])
+            out = labels.astype(np.float32)
+            _require_finite(self.path, f"shard {index}: label is NaN or inf", out, ids)
+            return out
+        if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"shard {index}: {kind} labels must be integers, got {labels.dtype}")
+        out = labels.astype(np.int64)
+        if kind == "span":
+            _check_spans(self.path, f"shard {index}: ", out, lengths, ids)
         return out
 
     # -- finishing
@@ -1064,7 +1018,8 @@ class StoreWriter:
         return manifest
 
     def _shard_entries(self) -> list[dict[str, Any]]:
-        entries, seen = [], {}
+        entries: list[dict[str, Any]] = []
+        seen: dict[str, str] = {}
         for k in range(self.num_shards):
             file = self.path / shard_file(k)
             start, stop = self.shard_range(k)
@@ -1075,9 +1030,7 @@ class StoreWriter:
                     f"expected {stop - start} rows by the plan, found "
                     f"{len(ids)}; delete the file and rerun",
                 )
-            for i in ids:
-                if seen.setdefault(i, k) != k:
-                    raise DataError(file, f"id also in {shard_file(seen[i])}", key=i)
+            _check_unique(file, ids, seen)
             sha = self._checksums.get(k) or _file_sha256(file)
             entries.append(
                 {
@@ -1096,22 +1049,73 @@ def _pairs(values: np.ndarray, type_: pa.DataType) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=type_), 2)
 
 
-def _bad_spans(labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Rows whose (start, end) is not 0 <= start <= end < length."""
-    start, end = labels[:, 0], labels[:, 1]
-    return (start < 0) | (start > end) | (end >= lengths)
-
-
 def _window_of(row_starts: np.ndarray, token: int) -> int:
     """The window that flat token position `token` falls in."""
     return int(np.searchsorted(row_starts, token, side="right")) - 1
 
 
-def _bad_offsets(offsets: np.ndarray) -> np.ndarray:
-    """Tokens whose (start, end) offsets are neither (-1, -1) nor 0 <= start <= end."""
+# The checks that writing and reading both make. `place` is the store's folder (writing) or the
+# shard file (reading), `where` what starts the message ("shard k: " when writing, "" reading).
+
+
+def _require_finite(
+    place: Path,
+    message: str,
+    values: np.ndarray,
+    ids: Sequence[str],
+    row_starts: np.ndarray | None = None,
+) -> None:
+    """No NaN or inf in `values`, one row per id or, with `row_starts`, one row per token of
+    the windows `ids`; a DataError names the id of the first bad row (or its window)."""
+    finite = np.isfinite(values)
+    if finite.ndim > 1:
+        finite = finite.reshape(len(finite), -1).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        if row_starts is not None:
+            row = _window_of(row_starts, row)
+        raise DataError(place, message, key=ids[row])
+
+
+def _check_spans(
+    place: Path, where: str, labels: np.ndarray, lengths: np.ndarray, ids: Sequence[str]
+) -> None:
+    """Every window's (start, end) label within 0 <= start <= end < T."""
+    start, end = labels[:, 0], labels[:, 1]
+    bad = (start < 0) | (start > end) | (end >= lengths)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(
+            place,
+            f"{where}label (start, end) = {tuple(int(v) for v in labels[row])} outside "
+            f"0 <= start <= end < T = {lengths[row]}",
+            key=ids[row],
+        )
+
+
+def _check_offsets(
+    place: Path, where: str, offsets: np.ndarray, ids: Sequence[str], row_starts: np.ndarray
+) -> None:
+    """Every token's (start, end) character offsets (-1, -1) or 0 <= start <= end."""
     outside = (offsets == -1).all(axis=1)
     inside = (offsets[:, 0] >= 0) & (offsets[:, 0] <= offsets[:, 1])
-    return ~(outside | inside)
+    bad = ~(outside | inside)
+    if bad.any():
+        token = int(np.argmax(bad))
+        raise DataError(
+            place,
+            f"{where}offsets must be (-1, -1) or 0 <= start <= end, got "
+            f"{tuple(int(v) for v in offsets[token])}",
+            key=ids[_window_of(row_starts, token)],
+        )
+
+
+def _check_unique(file: Path, ids: Sequence[str], seen: dict[str, str]) -> None:
+    """No id of shard `file` in an earlier shard; `seen` maps the ids so far to their shard's
+    file name, and gains this shard's."""
+    for i in ids:
+        if seen.setdefault(i, file.name) != file.name:
+            raise DataError(file, f"duplicate id also in {seen[i]}", key=i)
 
 
 def _encode_parquet(table: pa.Table) -> pa.Buffer:
@@ -1266,10 +1270,7 @@ def _read_shard(
     """Read one shard and check it against the manifest: rows, column types, no nulls; for a
     token store also each row's lengths, labels and offsets (a `_TokenShard`)."""
     if data is None and not file.is_file():
-        raise DataError(
-            file,
-            "missing shard; the store is damaged: delete the folder and rerun the embed command",
-        )
+        raise DataError(file, _MISSING_SHARD)
     try:
         table = pq.read_table(pa.BufferReader(data) if data is not None else file)
     except (OSError, pa.ArrowException) as exc:
@@ -1306,10 +1307,7 @@ def _read_entry(
     try:
         info = os.stat(file)
     except FileNotFoundError:
-        raise DataError(
-            file,
-            "missing shard; the store is damaged: delete the folder and rerun the embed command",
-        ) from None
+        raise DataError(file, _MISSING_SHARD) from None
     except OSError as exc:
         raise DataError(file, f"cannot read: {exc.strerror or exc}") from None
     key = (str(file.resolve()), info.st_ino, info.st_size, info.st_mtime_ns, entry["sha256"])
@@ -1336,23 +1334,24 @@ _CHECKED: set[tuple] = set()
 
 
 def _check_finite(file: Path, shard: _Shard | _TokenShard) -> None:
-    """Finite hidden states (and encoder logits), naming the first example with a bad value."""
+    """Finite hidden states (and encoder logits), naming the first example (or window) with a
+    bad value."""
     if isinstance(shard, _TokenShard):
-        _check_token_values(file, shard)
-        return
-    finite = np.isfinite(shard.hidden).reshape(len(shard.ids), -1).all(axis=1)
-    if not finite.all():
-        raise DataError(
-            file, "hidden states contain NaN or inf", key=shard.ids[int(np.argmin(finite))]
-        )
+        for name, values in (
+            ("hidden states", shard.hidden),
+            ("encoder_logits", shard.encoder_logits),
+        ):
+            if values is not None:
+                _require_finite(
+                    file, f"{name} contain NaN or inf", values, shard.ids, shard.row_starts
+                )
+    else:
+        _require_finite(file, "hidden states contain NaN or inf", shard.hidden, shard.ids)
 
 
 def _check_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) -> None:
-    names = set(schema.names)
-    if "id" not in names or not pa.types.is_string(schema.field("id").type):
-        raise DataError(file, "expected a string column 'id'")
-    if "hidden" not in names:
-        raise DataError(file, "no 'hidden' column")
+    _check_string_column(file, schema, "id")
+    _has_column(file, schema, "hidden")
     htype = schema.field("hidden").type
     tokens = manifest["selection"] == "tokens"
     if tokens:
@@ -1374,19 +1373,54 @@ def _check_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) ->
     if not pa.types.is_float16(htype.value_type):
         raise DataError(file, f"'hidden' dtype expected float16, found {htype.value_type}")
     kind = manifest["label_kind"]
-    if kind is None and "label" in names:
-        raise DataError(file, "has a 'label' column, but the manifest's label_kind is null")
-    if kind is not None:
-        if "label" not in names:
-            raise DataError(file, f"no 'label' column, but the manifest's label_kind is {kind!r}")
-        if schema.field("label").type != _LABEL_TYPES[kind]:
-            raise DataError(
-                file,
-                f"'label' expected {_LABEL_TYPES[kind]} for {kind}, found "
-                f"{schema.field('label').type}",
-            )
+    setting = "label_kind is null" if kind is None else f"label_kind is {kind!r}"
+    if _has_column(file, schema, "label", kind is not None, setting):
+        ltype = _LABEL_TYPES[kind]
+        _check_type(file, schema, "label", f"{ltype} for {kind}", lambda t: t == ltype)
     if tokens:
         _check_token_schema(file, schema, manifest)
+
+
+def _check_token_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) -> None:
+    """The columns only a token store has: example_id, offsets, perhaps encoder_logits."""
+    _check_string_column(file, schema, "example_id")
+    _has_column(file, schema, "offsets")
+    _check_type(file, schema, "offsets", _OFFSETS_TYPE, lambda t: _is_pairs_list(t, pa.int32()))
+    wanted = manifest.get("encoder_logits", False)
+    setting = f"encoder_logits is {'true' if wanted else 'false'}"
+    if _has_column(file, schema, "encoder_logits", wanted, setting):
+        _check_type(
+            file, schema, "encoder_logits", _LOGITS_TYPE, lambda t: _is_pairs_list(t, pa.float32())
+        )
+
+
+def _check_string_column(file: Path, schema: pa.Schema, name: str) -> None:
+    if name not in schema.names or not pa.types.is_string(schema.field(name).type):
+        raise DataError(file, f"expected a string column {name!r}")
+
+
+def _has_column(
+    file: Path, schema: pa.Schema, name: str, wanted: bool = True, setting: str | None = None
+) -> bool:
+    """Whether column `name` is there; refused when missing but `wanted`, or there but not
+    wanted. `setting` is the manifest field that decides, as the message gives it."""
+    present = name in schema.names
+    if wanted and not present:
+        but = f", but the manifest's {setting}" if setting else ""
+        raise DataError(file, f"no {name!r} column{but}")
+    if present and not wanted:
+        article = "an" if name[0] in "aeiou" else "a"
+        raise DataError(file, f"has {article} {name!r} column, but the manifest's {setting}")
+    return present
+
+
+def _check_type(
+    file: Path, schema: pa.Schema, name: str, expected: Any, ok: Callable[[pa.DataType], bool]
+) -> None:
+    """Column `name` has a type that `ok` accepts (`expected`, as the message gives it)."""
+    found = schema.field(name).type
+    if not ok(found):
+        raise DataError(file, f"{name!r} expected {expected}, found {found}")
 
 
 def _is_list(type_: pa.DataType) -> bool:
@@ -1398,34 +1432,6 @@ def _is_pairs_list(type_: pa.DataType, value_type: pa.DataType) -> bool:
     if not _is_list(type_) or not pa.types.is_fixed_size_list(type_.value_type):
         return False
     return type_.value_type.list_size == 2 and type_.value_type.value_type == value_type
-
-
-def _check_token_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) -> None:
-    """The columns only a token store has: example_id, offsets, perhaps encoder_logits."""
-    names = set(schema.names)
-    if "example_id" not in names or not pa.types.is_string(schema.field("example_id").type):
-        raise DataError(file, "expected a string column 'example_id'")
-    if "offsets" not in names:
-        raise DataError(file, "no 'offsets' column")
-    if not _is_pairs_list(schema.field("offsets").type, pa.int32()):
-        raise DataError(
-            file, f"'offsets' expected {_OFFSETS_TYPE}, found {schema.field('offsets').type}"
-        )
-    wanted = manifest.get("encoder_logits", False)
-    if wanted and "encoder_logits" not in names:
-        raise DataError(
-            file, "no 'encoder_logits' column, but the manifest's encoder_logits is true"
-        )
-    if not wanted and "encoder_logits" in names:
-        raise DataError(
-            file, "has an 'encoder_logits' column, but the manifest's encoder_logits is false"
-        )
-    if wanted and not _is_pairs_list(schema.field("encoder_logits").type, pa.float32()):
-        raise DataError(
-            file,
-            f"'encoder_logits' expected {_LOGITS_TYPE}, found "
-            f"{schema.field('encoder_logits').type}",
-        )
 
 
 def _has_nested_nulls(array: pa.Array) -> bool:
@@ -1478,27 +1484,11 @@ def _token_shard(file: Path, table: pa.Table, manifest: Mapping[str, Any]) -> _T
                     key=ids[row],
                 )
     offsets = columns["offsets"].flatten().flatten().to_numpy().reshape(-1, 2)
-    bad = _bad_offsets(offsets)
-    if bad.any():
-        token = int(np.argmax(bad))
-        raise DataError(
-            file,
-            f"offsets must be (-1, -1) or 0 <= start <= end, found "
-            f"{tuple(int(v) for v in offsets[token])}",
-            key=ids[_window_of(row_starts, token)],
-        )
+    _check_offsets(file, "", offsets, ids, row_starts)
     labels = None
     if "label" in columns:
         labels = columns["label"].flatten().to_numpy().reshape(-1, 2)
-        bad = _bad_spans(labels, lengths)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise DataError(
-                file,
-                f"label (start, end) = {tuple(int(v) for v in labels[row])} outside "
-                f"0 <= start <= end < T = {lengths[row]}",
-                key=ids[row],
-            )
+        _check_spans(file, "", labels, lengths, ids)
     logits = None
     if "encoder_logits" in columns:
         logits = columns["encoder_logits"].flatten().flatten().to_numpy().reshape(-1, 2)
@@ -1613,21 +1603,22 @@ def _token_count(file: Path, manifest: Mapping[str, Any], rows: int) -> int:
         return int(shard.row_starts[-1])
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    # Arrow's buffers are read-only, and torch warns on (and must not write to) those.
+    return a if a.flags.writeable else a.copy()
+
+
 def _token_split(shard: _TokenShard, manifest: dict[str, Any], folder: Path) -> TokenSplit:
     import torch
-
-    def writable(a: np.ndarray) -> np.ndarray:
-        # Arrow's buffers are read-only, and torch warns on (and must not write to) those.
-        return a if a.flags.writeable else a.copy()
 
     return TokenSplit(
         ids=shard.ids,
         example_ids=shard.example_ids,
-        hidden=torch.from_numpy(writable(shard.hidden)),
+        hidden=torch.from_numpy(_writable(shard.hidden)),
         row_starts=shard.row_starts,
-        offsets=writable(shard.offsets),
-        labels=None if shard.labels is None else torch.from_numpy(writable(shard.labels)),
-        encoder_logits=None if shard.encoder_logits is None else writable(shard.encoder_logits),
+        offsets=_writable(shard.offsets),
+        labels=None if shard.labels is None else torch.from_numpy(_writable(shard.labels)),
+        encoder_logits=None if shard.encoder_logits is None else _writable(shard.encoder_logits),
         manifest=manifest,
         path=folder,
     )
@@ -1662,17 +1653,23 @@ def iter_token_shards(
 
     def shards() -> Iterator[TokenSplit]:
         rng = np.random.default_rng(seed)
-        entries = manifest["shards"]
-        order = rng.permutation(len(entries)) if shuffle else range(len(entries))
-        for k in order:
-            entry = entries[int(k)]
-            shard = _read_entry(folder, manifest, entry)
+        for shard in _read_in_order(folder, manifest, rng, shuffle):
             assert isinstance(shard, _TokenShard)
             if shuffle:
                 shard = _permute_windows(shard, rng.permutation(len(shard.ids)))
             yield _token_split(shard, manifest, folder)
 
     return shards()
+
+
+def _read_in_order(
+    folder: Path, manifest: Mapping[str, Any], rng: np.random.Generator, shuffle: bool
+) -> Iterator[_Shard | _TokenShard]:
+    """The store's shards, read and checked one at a time; in a random order with `shuffle`."""
+    entries = manifest["shards"]
+    order = rng.permutation(len(entries)) if shuffle else range(len(entries))
+    for k in order:
+        yield _read_entry(folder, manifest, entries[int(k)])
 
 
 def _permute_windows(shard: _TokenShard, perm: np.ndarray) -> _TokenShard:
@@ -1734,11 +1731,8 @@ def iter_batches(
     rng = np.random.default_rng(seed)
 
     def shards() -> Iterator[_Shard]:
-        entries = manifest["shards"]
-        order = rng.permutation(len(entries)) if shuffle else range(len(entries))
-        for k in order:
-            entry = entries[int(k)]
-            shard = _read_entry(folder, manifest, entry)
+        for shard in _read_in_order(folder, manifest, rng, shuffle):
+            assert isinstance(shard, _Shard)
             if shuffle:
                 perm = rng.permutation(len(shard.ids))
                 labels = None if shard.labels is None else shard.labels[perm]
@@ -1791,11 +1785,8 @@ def _join(pieces: list[_Shard]) -> _Shard:
 def _to_torch(batch: _Shard) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
     import torch
 
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        # Arrow's buffers are read-only, and torch warns on (and must not write to) those.
-        return torch.from_numpy(a if a.flags.writeable else a.copy())
-
-    return batch.ids, tensor(batch.hidden), None if batch.labels is None else tensor(batch.labels)
+    labels = None if batch.labels is None else torch.from_numpy(_writable(batch.labels))
+    return batch.ids, torch.from_numpy(_writable(batch.hidden)), labels
 
 
 # --------------------------------------------------------------------------- checking
@@ -1841,9 +1832,7 @@ def _verify(path: str | os.PathLike) -> dict[str, Any]:
                 f"from the manifest's {entry['first_id']!r}/"
                 f"{entry['last_id']!r}",
             )
-        for i in shard.ids:
-            if seen.setdefault(i, entry["file"]) != entry["file"]:
-                raise DataError(file, f"duplicate id, also in {seen[i]}", key=i)
+        _check_unique(file, shard.ids, seen)
         if isinstance(shard, _TokenShard):
             tokens += int(shard.row_starts[-1])
     rows = manifest["rows"]
@@ -1857,17 +1846,6 @@ def _verify(path: str | os.PathLike) -> dict[str, Any]:
         report["tokens"] = tokens
         report["bytes_per_token"] = total_bytes / tokens if tokens else 0.0
     return report
-
-
-def _check_token_values(file: Path, shard: _TokenShard) -> None:
-    """Finite hidden states and encoder logits, naming the first window with a bad token."""
-    for name, values in (("hidden states", shard.hidden), ("encoder_logits", shard.encoder_logits)):
-        if values is None:
-            continue
-        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
-        if not finite.all():
-            window = _window_of(shard.row_starts, int(np.argmin(finite)))
-            raise DataError(file, f"{name} contain NaN or inf", key=shard.ids[window])
 
 
 def check_compatible(
