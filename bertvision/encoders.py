@@ -552,37 +552,53 @@ def collate(tokenizer, encoded: dict, indices, device, labels=None) -> dict:
 # --------------------------------------------------------------------------- sentence models
 
 
-def load_model(location: str, spec, device):
-    """An encoder with a sequence classification (or regression) head for the task ``spec``."""
-    from transformers import AutoModelForSequenceClassification
+def load_task_model(location: str, device, head: str = "sequence", **kwargs):
+    """An encoder with a task head from ``location``: ``head`` "sequence" (classification or
+    regression, `AutoModelForSequenceClassification`) or "span" (start/end logits,
+    `AutoModelForQuestionAnswering`); SDPA attention where the architecture has it."""
+    import transformers
 
     quiet_transformers()
+    auto = {"sequence": transformers.AutoModelForSequenceClassification,
+            "span": transformers.AutoModelForQuestionAnswering}[head]  # fmt: skip
+    try:
+        model = auto.from_pretrained(location, attn_implementation="sdpa", **kwargs)
+    except ValueError:  # an architecture without SDPA
+        model = auto.from_pretrained(location, **kwargs)
+    return model.to(device)
+
+
+def load_model(location: str, spec, device):
+    """An encoder with a sequence classification (or regression) head for the task ``spec``."""
     kind = "regression" if spec.kind == "regression" else "single_label_classification"
     kwargs = {"num_labels": spec.num_outputs, "problem_type": kind}
     if spec.labels:
         kwargs["id2label"] = dict(enumerate(spec.labels))
         kwargs["label2id"] = {name: i for i, name in enumerate(spec.labels)}
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(location, attn_implementation="sdpa", **kwargs)
-    except ValueError:  # an architecture without SDPA
-        model = AutoModelForSequenceClassification.from_pretrained(location, **kwargs)
-    return model.to(device)
+    return load_task_model(location, device, "sequence", **kwargs)
 
 
-def predict(model, tokenizer, encoded, device, batch_size: int, desc: str = "predict") -> np.ndarray:
-    """The model's outputs (logits, or scores of shape (N, 1)) for every encoded example."""
+def batched_forward(model, tokenizer, encoded: dict, device, batch_size: int, desc: str = "predict"):
+    """(row indices, model output) per batch over every encoded example, longest first, each
+    batch padded to its own longest, in inference mode."""
     import torch
     from tqdm.auto import tqdm
 
     lengths = np.array([len(x) for x in encoded["input_ids"]])
     order = np.argsort(-lengths, kind="stable")
-    out = None
     model.eval()
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
             idx = order[start : start + batch_size]
-            logits = model(**collate(tokenizer, encoded, idx, device)).logits.float().cpu().numpy()
-            if out is None:
-                out = np.empty((len(order), logits.shape[1]), dtype=np.float32)
-            out[idx] = logits
+            yield idx, model(**collate(tokenizer, encoded, idx, device))
+
+
+def predict(model, tokenizer, encoded, device, batch_size: int, desc: str = "predict") -> np.ndarray:
+    """The model's outputs (logits, or scores of shape (N, 1)) for every encoded example."""
+    out = None
+    for idx, result in batched_forward(model, tokenizer, encoded, device, batch_size, desc):
+        logits = result.logits.float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(encoded["input_ids"]), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
     return out

@@ -33,10 +33,9 @@ import numpy as np
 
 from bertvision import spans
 from bertvision.config import FinetuneConfig
-from bertvision.encoders import collate
+from bertvision.encoders import batched_forward, load_task_model
 from bertvision.errors import ConfigError
 from bertvision.io import atomic_write_json
-from bertvision.runtime import quiet_transformers
 
 # ---------------------------------------------------------------------------------------------
 # Parts of the data
@@ -86,34 +85,19 @@ def window_features(windows) -> dict:
 
 
 def load_qa_model(location: str, device):
-    from transformers import AutoModelForQuestionAnswering
-
-    quiet_transformers()
-    try:
-        model = AutoModelForQuestionAnswering.from_pretrained(location, attn_implementation="sdpa")
-    except ValueError:  # an architecture without SDPA
-        model = AutoModelForQuestionAnswering.from_pretrained(location)
-    return model.to(device)
+    return load_task_model(location, device, "span")
 
 
 def window_logits(model, tokenizer, windows, device, batch_size: int, desc: str = "predict"):
     """Start and end logits of every window, one (T,) float32 array each (no padding)."""
-    import torch
-    from tqdm.auto import tqdm
-
     feats = window_features(windows)
-    lengths = np.array([len(x) for x in feats["input_ids"]])
-    order = np.argsort(-lengths, kind="stable")
-    starts: list = [None] * len(lengths)
-    ends: list = [None] * len(lengths)
-    model.eval()
-    with torch.inference_mode():
-        for lo in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
-            idx = order[lo : lo + batch_size]
-            out = model(**collate(tokenizer, feats, idx, device))
-            s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-            for row, i in enumerate(idx):
-                starts[i], ends[i] = s[row, : lengths[i]], e[row, : lengths[i]]
+    starts: list = [None] * len(feats["input_ids"])
+    ends: list = [None] * len(feats["input_ids"])
+    for idx, out in batched_forward(model, tokenizer, feats, device, batch_size, desc):
+        s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        for row, i in enumerate(idx):
+            n = len(feats["input_ids"][i])
+            starts[i], ends[i] = s[row, :n], e[row, :n]
     return starts, ends
 
 
