@@ -105,12 +105,18 @@ class HeadArchitecture:
     """Dropout probability before the output projection, in [0, 1)."""
     activation: Literal["gelu", "relu", "tanh"] = "gelu"
     """The adapter's nonlinearity (the original's is GELU)."""
+    first_layer: int = 0
+    """The first hidden state the adapter reads (0: the embedding output; every later layer up
+    to the last is read too, and the residual skip is always the last layer)."""
 
     def __post_init__(self) -> None:
         value = self.adapter_size
         # bool is an int subclass; True as a size is a mistake, not 1.
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"adapter_size must be a positive integer, got {value!r}")
+        value = self.first_layer
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"first_layer must be an integer >= 0, got {value!r}")
         for name in ("shared", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -254,3 +254,19 @@ def test_config_from_dict_errors():
         AdapterPoolerConfig.from_dict({"num_hidden_states": L, "num_outputs": C})
     with pytest.raises(ConfigError, match="mapping"):
         AdapterPoolerConfig.from_dict([("num_hidden_states", L)])
+
+
+@pytest.mark.parametrize("shared,combine,residual", COMBOS)
+def test_first_layer_reads_only_the_later_layers(shared, combine, residual):
+    """first_layer=k is the head of the L-k later layers (the residual stays the last layer)."""
+    k = 2
+    model = make(shared=shared, combine=combine, residual=residual, first_layer=k)
+    smaller = make(shared=shared, combine=combine, residual=residual, num_hidden_states=L - k)
+    smaller.load_state_dict(model.state_dict())  # the same parameters, one for one
+    x = torch.randn(B, L, H)
+    torch.testing.assert_close(model(x), smaller(x[:, k:]))
+    x2 = x.clone()
+    x2[:, :k] = torch.randn(B, k, H)  # the layers below first_layer do not matter
+    torch.testing.assert_close(model(x2), model(x))
+    with pytest.raises(ConfigError, match="first_layer must be below num_hidden_states"):
+        make(first_layer=L)

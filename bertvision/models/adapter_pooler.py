@@ -55,6 +55,9 @@ class AdapterPoolerConfig(HeadArchitecture):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         super().__post_init__()
+        if self.first_layer >= self.num_hidden_states:
+            raise ConfigError(f"first_layer must be below num_hidden_states ({self.num_hidden_states}), "
+                              f"got {self.first_layer}")  # fmt: skip
         if self.task_kind not in TASK_KINDS:
             raise ConfigError(f"task_kind must be one of {TASK_KINDS}, got {self.task_kind!r}")
         if self.task_kind == "regression" and self.num_outputs != 1:
@@ -132,7 +135,7 @@ class AdapterPooler(nn.Module):
     def __init__(self, config: AdapterPoolerConfig):
         super().__init__()
         self.config = c = config
-        L, H, A = c.num_hidden_states, c.hidden_size, c.adapter_size
+        L, H, A = c.num_hidden_states - c.first_layer, c.hidden_size, c.adapter_size  # layers read
         self.adapter = LayerAdapter(L, H, A, shared=c.shared, activation=c.activation)
         self.mix = ScalarMix(L) if c.combine == "scalar_mix" else None
         features = (L * A if self.mix is None else A) + (H if c.residual else 0)
@@ -148,8 +151,8 @@ class AdapterPooler(nn.Module):
             )
         # Stored states are float16; compute in the module's dtype (float32 unless converted).
         x = hidden.to(self.out.weight.dtype)  # (..., L, H)
-        a = self.adapter(x)  # (..., L, A)
-        z = a.flatten(-2) if self.mix is None else self.mix(a)  # (..., L*A) or (..., A)
+        a = self.adapter(x[..., c.first_layer :, :])  # (..., L', A), L' = L - first_layer
+        z = a.flatten(-2) if self.mix is None else self.mix(a)  # (..., L'*A) or (..., A)
         if c.residual:
             z = torch.cat([z, x[..., -1, :]], dim=-1)  # (..., F + H)
         return self.out(self.dropout(z))  # (..., C); regression: (..., 1)
