@@ -2,8 +2,9 @@
 regression and SQuAD spans, and nothing else.
 
 Each kind supplies its data (reading the store's parts), its model (`AdapterPooler` or
-`SpanAdapterPooler`), the loss of a batch, scoring a part, and the selection metric early
-stopping maximises. The training loop (`bertvision.train.fit_head`), saving and loading, the
+`SpanAdapterPooler`), the batches (and their random generator, whose state a resumed trial
+restores), the loss of a batch, scoring a part, and the selection metric early stopping
+maximises. The training loop (`bertvision.train.fit_head`), saving and loading, the
 seed folders and the summary are one code for every kind. A stage finds the kind from the
 store's manifest (`store_kind`) or a head's config (`head_kind`), never from text.
 
@@ -120,6 +121,12 @@ class SentenceHeads:
 
         return torch.Generator().manual_seed(seed)
 
+    def rng_state(self, rng):
+        return rng.get_state()
+
+    def set_rng_state(self, rng, state) -> None:
+        rng.set_state(state)
+
     def steps_per_epoch(self, data: HeadData, batch_size: int) -> int:
         return math.ceil(data.train_rows / batch_size)
 
@@ -175,6 +182,12 @@ class SpanHeads:
 
     def rng(self, seed: int):
         return np.random.default_rng(seed)
+
+    def rng_state(self, rng) -> dict:
+        return rng.bit_generator.state
+
+    def set_rng_state(self, rng, state: dict) -> None:
+        rng.bit_generator.state = state
 
     def steps_per_epoch(self, data: HeadData, batch_size: int) -> int:
         return math.ceil(data.train_rows / batch_size) + 1  # per-shard batching may add a few

@@ -73,14 +73,20 @@ class FitResult:
         return self.history[self.best_epoch - 1]
 
 
-def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dict], None] | None = None,
+             resume: dict | None = None) -> FitResult:  # fmt: skip
     """Train one head (``cfg.seeds`` must hold one seed) on ``data.train``, select the epoch on
     ``data.parts["validation"]``, and return it. Reads nothing else.
 
     ``on_epoch(report)`` is called after each epoch with {"epoch", "step", "losses" (this
     epoch's, per step), "lr", "validation" (scores), "score" (the selection metric),
-    "best_epoch", "seconds"}.
+    "best_epoch", "seconds", "config" (the AdapterPoolerConfig as a dict), "state"}: ``state()``
+    gives the whole training state (weights, optimizer, schedule, random generators, history,
+    the best epoch's weights), tensors and plain values only (`torch.save` it; read it back
+    with ``weights_only=True``). ``fit_head(..., resume=state)`` continues from there and ends
+    exactly as the uninterrupted run would.
     """
+    import torch
     from tqdm.auto import tqdm
 
     if len(cfg.seeds) != 1:
@@ -99,7 +105,24 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     rng = kind.rng(seed)
     history, best, best_state, best_epoch, since_best, step = [], -math.inf, None, 0, 0, 0
     epoch_seconds = []
-    for epoch in tqdm(range(opt.epochs), desc=f"head seed {seed}", leave=False, disable=None):
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        kind.set_rng_state(rng, resume["rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        history, best, best_state = list(resume["history"]), resume["best"], resume["best_state"]
+        best_epoch, since_best, step = resume["best_epoch"], resume["since_best"], resume["step"]
+        epoch_seconds = list(resume["epoch_seconds"])
+
+    def state() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": kind.rng_state(rng), "torch_rng": torch.get_rng_state(), "history": list(history), "best": best,
+                "best_state": best_state, "best_epoch": best_epoch, "since_best": since_best, "step": step,
+                "epoch_seconds": list(epoch_seconds)}  # fmt: skip
+
+    start = len(history) if since_best < opt.patience else opt.epochs  # a resumed run may be done
+    for epoch in tqdm(range(start, opt.epochs), desc=f"head seed {seed}", leave=False, disable=None):
         model.train()
         t0, losses = time.perf_counter(), []
         for batch in kind.batches(data, opt.batch_size, rng):
@@ -125,7 +148,7 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "step": step, "losses": losses, "lr": scheduler.get_last_lr()[0],
                       "validation": scores, "score": score, "best_epoch": best_epoch,
-                      "seconds": epoch_seconds[-1]})  # fmt: skip
+                      "seconds": epoch_seconds[-1], "config": config.to_dict(), "state": state})  # fmt: skip
         if not improved and since_best >= opt.patience:
             break
     check_finite_state(best_state, f"head (seed {seed})")

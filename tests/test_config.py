@@ -150,3 +150,26 @@ def test_a_head_architecture_field_reaches_the_flag_the_model_and_the_saved_head
     save_head(tmp_path, model.state_dict(), {"adapter_pooler": pooler, "task": SPEC})
     loaded, _ = load_head(tmp_path)
     assert loaded.config.activation == "gelu" and torch.equal(loaded(x), outs["gelu"])
+
+
+@pytest.mark.parametrize("patience", [10, 1])
+def test_fit_head_resumed_from_a_saved_state_ends_as_the_uninterrupted_run(tmp_path, patience):
+    """What a search trial retried after its process died relies on: the state of epoch 2,
+    saved with torch.save and read back with weights_only=True, continues bit for bit."""
+    cfg = dataclasses.replace(_cfg(patience=patience, epochs=6), head=HeadArchitecture(adapter_size=4, dropout=0.3))
+    whole = fit_head(cfg, _data(), KINDS["classification"])
+
+    class Killed(Exception):
+        pass
+
+    def die_after_two(report):
+        if report["epoch"] == 2:
+            torch.save(report["state"](), tmp_path / "state.pt")
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit_head(cfg, _data(), KINDS["classification"], on_epoch=die_after_two)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed = fit_head(cfg, _data(), KINDS["classification"], resume=state)
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    assert all(torch.equal(resumed.state[k], whole.state[k]) for k in whole.state)
