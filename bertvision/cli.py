@@ -132,6 +132,7 @@ def _add_method_commands(commands) -> None:
         EnsembleConfig,
         FinetuneConfig,
         HeadTrainConfig,
+        SearchConfig,
         add_arguments,
     )
 
@@ -179,6 +180,29 @@ def _add_method_commands(commands) -> None:
     add_arguments(tr, HeadTrainConfig, required=("store",))
     tr.add_argument("--out", required=True, help="output folder")
     tr.set_defaults(func=cmd_train)
+
+    tu = commands.add_parser(
+        "tune",
+        help="search head hyperparameters on stored states (Ray Tune, HyperOpt, ASHA); 'tune show' prints a leaderboard",
+        description="Search AdapterPooler head hyperparameters on one or more stores of a task with Ray Tune: "
+        "HyperOpt's TPE (the default head configuration first, then random points, then TPE), a limit on "
+        "concurrent trials so that it learns from finished ones, and ASHA stopping on the per-epoch "
+        "validation score. Trials select on the validation part carved from train; dev and test are never "
+        "read. Runs on an in-process Ray, or on $RAY_ADDRESS's cluster. Writes one folder per trial (its "
+        "config and validation history in trial.json, the best weights, TensorBoard events) and "
+        "leaderboard.json under OUT. 'bertvision tune show OUT' prints the leaderboard again.",
+    )
+    add_arguments(tu, SearchConfig)
+    tu.add_argument("--out", help="search folder")
+    tu.add_argument("--resume", action="store_true", help="finish the search in OUT (after its driver was killed): "
+                    "the same trials in all, finished trials kept")  # fmt: skip
+    tu.set_defaults(func=cmd_tune)
+    tu_sub = tu.add_subparsers(dest="tune_command", metavar="SUBCOMMAND")
+    show = tu_sub.add_parser("show", help="print a search's leaderboard from its folder",
+                             description="Print the trials of a search folder, best validation score first.")  # fmt: skip
+    show.add_argument("path", help="a folder written by 'bertvision tune'")
+    show.add_argument("--top", type=int, default=None, metavar="N", help="only the N best trials")
+    show.set_defaults(func=cmd_tune_show)
 
     en = commands.add_parser(
         "ensemble",
@@ -405,6 +429,26 @@ def _ray_runner(name: str):
         raise ConfigError(f"--ray: no Ray runner {name!r} is installed (the project's ray_jobs package registers "
                           "it; reinstall with: pip install -e .)")  # fmt: skip
     return found[0].load()
+
+
+def cmd_tune(args) -> int:
+    from bertvision.config import SearchConfig, from_arguments
+    from bertvision.search import format_leaderboard
+
+    if not args.out:
+        raise ConfigError("tune: --out is required (or 'bertvision tune show DIR')")
+    search = from_arguments(SearchConfig, args, stores=tuple(args.stores or ()))
+    run = _ray_runner("tune")  # the search runs on Ray, outside the library
+    job = sys.modules[run.__module__].TuneJobConfig(resume=args.resume)
+    print(format_leaderboard(run(search, str(Path(args.out).expanduser().absolute()), job), search.top_k))
+    return 0
+
+
+def cmd_tune_show(args) -> int:
+    from bertvision.search import format_leaderboard, leaderboard
+
+    print(format_leaderboard(leaderboard(args.path), args.top))
+    return 0
 
 
 def cmd_embed(args) -> int:

@@ -4,6 +4,7 @@
     EmbedConfig       hidden-state extraction into a store
     HeadTrainConfig   AdapterPooler heads: a `HeadArchitecture` (the model file's), an
                       `Optimisation`, seeds and the validation carve
+    SearchConfig      a Ray Tune + HyperOpt search over heads on stored states
     EnsembleConfig    span ensembles of heads and the encoder
 
 The command line is derived from these (`add_arguments`, `from_arguments`): a field's flag is its
@@ -311,6 +312,58 @@ class HeadTrainConfig(KindDefaults):
 
 
 @dataclass(frozen=True)
+class SearchConfig(KindDefaults):
+    """A search over head hyperparameters on stored states (`bertvision.search`, driven by Ray
+    Tune with HyperOpt in `ray_jobs/tune.py`). Trials select on the validation part only."""
+
+    stores: tuple[str, ...]
+    """Store folders of one task (cls, mean or token states; other checkpoints): the store is
+    itself one of the choices."""
+    trials: int = 48
+    """Trials in all; the first is the default head configuration."""
+    initial_points: int = 12
+    """Trials drawn at random before HyperOpt's TPE models the finished ones."""
+    max_concurrent: int = 2
+    """Trials running at once (TPE proposes each new one from the trials finished so far)."""
+    cpus_per_trial: float = 1.0
+    """CPUs each trial asks Ray for (and its torch threads)."""
+    gpus_per_trial: float = 0.0
+    """GPUs each trial asks Ray for; a fraction lets several trials share one GPU."""
+    grace_period: int = 2
+    """ASHA: epochs every trial runs before it may be stopped for a weak validation score."""
+    epochs: int | None = None
+    """Maximum epochs per trial."""
+    patience: int | None = None
+    """A trial stops after this many epochs without a better validation score."""
+    seed: int = 0
+    """Seeds HyperOpt and every trial's head."""
+    top_k: int = 5
+    """The best trials kept as ensemble members."""
+    validation_fraction: float = FinetuneConfig.validation_fraction
+    """Share of train held out for selection; must equal fine-tuning's."""
+    validation_seed: int = FinetuneConfig.validation_seed
+    """Seed of that carve; must equal fine-tuning's."""
+    data_dir: str | None = None
+    """Span stores: where the task's text lives (default: $BERTVISION_DATA)."""
+    device: str | None = None
+    """cpu, cuda, cuda:N (default: cuda when available)."""
+
+    kind_defaults: ClassVar = {"epochs": Optimisation.kind_defaults["epochs"],
+                               "patience": Optimisation.kind_defaults["patience"]}  # fmt: skip
+
+    def __post_init__(self):
+        if not self.stores:
+            raise ConfigError("--stores: give at least one store folder")
+        if len(set(self.stores)) != len(self.stores):
+            raise ConfigError("--stores: a store is given twice")
+        check_optimisation(self)
+        _positive(self, ("trials", "initial_points", "max_concurrent", "cpus_per_trial", "grace_period",
+                         "epochs", "patience", "top_k"))  # fmt: skip
+        if self.gpus_per_trial < 0:
+            raise ConfigError(f"--gpus-per-trial must be >= 0, not {self.gpus_per_trial}")
+
+
+@dataclass(frozen=True)
 class EnsembleConfig:
     """Span ensembles: heads (and the fine-tuned encoder's logits) combined (`bertvision.ensemble`)."""
 
@@ -489,5 +542,5 @@ def field_docs(cls) -> dict[str, str]:
 
 __all__ = [
     "EmbedConfig", "EnsembleConfig", "FinetuneConfig", "HeadArchitecture", "HeadTrainConfig",
-    "Optimisation", "Windowing", "add_arguments", "field_docs", "from_arguments", "from_dict",
+    "Optimisation", "SearchConfig", "Windowing", "add_arguments", "field_docs", "from_arguments", "from_dict",
 ]  # fmt: skip

@@ -166,7 +166,7 @@ def load_parts(store: str | Path, data_dir: str | None, validation_fraction: flo
         train_keep = {ex.id for ex in parts["train"].examples}
         check_ids(root / "train", validation.example_ids, parts["validation"])
     n_train = manifest["rows"] - (len(validation) if train_keep is not None else 0)
-    names = list(eval_names) if eval_names else [s for s in spec["eval_splits"] if (root / s).is_dir()]
+    names = list(eval_names) if eval_names is not None else [s for s in spec["eval_splits"] if (root / s).is_dir()]
     evals = {}
     for name in names:
         evals[name] = load(name)

@@ -30,7 +30,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import ray
 from bertvision.config import EmbedConfig, add_arguments, from_arguments
 from bertvision.embed import finish_split, prepare, write_output
 from bertvision.errors import BertVisionError, ConfigError
+from ray_jobs.local import init_ray
 
 
 @dataclass(frozen=True)
@@ -167,41 +167,13 @@ def run(cfg: EmbedConfig, out_dir: str, job: RayJobConfig = RayJobConfig()) -> d
     local_dir = None
     try:
         if not ray.is_initialized():
-            local_dir = _init_ray(job.address)
+            local_dir = init_ray(job.address)
         return _run(cfg, job, plan)
     finally:
         if local_dir:  # the job's own local Ray: stop it and drop its session folder
             ray.shutdown()
             shutil.rmtree(local_dir, ignore_errors=True)
         plan.close()  # the store folders' locks
-
-
-def _init_ray(address: str | None) -> str | None:
-    """Attach to ``address`` (or $RAY_ADDRESS: a submitted job's cluster), else start a local
-    Ray of this process's own; returns the local Ray's temporary folder (None when attached).
-
-    A plain ``ray.init()`` would attach to the head that the last ``ray start`` on this machine
-    recorded in the default temporary folder (``/tmp/ray/ray_current_cluster``), someone else's
-    cluster perhaps. ``address="local"`` and a fresh temporary folder keep the local Ray apart:
-    its own session, sockets and ports, shut down with this process.
-    """
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=True)
-        return None
-    # Unix socket paths (<temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, up
-    # to 64 bytes after the temp dir) are limited to 107 bytes; mkdtemp adds 15.
-    base = tempfile.gettempdir()
-    temp_dir = tempfile.mkdtemp(prefix="bvray-", dir=base if len(base) + 15 + 64 <= 107 else "/tmp")
-    # On a small machine give Ray more logical CPUs than cores, so the actor and the tasks that
-    # feed it can all be scheduled.
-    try:
-        ray.init(address="local", _temp_dir=temp_dir, num_cpus=max(4, os.cpu_count() or 1),
-                 include_dashboard=False, log_to_driver=True)  # fmt: skip
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
-    print(f"local Ray of this process in {temp_dir} (removed at the end)", flush=True)
-    return temp_dir
 
 
 def _run(cfg: EmbedConfig, job: RayJobConfig, plan) -> dict[str, dict]:

@@ -1,0 +1,192 @@
+"""Head searches over stored states, the library side: the search space, one trial, the
+leaderboard. Ray Tune drives them (`ray_jobs/tune.py`, `bertvision tune`); nothing here imports
+Ray, so a trial runs the same with or without it.
+
+A trial is one `fit_head` (`bertvision.train`) on one store with the hyperparameters HyperOpt
+proposed: it trains on train, reports the selection metric on the validation part after every
+epoch (ASHA stops the weak ones early), and keeps its best epoch's weights. Dev and test are
+never loaded by a search. Each trial folder holds::
+
+    trial.json          the hyperparameters, the resolved HeadTrainConfig, the validation
+                        history, the best epoch and score (rewritten after every epoch)
+    head.safetensors    the best epoch's weights so far, with head_config.json (`load_head`)
+    tb/                 TensorBoard events (loss, learning rate, validation metrics); Tune adds
+                        its own events beside it, with the trial's hyperparameters
+
+`leaderboard(folder)` ranks the trials found under a search folder by their best validation
+score; `bertvision tune show DIR` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from bertvision.config import HeadArchitecture, HeadTrainConfig, Optimisation, SearchConfig
+from bertvision.errors import ConfigError, DataError
+from bertvision.io import atomic_write_json
+from bertvision.kinds import HeadData, store_kind
+from bertvision.train import fit_head, save_head
+
+TRIAL_FILE = "trial.json"
+
+# The space (hyperopt): what HyperOpt may choose, and the values tried.
+ADAPTER_SIZES = (16, 32, 64, 128, 256)
+BATCH_SIZES = (16, 32, 64, 128)
+LR_RANGE = (1e-4, 1e-2)
+WEIGHT_DECAY_RANGE = (1e-4, 1e-1)
+DROPOUT_RANGE = (0.0, 0.5)
+
+
+def space(search: SearchConfig, num_hidden_states: int) -> dict:
+    """The hyperopt search space: store, adapter width, shared or per-layer adapters, layer
+    combination, residual skip, the first hidden state used, dropout, learning rate, weight
+    decay and batch size."""
+    from hyperopt import hp
+
+    return {
+        "store": hp.choice("store", list(search.stores)),
+        "adapter_size": hp.choice("adapter_size", list(ADAPTER_SIZES)),
+        "shared": hp.choice("shared", [True, False]),
+        "combine": hp.choice("combine", ["flatten", "scalar_mix"]),
+        "residual": hp.choice("residual", [True, False]),
+        "first_layer": hp.choice("first_layer", list(range(num_hidden_states))),
+        "dropout": hp.uniform("dropout", *DROPOUT_RANGE),
+        "lr": hp.loguniform("lr", *map(math.log, LR_RANGE)),
+        "weight_decay": hp.loguniform("weight_decay", *map(math.log, WEIGHT_DECAY_RANGE)),
+        "batch_size": hp.choice("batch_size", list(BATCH_SIZES)),
+    }
+
+
+def default_point(search: SearchConfig, family: str) -> dict:
+    """The default head configuration, as the search's first point (so the search starts from
+    what `bertvision train` would do, and can only improve on it)."""
+    head, optim = HeadArchitecture(), Optimisation().resolved(family)
+    return {"store": search.stores[0], "adapter_size": head.adapter_size, "shared": head.shared,
+            "combine": head.combine, "residual": head.residual, "first_layer": head.first_layer,
+            "dropout": head.dropout, "lr": optim.lr, "weight_decay": optim.weight_decay,
+            "batch_size": optim.batch_size}  # fmt: skip
+
+
+def trial_config(search: SearchConfig, params: dict) -> HeadTrainConfig:
+    """The `HeadTrainConfig` of one trial: the search's settings, the proposed hyperparameters."""
+    head = {f: params[f] for f in ("adapter_size", "shared", "combine", "residual", "first_layer", "dropout")}
+    optim = {f: params[f] for f in ("lr", "weight_decay", "batch_size")}
+    base = HeadTrainConfig(store=params["store"], seeds=(search.seed,), validation_fraction=search.validation_fraction,
+                           validation_seed=search.validation_seed, data_dir=search.data_dir, device=search.device)  # fmt: skip
+    return replace(base, head=HeadArchitecture(**{k: _plain(v) for k, v in head.items()}),
+                   optim=Optimisation(epochs=search.epochs, patience=search.patience,
+                                      **{k: _plain(v) for k, v in optim.items()}))  # fmt: skip
+
+
+def _plain(value):
+    """numpy scalars (hyperopt's) as Python values, so configs stay JSON-able."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def load_stores(search: SearchConfig) -> dict[str, tuple]:
+    """Store folder -> (kind, HeadData), each read once (every shard checked), train and
+    validation only; all stores of one search must share the task, kind and depth."""
+    loaded, first = {}, None
+    for store in search.stores:
+        kind, manifest, spec = store_kind(store)
+        if first is None:
+            first = (spec["name"], kind.name, manifest["num_hidden_states"])
+        elif (spec["name"], kind.name, manifest["num_hidden_states"]) != first:
+            raise ConfigError(f"store {store}: task {spec['name']} ({kind.name}, {manifest['num_hidden_states']} hidden "
+                              f"states), but {search.stores[0]} holds {first[0]} ({first[1]}, {first[2]}); one search "
+                              "compares stores of one task and encoder depth")  # fmt: skip
+        cfg = HeadTrainConfig(store=store, validation_fraction=search.validation_fraction,
+                              validation_seed=search.validation_seed, data_dir=search.data_dir)  # fmt: skip
+        loaded[store] = (kind, kind.load(cfg, Path(store), spec, []))  # no eval parts: dev is not a search's
+    return loaded
+
+
+def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], folder: Path,
+              report: Callable[[dict, Callable[[], dict]], None], resume: dict | None = None) -> dict:  # fmt: skip
+    """One trial: `fit_head` with ``params``; after every epoch ``report(metrics, state)`` (the
+    epoch, the selection ``score``, the validation metrics; ``state()`` the resumable training
+    state), trial.json and the best weights so far written into ``folder``. Returns trial.json's
+    content."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg = trial_config(search, params)
+    kind, data = stores[cfg.store]
+    cfg = cfg.resolved(kind.family)
+    folder.mkdir(parents=True, exist_ok=True)
+    tb = SummaryWriter(str(folder / "tb"))
+    record = {"params": {k: _plain(v) for k, v in params.items()}, "config": asdict(cfg), "kind": kind.name,
+              "history": [], "epochs_run": 0, "best_epoch": None, "score": None}  # fmt: skip
+
+    def on_epoch(r: dict) -> None:
+        first = r["step"] - len(r["losses"])
+        for i, value in enumerate(r["losses"]):
+            tb.add_scalar("train/loss", value, first + i + 1)
+        tb.add_scalar("train/lr", r["lr"], r["step"])
+        for name, value in kind.logged(r["validation"]).items():
+            tb.add_scalar(f"validation/{name}", value, r["epoch"])
+        tb.flush()
+        record["history"].append({"epoch": r["epoch"], "score": r["score"], **r["validation"]})
+        record["epochs_run"] = r["epoch"]
+        if r["best_epoch"] == r["epoch"]:  # a new best: its weights are the trial's so far
+            record["best_epoch"], record["score"] = r["epoch"], r["score"]
+            _save_best(folder, r, data, kind, cfg)
+        atomic_write_json(folder / TRIAL_FILE, record)
+        metrics = {"epoch": r["epoch"], "score": r["score"], "best_score": record["score"],
+                   **{f"validation_{k}": v for k, v in kind.logged(r["validation"]).items()}}  # fmt: skip
+        report(metrics, r["state"])
+
+    if resume is not None:
+        record["epochs_run"] = len(resume["history"])
+        record["history"] = [{"epoch": h["epoch"], "score": kind.selection(_scores(h)), **_scores(h)}
+                             for h in resume["history"]]  # fmt: skip
+        record["best_epoch"] = resume["best_epoch"]
+        record["score"] = record["history"][resume["best_epoch"] - 1]["score"] if resume["best_epoch"] else None
+    # Under Tune the last report may end the trial (ASHA, or the last epoch): everything a
+    # trial leaves is written in on_epoch, before each report.
+    fit_head(cfg, data, kind, on_epoch=on_epoch, resume=resume)
+    tb.close()
+    return record
+
+
+def _scores(h: dict) -> dict:
+    return {k: v for k, v in h.items() if k != "epoch"}
+
+
+def _save_best(folder: Path, report: dict, data: HeadData, kind, cfg: HeadTrainConfig) -> None:
+    save_head(folder, report["state"]()["best_state"], {
+        "adapter_pooler": report["config"], "task": data.spec, "encoder": data.manifest["encoder"],
+        "checkpoint": data.manifest.get("checkpoint"), **kind.head_meta(data, {**report["validation"]}),
+        "train": asdict(cfg),
+    })  # fmt: skip
+
+
+def leaderboard(folder: str | Path) -> list[dict]:
+    """Every trial under a search folder (its trial.json), best validation score first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "no such search folder")
+    rows = []
+    for path in sorted(folder.rglob(TRIAL_FILE)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(path, f"not a trial record ({e})") from None
+        if record.get("score") is not None:
+            rows.append({"trial": str(path.parent), **record})
+    if not rows:
+        raise DataError(folder, f"no finished epoch of any trial here (no {TRIAL_FILE} with a score)")
+    return sorted(rows, key=lambda r: -r["score"])
+
+
+def format_leaderboard(board: list[dict], top: int | None = None) -> str:
+    """The leaderboard as text: rank, validation score, epochs run, store, hyperparameters."""
+    lines = [f"{'rank':>4} {'score':>8} {'epochs':>6}  store / hyperparameters"]
+    for rank, row in enumerate(board[:top] if top else board, 1):
+        p = row["params"]
+        rest = ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in p.items() if k != "store")
+        lines.append(f"{rank:>4} {row['score']:>8.4f} {len(row['history']):>6}  {p['store']}  {rest}")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""What every Ray job here shares: attaching to a cluster, or starting a local Ray of its own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import ray
+
+
+def init_ray(address: str | None) -> str | None:
+    """Attach to ``address`` (or $RAY_ADDRESS: a submitted job's cluster), else start a local
+    Ray of this process's own; returns the local Ray's temporary folder (None when attached).
+
+    A plain ``ray.init()`` would attach to the head that the last ``ray start`` on this machine
+    recorded in the default temporary folder (``/tmp/ray/ray_current_cluster``), someone else's
+    cluster perhaps. ``address="local"`` and a fresh temporary folder keep the local Ray apart:
+    its own session, sockets and ports, shut down with this process.
+    """
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+        return None
+    # Unix socket paths (<temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, up
+    # to 64 bytes after the temp dir) are limited to 107 bytes; mkdtemp adds 15.
+    base = tempfile.gettempdir()
+    temp_dir = tempfile.mkdtemp(prefix="bvray-", dir=base if len(base) + 15 + 64 <= 107 else "/tmp")
+    # On a small machine give Ray more logical CPUs than cores, so the actor and the tasks that
+    # feed it can all be scheduled.
+    try:
+        ray.init(address="local", _temp_dir=temp_dir, num_cpus=max(4, os.cpu_count() or 1),
+                 include_dashboard=False, log_to_driver=True)  # fmt: skip
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    print(f"local Ray of this process in {temp_dir} (removed at the end)", flush=True)
+    return temp_dir

@@ -1,0 +1,170 @@
+"""Ray Tune job: a HyperOpt search over AdapterPooler heads on stored states.
+
+    ray job submit --working-dir . -- python -m ray_jobs.tune --stores /mnt/runs/rte/store \\
+        --trials 48 --out /mnt/runs/rte/tune
+    bertvision tune --stores runs/rte/store --trials 48 --out runs/rte/tune   # in-process Ray
+
+The driver reads every store once (train and the validation part only: `bertvision.search.
+load_stores`) and hands them to the trials through the object store (`tune.with_parameters`:
+one copy per node, shared by its trials; no trial reads Parquet). `HyperOptSearch` (TPE) starts
+from the default head configuration, draws ``--initial-points`` at random, then models the
+finished trials; a `ConcurrencyLimiter` keeps ``--max-concurrent`` trials running so that TPE
+learns from results. `ASHAScheduler` stops trials whose per-epoch validation score trails.
+Each trial is `bertvision.search.run_trial`: it reports after every epoch with a checkpoint of
+its whole training state, so a trial whose process dies is retried from its last epoch
+(`FailureConfig`), and ``--resume`` after the driver was killed finishes the search through
+`Tuner.restore` (the searcher's state included): the total stays ``--trials`` and finished
+trials do not run again.
+
+Output (``--out``, shared storage on a cluster): one folder per trial (trial.json, the best
+weights as head.safetensors + head_config.json, tb/), Tune's own experiment state, and
+leaderboard.json. ``bertvision tune show OUT`` prints the leaderboard from disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from bertvision.config import SearchConfig, add_arguments, from_arguments
+from bertvision.errors import BertVisionError, ConfigError
+from bertvision.io import atomic_write_json
+from bertvision.search import (
+    default_point,
+    format_leaderboard,
+    leaderboard,
+    load_stores,
+    run_trial,
+    space,
+)
+from ray_jobs.local import init_ray
+
+METRIC = "score"
+
+
+@dataclass(frozen=True)
+class TuneJobConfig:
+    """How the search job runs (not what it searches)."""
+
+    address: str | None = None
+    """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
+    resume: bool = False
+    """Finish the search already in --out (after the driver was killed) instead of refusing it."""
+
+
+def _trial(params: dict, search: SearchConfig, stores: dict) -> None:
+    """Tune's trainable: one `run_trial`, resumed from the trial's last checkpoint if any."""
+    import torch
+
+    torch.set_num_threads(max(1, int(search.cpus_per_trial)))
+    # The trial's folder in the storage path (local or shared storage): its files go there
+    # directly (get_trial_dir() is a node-local staging folder that reused actors do not sync).
+    folder = Path(tune.get_context().get_storage().trial_fs_path)
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / "state.pt", weights_only=True)
+
+    def report(metrics: dict, state) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state(), Path(d) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run_trial(search, params, stores, folder, report, resume)
+
+
+def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_trial) -> tune.Tuner:
+    """The Tuner of this search (restored from ``out`` with ``job.resume``)."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    stores = load_stores(search)
+    kind, data = next(iter(stores.values()))
+    resolved = search.resolved(kind.family)
+    fn = tune.with_resources(tune.with_parameters(trainable, search=resolved, stores=stores),
+                             {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})  # fmt: skip
+    if job.resume:
+        if not tune.Tuner.can_restore(str(out)):
+            raise ConfigError(f"--resume: no search to resume in {out}")
+        return tune.Tuner.restore(str(out), trainable=fn, resume_errored=True)
+    if (out / "tuner.pkl").exists():
+        raise ConfigError(f"{out} holds a search already; add --resume to finish it, or give another --out")
+    searcher = HyperOptSearch(space(search, data.manifest["num_hidden_states"]), metric=METRIC, mode="max",
+                              points_to_evaluate=[default_point(search, kind.family)],
+                              n_initial_points=search.initial_points, random_state_seed=search.seed)  # fmt: skip
+    return tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", num_samples=search.trials, reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=resolved.epochs, grace_period=search.grace_period),
+        ),
+        run_config=tune.RunConfig(
+            name=out.name, storage_path=str(out.parent),
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
+        ),
+    )  # fmt: skip
+
+
+def run(search: SearchConfig, out_dir: str, job: TuneJobConfig = TuneJobConfig()) -> list[dict]:
+    """Run (or, with ``job.resume``, finish) the search into ``out_dir``; returns the leaderboard."""
+    out = Path(out_dir).expanduser().absolute()
+    local_dir = None
+    try:
+        if not ray.is_initialized():
+            local_dir = init_ray(job.address)
+        build_tuner(search, out, job).fit()
+    finally:
+        if local_dir:
+            ray.shutdown()
+            shutil.rmtree(local_dir, ignore_errors=True)
+    board = leaderboard(out)
+    atomic_write_json(out / "leaderboard.json", board)
+    return board
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ray_jobs.tune",
+        description="Search AdapterPooler head hyperparameters on stored states with Ray Tune "
+        "(HyperOpt TPE, ASHA stopping); trials select on the validation part only. Same options "
+        "as 'bertvision tune'.",
+    )
+    add_arguments(p, SearchConfig, required=("stores",))
+    p.add_argument("--out", required=True, help="search folder (absolute, on shared storage for a cluster)")
+    add_arguments(p, TuneJobConfig)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        search, job = from_arguments(SearchConfig, args), from_arguments(TuneJobConfig, args)
+        if not Path(args.out).is_absolute() and (job.address or os.environ.get("RAY_ADDRESS")):
+            raise ConfigError(f"--out {args.out} is relative: a Ray job runs in a temporary copy of the working "
+                              "directory; give an absolute path on shared storage")  # fmt: skip
+        print(format_leaderboard(run(search, args.out, job), search.top_k))
+    except BertVisionError as e:
+        print(f"ray_jobs.tune: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

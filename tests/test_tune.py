@@ -1,0 +1,167 @@
+"""Head searches (bertvision.search, ray_jobs/tune.py, `bertvision tune`) on a real Ray.
+
+A toy task embedded with a tiny random BERT gives small stores: trials take a second or two, and
+the tests check the search's shape (the default configuration first, trial folders, the
+leaderboard), that trials never read dev, the resume of a killed driver, and a trial whose
+process dies being retried from its checkpoint.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bertvision.config import SearchConfig
+from bertvision.search import TRIAL_FILE, default_point, leaderboard
+from tests.conftest import bertvision_cli, write_toy_task
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, tiny_bert_dir) -> tuple[Path, Path]:
+    """cls and mean stores of one toy task (train and dev), from the tiny BERT."""
+    from bertvision.config import EmbedConfig
+    from bertvision.embed import embed
+
+    root = tmp_path_factory.mktemp("tune")
+    task = write_toy_task(root / "task", n_train=160, n_dev=40)
+    out = []
+    for selection in ("cls", "mean"):
+        embed(EmbedConfig(task=str(task), checkpoint=str(tiny_bert_dir), selection=selection), root / selection)
+        out.append(root / selection)
+    return tuple(out)
+
+
+def _tune(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    proc = subprocess.run([*bertvision_cli(), "tune", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600, **kw)  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_a_search_starts_from_the_default_head_and_never_reads_dev(stores, tmp_path):
+    cls_store, mean_store = stores
+    # Dev of both stores broken: a trial that read it would fail the search.
+    for store in stores:
+        for shard in (store / "dev").glob("shard-*.parquet"):
+            shard.write_bytes(b"not parquet")
+    out = tmp_path / "search"
+    proc = _tune("--stores", cls_store, mean_store, "--trials", 5, "--initial-points", 3, "--epochs", 3,
+                 "--max-concurrent", 2, "--out", out)  # fmt: skip
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert len(board) == 5 and [r["score"] for r in board] == sorted((r["score"] for r in board), reverse=True)
+    defaults = default_point(SearchConfig(stores=(str(cls_store), str(mean_store))), "sentence")
+    assert any(r["params"] == defaults for r in board), [r["params"] for r in board]
+    assert {r["params"]["store"] for r in board} <= {str(cls_store), str(mean_store)}
+    assert len({json.dumps(r["params"], sort_keys=True) for r in board}) == 5  # five distinct points
+    for row in board:
+        folder = Path(row["trial"])
+        assert (folder / "head.safetensors").is_file() and list((folder / "tb").glob("events.out.tfevents.*"))
+        assert 1 <= len(row["history"]) <= 3 and row["best_epoch"] >= 1
+        assert row["score"] == max(h["score"] for h in row["history"])
+        assert set(row["config"]) >= {"store", "head", "optim", "seeds"}
+    from bertvision.train import load_head
+
+    model, meta = load_head(Path(board[0]["trial"]))  # the best trial's head loads as any head
+    assert meta["adapter_pooler"]["adapter_size"] == board[0]["params"]["adapter_size"]
+    # printed at the end, and again from disk
+    assert "rank" in proc.stdout and f"{board[0]['score']:.4f}" in proc.stdout
+    show = subprocess.run([*bertvision_cli(), "tune", "show", str(out), "--top", "2"], capture_output=True, text=True)
+    assert show.returncode == 0 and len(show.stdout.strip().splitlines()) == 3, show.stderr
+    # the same folder again, without --resume: refused, nothing touched
+    again = _tune("--stores", cls_store, "--trials", 2, "--out", out, check=False)
+    assert again.returncode == 1 and "--resume" in again.stderr
+
+
+def test_a_killed_search_resumes_to_the_requested_total(stores, tmp_path):
+    """The driver SIGKILLed mid-search (with its local Ray); `--resume` finishes the search:
+    the requested number of trials in all, the finished ones kept as they were."""
+    cls_store, _ = stores
+    out = tmp_path / "search"
+    # 25 epochs (a checkpoint each): trials long enough to kill the search between them
+    args = ["--stores", cls_store, "--trials", 6, "--initial-points", 2, "--epochs", 25, "--patience", 25,
+            "--grace-period", 25, "--max-concurrent", 1, "--out", out]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([*bertvision_cli(), "tune", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while len(_finished(out)) < 2:
+            assert proc.poll() is None, "the search ended before it was killed"
+            assert time.time() < deadline, "no trials finished"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    before = {p: p.read_text() for p in _finished(out)}
+    assert 2 <= len(before) < 6
+    _tune(*args, "--resume")
+    board = leaderboard(out)
+    assert len(board) == 6 and len(_finished(out)) == 6
+    for path, text in before.items():
+        assert path.read_text() == text  # a finished trial did not run again
+    assert len({json.dumps(r["params"], sort_keys=True) for r in board}) == 6  # no point proposed twice
+
+
+def _finished(out: Path) -> list[Path]:
+    done = []
+    for path in out.glob(f"*/{TRIAL_FILE}"):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if record.get("epochs_run") == 25:  # every epoch run (patience and ASHA's grace are 25)
+            done.append(path)
+    return done
+
+
+def test_a_trial_whose_process_dies_is_retried_from_its_last_checkpoint(stores, tmp_path):
+    """The trial's process exits hard after its second epoch, once; Tune retries it from the
+    epoch-2 checkpoint, and it ends with the history an uninterrupted trial has."""
+    import ray
+
+    from ray_jobs import tune as job
+    from ray_jobs.local import init_ray
+
+    cls_store, _ = stores
+    marker = tmp_path / "died-once"
+
+    def dies_once(params, search, stores):
+        from ray import tune
+
+        original = tune.report
+
+        def report(metrics, checkpoint=None):
+            original(metrics, checkpoint=checkpoint)
+            if metrics["epoch"] == 2 and not marker.exists():
+                marker.write_text("x")
+                os._exit(1)
+
+        tune.report = report
+        try:
+            job._trial(params, search, stores)
+        finally:
+            tune.report = original
+
+    search = SearchConfig(stores=(str(cls_store),), trials=1, epochs=4, patience=4, grace_period=4)
+    local = init_ray(None)
+    try:
+        job.build_tuner(search, tmp_path / "dies", job.TuneJobConfig(), trainable=dies_once).fit()
+        job.build_tuner(search, tmp_path / "whole", job.TuneJobConfig()).fit()
+    finally:
+        ray.shutdown()
+        import shutil
+
+        shutil.rmtree(local, ignore_errors=True)
+    assert marker.exists()
+    died, whole = leaderboard(tmp_path / "dies")[0], leaderboard(tmp_path / "whole")[0]
+    assert [h["epoch"] for h in died["history"]] == [1, 2, 3, 4]
+    assert died["history"] == whole["history"] and died["params"] == whole["params"]
