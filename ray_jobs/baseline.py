@@ -1,0 +1,158 @@
+"""The full fine-tuning baseline, tuned as fairly as the heads: Ray Tune trials of `finetune`.
+
+    python -m ray_jobs.baseline --task rte --lrs 2e-5 5e-5 1e-4 --epochs 3 --seeds 0 1 2 3 4 \\
+        --out /mnt/bertvision/runs/rte/baseline
+    bertvision baseline --task rte ...                    # the same on an in-process Ray
+
+A grid of learning rates runs as Tune trials (one `bertvision.finetune.finetune` each, with a
+checkpoint after every whole epoch); the learning rate and the number of epochs are chosen on
+the validation part carved from train (the checkpoints' validation scores, the task's
+selection metric), never on dev. Then ``--seeds`` runs at that setting, again as trials, each
+scored once on dev at its chosen epoch. Output::
+
+    grid/lr-<lr>/       fine-tuning runs of the grid (validation only)
+    seed-<k>/           the seeds' runs at the chosen setting (with dev scores)
+    baseline.json       the grid's validation scores, the choice, and dev mean / std over seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray import tune
+
+from bertvision.config import FinetuneConfig, add_arguments, from_arguments
+from bertvision.errors import BertVisionError, ConfigError, RunError
+from bertvision.finetune import finetune
+from bertvision.io import atomic_write_json
+from bertvision.kinds import KINDS
+from bertvision.tasks import get_task
+from ray_jobs.local import init_ray
+
+
+@dataclass(frozen=True)
+class BaselineGrid:
+    """The grid of the fine-tuning baseline and its seeds."""
+
+    lrs: tuple[float, ...] = (2e-5, 5e-5, 1e-4)
+    """Learning rates tried (one trial each), chosen on validation."""
+    max_epochs: int = 3
+    """Longest run of the grid; 1 .. max_epochs whole epochs are compared on validation."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Seeds run at the chosen setting; dev mean and standard deviation over them."""
+    cpus_per_trial: float = 1.0
+    """CPUs each fine-tuning trial asks Ray for (and its torch threads)."""
+    gpus_per_trial: float = 0.0
+    """GPUs each fine-tuning trial asks Ray for."""
+    address: str | None = None
+    """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
+
+    def __post_init__(self):
+        if not self.lrs or not self.seeds:
+            raise ConfigError("--lrs and --seeds: give at least one each")
+        if self.max_epochs < 1:
+            raise ConfigError("--max-epochs must be positive")
+
+
+def _trials(points: list[dict], base: FinetuneConfig, out: Path, grid: BaselineGrid, name: str) -> None:
+    """One Tune trial per point (a grid search over the points): `finetune` of ``base`` with the
+    point's fields, into ``out/<point's folder>``."""
+    fn = tune.with_resources(
+        tune.with_parameters(_point_trial, base=base, out=str(out), threads=max(1, int(grid.cpus_per_trial))),
+        {"cpu": grid.cpus_per_trial, "gpu": grid.gpus_per_trial},
+    )  # fmt: skip
+    results = tune.Tuner(fn, param_space={"point": tune.grid_search(points)},
+                         run_config=tune.RunConfig(name=name, storage_path=str(out / ".tune"), verbose=0)).fit()  # fmt: skip
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise RunError(f"{len(errors)} fine-tuning trial(s) failed: {errors[0]}")
+
+
+def _point_trial(config: dict, base: FinetuneConfig, out: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    point = dict(config["point"])
+    folder = point.pop("folder")
+    result = finetune(replace(base, **point), Path(out) / folder)
+    select = KINDS[get_task(base.task, base.data_dir).spec.kind].selection
+    for meta in sorted(result.checkpoints.values(), key=lambda m: m["fraction"]):
+        tune.report({"epochs": meta["fraction"], "score": select(meta["validation"])})
+
+
+def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid()) -> dict:
+    """Choose the learning rate and epochs on validation from the grid, then run the seeds;
+    returns (and writes) baseline.json."""
+    out = Path(out_dir).expanduser().absolute()
+    local_dir = None
+    try:
+        if not ray.is_initialized():
+            local_dir = init_ray(grid.address)
+        fractions = tuple(float(e) for e in range(1, grid.max_epochs))
+        search = replace(base, epochs=float(grid.max_epochs), save_at=fractions, score_dev=False)
+        _trials([{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs], search, out, grid, "grid")
+        select = KINDS[get_task(base.task, base.data_dir).spec.kind].selection  # the heads' metric
+        table = []
+        for lr in grid.lrs:
+            metrics = _read_metrics(out / f"grid/lr-{lr:g}")
+            for meta in metrics.values():
+                table.append({"lr": lr, "epochs": meta["fraction"], "validation": meta["validation"],
+                              "score": select(meta["validation"])})  # fmt: skip
+        best = max(table, key=lambda r: r["score"])
+        chosen = replace(base, lr=best["lr"], epochs=best["epochs"], save_at=(), score_dev=True)
+        _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], chosen, out, grid, "seeds")
+    finally:
+        if local_dir:
+            ray.shutdown()
+            shutil.rmtree(local_dir, ignore_errors=True)
+    runs = {s: next(iter(_read_metrics(out / f"seed-{s}").values())) for s in grid.seeds}
+    dev = [k for k in next(iter(runs.values())) if k.startswith(("dev", "test")) and not k.endswith("_seconds")]
+    summary = {
+        "grid": table, "chosen": {"lr": best["lr"], "epochs": best["epochs"], "validation_score": best["score"]},
+        "seeds": list(grid.seeds), "runs": {str(s): {k: m[k] for k in ("validation", *dev)} for s, m in runs.items()},
+        **{split: {name: {"mean": float(np.mean([m[split][name] for m in runs.values()])),
+                          "std": float(np.std([m[split][name] for m in runs.values()], ddof=1)) if len(runs) > 1 else 0.0}
+                   for name in next(iter(runs.values()))[split]} for split in dev},
+        "train_seconds": float(sum(m["train_seconds"] for m in runs.values())),
+    }  # fmt: skip
+    atomic_write_json(out / "baseline.json", summary)
+    return summary
+
+
+def _read_metrics(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.baseline", description=__doc__.split("\n\n")[2])
+    add_arguments(p, FinetuneConfig, required=("task",), skip=("epochs", "save_at", "lr", "seed", "score_dev"))
+    p.add_argument("--out", required=True, help="baseline folder")
+    add_arguments(p, BaselineGrid)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(from_arguments(FinetuneConfig, args), args.out, from_arguments(BaselineGrid, args))
+    except BertVisionError as e:
+        print(f"ray_jobs.baseline: error: {e}", file=sys.stderr)
+        return e.exit_code
+    c = summary["chosen"]
+    print(f"chosen on validation: lr {c['lr']:g}, {c['epochs']:g} epoch(s) (score {c['validation_score']:.4f})")
+    for split in [k for k in summary if k.startswith(("dev", "test"))]:
+        for name, v in summary[split].items():
+            print(f"{split:>14} {name}: {v['mean']:.4f} ± {v['std']:.4f} over {len(summary['seeds'])} seed(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
