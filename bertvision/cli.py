@@ -5,7 +5,7 @@
     bertvision encoder                    what an encoder reports (hidden states, width)
     bertvision squad-eval DATA PRED       the official SQuAD 2.0 scores of a predictions file
     bertvision finetune / embed / train / evaluate / store verify    the method, stage by stage
-    bertvision ensemble                   span heads (and the fine-tuned encoder) combined
+    bertvision ensemble                   heads (a search's best trials) and the fine-tuned encoder combined
 
 Errors print one line (``bertvision: error: FILE:LINE: problem``, no traceback). Exit status:
 0 done, 1 the input is wrong (a data file, a store, a head, an option), 2 the command line is
@@ -206,15 +206,17 @@ def _add_method_commands(commands) -> None:
 
     en = commands.add_parser(
         "ensemble",
-        help="ensemble span heads (and the fine-tuned encoder) on a token-level store",
-        description="Combine span heads trained by 'bertvision train' and, with --encoder, the "
-        "fine-tuned encoder's own logits stored beside the hidden states: each member's start and end "
-        "probabilities (softmax over a window's tokens) are combined by element-wise max or mean. "
-        "Every member and every ensemble gets its no-answer threshold on the validation part and is "
-        "scored once on the eval split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json and "
-        "predictions per method.",
+        help="ensemble heads (a search's best trials) and the fine-tuned encoder",
+        description="Combine heads (the best --top-k trials of a 'bertvision tune' search, or seed-<k> "
+        "folders from 'bertvision train') and, with --encoder, the fine-tuned encoder's own logits stored "
+        "beside the hidden states. Sentence tasks: members' probabilities (regression: predictions) are "
+        "averaged with weights chosen on the validation part by greedy selection with replacement; every "
+        "member, the uniform and the greedy ensemble are then scored once on the eval split. Span tasks: "
+        "each member's start and end probabilities are combined by element-wise max or mean, with the "
+        "no-answer threshold chosen on validation, and scored once on the eval split (official SQuAD 2.0 "
+        "scorer). Writes OUT/ensemble.json (span tasks: and predictions per method).",
     )
-    add_arguments(en, EnsembleConfig, required=("store",), flags={"methods": "--method"})
+    add_arguments(en, EnsembleConfig, flags={"methods": "--method"})
     en.add_argument("--out", required=True, help="output folder")
     en.set_defaults(func=cmd_ensemble)
 
@@ -496,6 +498,9 @@ def cmd_ensemble(args) -> int:
     from bertvision.ensemble import ensemble
 
     result = ensemble(from_arguments(EnsembleConfig, args), args.out)
+    if result["kind"] != "span":
+        print(format_sentence_ensemble(result))
+        return 0
     rows = [(f"member {k}", v) for k, v in result["members"].items()] + [(f"ensemble {k}", v) for k, v in result["ensembles"].items()]
     for label, r in rows:
         for split in [s for s in r if s not in ("validation", "threshold")]:
@@ -503,6 +508,23 @@ def cmd_ensemble(args) -> int:
             print(f"{label}: {split} EM {m['exact']:.2f} F1 {m['f1']:.2f} HasAns F1 {m.get('HasAns_f1', float('nan')):.2f} "
                   f"NoAns F1 {m.get('NoAns_f1', float('nan')):.2f} (threshold {r['threshold']:.3f} from validation)")
     return 0
+
+
+def format_sentence_ensemble(result: dict) -> str:
+    """A sentence ensemble as a table: each member and ensemble, its greedy weight, its
+    validation selection score and each eval split's metrics."""
+    evals, metrics = result["evals"], result["metrics"]
+    head = f"{'':<40} {'weight':>6} {'val score':>9}" + "".join(f" {f'{e} {m}':>16}" for e in evals for m in metrics)
+    rows = [(f"member {k}", result["weights"][k], v) for k, v in result["members"].items()]
+    rows += [(f"ensemble {k}", "", v) for k, v in result["ensembles"].items()]
+    lines = [head]
+    for label, weight, r in rows:
+        label = label if len(label) <= 40 else "..." + label[-37:]
+        lines.append(f"{label:<40} {weight!s:>6} {r['validation']['score']:>9.4f}"
+                     + "".join(f" {r[e][m]:>16.4f}" for e in evals for m in metrics))  # fmt: skip
+    lines.append(f"weights chosen on {result['validation_rows']} validation examples; "
+                 f"{', '.join(evals) or 'no eval split'} scored once")  # fmt: skip
+    return "\n".join(lines)
 
 
 def cmd_evaluate(args) -> int:

@@ -5,7 +5,7 @@
     HeadTrainConfig   AdapterPooler heads: a `HeadArchitecture` (the model file's), an
                       `Optimisation`, seeds and the validation carve
     SearchConfig      a Ray Tune + HyperOpt search over heads on stored states
-    EnsembleConfig    span ensembles of heads and the encoder
+    EnsembleConfig    ensembles of heads (a search's best trials) and the encoder
 
 The command line is derived from these (`add_arguments`, `from_arguments`): a field's flag is its
 name (``--adapter-size``), its help is its docstring, its default is the field's. A field left
@@ -365,16 +365,23 @@ class SearchConfig(KindDefaults):
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """Span ensembles: heads (and the fine-tuned encoder's logits) combined (`bertvision.ensemble`)."""
+    """Ensembles of heads and the fine-tuned encoder's stored logits (`bertvision.ensemble`):
+    sentence heads averaged with weights chosen on validation, span heads by max or mean."""
 
-    store: str
-    """Token-level store folder (train/, validation/ or a carve, test/ or dev/)."""
+    store: str | None = None
+    """Store folder the --heads and --encoder members are scored on (a token store for spans);
+    optional with --from-tune, whose sentence trials carry their own stores (the encoder's
+    logits then come from the best trial's store)."""
     heads: tuple[str, ...] = ()
-    """seed-<k> folders of span heads."""
+    """seed-<k> folders of heads (span heads, or sentence heads of one task)."""
+    from_tune: str | None = None
+    """A search folder written by 'bertvision tune': its best --top-k trials are the members."""
+    top_k: int = 5
+    """With --from-tune: how many of the best trials (by validation score) are members."""
     encoder: bool = False
-    """Include the fine-tuned encoder's own start/end logits (stored beside the states) as a member."""
+    """Include the fine-tuned encoder's own logits (stored beside the states) as a member."""
     methods: tuple[Literal["max", "mean"], ...] = ("max", "mean")
-    """How members' probabilities combine: element-wise max, mean, or both."""
+    """Span ensembles: how members' probabilities combine: element-wise max, mean, or both."""
     max_answer_tokens: int = MAX_ANSWER_TOKENS
     """Longest answer considered, in tokens."""
     validation_fraction: float = FinetuneConfig.validation_fraction
@@ -387,10 +394,13 @@ class EnsembleConfig:
     """cpu, cuda, cuda:N (default: cuda when available)."""
 
     def __post_init__(self):
-        if not self.heads and not self.encoder:
-            raise ConfigError("an ensemble needs members: --heads and/or --encoder")
-        if len(self.heads) + self.encoder < 2:
+        if not self.heads and not self.encoder and self.from_tune is None:
+            raise ConfigError("an ensemble needs members: --from-tune, --heads and/or --encoder")
+        _positive(self, ("top_k",))
+        if len(self.heads) + self.encoder + (self.top_k if self.from_tune is not None else 0) < 2:
             raise ConfigError("an ensemble needs at least two members")
+        if self.store is None and self.from_tune is None:  # span ensembles always need it
+            raise ConfigError("--store: give the store folder (only --from-tune members carry their own stores)")
         if not self.methods:
             raise ConfigError("--method: give at least one of max, mean")
         check_choices(self)

@@ -8,7 +8,10 @@ Shards are written atomically and a rerun skips complete ones, so a killed run r
 Span tasks (SQuAD 2.0) are cut into windows (`bertvision.spans.make_windows`) and stored with the
 ``tokens`` selection: one row per window ``<question id>#<k>``, every real token of every layer,
 the tokens' character offsets, the (start, end) target and, from a question-answering
-checkpoint, the encoder's own start/end logits.
+checkpoint, the encoder's own start/end logits. Sentence stores made from a sequence
+classification (or regression) checkpoint likewise carry the fine-tuned model's own outputs per
+example (``encoder_logits``, (N, C)), so the encoder can join an ensemble of heads; a bare
+encoder's stores have no such column.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +29,7 @@ import numpy as np
 from bertvision.config import EmbedConfig
 from bertvision.encoders import encoder_info, load_tokenizer
 from bertvision.errors import ConfigError
-from bertvision.extract import SELECTIONS, HiddenStateExtractor, has_qa_head
+from bertvision.extract import SELECTIONS, HiddenStateExtractor, has_qa_head, has_task_head
 from bertvision.fingerprint import split_fingerprint
 from bertvision.outdir import check_out_dir, claim
 from bertvision.runtime import pick_device
@@ -88,7 +92,7 @@ class EmbedPlan:
 
     extractor: dict
     """`HiddenStateExtractor` keyword arguments (checkpoint, text_fields, selection, max_length,
-    quantize); the runner adds batch_size and device."""
+    quantize, task_head); the runner adds batch_size and device."""
     splits: list[SplitPlan]
     locks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -135,6 +139,13 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
     encoder, label, sha = checkpoint_identity(checkpoint)
     info = encoder_info(checkpoint)
     logits = span and has_qa_head(info.location)
+    outputs = None  # sentence stores: the task head's width, when the checkpoint has one
+    if not span and has_task_head(info.location):
+        outputs = _head_outputs(info.location)
+        if outputs != task.spec.num_outputs:  # fine-tuned on another task: its head is not this task's
+            warnings.warn(f"{info.location}: its task head has {outputs} output(s), task {task.name!r} "
+                          f"{task.spec.num_outputs}; its logits are not stored", stacklevel=2)  # fmt: skip
+            outputs = None
     loaded = {name: task.load(name) for name in names}  # bad data fails before anything is written
     # Key order is the manifest's (extra.windowing): keep it.
     windowing = {"max_length": max_length, "doc_stride": cfg.windowing.doc_stride,
@@ -166,11 +177,11 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
             checkpoint=label if not quantize else f"{label} ({quantize} dynamic quantisation)",
             checkpoint_sha256=sha, num_hidden_states=info.num_hidden_states, hidden_size=info.hidden_size,
             selection=selection, max_length=max_length, label_kind=label_kind, shard_rows=cfg.shard_rows,
-            encoder_logits=bool(logits), source_sha256=source,
+            encoder_logits=bool(logits) or outputs is not None, source_sha256=source, encoder_outputs=outputs,
         )  # fmt: skip
         specs[name] = spec
     extractor = {"checkpoint": checkpoint, "text_fields": task.spec.text_fields, "selection": selection,
-                 "max_length": max_length, "quantize": quantize}  # fmt: skip
+                 "max_length": max_length, "quantize": quantize, "task_head": outputs is not None}  # fmt: skip
     plan = EmbedPlan(extractor, [])
     try:  # lock each split's folder before its writer opens it (and cleans temporary files)
         for name, spec in specs.items():
@@ -183,12 +194,18 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
     return plan
 
 
+def _head_outputs(location: str) -> int:
+    """The number of outputs of a sequence checkpoint's task head (its config's labels)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(location).num_labels)
+
+
 def write_output(writer, shard: int, out: dict) -> None:
     """Write an extractor's output for one shard through ``writer``."""
-    tokens = {}
+    tokens = {"encoder_logits": out.get("encoder_logits")}
     if "example_id" in out:
-        tokens = {"example_ids": list(out["example_id"]), "offsets": out["offsets"],
-                  "encoder_logits": out.get("encoder_logits")}  # fmt: skip
+        tokens.update(example_ids=list(out["example_id"]), offsets=out["offsets"])
     label = out.get("label")
     if label is not None and not isinstance(label, np.ndarray):
         label = np.asarray(label)

@@ -13,6 +13,12 @@ Token selections:
   when the checkpoint is a question-answering model its own start/end logits come along, so
   ensembles can include the fine-tuned encoder.
 
+Likewise for ``cls`` and ``mean``: when the checkpoint is a sequence classification (or
+regression) model from 'bertvision finetune', its own task head's outputs come along, (N, C)
+float32 per batch. For BERT the head (the pooler on the last layer's CLS state, then the
+classifier) is applied to the last hidden state already computed; other architectures get one
+more forward pass of the whole model on the same batch.
+
 Why it is fast: inference mode; examples sorted by length and cut into batches that are padded
 only to their own longest example (GLUE sentences average about half of 128 tokens); SDPA
 attention; bf16 autocast on CUDA; float16 output, the store's dtype.
@@ -20,6 +26,7 @@ attention; bf16 autocast on CUDA; float16 output, the store's dtype.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -61,6 +68,8 @@ class HiddenStateExtractor:
       autocast: run in bf16 autocast on CUDA (ignored on CPU, where bf16 is slow without AMX).
       quantize: ``"int8"``: dynamic int8 quantisation of the Linear layers, CPU only. Opt-in:
         about 3x faster on a 2-core AVX2 machine, at a measured accuracy cost (docs/RESULTS.md).
+      task_head: ``cls``/``mean``: also give a sequence checkpoint's own head outputs
+        (``encoder_logits``) when it has one; off where the store should not hold them.
     """
 
     def __init__(
@@ -74,6 +83,7 @@ class HiddenStateExtractor:
         device: str | None = None,
         autocast: bool = True,
         quantize: str | None = None,
+        task_head: bool = True,
     ):
         if selection not in SELECTIONS:
             raise ConfigError(f"--selection must be one of {SELECTIONS}, not {selection!r}")
@@ -95,6 +105,7 @@ class HiddenStateExtractor:
         self.autocast = autocast and self.device.type == "cuda"
         self.tokens_seen = 0
         self.qa_head = _qa_head(self.info.location, self.device) if selection == "tokens" else None
+        self.task_head = _task_head(self.info.location, self.device) if task_head and selection != "tokens" else None
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -103,11 +114,18 @@ class HiddenStateExtractor:
 
     @property
     def has_encoder_logits(self) -> bool:
-        """True when the checkpoint carries a question-answering head (``tokens`` only)."""
-        return self.qa_head is not None
+        """True when the checkpoint carries its task head: a question-answering head
+        (``tokens``) or a sequence classification / regression head (``cls``, ``mean``)."""
+        return self.qa_head is not None or self.task_head is not None
+
+    @property
+    def encoder_outputs(self) -> int | None:
+        """C, the sequence head's outputs per example (``cls``/``mean`` with a task head), else None."""
+        return None if self.task_head is None else self.task_head.outputs
 
     def __call__(self, batch: Mapping[str, Sequence]) -> dict:
-        """``{"id", text fields..., ["label"]}`` -> ``{"id", "hidden" (N, L, H) float16, ["label"]}``.
+        """``{"id", text fields..., ["label"]}`` -> ``{"id", "hidden" (N, L, H) float16, ["label"]}``,
+        plus ``encoder_logits`` (N, C) float32 when the checkpoint has a sequence task head.
 
         For ``tokens``: ``{"id", "example_id", "input_ids", ["token_type_ids"], "offsets",
         ["label"]}`` (tokenised windows) -> the same minus the token ids, plus ``hidden`` (a list
@@ -121,20 +139,29 @@ class HiddenStateExtractor:
             encoded["attention_mask"] = [[1] * len(x) for x in encoded["input_ids"]]
         else:
             encoded = tokenize_batch(batch, self.tokenizer, self.text_fields, self.max_length)
-        hidden = self.encode(encoded)
+        hidden, logits = self.encode_with_logits(encoded)
         out = {"id": np.asarray(batch["id"]).astype(str), "hidden": hidden}
+        if logits is not None:
+            out["encoder_logits"] = logits
         if "label" in batch:
             out["label"] = np.asarray(batch["label"])
         return out
 
     def encode(self, encoded: Mapping[str, list[list[int]]]) -> np.ndarray:
         """Hidden states (N, L, H) float16 for already tokenised examples, in input order."""
+        return self.encode_with_logits(encoded)[0]
+
+    def encode_with_logits(self, encoded: Mapping[str, list[list[int]]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """`encode`, and the checkpoint's sequence head outputs (N, C) float32 in input order
+        when it has one (else None)."""
         import torch
 
         ids = encoded["input_ids"]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lengths, kind="stable")  # longest first: a too-big batch fails early
         out = np.empty((len(ids), *self.output_shape), dtype=np.float16)
+        head = self.task_head
+        logits = np.empty((len(ids), head.outputs), dtype=np.float32) if head is not None else None
         select = _SELECT[self.selection]
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             for start in range(0, len(order), self.batch_size):
@@ -142,8 +169,10 @@ class HiddenStateExtractor:
                 batch = self._pad(encoded, idx, int(lengths[idx[0]]))
                 states = self.model(**batch, output_hidden_states=True).hidden_states  # L x (B, T, H)
                 out[idx] = select(states, batch["attention_mask"]).to(torch.float16).cpu().numpy()
+                if head is not None:
+                    logits[idx] = head(states[-1], batch)
                 self.tokens_seen += int(lengths[idx].sum())
-        return out
+        return out, logits
 
     def _call_tokens(self, batch: Mapping[str, Sequence]) -> dict:
         encoded = {k: [list(x) for x in batch[k]] for k in ("input_ids", "token_type_ids") if k in batch}
@@ -231,6 +260,80 @@ def _qa_head(location: str, device):
         layer.weight.copy_(w.float())
         layer.bias.copy_(b.float())
     return layer.to(device).eval()
+
+
+SEQUENCE_HEADS = ("ForSequenceClassification",)
+
+
+def has_task_head(location: str) -> bool:
+    """True when the checkpoint folder is a sequence classification / regression model (its
+    config names a ``...ForSequenceClassification`` architecture and its safetensors hold the
+    classifier), as 'bertvision finetune' writes for sentence tasks."""
+    from safetensors import safe_open
+
+    folder = Path(location)
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    if not (weights.is_file() and config.is_file()):
+        return False
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+    if not any(a.endswith(SEQUENCE_HEADS) for a in architectures):
+        return False
+    with safe_open(str(weights), framework="pt") as f:
+        return any(k.startswith("classifier.") for k in f.keys())
+
+
+class _TaskHead:
+    """A sequence checkpoint's own head, giving its logits (or regression predictions) for a
+    batch whose hidden states the extractor has just computed.
+
+    For BERT (`BertForSequenceClassification`: ``bert.pooler``, dense + tanh on the last
+    layer's CLS state, then ``classifier``; dropout is off in eval mode) the model's own pooler
+    and classifier modules are applied to the last hidden state, in float32 as the fine-tuned
+    model computes them, with no second pass. Any other architecture (RoBERTa's or
+    DistilBERT's heads differ) runs the whole fine-tuned model on the same batch once more.
+    """
+
+    def __init__(self, model):
+        import torch
+
+        self.outputs = int(model.config.num_labels)
+        bert = getattr(model, "bert", None)
+        pooler, classifier = getattr(bert, "pooler", None), getattr(model, "classifier", None)
+        if type(model).__name__ == "BertForSequenceClassification" and isinstance(pooler, torch.nn.Module) \
+                and isinstance(classifier, torch.nn.Linear):  # fmt: skip
+            self.pooler, self.classifier, self.model = pooler.eval(), classifier.eval(), None
+        else:
+            self.pooler = self.classifier = None
+            self.model = model.eval()
+
+    @property
+    def reuses_states(self) -> bool:
+        return self.model is None
+
+    def __call__(self, last_state, batch: dict) -> np.ndarray:
+        import torch
+
+        with torch.autocast(last_state.device.type, enabled=False):
+            if self.model is None:
+                logits = self.classifier(self.pooler(last_state.float()))
+            else:
+                logits = self.model(**batch).logits
+        return logits.float().cpu().numpy()
+
+
+def _task_head(location: str, device) -> _TaskHead | None:
+    """The checkpoint's sequence task head (`_TaskHead`), or None if it has none."""
+    if not has_task_head(location):
+        return None
+    from bertvision.encoders import load_task_model
+
+    model = load_task_model(location, device, "sequence")
+    head = _TaskHead(model)
+    del model  # with BERT, only the pooler and classifier stay referenced
+    return head
 
 
 def _quantize(model, kind: str, device):

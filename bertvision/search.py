@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -106,22 +107,43 @@ def load_stores(search: SearchConfig) -> dict[str, tuple]:
 
 
 def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], folder: Path,
-              report: Callable[[dict, Callable[[], dict]], None], resume: dict | None = None) -> dict:  # fmt: skip
+              report: Callable[[dict, Callable[[], dict]], None], resume: dict | None = None,
+              extra: dict | None = None) -> dict:  # fmt: skip
     """One trial: `fit_head` with ``params``; after every epoch ``report(metrics, state)`` (the
     epoch, the selection ``score``, the validation metrics; ``state()`` the resumable training
     state), trial.json and the best weights so far written into ``folder``. Returns trial.json's
-    content."""
+    content.
+
+    ``extra`` comes from the caller (Ray's side, which this module does not import):
+    ``"entered"``, the wall-clock time (`time.time()`) the trial function was entered (default:
+    now), and ``"node"``, the Ray node the trial runs on (trial.json's ``node``). trial.json's
+    ``timing`` (this attempt's; a retried trial starts it again) is rewritten every epoch:
+    ``entered``; ``first_step``, when epoch 1's training steps began (the first report's time
+    less the epoch's training seconds: it counts epoch 1's validation scoring as start-up);
+    ``to_first_step_s``; ``train_seconds``, the training steps' seconds summed over epochs
+    (``seconds`` of each report); ``wall_seconds``, from ``entered`` to the last report."""
     from torch.utils.tensorboard import SummaryWriter
 
+    extra = dict(extra or {})
+    entered = float(extra.pop("entered", None) or time.time())
     cfg = trial_config(search, params)
     kind, data = stores[cfg.store]
     cfg = cfg.resolved(kind.family)
     folder.mkdir(parents=True, exist_ok=True)
     tb = SummaryWriter(str(folder / "tb"))
     record = {"params": {k: _plain(v) for k, v in params.items()}, "config": asdict(cfg), "kind": kind.name,
-              "history": [], "epochs_run": 0, "best_epoch": None, "score": None}  # fmt: skip
+              "history": [], "epochs_run": 0, "best_epoch": None, "score": None, "node": extra.pop("node", None),
+              "timing": {"entered": entered, "first_step": None, "to_first_step_s": None, "train_seconds": 0.0,
+                         "wall_seconds": None, "epochs": 0}, **extra}  # fmt: skip
+    timing = record["timing"]
 
     def on_epoch(r: dict) -> None:
+        now = time.time()
+        if timing["first_step"] is None:
+            timing["first_step"] = now - r["seconds"]
+            timing["to_first_step_s"] = timing["first_step"] - entered
+        timing["train_seconds"] += r["seconds"]
+        timing["wall_seconds"], timing["epochs"] = now - entered, timing["epochs"] + 1
         first = r["step"] - len(r["losses"])
         for i, value in enumerate(r["losses"]):
             tb.add_scalar("train/loss", value, first + i + 1)

@@ -18,7 +18,12 @@ shard is a Parquet file with the columns
   back with its shape: ``table.column("hidden").combine_chunks().to_numpy_ndarray()`` gives
   ``(rows, L, H)``; ``L`` is the number of hidden states (embedding output + every layer) and
   ``H`` the hidden size;
-* ``label``: int64 (classification) or float32 (regression), only in labelled splits.
+* ``label``: int64 (classification) or float32 (regression), only in labelled splits;
+* ``encoder_logits`` (only when the manifest's ``encoder_logits`` is true): ``fixed_size_list<
+  float32, C>``, the fine-tuned encoder's own task head's outputs for the example (C =
+  ``encoder_outputs``: the logits of a classification head, 1 for a regression head's
+  prediction), so an ensemble can include the encoder without running it. A store of a bare
+  encoder has no such column (and the same shard bytes as before the column existed).
 
 **Every token** (selection "tokens", for span tasks such as SQuAD): one row per *window*, a
 question and a chunk of its context of at most ``max_length`` tokens (a long context gives
@@ -46,7 +51,8 @@ Every list column of a row has the same length T. Shards hold ``shard_rows`` win
 ``manifest.json`` holds ``format_version`` (1), ``status`` ("incomplete" while writing,
 "complete" at the end), the fields of `StoreSpec` (encoder {name, revision}, checkpoint,
 checkpoint_sha256, task, split, num_hidden_states, hidden_size, selection, max_length, dtype,
-label_kind, shard_rows, encoder_logits, source_sha256), ``rows`` (the split's size, known from
+label_kind, shard_rows, encoder_logits, source_sha256, and ``encoder_outputs`` where a cls/mean
+store has encoder logits), ``rows`` (the split's size, known from
 the start; windows for a token store), ``shards`` (one {file, rows, sha256, first_id, last_id}
 per shard, filled in at the end), ``code_version``, ``created`` (UTC) and ``extra`` (free:
 throughput and the like). A manifest written before ``encoder_logits`` existed reads as
@@ -179,11 +185,15 @@ class StoreSpec:
       shard_rows: planned rows (windows, for "tokens") per shard; None picks
         `suggest_shard_rows`, or `suggest_window_rows` for "tokens".
       dtype: the stored dtype; only "float16".
-      encoder_logits: whether rows carry the fine-tuned encoder's own (start, end) logits per
-        token; token stores only.
+      encoder_logits: whether rows carry the fine-tuned encoder's own logits: (start, end) per
+        token in a token store; in a cls/mean store the task head's `encoder_outputs` outputs
+        per example.
       source_sha256: a fingerprint of the split's data (`bertvision.fingerprint`: ids, texts,
         labels in order), so a rerun over changed data with the same row count is refused
         instead of mixing old and new shards; None where unknown (stores written before it).
+      encoder_outputs: cls/mean stores with `encoder_logits`: C, the width of the encoder's task
+        head (classes, or 1 for regression); None otherwise (and then absent from the manifest,
+        so a store without encoder logits has the manifest fields it had before this field).
     """
 
     task: str
@@ -201,6 +211,7 @@ class StoreSpec:
     dtype: str = "float16"
     encoder_logits: bool = False
     source_sha256: str | None = None
+    encoder_outputs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("task", "split", "encoder_name", "encoder_revision", "checkpoint"):
@@ -248,9 +259,22 @@ class StoreSpec:
             raise ConfigError(
                 f"label_kind: 'span' needs selection 'tokens', got selection {self.selection!r}"
             )
-        if self.encoder_logits and not tokens:
+        if self.encoder_outputs is not None:
+            _require(
+                _is_positive_int(self.encoder_outputs),
+                "encoder_outputs",
+                "a positive integer or null",
+                self.encoder_outputs,
+            )
+            if tokens or not self.encoder_logits:
+                raise ConfigError(
+                    "encoder_outputs: set only for a cls/mean store with encoder_logits true, got "
+                    f"selection {self.selection!r}, encoder_logits {self.encoder_logits}"
+                )
+        if self.encoder_logits and not tokens and self.encoder_outputs is None:
             raise ConfigError(
-                f"encoder_logits: true needs selection 'tokens', got selection {self.selection!r}"
+                f"encoder_logits: true needs selection 'tokens', got selection {self.selection!r} "
+                "(a cls/mean store's encoder logits need encoder_outputs, the task head's width)"
             )
         if self.shard_rows is None:
             # Frozen dataclass: the only way to fill in a computed default.
@@ -282,6 +306,7 @@ class StoreSpec:
             "shard_rows": self.shard_rows,
             "encoder_logits": self.encoder_logits,
             "source_sha256": self.source_sha256,
+            **({} if self.encoder_outputs is None else {"encoder_outputs": self.encoder_outputs}),
         }
 
     @classmethod
@@ -289,7 +314,7 @@ class StoreSpec:
         """The spec from manifest fields; other keys are ignored.
 
         A missing ``encoder_logits`` (a manifest written before it existed) reads as false, a
-        missing ``source_sha256`` as null.
+        missing ``source_sha256`` or ``encoder_outputs`` as null.
 
         Raises:
           ConfigError: a field is missing or has a bad value.
@@ -301,7 +326,7 @@ class StoreSpec:
         for f in fields(cls):
             if f.name in kwargs:
                 continue
-            if f.name in ("encoder_logits", "source_sha256") and f.name not in data:
+            if f.name in ("encoder_logits", "source_sha256", "encoder_outputs") and f.name not in data:
                 kwargs[f.name] = False if f.name == "encoder_logits" else None
                 continue
             if f.name not in data:
@@ -312,7 +337,8 @@ class StoreSpec:
     def differences(self, other: StoreSpec) -> list[str]:
         """The manifest fields where `self` and `other` differ, as "field: a != b" lines."""
         mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
-        return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+        keys = [*mine, *(k for k in theirs if k not in mine)]  # encoder_outputs may be absent
+        return [f"{k}: {mine.get(k)!r} != {theirs.get(k)!r}" for k in keys if mine.get(k) != theirs.get(k)]
 
 
 def _short(sha: str | None) -> str:
@@ -678,8 +704,9 @@ class StoreWriter:
           example_ids: "tokens" only (required): the n windows' question ids.
           offsets: "tokens" only (required): n integer arrays (T_i, 2), per token its (start,
             end) character offsets into the context, or (-1, -1) outside it.
-          encoder_logits: "tokens" only, required exactly when the spec's `encoder_logits` is
-            true: n float arrays (T_i, 2) of finite (start, end) logits.
+          encoder_logits: required exactly when the spec's `encoder_logits` is true: for
+            "tokens" n float arrays (T_i, 2) of finite (start, end) logits; for cls/mean one
+            (n, encoder_outputs) float array of the task head's finite outputs.
 
         Raises:
           ValueError: the store is complete, or shapes, dtypes, lengths or the row count do not
@@ -702,14 +729,15 @@ class StoreWriter:
                 for name, value in (
                     ("example_ids", example_ids),
                     ("offsets", offsets),
-                    ("encoder_logits", encoder_logits),
+                    ("encoder_logits", None if self.spec.encoder_logits else encoder_logits),
                 )
                 if value is not None
             ]
             if given:
                 raise ValueError(
-                    f"shard {index}: {', '.join(given)} only go with selection 'tokens'; this "
-                    f"store's selection is {self.spec.selection!r}"
+                    f"shard {index}: {', '.join(given)} only go with selection 'tokens' (encoder "
+                    f"logits: or a spec with encoder_logits true); this store's selection is "
+                    f"{self.spec.selection!r}"
                 )
             ids = self._check_ids(index, ids, stop - start)
             self._check_hidden_array(f"shard {index}", hidden, len(ids))
@@ -721,10 +749,32 @@ class StoreWriter:
             }
             if label_array is not None:
                 columns["label"] = pa.array(label_array, type=_LABEL_TYPES[self.spec.label_kind])
+            if self.spec.encoder_logits:  # the column comes last: without it, shards are as before
+                logits = self._check_sentence_logits(index, ids, encoder_logits)
+                columns["encoder_logits"] = _pairs(logits, pa.float32(), logits.shape[1])
             table = pa.table(columns)
         data = _encode_parquet(table)
         atomic_write_bytes(self.path / shard_file(index), data)
         self._checksums[index] = hashlib.sha256(data).hexdigest()
+
+    def _check_sentence_logits(self, index: int, ids: list[str], logits: Any) -> np.ndarray:
+        """A cls/mean shard's encoder outputs as (n, encoder_outputs) float32, checked finite."""
+        if logits is None:
+            raise ValueError(f"shard {index}: the spec has encoder_logits true, but none were given")
+        if not isinstance(logits, np.ndarray) or not np.issubdtype(logits.dtype, np.floating):
+            raise ValueError(f"shard {index}: encoder_logits must be a float numpy array")
+        shape = (len(ids), self.spec.encoder_outputs)
+        if logits.shape != shape:
+            raise ValueError(
+                f"shard {index}: encoder_logits shape expected (rows, encoder_outputs) = {shape}, "
+                f"got {logits.shape}"
+            )
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(logits, dtype=np.float32)
+        _require_finite(
+            self.path, f"shard {index}: encoder_logits contain NaN or inf (or overflow float32)", out, ids
+        )
+        return out
 
     def _token_table(
         self,
@@ -1044,9 +1094,9 @@ class StoreWriter:
         return entries
 
 
-def _pairs(values: np.ndarray, type_: pa.DataType) -> pa.FixedSizeListArray:
-    """An (n, 2) array as a fixed_size_list<type_, 2> array of n pairs."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=type_), 2)
+def _pairs(values: np.ndarray, type_: pa.DataType, size: int = 2) -> pa.FixedSizeListArray:
+    """An (n, size) array (pairs by default) as a fixed_size_list<type_, size> array of n rows."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=type_), size)
 
 
 def _window_of(row_starts: np.ndarray, token: int) -> int:
@@ -1175,6 +1225,8 @@ class EmbeddingSplit:
       labels: (N,) int64 or float32, or None for an unlabelled split.
       manifest: the store's manifest.
       path: the store's folder.
+      encoder_logits: (N, C) float32, the fine-tuned encoder's own task head outputs (C
+        logits, or 1 regression prediction), or None when the store has none.
     """
 
     ids: list[str]
@@ -1182,6 +1234,7 @@ class EmbeddingSplit:
     labels: torch.Tensor | None
     manifest: dict[str, Any] = field(repr=False)
     path: Path
+    encoder_logits: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -1246,6 +1299,7 @@ class _Shard:
     ids: list[str]
     hidden: np.ndarray
     labels: np.ndarray | None
+    encoder_logits: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -1289,7 +1343,13 @@ def _read_shard(
     labels = None
     if "label" in table.column_names:
         labels = table.column("label").to_numpy()
-    return _Shard(table.column("id").to_pylist(), hidden, labels)
+    logits = None
+    if "encoder_logits" in table.column_names:
+        column = table.column("encoder_logits").combine_chunks()
+        if _has_nested_nulls(column):
+            raise DataError(file, "column 'encoder_logits' has null values")
+        logits = column.flatten().to_numpy().reshape(len(hidden), -1)
+    return _Shard(table.column("id").to_pylist(), hidden, labels, logits)
 
 
 def _read_entry(
@@ -1347,6 +1407,8 @@ def _check_finite(file: Path, shard: _Shard | _TokenShard) -> None:
                 )
     else:
         _require_finite(file, "hidden states contain NaN or inf", shard.hidden, shard.ids)
+        if shard.encoder_logits is not None:
+            _require_finite(file, "encoder_logits contain NaN or inf", shard.encoder_logits, shard.ids)
 
 
 def _check_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) -> None:
@@ -1379,6 +1441,12 @@ def _check_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) ->
         _check_type(file, schema, "label", f"{ltype} for {kind}", lambda t: t == ltype)
     if tokens:
         _check_token_schema(file, schema, manifest)
+    else:
+        wanted = manifest.get("encoder_logits", False)
+        if _has_column(file, schema, "encoder_logits", wanted, f"encoder_logits is {'true' if wanted else 'false'}"):
+            width = manifest.get("encoder_outputs")
+            expected = pa.list_(pa.float32(), width) if width else "fixed_size_list<float, C>"
+            _check_type(file, schema, "encoder_logits", expected, lambda t: t == expected)
 
 
 def _check_token_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) -> None:
@@ -1534,6 +1602,8 @@ def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSpl
     hidden = np.empty((rows, *shape), dtype=np.float16)
     kind = manifest["label_kind"]
     labels = np.empty(rows, dtype=_LABEL_DTYPES[kind]) if kind else None
+    width = manifest.get("encoder_outputs") if manifest.get("encoder_logits") else None
+    logits = np.empty((rows, width), dtype=np.float32) if width else None
     ids: list[str] = []
     for entry in manifest["shards"]:
         shard = _read_entry(folder, manifest, entry)
@@ -1541,6 +1611,8 @@ def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSpl
         hidden[start : start + entry["rows"]] = shard.hidden
         if labels is not None:
             labels[start : start + entry["rows"]] = shard.labels
+        if logits is not None:
+            logits[start : start + entry["rows"]] = shard.encoder_logits
         ids.extend(shard.ids)
     return EmbeddingSplit(
         ids=ids,
@@ -1548,6 +1620,7 @@ def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSpl
         labels=None if labels is None else torch.from_numpy(labels),
         manifest=manifest,
         path=folder,
+        encoder_logits=logits,
     )
 
 

@@ -10,9 +10,10 @@ one copy per node, shared by its trials; no trial reads Parquet). `HyperOptSearc
 from the default head configuration, draws ``--initial-points`` at random, then models the
 finished trials; a `ConcurrencyLimiter` keeps ``--max-concurrent`` trials running so that TPE
 learns from results. `ASHAScheduler` stops trials whose per-epoch validation score trails.
-Each trial is `bertvision.search.run_trial`: it reports after every epoch with a checkpoint of
-its whole training state, so a trial whose process dies is retried from its last epoch
-(`FailureConfig`), and ``--resume`` after the driver was killed finishes the search through
+Each trial is `bertvision.search.run_trial`: it reports after every epoch, with a checkpoint of
+its whole training state every ``--checkpoint-every`` epochs (default: every epoch; trial.json
+records each trial's node and timing), so a trial whose process dies is retried from its last
+checkpoint (`FailureConfig`), and ``--resume`` after the driver was killed finishes the search through
 `Tuner.restore` (the searcher's state included): the total stays ``--trials`` and finished
 trials do not run again.
 
@@ -24,10 +25,12 @@ leaderboard.json. ``bertvision tune show OUT`` prints the leaderboard from disk.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,8 @@ from bertvision.search import (
 from ray_jobs.local import init_ray
 
 METRIC = "score"
+CHECKPOINT_EVERY = 1
+"""Default --checkpoint-every: a trial checkpoints its training state every this many epochs."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,19 @@ class TuneJobConfig:
     """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
     resume: bool = False
     """Finish the search already in --out (after the driver was killed) instead of refusing it."""
+    checkpoint_every: int = CHECKPOINT_EVERY
+    """A trial checkpoints its training state every this many epochs (a retried trial reruns
+    at most this many less one)."""
+
+    def __post_init__(self):
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every must be positive, not {self.checkpoint_every}")
 
 
-def _trial(params: dict, search: SearchConfig, stores: dict) -> None:
-    """Tune's trainable: one `run_trial`, resumed from the trial's last checkpoint if any."""
+def _trial(params: dict, search: SearchConfig, stores: dict, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+    """Tune's trainable: one `run_trial`, resumed from the trial's last checkpoint if any; it
+    reports every epoch and checkpoints every ``checkpoint_every``."""
+    entered = time.time()
     import torch
 
     torch.set_num_threads(max(1, int(search.cpus_per_trial)))
@@ -75,11 +89,15 @@ def _trial(params: dict, search: SearchConfig, stores: dict) -> None:
             resume = torch.load(Path(d) / "state.pt", weights_only=True)
 
     def report(metrics: dict, state) -> None:
+        if metrics["epoch"] % checkpoint_every:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    run_trial(search, params, stores, folder, report, resume)
+    run_trial(search, params, stores, folder, report, resume,
+              extra={"entered": entered, "node": ray.get_runtime_context().get_node_id()})
 
 
 def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_trial) -> tune.Tuner:
@@ -91,7 +109,10 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
     stores = load_stores(search)
     kind, data = next(iter(stores.values()))
     resolved = search.resolved(kind.family)
-    fn = tune.with_resources(tune.with_parameters(trainable, search=resolved, stores=stores),
+    given = {"search": resolved, "stores": stores}
+    if "checkpoint_every" in inspect.signature(trainable).parameters:  # `_trial`; a test's own may not take it
+        given["checkpoint_every"] = job.checkpoint_every
+    fn = tune.with_resources(tune.with_parameters(trainable, **given),
                              {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})  # fmt: skip
     if job.resume:
         if not tune.Tuner.can_restore(str(out)):

@@ -101,14 +101,21 @@ def test_a_killed_search_resumes_to_the_requested_total(stores, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
-    before = {p: p.read_text() for p in _finished(out)}
+    before = {p: _outcome(p) for p in _finished(out)}
     assert 2 <= len(before) < 6
     _tune(*args, "--resume")
     board = leaderboard(out)
     assert len(board) == 6 and len(_finished(out)) == 6
     for path, text in before.items():
-        assert path.read_text() == text  # a finished trial did not run again
+        assert _outcome(path) == text  # a finished trial did not run again
     assert len({json.dumps(r["params"], sort_keys=True) for r in board}) == 6  # no point proposed twice
+
+
+def _outcome(path: Path) -> dict:
+    """trial.json less what describes the attempt (``node``, ``timing``): a trial killed between
+    its last trial.json and Tune's record of its last report runs its last epoch again, to the
+    same result, on whatever node and at whatever time."""
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("node", "timing")}
 
 
 def _finished(out: Path) -> list[Path]:
@@ -165,3 +172,73 @@ def test_a_trial_whose_process_dies_is_retried_from_its_last_checkpoint(stores, 
     died, whole = leaderboard(tmp_path / "dies")[0], leaderboard(tmp_path / "whole")[0]
     assert [h["epoch"] for h in died["history"]] == [1, 2, 3, 4]
     assert died["history"] == whole["history"] and died["params"] == whole["params"]
+
+
+# --- a real head: `ray start --head`, a second node, `ray job submit` --------------------------
+
+
+@pytest.fixture(scope="module")
+def tune_head(tmp_path_factory):
+    """One real head for this module's cluster tests (1 CPU: a second trial at once must go to
+    another node), dashboard and job API on 127.0.0.1, token authentication, stopped by what it
+    started (`tests/ray_cluster.py`; never `ray stop`)."""
+    from tests import ray_cluster as rc
+
+    root = tmp_path_factory.mktemp("tune-head")
+    token = rc.write_token(root / "token")
+    node = rc.start_head(rc.short_dir(root, "h"), token, num_cpus=1)
+    node.token = token
+    yield node
+    node.stop()
+
+
+def _alive_nodes(head) -> int:
+    import sys
+
+    code = f"import ray; ray.init(address={head.gcs!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=head.env, timeout=60)
+    return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else 0
+
+
+def test_two_nodes_run_trials_on_both(stores, tune_head, tmp_path):
+    """A worker node joins the head on loopback; two trials at once, one CPU each, the head
+    holding one CPU: one trial runs on each node (trial.json's ``node``). The trials run 100
+    epochs (a few seconds): a trial that ended before the worker's trial process had started
+    (torch imported there) would hand its reused process to the other trial."""
+    from tests import ray_cluster as rc
+
+    worker = rc.start_worker(tune_head, rc.short_dir(tmp_path, "w"), tune_head.token, num_cpus=1,
+                             remove_temp_dir=True)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while _alive_nodes(tune_head) < 2:
+            assert time.time() < deadline, "second node did not join"
+            time.sleep(1)
+        out = tmp_path / "search"  # the same filesystem for both nodes
+        proc = subprocess.run([*bertvision_cli(), "tune", "--stores", str(stores[0]), "--trials", "2", "--epochs", "100",
+                               "--patience", "100", "--grace-period", "100", "--max-concurrent", "2", "--cpus-per-trial", "1", "--out", str(out)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**tune_head.env, "RAY_ADDRESS": tune_head.gcs})  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        worker.stop()  # this node only; the fixture stops the head
+    board = leaderboard(out)
+    assert len(board) == 2 and len({r["node"] for r in board}) == 2, [(r["node"], r["timing"]) for r in board]
+    for row in board:
+        t = row["timing"]
+        assert 0 <= t["to_first_step_s"] and 0 < t["train_seconds"] <= t["wall_seconds"] and t["epochs"] >= 1
+    assert worker.processes() == [] and tune_head.alive()
+
+
+def test_search_through_ray_job_submit(stores, tune_head, tmp_path):
+    from tests.conftest import REPO
+
+    out = tmp_path / "search"
+    cmd = [str(Path(tune_head.env["PATH"].split(os.pathsep)[0]) / "ray"), "job", "submit", "--address",
+           tune_head.dashboard, "--working-dir", ".", "--", "python", "-m", "ray_jobs.tune", "--stores",
+           str(stores[0]), "--trials", "3", "--initial-points", "2", "--epochs", "2", "--max-concurrent", "1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tune_head.env, cwd=REPO, timeout=400)
+    assert proc.returncode == 0 and "succeeded" in proc.stdout.lower(), (proc.stdout + proc.stderr)[-3000:]
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert len(board) == 3 and all(r["node"] for r in board)
