@@ -5,6 +5,7 @@
     bertvision encoder                    what an encoder reports (hidden states, width)
     bertvision squad-eval DATA PRED       the official SQuAD 2.0 scores of a predictions file
     bertvision finetune / embed / train / evaluate / store verify    the method, stage by stage
+    bertvision tune / tune show DIR       a Ray Tune + HyperOpt search over heads; its leaderboard
     bertvision ensemble                   heads (a search's best trials) and the fine-tuned encoder combined
 
 Errors print one line (``bertvision: error: FILE:LINE: problem``, no traceback). Exit status:
