@@ -24,13 +24,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import cache
 from pathlib import Path
 
 from bertvision.config import HeadArchitecture, HeadTrainConfig, Optimisation, SearchConfig
 from bertvision.errors import ConfigError, DataError
 from bertvision.io import atomic_write_json
-from bertvision.kinds import HeadData, store_kind
-from bertvision.train import fit_head, save_head
+from bertvision.kinds import store_kind
+from bertvision.train import fit_head, head_meta, log_epoch, save_head
 
 TRIAL_FILE = "trial.json"
 
@@ -144,22 +145,18 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
             timing["to_first_step_s"] = timing["first_step"] - entered
         timing["train_seconds"] += r["seconds"]
         timing["wall_seconds"], timing["epochs"] = now - entered, timing["epochs"] + 1
-        first = r["step"] - len(r["losses"])
-        for i, value in enumerate(r["losses"]):
-            tb.add_scalar("train/loss", value, first + i + 1)
-        tb.add_scalar("train/lr", r["lr"], r["step"])
-        for name, value in kind.logged(r["validation"]).items():
-            tb.add_scalar(f"validation/{name}", value, r["epoch"])
+        log_epoch(tb, kind, r)
         tb.flush()
+        state = cache(r["state"])  # one snapshot for the best weights and the checkpoint
         record["history"].append({"epoch": r["epoch"], "score": r["score"], **r["validation"]})
         record["epochs_run"] = r["epoch"]
         if r["best_epoch"] == r["epoch"]:  # a new best: its weights are the trial's so far
             record["best_epoch"], record["score"] = r["epoch"], r["score"]
-            _save_best(folder, r, data, kind, cfg)
+            save_head(folder, state()["best_state"], head_meta(r["config"], data, kind, r["validation"], cfg))
         atomic_write_json(folder / TRIAL_FILE, record)
         metrics = {"epoch": r["epoch"], "score": r["score"], "best_score": record["score"],
                    **{f"validation_{k}": v for k, v in kind.logged(r["validation"]).items()}}  # fmt: skip
-        report(metrics, r["state"])
+        report(metrics, state)
 
     if resume is not None:
         record["epochs_run"] = len(resume["history"])
@@ -176,14 +173,6 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
 
 def _scores(h: dict) -> dict:
     return {k: v for k, v in h.items() if k != "epoch"}
-
-
-def _save_best(folder: Path, report: dict, data: HeadData, kind, cfg: HeadTrainConfig) -> None:
-    save_head(folder, report["state"]()["best_state"], {
-        "adapter_pooler": report["config"], "task": data.spec, "encoder": data.manifest["encoder"],
-        "checkpoint": data.manifest.get("checkpoint"), **kind.head_meta(data, {**report["validation"]}),
-        "train": asdict(cfg),
-    })  # fmt: skip
 
 
 def leaderboard(folder: str | Path) -> list[dict]:

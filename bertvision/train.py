@@ -187,16 +187,7 @@ def _train_seed(cfg: HeadTrainConfig, data: HeadData, kind, folder: Path) -> dic
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(folder / "tb"))
-
-    def log(report: dict) -> None:
-        first = report["step"] - len(report["losses"])
-        for i, value in enumerate(report["losses"]):
-            tb.add_scalar("train/loss", value, first + i + 1)
-        tb.add_scalar("train/lr", report["lr"], report["step"])
-        for name, value in kind.logged(report["validation"]).items():
-            tb.add_scalar(f"validation/{name}", value, report["epoch"])
-
-    fit = fit_head(cfg, data, kind, on_epoch=log)
+    fit = fit_head(cfg, data, kind, on_epoch=lambda report: log_epoch(tb, kind, report))
     tb.flush()
     device = pick_device(cfg.device)
     chosen = fit.chosen
@@ -216,12 +207,27 @@ def _train_seed(cfg: HeadTrainConfig, data: HeadData, kind, folder: Path) -> dic
         for metric, value in kind.logged(scores).items():
             tb.add_scalar(f"{name}/{metric}", value, fit.best_epoch)
     tb.close()
-    save_head(folder, fit.state, {
-        "adapter_pooler": fit.config.to_dict(), "task": data.spec, "encoder": data.manifest["encoder"],
-        "checkpoint": data.manifest.get("checkpoint"), **kind.head_meta(data, chosen), "train": asdict(cfg),
-    })  # fmt: skip
+    save_head(folder, fit.state, head_meta(fit.config.to_dict(), data, kind, chosen, cfg))
     atomic_write_json(folder / "metrics.json", result)
     return result
+
+
+def log_epoch(tb, kind, report: dict) -> None:
+    """One `fit_head` epoch report as TensorBoard scalars: each step's loss, the learning rate,
+    the validation metrics the kind logs."""
+    first = report["step"] - len(report["losses"])
+    for i, value in enumerate(report["losses"]):
+        tb.add_scalar("train/loss", value, first + i + 1)
+    tb.add_scalar("train/lr", report["lr"], report["step"])
+    for name, value in kind.logged(report["validation"]).items():
+        tb.add_scalar(f"validation/{name}", value, report["epoch"])
+
+
+def head_meta(pooler: dict, data: HeadData, kind, chosen: dict, cfg: HeadTrainConfig) -> dict:
+    """head_config.json of a head trained on ``data``: the AdapterPoolerConfig, what it was
+    trained on, the kind's extras (spans: the threshold chosen on validation), the config."""
+    return {"adapter_pooler": pooler, "task": data.spec, "encoder": data.manifest["encoder"],
+            "checkpoint": data.manifest.get("checkpoint"), **kind.head_meta(data, chosen), "train": asdict(cfg)}  # fmt: skip
 
 
 # What a head run writes besides config.json, metrics.json and summary.json (a killed run's are
