@@ -212,7 +212,8 @@ def _add_method_commands(commands) -> None:
         "folders from 'bertvision train') and, with --encoder, the fine-tuned encoder's own logits stored "
         "beside the hidden states. Sentence tasks: members' probabilities (regression: predictions) are "
         "averaged with weights chosen on the validation part by greedy selection with replacement; every "
-        "member, the uniform and the greedy ensemble are then scored once on the eval split. Span tasks: "
+        "member, the uniform and the greedy ensemble are then scored once on the eval split, and the one "
+        "better on validation is marked chosen (greedy on a tie). Span tasks: "
         "each member's start and end probabilities are combined by element-wise max or mean, with the "
         "no-answer threshold chosen on validation, and scored once on the eval split (official SQuAD 2.0 "
         "scorer). Writes OUT/ensemble.json (span tasks: and predictions per method).",
@@ -517,13 +518,13 @@ def format_sentence_ensemble(result: dict) -> str:
     evals, metrics = result["evals"], result["metrics"]
     head = f"{'':<40} {'weight':>6} {'val score':>9}" + "".join(f" {f'{e} {m}':>16}" for e in evals for m in metrics)
     rows = [(f"member {k}", result["weights"][k], v) for k, v in result["members"].items()]
-    rows += [(f"ensemble {k}", "", v) for k, v in result["ensembles"].items()]
+    rows += [(f"ensemble {k}{' (chosen)' if k == result['chosen'] else ''}", "", v) for k, v in result["ensembles"].items()]
     lines = [head]
     for label, weight, r in rows:
         label = label if len(label) <= 40 else "..." + label[-37:]
         lines.append(f"{label:<40} {weight!s:>6} {r['validation']['score']:>9.4f}"
                      + "".join(f" {r[e][m]:>16.4f}" for e in evals for m in metrics))  # fmt: skip
-    lines.append(f"weights chosen on {result['validation_rows']} validation examples; "
+    lines.append(f"weights and the {result['chosen']} ensemble chosen on {result['validation_rows']} validation examples; "
                  f"{', '.join(evals) or 'no eval split'} scored once")  # fmt: skip
     return "\n".join(lines)
 

@@ -193,6 +193,9 @@ class FinetuneConfig(KindDefaults):
     validation split)."""
     validation_seed: int = 0
     """Seed of that carve; keep it equal across runs that are compared."""
+    train_examples: int | None = None
+    """Sentence tasks: train on a fixed subset of this many examples of the training part, drawn
+    (seeded by --validation-seed) after the validation carve, which is unchanged (default: all)."""
     eval_batch_size: int = 64
     """Examples per forward pass when scoring."""
     device: str | None = None
@@ -211,7 +214,7 @@ class FinetuneConfig(KindDefaults):
                 raise ConfigError(f"--save-at fractions must be in (0, inf), not {f}")
             if f > self.epochs + 1e-9:
                 raise ConfigError(f"--save-at {f} lies beyond --epochs {self.epochs}")
-        _positive(self, ("lr", "batch_size", "max_length", "max_answer_tokens", "eval_batch_size"))
+        _positive(self, ("lr", "batch_size", "max_length", "max_answer_tokens", "eval_batch_size", "train_examples"))
 
     def checkpoint_fractions(self) -> list[float]:
         return sorted({*self.save_at, self.epochs})

@@ -310,6 +310,9 @@ def sentence_ensemble(cfg: EnsembleConfig, trials: list[dict], out_dir: Path) ->
                 **{p: scores(combine_outputs([a[p] for a in averaged], weights), p) for p in ["validation", *evals]},
             }  # fmt: skip
         result["ensembles"]["greedy"]["rounds"] = history
+        # the ensemble to report: greedy weights unless equal weights do better on validation
+        val_score = {m: e["validation"]["score"] for m, e in result["ensembles"].items()}
+        result["chosen"] = "greedy" if val_score["greedy"] >= val_score["uniform"] else "uniform"
         result["seconds"] = round(time.perf_counter() - t0, 2)
         atomic_write_json(out_dir / "ensemble.json", result)
     return result

@@ -48,6 +48,14 @@ class DataError(BertVisionError, ValueError):
             where += f" [{key}]"
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):
+        # Picklable with its fields (Ray sends a worker's errors to the driver this way).
+        return (_data_error, (self.source, self.problem, self.line, self.key))
+
+
+def _data_error(source: str, problem: str, line: int | None, key: str | None) -> DataError:
+    return DataError(source, problem, line=line, key=key)
+
 
 class ConfigError(BertVisionError, ValueError):
     """A bad option or configuration value; the message names the option or field."""

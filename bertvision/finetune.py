@@ -106,6 +106,9 @@ class SentenceTuning:
         """The {"train", "validation"} parts, and the splits whose fingerprints config.json keeps."""
         full = self.task.load("train")
         tr, va = carve_validation(full.labels, len(full), self.cfg.validation_fraction, self.cfg.validation_seed)
+        n = self.cfg.train_examples
+        if n is not None and n < len(tr):  # a seeded subset of the training part; validation as carved
+            tr = np.sort(np.random.default_rng(self.cfg.validation_seed).choice(tr, size=n, replace=False))
         return {"train": full.subset(tr, "train"), "validation": full.subset(va, "validation")}, {"train": full}
 
     def encode(self, tokenizer, data) -> dict:

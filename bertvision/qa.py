@@ -116,6 +116,8 @@ class SpanTuning:
     seen = "windows_seen"
 
     def read(self) -> tuple[dict, dict]:
+        if self.cfg.train_examples is not None:
+            raise ConfigError("--train-examples: only sentence tasks take a subset of train")
         parts = span_parts(self.task, self.cfg.validation_fraction, self.cfg.validation_seed)
         return parts, parts
 

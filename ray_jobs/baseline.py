@@ -1,17 +1,18 @@
 """The full fine-tuning baseline, tuned as fairly as the heads: Ray Tune trials of `finetune`.
 
-    python -m ray_jobs.baseline --task rte --lrs 2e-5 5e-5 1e-4 --epochs 3 --seeds 0 1 2 3 4 \\
+    python -m ray_jobs.baseline --task rte --lrs 2e-5 5e-5 1e-4 --max-epochs 3 --seeds 0 1 2 3 4 \\
         --out /mnt/bertvision/runs/rte/baseline
-    bertvision baseline --task rte ...                    # the same on an in-process Ray
 
 A grid of learning rates runs as Tune trials (one `bertvision.finetune.finetune` each, with a
 checkpoint after every whole epoch); the learning rate and the number of epochs are chosen on
 the validation part carved from train (the checkpoints' validation scores, the task's
 selection metric), never on dev. Then ``--seeds`` runs at that setting, again as trials, each
-scored once on dev at its chosen epoch. Output::
+scored once on dev at its chosen epoch (and at each whole epoch before it, a row of its own).
+Without $RAY_ADDRESS it runs on a local Ray of its own. Output::
 
     grid/lr-<lr>/       fine-tuning runs of the grid (validation only)
-    seed-<k>/           the seeds' runs at the chosen setting (with dev scores)
+    seed-<k>/           the seeds' runs at the chosen setting (with dev scores; checkpoint-e1 is
+                        the 1-epoch fine-tuning a store can be extracted from)
     baseline.json       the grid's validation scores, the choice, and dev mean / std over seeds
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from bertvision.finetune import finetune
 from bertvision.io import atomic_write_json
 from bertvision.kinds import KINDS
 from bertvision.tasks import get_task
-from ray_jobs.local import init_ray
+from ray_jobs.local import absolute_inputs, init_ray
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class BaselineGrid:
     """Learning rates tried (one trial each), chosen on validation."""
     max_epochs: int = 3
     """Longest run of the grid; 1 .. max_epochs whole epochs are compared on validation."""
+    grid_train_examples: int | None = None
+    """The grid fine-tunes on a fixed seeded subset of this many training examples (a large
+    train split's shortcut; the seeds then train on --train-examples, default all)."""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Seeds run at the chosen setting; dev mean and standard deviation over them."""
     cpus_per_trial: float = 1.0
@@ -58,6 +63,8 @@ class BaselineGrid:
             raise ConfigError("--lrs and --seeds: give at least one each")
         if self.max_epochs < 1:
             raise ConfigError("--max-epochs must be positive")
+        if self.grid_train_examples is not None and self.grid_train_examples < 1:
+            raise ConfigError("--grid-train-examples must be positive")
 
 
 def _trials(points: list[dict], base: FinetuneConfig, out: Path, grid: BaselineGrid, name: str) -> None:
@@ -90,13 +97,17 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
     """Choose the learning rate and epochs on validation from the grid, then run the seeds;
     returns (and writes) baseline.json."""
     out = Path(out_dir).expanduser().absolute()
+    base = absolute_inputs(base)  # trials run in folders of their own
     local_dir = None
     try:
         if not ray.is_initialized():
             local_dir = init_ray(grid.address)
         fractions = tuple(float(e) for e in range(1, grid.max_epochs))
-        search = replace(base, epochs=float(grid.max_epochs), save_at=fractions, score_dev=False)
+        search = replace(base, epochs=float(grid.max_epochs), save_at=fractions, score_dev=False,
+                         train_examples=grid.grid_train_examples or base.train_examples)
+        t0 = time.perf_counter()
         _trials([{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs], search, out, grid, "grid")
+        grid_seconds = time.perf_counter() - t0
         select = KINDS[get_task(base.task, base.data_dir).spec.kind].selection  # the heads' metric
         table = []
         for lr in grid.lrs:
@@ -105,24 +116,41 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
                 table.append({"lr": lr, "epochs": meta["fraction"], "validation": meta["validation"],
                               "score": select(meta["validation"])})  # fmt: skip
         best = max(table, key=lambda r: r["score"])
-        chosen = replace(base, lr=best["lr"], epochs=best["epochs"], save_at=(), score_dev=True)
+        # every whole epoch before the chosen one is kept too: its 1-epoch checkpoint is the brief
+        # fine-tuning that stores are extracted from, and it is scored on dev as a row of its own
+        chosen = replace(base, lr=best["lr"], epochs=best["epochs"], score_dev=True,
+                         save_at=tuple(float(e) for e in range(1, int(best["epochs"]))))
+        t0 = time.perf_counter()
         _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], chosen, out, grid, "seeds")
+        seeds_seconds = time.perf_counter() - t0
     finally:
         if local_dir:
             ray.shutdown()
             shutil.rmtree(local_dir, ignore_errors=True)
-    runs = {s: next(iter(_read_metrics(out / f"seed-{s}").values())) for s in grid.seeds}
+    metrics = {s: _read_metrics(out / f"seed-{s}") for s in grid.seeds}
+    runs = {s: next(m for m in ms.values() if m["fraction"] == best["epochs"]) for s, ms in metrics.items()}
     dev = [k for k in next(iter(runs.values())) if k.startswith(("dev", "test")) and not k.endswith("_seconds")]
+    by_epoch = {f"{m['fraction']:g}": {split: _mean_std([ms[name] for ms in metrics.values()], split)
+                                       for split in ("validation", *dev)}
+                for name, m in metrics[grid.seeds[0]].items()}  # fmt: skip
     summary = {
         "grid": table, "chosen": {"lr": best["lr"], "epochs": best["epochs"], "validation_score": best["score"]},
+        "grid_train_examples": grid.grid_train_examples or base.train_examples, "train_examples": base.train_examples,
         "seeds": list(grid.seeds), "runs": {str(s): {k: m[k] for k in ("validation", *dev)} for s, m in runs.items()},
-        **{split: {name: {"mean": float(np.mean([m[split][name] for m in runs.values()])),
-                          "std": float(np.std([m[split][name] for m in runs.values()], ddof=1)) if len(runs) > 1 else 0.0}
-                   for name in next(iter(runs.values()))[split]} for split in dev},
+        **{split: _mean_std(list(runs.values()), split) for split in dev},
+        "by_epoch": by_epoch,
         "train_seconds": float(sum(m["train_seconds"] for m in runs.values())),
+        "wall_seconds": {"grid": round(grid_seconds, 1), "seeds": round(seeds_seconds, 1)},
     }  # fmt: skip
     atomic_write_json(out / "baseline.json", summary)
     return summary
+
+
+def _mean_std(runs: list[dict], split: str) -> dict:
+    """{metric: {"mean", "std"}} of one split over runs (sample standard deviation)."""
+    return {name: {"mean": float(np.mean([m[split][name] for m in runs])),
+                   "std": float(np.std([m[split][name] for m in runs], ddof=1)) if len(runs) > 1 else 0.0}
+            for name in runs[0][split]}  # fmt: skip
 
 
 def _read_metrics(folder: Path) -> dict:

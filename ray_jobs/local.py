@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import fields, replace
 
 import ray
+
+from bertvision.tasks.base import resolve_data_dir
 
 
 def init_ray(address: str | None) -> str | None:
@@ -35,3 +38,27 @@ def init_ray(address: str | None) -> str | None:
         raise
     print(f"local Ray of this process in {temp_dir} (removed at the end)", flush=True)
     return temp_dir
+
+
+def absolute_inputs(cfg):
+    """``cfg`` with its local input paths made absolute (a task file, an encoder or checkpoint
+    folder, stores) and ``data_dir`` pinned to the absolute folder it names or $BERTVISION_DATA
+    names: Tune runs each trial in a folder of its own, where a relative path means something
+    else. Names that are not local paths (Hub ids, registered task names) are kept."""
+
+    def pin(value: str, test) -> str:
+        path = os.path.expanduser(value)
+        return os.path.abspath(path) if test(path) else value
+
+    names = {f.name for f in fields(cfg)}
+    changes = {}
+    for name, test in (("task", os.path.isfile), ("encoder", os.path.isdir), ("checkpoint", os.path.isdir),
+                       ("store", os.path.isdir)):  # fmt: skip
+        if name in names and isinstance(getattr(cfg, name), str):
+            changes[name] = pin(getattr(cfg, name), test)
+    if "stores" in names:
+        changes["stores"] = tuple(pin(s, os.path.isdir) for s in cfg.stores)
+    if "data_dir" in names:
+        found = resolve_data_dir(cfg.data_dir)  # a folder named but missing is refused here
+        changes["data_dir"] = None if found is None else str(found)
+    return replace(cfg, **changes)

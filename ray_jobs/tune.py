@@ -48,7 +48,7 @@ from bertvision.search import (
     run_trial,
     space,
 )
-from ray_jobs.local import init_ray
+from ray_jobs.local import absolute_inputs, init_ray
 
 METRIC = "score"
 CHECKPOINT_EVERY = 1
@@ -142,6 +142,7 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
 def run(search: SearchConfig, out_dir: str, job: TuneJobConfig = TuneJobConfig()) -> list[dict]:
     """Run (or, with ``job.resume``, finish) the search into ``out_dir``; returns the leaderboard."""
     out = Path(out_dir).expanduser().absolute()
+    search = absolute_inputs(search)  # trials run in folders of their own
     local_dir = None
     try:
         if not ray.is_initialized():

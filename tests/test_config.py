@@ -173,3 +173,26 @@ def test_fit_head_resumed_from_a_saved_state_ends_as_the_uninterrupted_run(tmp_p
     resumed = fit_head(cfg, _data(), KINDS["classification"], resume=state)
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
     assert all(torch.equal(resumed.state[k], whole.state[k]) for k in whole.state)
+
+
+def test_a_training_subset_is_seeded_and_leaves_the_validation_part_as_carved(toy_task):
+    from bertvision.config import FinetuneConfig
+    from bertvision.finetune import SentenceTuning
+    from bertvision.qa import SpanTuning
+    from bertvision.tasks import get_task
+
+    task = get_task(str(toy_task))
+
+    def parts(**kw):
+        p, _ = SentenceTuning(task, FinetuneConfig(task=str(toy_task), **kw), "cpu").read()
+        return [str(i) for i in p["train"].ids], [str(i) for i in p["validation"].ids]
+
+    (train, val), (sub, sub_val), (again, _) = parts(), parts(train_examples=30), parts(train_examples=30)
+    assert len(train) == 72 and len(sub) == 30 and sub == again  # fixed by the seed
+    assert set(sub) < set(train) and sub_val == val  # drawn from the training part; validation unchanged
+    assert parts(train_examples=500)[0] == train  # more than there are: all of them
+    assert parts(train_examples=30, validation_seed=1)[0] != sub
+    with pytest.raises(ConfigError, match="--train-examples must be positive"):
+        FinetuneConfig(task="rte", train_examples=0)
+    with pytest.raises(ConfigError, match="only sentence tasks"):
+        SpanTuning(None, FinetuneConfig(task="squad2", train_examples=10), "cpu").read()

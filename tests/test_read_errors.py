@@ -383,3 +383,14 @@ def test_a_lone_carriage_return_is_not_a_line_ending(tmp_path):
     jcfg = write(tmp_path / "t.json", JSONL_CONFIG)
     write(tmp_path / "t.jsonl", '{"id": 1,\r"text": "a", "y": 1}\n{"id": 2, "text": "b", "y": 2}\n')
     assert get_task(str(jcfg)).load("train").ids == ["1", "2"]
+
+
+def test_a_data_error_survives_pickling_with_its_fields():
+    """Ray hands a worker's exception to the driver pickled: it must arrive as the same error."""
+    import pickle
+
+    from bertvision.errors import DataError
+
+    e = pickle.loads(pickle.dumps(DataError("train.tsv", "unknown label 'x'", line=3, key="q1")))
+    assert isinstance(e, DataError) and str(e) == "train.tsv:3 [q1]: unknown label 'x'"
+    assert (e.source, e.problem, e.line, e.key) == ("train.tsv", "unknown label 'x'", 3, "q1")

@@ -1,0 +1,140 @@
+"""The search study of one GLUE task with the bundled encoder (docs/RESULTS.md, "Searches"):
+the tuned full fine-tuning baseline, stores of the pretrained and the 1-epoch fine-tuned
+encoder, a head search on each, the best configuration retrained with 5 seeds, the default
+head with 5 seeds, and ensembles of each search's best trials (with the encoder's own head).
+
+    BERTVISION_DATA=../shared/data .venv/bin/python benchmarks/tune_study.py --task stsb \\
+        --out runs/tune-study/stsb [--grid-train-examples 2000] [--train-examples N]
+
+Stages, each timed (wall seconds) and skipped when its output is already there (rerun the same
+command to finish an interrupted study):
+
+    baseline/        python -m ray_jobs.baseline: lr in --lrs x 1..3 epochs chosen on
+                     validation (on --grid-train-examples if given), then 5 seeds; the
+                     seeds' 1-epoch checkpoints are the brief fine-tuning
+    pre-cls, pre-mean, ft-cls, ft-mean/
+                     stores (train, dev) of the pretrained encoder and of baseline/seed-0's
+                     1-epoch checkpoint (which also stores the encoder's logits)
+    tune-pre, tune-ft/   bertvision tune over the two stores of each encoder (the store, cls
+                     or mean, is one of the choices), --trials trials
+    best5-pre, best5-ft/ the best trial's configuration retrained with seeds 0-4
+    default5-pre, default5-ft/  the default head (on the cls store) with seeds 0-4
+    ens-pre, ens-ft/     bertvision ensemble --from-tune --top-k 5 (ft: with --encoder)
+    study.json       every figure and time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bertvision.config import (
+    EmbedConfig,
+    EnsembleConfig,
+    FinetuneConfig,
+    HeadTrainConfig,
+    SearchConfig,
+)
+from bertvision.embed import embed
+from bertvision.ensemble import ensemble
+from bertvision.io import atomic_write_json
+from bertvision.search import leaderboard, trial_config
+from bertvision.train import train_heads
+
+SEEDS = (0, 1, 2, 3, 4)
+
+
+def timed(times: dict, name: str, done: Path, fn):
+    """Run ``fn`` unless ``done`` exists; record its wall seconds (kept from an earlier run)."""
+    if done.exists():
+        print(f"[{name}] done already ({done})", flush=True)
+        return
+    print(f"[{name}] ...", flush=True)
+    t0 = time.perf_counter()
+    fn()
+    times[name] = round(time.perf_counter() - t0, 1)
+    print(f"[{name}] {times[name]} s", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 1e-4, 2e-4])
+    p.add_argument("--grid-train-examples", type=int, default=None)
+    p.add_argument("--train-examples", type=int, default=None, help="the baseline seeds' training subset")
+    p.add_argument("--trials", type=int, default=48)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    out = Path(args.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    times_path = out / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+
+    def save_times():
+        atomic_write_json(times_path, times)
+
+    from ray_jobs import baseline
+
+    base = FinetuneConfig(task=args.task, data_dir=args.data_dir, train_examples=args.train_examples)
+    grid = baseline.BaselineGrid(lrs=tuple(args.lrs), max_epochs=3, seeds=SEEDS,
+                                 grid_train_examples=args.grid_train_examples)  # fmt: skip
+    timed(times, "baseline", out / "baseline" / "baseline.json", lambda: baseline.run(base, str(out / "baseline"), grid))
+    save_times()
+    ckpt = out / "baseline" / "seed-0" / "checkpoint-e1"
+    for enc, where in (("pre", None), ("ft", str(ckpt))):
+        for sel in ("cls", "mean"):
+            cfg = EmbedConfig(task=args.task, checkpoint=where, splits=("train", "dev"), selection=sel, data_dir=args.data_dir)
+            timed(times, f"embed-{enc}-{sel}", out / f"{enc}-{sel}" / "train" / "manifest.json",
+                  lambda cfg=cfg, enc=enc, sel=sel: embed(cfg, out / f"{enc}-{sel}"))  # fmt: skip
+            save_times()
+    from ray_jobs import tune
+
+    for enc in ("pre", "ft"):
+        search = SearchConfig(stores=(str(out / f"{enc}-cls"), str(out / f"{enc}-mean")), trials=args.trials)
+        folder = out / f"tune-{enc}"
+        timed(times, f"tune-{enc}", folder / "leaderboard.json", lambda search=search, folder=folder: tune.run(search, str(folder)))
+        save_times()
+        best = leaderboard(folder)[0]
+        cfg = replace(trial_config(search, best["params"]), seeds=SEEDS)
+        timed(times, f"best5-{enc}", out / f"best5-{enc}" / "summary.json", lambda cfg=cfg, enc=enc: train_heads(cfg, out / f"best5-{enc}"))
+        cfg = HeadTrainConfig(store=str(out / f"{enc}-cls"), seeds=SEEDS)
+        timed(times, f"default5-{enc}", out / f"default5-{enc}" / "summary.json",
+              lambda cfg=cfg, enc=enc: train_heads(cfg, out / f"default5-{enc}"))  # fmt: skip
+        ens = EnsembleConfig(from_tune=str(folder), top_k=5, encoder=enc == "ft")
+        timed(times, f"ens-{enc}", out / f"ens-{enc}" / "ensemble.json", lambda ens=ens, enc=enc: ensemble(ens, out / f"ens-{enc}"))
+        save_times()
+
+    def read(*parts):
+        return json.loads(out.joinpath(*parts).read_text())
+
+    study = {"task": args.task, "times": times, "baseline": read("baseline", "baseline.json")}
+    for enc in ("pre", "ft"):
+        board = leaderboard(out / f"tune-{enc}")
+        study[f"tune-{enc}"] = {
+            "trials": len(board), "best": {k: board[0][k] for k in ("params", "score", "best_epoch")},
+            "default_rank": 1 + next((i for i, r in enumerate(board) if r["trial"].endswith(_first_trial(board))), -1),
+            "epochs_run": sum(r["epochs_run"] for r in board),
+        }  # fmt: skip
+        for name in (f"best5-{enc}", f"default5-{enc}"):
+            s = read(name, "summary.json")
+            study[name] = {k: s[k] for k in ("validation", "dev")}
+        e = read(f"ens-{enc}", "ensemble.json")
+        study[f"ens-{enc}"] = {"chosen": e["chosen"], "weights": e["weights"],
+                               **{m: {k: v for k, v in e["ensembles"][m].items() if k != "rounds"} for m in ("uniform", "greedy")},
+                               "encoder": e["members"].get("encoder")}  # fmt: skip
+    atomic_write_json(out / "study.json", study)
+    print(json.dumps(study, indent=1))
+
+
+def _first_trial(board: list[dict]) -> str:
+    """The trial that ran first (the default head configuration): the earliest start."""
+    first = min(board, key=lambda r: r["timing"]["entered"])
+    return first["trial"]
+
+
+if __name__ == "__main__":
+    main()
