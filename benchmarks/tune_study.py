@@ -21,6 +21,8 @@ command to finish an interrupted study):
     default5-pre, default5-ft/  the default head (on the cls store) with seeds 0-4
     ens-pre, ens-ft/     bertvision ensemble --from-tune --top-k 5 (ft: with --encoder)
     study.json       every figure and time
+
+``--table DIR [DIR ...]`` prints the markdown tables of finished studies (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -61,14 +63,21 @@ def timed(times: dict, name: str, done: Path, fn):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--table", nargs="+", metavar="DIR", help="print the tables of these study folders and stop")
+    p.add_argument("--task")
+    p.add_argument("--out")
     p.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 1e-4, 2e-4])
     p.add_argument("--grid-train-examples", type=int, default=None)
     p.add_argument("--train-examples", type=int, default=None, help="the baseline seeds' training subset")
     p.add_argument("--trials", type=int, default=48)
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
+    if args.table:
+        for folder in args.table:
+            print(table(Path(folder)) + "\n")
+        return
+    if not (args.task and args.out):
+        p.error("--task and --out are required (or --table DIR ...)")
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     times_path = out / "times.json"
@@ -77,7 +86,14 @@ def main() -> None:
     def save_times():
         atomic_write_json(times_path, times)
 
+    import ray
+
     from ray_jobs import baseline
+    from ray_jobs.local import init_ray
+
+    # one local Ray for every stage; 5 logical CPUs so that the 5 fine-tuning seeds (one torch
+    # thread each) run at once rather than 4 and then 1 alone on a 2-core machine
+    local_dir = init_ray(None, num_cpus=len(SEEDS))
 
     base = FinetuneConfig(task=args.task, data_dir=args.data_dir, train_examples=args.train_examples)
     grid = baseline.BaselineGrid(lrs=tuple(args.lrs), max_epochs=3, seeds=SEEDS,
@@ -108,6 +124,12 @@ def main() -> None:
         timed(times, f"ens-{enc}", out / f"ens-{enc}" / "ensemble.json", lambda ens=ens, enc=enc: ensemble(ens, out / f"ens-{enc}"))
         save_times()
 
+    ray.shutdown()
+    import shutil
+
+    if local_dir:
+        shutil.rmtree(local_dir, ignore_errors=True)
+
     def read(*parts):
         return json.loads(out.joinpath(*parts).read_text())
 
@@ -128,6 +150,84 @@ def main() -> None:
                                "encoder": e["members"].get("encoder")}  # fmt: skip
     atomic_write_json(out / "study.json", study)
     print(json.dumps(study, indent=1))
+
+
+def _pm(stat: dict, scale: float = 100) -> str:
+    return f"{stat['mean'] * scale:.1f} ± {stat['std'] * scale:.1f}"
+
+
+def _params(p: dict) -> str:
+    store = Path(p["store"]).name.split("-")[-1]
+    return (f"{store} states, A {p['adapter_size']}, {'shared' if p['shared'] else 'per-layer'}, {p['combine']}, "
+            f"{'residual, ' if p['residual'] else ''}layers {p['first_layer']}+, dropout {p['dropout']:.2f}, "
+            f"lr {p['lr']:.2g}, wd {p['weight_decay']:.1g}, batch {p['batch_size']}")  # fmt: skip
+
+
+def table(folder: Path) -> str:
+    """One task's markdown table: dev mean ± std (in %) over 5 seeds, or one ensemble run, with
+    each row's validation score and the wall seconds of the stages that made it."""
+    import numpy as np
+
+    from bertvision.metrics import compute_metrics
+    from bertvision.store import load_split, read_manifest
+
+    study = json.loads((folder / "study.json").read_text())
+    times, b = study["times"], study["baseline"]
+    spec = read_manifest(folder / "pre-cls" / "train")["task"]
+    metrics = list(spec["metrics"])
+    rows = []
+    if spec["kind"] == "classification":  # the most frequent training label, everywhere
+        train, dev = load_split(folder / "pre-cls" / "train").labels, load_split(folder / "pre-cls" / "dev").labels
+        guess = np.full(len(dev), np.bincount(train).argmax())
+        m = compute_metrics(metrics, guess, dev)
+        rows.append(("majority class of train", [f"{m[k] * 100:.1f}" for k in metrics], "–", "–"))
+    sel = f"lr {b['chosen']['lr']:g}, {b['chosen']['epochs']:g} epoch(s)"
+    grid_n = b.get("grid_train_examples")
+    seeds_n = b.get("train_examples")
+    note = f"grid on {grid_n:,} training examples" if grid_n else "grid on all of train"
+    if seeds_n:
+        note += f"; seeds on {seeds_n:,}"
+    e1 = b["by_epoch"].get("1")
+    wall_ft = f"{b['wall_seconds']['grid']:.0f} grid + {b['wall_seconds']['seeds']:.0f} seeds"
+    rows.append((f"**full fine-tuning, tuned** ({sel}; {note}), 5 seeds",
+                 [_pm(b["dev"][k]) for k in metrics], _val(b["by_epoch"][f"{b['chosen']['epochs']:g}"]["validation"]),
+                 wall_ft))  # fmt: skip
+    if e1 is not None and f"{b['chosen']['epochs']:g}" != "1":
+        rows.append(("fine-tuning 1 epoch (same lr; encoder alone), 5 seeds", [_pm(e1["dev"][k]) for k in metrics],
+                     _val(e1["validation"]), "(a checkpoint of the runs above)"))  # fmt: skip
+    for enc, label in (("pre", "pretrained encoder"), ("ft", "1-epoch encoder (seed 0)")):
+        if f"tune-{enc}" not in study:
+            continue
+        t = study[f"tune-{enc}"]
+        embed_s = times.get(f"embed-{enc}-cls", float("nan")) + times.get(f"embed-{enc}-mean", float("nan"))
+        for name, what in ((f"default5-{enc}", "default head (cls states)"),
+                           (f"best5-{enc}", f"best of {t['trials']} trials ({_params(t['best']['params'])})")):  # fmt: skip
+            r = study[name]
+            rows.append((f"{label} + {what}, 5 seeds", [_pm(r["dev"][k]) for k in metrics],
+                         _val(r["validation"]), f"{times.get(name, float('nan')):.0f}"))  # fmt: skip
+        e = study[f"ens-{enc}"]
+        chosen = e[e["chosen"]]
+        members = ", ".join(f"{k.split('/')[-1][:14]} x{w}" for k, w in e["weights"].items() if w) if e["chosen"] == "greedy" else "equal weights"
+        rows.append((f"{label} + ensemble of the top 5 trials{' and the encoder' if enc == 'ft' else ''} ({e['chosen']}: {members}), one run",
+                     [f"{chosen['dev'][k] * 100:.1f}" for k in metrics], f"{chosen['validation']['score'] * 100:.1f}",
+                     f"{times.get(f'ens-{enc}', float('nan')):.0f}"))  # fmt: skip
+        rows.append((f"({label}: stores {embed_s:.0f} s, search {times.get(f'tune-{enc}', float('nan')):.0f} s, "
+                     f"{t['trials']} trials, {t['epochs_run']} epochs; the default head ranked {t['default_rank']})",
+                     ["" for _ in metrics], "", ""))  # fmt: skip
+        if enc == "ft" and e.get("encoder"):
+            enc_dev = e["encoder"]["dev"]
+            rows.append(("1-epoch encoder (seed 0) alone, its stored logits", [f"{enc_dev[k] * 100:.1f}" for k in metrics],
+                         f"{e['encoder']['validation']['score'] * 100:.1f}", "–"))  # fmt: skip
+    head = "| configuration | " + " | ".join(f"dev {k}" for k in metrics) + " | validation score | wall s |"
+    lines = [f"### {spec['name']}", "", head, "|" + "---|" * (len(metrics) + 3)]
+    lines += ["| " + " | ".join([r[0], *r[1], r[2], r[3]]) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _val(validation: dict) -> str:
+    """The mean selection score over seeds (the score is the mean of the task's metrics, so the
+    mean of the metrics' means), in %."""
+    return f"{100 * sum(v['mean'] for v in validation.values()) / len(validation):.1f}"
 
 
 def _first_trial(board: list[dict]) -> str:

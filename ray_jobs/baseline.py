@@ -69,7 +69,13 @@ class BaselineGrid:
 
 def _trials(points: list[dict], base: FinetuneConfig, out: Path, grid: BaselineGrid, name: str) -> None:
     """One Tune trial per point (a grid search over the points): `finetune` of ``base`` with the
-    point's fields, into ``out/<point's folder>``."""
+    point's fields, into ``out/<point's folder>``. A point whose run finished with the same
+    config (an interrupted baseline run again) is kept, not rerun."""
+    kind = get_task(base.task, base.data_dir).spec.kind
+    points = [pt for pt in points
+              if not _finished(out / pt["folder"], replace(base, **{k: v for k, v in pt.items() if k != "folder"}).resolved(kind))]  # fmt: skip
+    if not points:
+        return
     fn = tune.with_resources(
         tune.with_parameters(_point_trial, base=base, out=str(out), threads=max(1, int(grid.cpus_per_trial))),
         {"cpu": grid.cpus_per_trial, "gpu": grid.gpus_per_trial},
@@ -144,6 +150,16 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
     }  # fmt: skip
     atomic_write_json(out / "baseline.json", summary)
     return summary
+
+
+def _finished(folder: Path, cfg: FinetuneConfig) -> bool:
+    """Whether ``folder`` holds a finished fine-tuning run of ``cfg``."""
+    import json
+    from dataclasses import asdict
+
+    if not (folder / "metrics.json").is_file():
+        return False
+    return json.loads((folder / "config.json").read_text()).get("finetune") == json.loads(json.dumps(asdict(cfg)))
 
 
 def _mean_std(runs: list[dict], split: str) -> dict:

@@ -12,14 +12,15 @@ import ray
 from bertvision.tasks.base import resolve_data_dir
 
 
-def init_ray(address: str | None) -> str | None:
+def init_ray(address: str | None, num_cpus: int | None = None) -> str | None:
     """Attach to ``address`` (or $RAY_ADDRESS: a submitted job's cluster), else start a local
     Ray of this process's own; returns the local Ray's temporary folder (None when attached).
 
     A plain ``ray.init()`` would attach to the head that the last ``ray start`` on this machine
     recorded in the default temporary folder (``/tmp/ray/ray_current_cluster``), someone else's
     cluster perhaps. ``address="local"`` and a fresh temporary folder keep the local Ray apart:
-    its own session, sockets and ports, shut down with this process.
+    its own session, sockets and ports, shut down with this process. ``num_cpus``: the local
+    Ray's logical CPUs (default: the cores, at least 4).
     """
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
@@ -31,7 +32,7 @@ def init_ray(address: str | None) -> str | None:
     # On a small machine give Ray more logical CPUs than cores, so the actor and the tasks that
     # feed it can all be scheduled.
     try:
-        ray.init(address="local", _temp_dir=temp_dir, num_cpus=max(4, os.cpu_count() or 1),
+        ray.init(address="local", _temp_dir=temp_dir, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
                  include_dashboard=False, log_to_driver=True)  # fmt: skip
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
