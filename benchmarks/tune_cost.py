@@ -4,6 +4,7 @@ Ray node and on two, in one run on the same store.
     BERTVISION_DATA=/work/shared/data python benchmarks/tune_cost.py [--store runs/demo/store]
         [--trials 24] [--max-concurrent 2] [--label before] [--json docs/bench/tune_cost.json]
         [-- extra options of python -m ray_jobs.tune]
+    python benchmarks/tune_cost.py --summarise SEARCH [SEARCH ...]   # figures of finished searches
 
 The store is a real one of the bundled encoder (`make run` leaves runs/demo/store; without it
 the script fine-tunes 0.3 epoch on RTE and embeds train and dev into a temporary folder). The
@@ -107,8 +108,15 @@ def main() -> None:
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--label", default="run")
     p.add_argument("--json", default=None, help="write (or add this --label to) this JSON file")
+    p.add_argument("--summarise", nargs="+", metavar="SEARCH", default=None,
+                   help="only print these finished search folders' figures (e.g. benchmarks/tune_study.py's tune-ft)")
     p.add_argument("extra", nargs="*", help="after --: more options of python -m ray_jobs.tune")
     args = p.parse_args()
+    if args.summarise:
+        for folder in args.summarise:
+            s = summarise(Path(folder), args, 0.0, ["", folder])
+            print(json.dumps({k: v for k, v in s.items() if k != "job_wall_s"}))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bvtc-", dir="/tmp"))
     nodes = []
     try:

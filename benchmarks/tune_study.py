@@ -173,7 +173,7 @@ def table(folder: Path) -> str:
 
     study = json.loads((folder / "study.json").read_text())
     times, b = study["times"], study["baseline"]
-    spec = read_manifest(folder / "pre-cls" / "train")["task"]
+    spec = read_manifest(folder / "pre-cls" / "train")["extra"]["task_spec"]
     metrics = list(spec["metrics"])
     rows = []
     if spec["kind"] == "classification":  # the most frequent training label, everywhere
@@ -188,7 +188,7 @@ def table(folder: Path) -> str:
     if seeds_n:
         note += f"; seeds on {seeds_n:,}"
     e1 = b["by_epoch"].get("1")
-    wall_ft = f"{b['wall_seconds']['grid']:.0f} grid + {b['wall_seconds']['seeds']:.0f} seeds"
+    wall_ft = f"{_span(folder / 'baseline' / 'grid', '*'):.0f} grid + {_span(folder / 'baseline', 'seed-*'):.0f} seeds"
     rows.append((f"**full fine-tuning, tuned** ({sel}; {note}), 5 seeds",
                  [_pm(b["dev"][k]) for k in metrics], _val(b["by_epoch"][f"{b['chosen']['epochs']:g}"]["validation"]),
                  wall_ft))  # fmt: skip
@@ -222,6 +222,14 @@ def table(folder: Path) -> str:
     lines = [f"### {spec['name']}", "", head, "|" + "---|" * (len(metrics) + 3)]
     lines += ["| " + " | ".join([r[0], *r[1], r[2], r[3]]) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _span(folder: Path, runs: str) -> float:
+    """Wall seconds of a set of fine-tuning runs: the first config.json written (a run's start)
+    to the last metrics.json (a run's end). Kept runs of an interrupted study count as run."""
+    starts = [f.stat().st_mtime for f in folder.glob(f"{runs}/config.json")]
+    ends = [f.stat().st_mtime for f in folder.glob(f"{runs}/metrics.json")]
+    return max(ends) - min(starts)
 
 
 def _val(validation: dict) -> str:
