@@ -124,6 +124,21 @@ def main() -> None:
         timed(times, f"ens-{enc}", out / f"ens-{enc}" / "ensemble.json", lambda ens=ens, enc=enc: ensemble(ens, out / f"ens-{enc}"))
         save_times()
 
+    # The searched configuration on every fine-tuning seed's 1-epoch checkpoint (one head seed
+    # each), so that the heads' spread includes fine-tuning's; seed 0's is best5-ft's seed 0.
+    search = SearchConfig(stores=(str(out / "ft-cls"), str(out / "ft-mean")), trials=args.trials)
+    best = leaderboard(out / "tune-ft")[0]["params"]
+    sel = Path(best["store"]).name.split("-")[-1]
+    for k in SEEDS[1:]:
+        store = out / f"ft{k}-{sel}"
+        cfg = EmbedConfig(task=args.task, checkpoint=str(out / "baseline" / f"seed-{k}" / "checkpoint-e1"),
+                          splits=("train", "dev"), selection=sel, data_dir=args.data_dir)  # fmt: skip
+        timed(times, f"embed-ft{k}-{sel}", store / "train" / "manifest.json", lambda cfg=cfg, store=store: embed(cfg, store))
+        head = replace(trial_config(search, {**best, "store": str(store)}), seeds=(0,))
+        timed(times, f"across-ft{k}", out / "across-ft" / f"ft{k}" / "summary.json",
+              lambda head=head, k=k: train_heads(head, out / "across-ft" / f"ft{k}"))  # fmt: skip
+        save_times()
+
     ray.shutdown()
     import shutil
 
@@ -148,6 +163,11 @@ def main() -> None:
         study[f"ens-{enc}"] = {"chosen": e["chosen"], "weights": e["weights"],
                                **{m: {k: v for k, v in e["ensembles"][m].items() if k != "rounds"} for m in ("uniform", "greedy")},
                                "encoder": e["members"].get("encoder")}  # fmt: skip
+    heads = [read("best5-ft", "summary.json")["runs"][0]["dev"]] + [read("across-ft", f"ft{k}", "summary.json")["runs"][0]["dev"]
+                                                                   for k in SEEDS[1:]]  # fmt: skip
+    encoders = [next(m for m in read("baseline", f"seed-{k}", "metrics.json").values() if m["fraction"] == 1.0)["dev"]
+                for k in SEEDS]  # fmt: skip
+    study["across-ft"] = {"heads": heads, "encoders": encoders}
     atomic_write_json(out / "study.json", study)
     print(json.dumps(study, indent=1))
 
@@ -214,6 +234,14 @@ def table(folder: Path) -> str:
         rows.append((f"({label}: stores {embed_s:.0f} s, search {times.get(f'tune-{enc}', float('nan')):.0f} s, "
                      f"{t['trials']} trials, {t['epochs_run']} epochs; the default head ranked {t['default_rank']})",
                      ["" for _ in metrics], "", ""))  # fmt: skip
+        if enc == "ft" and "across-ft" in study:
+            a = study["across-ft"]
+            heads = {k: {"mean": np.mean([h[k] for h in a["heads"]]), "std": np.std([h[k] for h in a["heads"]], ddof=1)} for k in metrics}
+            diff = {k: {"mean": np.mean([h[k] - x[k] for h, x in zip(a["heads"], a["encoders"], strict=True)]),
+                        "std": np.std([h[k] - x[k] for h, x in zip(a["heads"], a["encoders"], strict=True)], ddof=1)} for k in metrics}
+            rows.append(("1-epoch encoders of all 5 fine-tuning seeds + the best configuration above, one head seed each",
+                         [f"{_pm(heads[k])} (vs its encoder {'+' if diff[k]['mean'] >= 0 else ''}{_pm(diff[k])})" for k in metrics],
+                         "", f"{sum(times.get(f'embed-ft{k}-' + n, 0) for k in SEEDS[1:] for n in ('cls', 'mean')) + sum(times.get(f'across-ft{k}', 0) for k in SEEDS[1:]):.0f} (seeds 1-4)"))  # fmt: skip
         if enc == "ft" and e.get("encoder"):
             enc_dev = e["encoder"]["dev"]
             rows.append(("1-epoch encoder (seed 0) alone, its stored logits", [f"{enc_dev[k] * 100:.1f}" for k in metrics],
