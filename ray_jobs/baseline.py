@@ -67,17 +67,16 @@ class BaselineGrid:
             raise ConfigError("--grid-train-examples must be positive")
 
 
-def _trials(points: list[dict], base: FinetuneConfig, out: Path, grid: BaselineGrid, name: str) -> None:
+def _trials(points: list[dict], base: FinetuneConfig, kind: str, out: Path, grid: BaselineGrid, name: str) -> None:
     """One Tune trial per point (a grid search over the points): `finetune` of ``base`` with the
     point's fields, into ``out/<point's folder>``. A point whose run finished with the same
     config (an interrupted baseline run again) is kept, not rerun."""
-    kind = get_task(base.task, base.data_dir).spec.kind
     points = [pt for pt in points
               if not _finished(out / pt["folder"], replace(base, **{k: v for k, v in pt.items() if k != "folder"}).resolved(kind))]  # fmt: skip
     if not points:
         return
     fn = tune.with_resources(
-        tune.with_parameters(_point_trial, base=base, out=str(out), threads=max(1, int(grid.cpus_per_trial))),
+        tune.with_parameters(_point_trial, base=base, kind=kind, out=str(out), threads=max(1, int(grid.cpus_per_trial))),
         {"cpu": grid.cpus_per_trial, "gpu": grid.gpus_per_trial},
     )  # fmt: skip
     results = tune.Tuner(fn, param_space={"point": tune.grid_search(points)},
@@ -87,14 +86,14 @@ def _trials(points: list[dict], base: FinetuneConfig, out: Path, grid: BaselineG
         raise RunError(f"{len(errors)} fine-tuning trial(s) failed: {errors[0]}")
 
 
-def _point_trial(config: dict, base: FinetuneConfig, out: str, threads: int) -> None:
+def _point_trial(config: dict, base: FinetuneConfig, kind: str, out: str, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     point = dict(config["point"])
     folder = point.pop("folder")
     result = finetune(replace(base, **point), Path(out) / folder)
-    select = KINDS[get_task(base.task, base.data_dir).spec.kind].selection
+    select = KINDS[kind].selection
     for meta in sorted(result.checkpoints.values(), key=lambda m: m["fraction"]):
         tune.report({"epochs": meta["fraction"], "score": select(meta["validation"])})
 
@@ -104,6 +103,7 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
     returns (and writes) baseline.json."""
     out = Path(out_dir).expanduser().absolute()
     base = absolute_inputs(base)  # trials run in folders of their own
+    kind = get_task(base.task, base.data_dir).spec.kind  # read once, here
     local_dir = None
     try:
         if not ray.is_initialized():
@@ -112,9 +112,9 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
         search = replace(base, epochs=float(grid.max_epochs), save_at=fractions, score_dev=False,
                          train_examples=grid.grid_train_examples or base.train_examples)
         t0 = time.perf_counter()
-        _trials([{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs], search, out, grid, "grid")
+        _trials([{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs], search, kind, out, grid, "grid")
         grid_seconds = time.perf_counter() - t0
-        select = KINDS[get_task(base.task, base.data_dir).spec.kind].selection  # the heads' metric
+        select = KINDS[kind].selection  # the heads' metric
         table = []
         for lr in grid.lrs:
             metrics = _read_metrics(out / f"grid/lr-{lr:g}")
@@ -127,7 +127,7 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
         chosen = replace(base, lr=best["lr"], epochs=best["epochs"], score_dev=True,
                          save_at=tuple(float(e) for e in range(1, int(best["epochs"]))))
         t0 = time.perf_counter()
-        _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], chosen, out, grid, "seeds")
+        _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], chosen, kind, out, grid, "seeds")
         seeds_seconds = time.perf_counter() - t0
     finally:
         if local_dir:
