@@ -4,7 +4,7 @@ Ray node and on two, in one run on the same store.
     BERTVISION_DATA=/work/shared/data python benchmarks/tune_cost.py [--store runs/demo/store]
         [--trials 24] [--max-concurrent 2] [--label before] [--json docs/bench/tune_cost.json]
         [-- extra options of python -m ray_jobs.tune]
-    python benchmarks/tune_cost.py --summarise SEARCH [SEARCH ...]   # figures of finished searches
+    python benchmarks/tune_cost.py --summarise SEARCH [SEARCH ...] [--markdown]   # finished searches
 
 The store is a real one of the bundled encoder (`make run` leaves runs/demo/store; without it
 the script fine-tunes 0.3 epoch on RTE and embeds train and dev into a temporary folder). The
@@ -101,6 +101,22 @@ def summarise(out: Path, args, job_wall: float, cmd: list[str]) -> dict:
     }  # fmt: skip
 
 
+MARKDOWN_HEAD = (
+    "| search | trials | epochs | span (s) | start to first step, median / max (s) | training / trial wall "
+    "| training / slots | trials per hour | median trial wall (s) |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def markdown_row(folder: str, s: dict) -> str:
+    """One search's figures as a row of MARKDOWN_HEAD's table, named by the last two folders."""
+    name = " ".join(Path(folder).absolute().parts[-2:])
+    first = s["to_first_step_s"]
+    cells = [name, s["trials"], s["epochs"], f"{s['search_span_s']:.0f}", f"{first['median']:.3f} / {first['max']:.2f}",
+             f"{s['train_share_in_trial']:.2f}", f"{s['train_share_of_slots']:.2f}", f"{s['trials_per_hour']:,.0f}",
+             f"{s['median_trial_wall_s']:.2f}"]  # fmt: skip
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", default=str(REPO / "runs" / "demo" / "store"))
@@ -110,12 +126,15 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write (or add this --label to) this JSON file")
     p.add_argument("--summarise", nargs="+", metavar="SEARCH", default=None,
                    help="only print these finished search folders' figures (e.g. benchmarks/tune_study.py's tune-ft)")
+    p.add_argument("--markdown", action="store_true", help="with --summarise: docs/BENCHMARKS.md's table rows")
     p.add_argument("extra", nargs="*", help="after --: more options of python -m ray_jobs.tune")
     args = p.parse_args()
     if args.summarise:
+        if args.markdown:
+            print(MARKDOWN_HEAD)
         for folder in args.summarise:
             s = summarise(Path(folder), args, 0.0, ["", folder])
-            print(json.dumps({k: v for k, v in s.items() if k != "job_wall_s"}))
+            print(markdown_row(folder, s) if args.markdown else json.dumps({k: v for k, v in s.items() if k != "job_wall_s"}))
         return
     tmp = Path(tempfile.mkdtemp(prefix="bvtc-", dir="/tmp"))
     nodes = []

@@ -20,9 +20,14 @@ command to finish an interrupted study):
     best5-pre, best5-ft/ the best trial's configuration retrained with seeds 0-4
     default5-pre, default5-ft/  the default head (on the cls store) with seeds 0-4
     ens-pre, ens-ft/     bertvision ensemble --from-tune --top-k 5 (ft: with --encoder)
+    ft1-S ... ft4-S/, across-ft/
+                     stores of seeds 1-4's 1-epoch checkpoints (S: cls or mean, the store
+                     of tune-ft's best trial), and that trial's configuration on each (one
+                     head seed), so that the heads' spread includes fine-tuning's
     study.json       every figure and time
 
-``--table DIR [DIR ...]`` prints the markdown tables of finished studies (docs/RESULTS.md).
+``--table DIR [DIR ...]`` prints the markdown tables of finished studies (docs/RESULTS.md);
+``--summary DIR [DIR ...]`` prints the summary table, one row per study.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def timed(times: dict, name: str, done: Path, fn):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", nargs="+", metavar="DIR", help="print the tables of these study folders and stop")
+    p.add_argument("--summary", nargs="+", metavar="DIR", help="print one summary row per study folder and stop")
     p.add_argument("--task")
     p.add_argument("--out")
     p.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 1e-4, 2e-4])
@@ -75,6 +81,11 @@ def main() -> None:
     if args.table:
         for folder in args.table:
             print(table(Path(folder)) + "\n")
+        return
+    if args.summary:
+        print(SUMMARY_HEAD)
+        for folder in args.summary:
+            print(summary_row(Path(folder)))
         return
     if not (args.task and args.out):
         p.error("--task and --out are required (or --table DIR ...)")
@@ -247,9 +258,50 @@ def table(folder: Path) -> str:
             rows.append(("1-epoch encoder (seed 0) alone, its stored logits", [f"{enc_dev[k] * 100:.1f}" for k in metrics],
                          f"{e['encoder']['validation']['score'] * 100:.1f}", "–"))  # fmt: skip
     head = "| configuration | " + " | ".join(f"dev {k}" for k in metrics) + " | validation score | wall s |"
-    lines = [f"### {spec['name']}", "", head, "|" + "---|" * (len(metrics) + 3)]
+    lines = [f"#### {NAMES.get(spec['name'], spec['name'])}", "", head, "|" + "---|" * (len(metrics) + 3)]
     lines += ["| " + " | ".join([r[0], *r[1], r[2], r[3]]) + " |" for r in rows]
     return "\n".join(lines)
+
+
+NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
+         "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}  # fmt: skip
+SUMMARY_HEAD = (
+    "| task | tuned full fine-tuning, 5 seeds | seed 0 at 1 epoch / at the chosen epochs "
+    "| heads on seed 0's 1-epoch states: best trial's config, 5 head seeds "
+    "| + ensemble of the top 5 (and the encoder) | heads on the pretrained encoder: best config, 5 seeds |\n"
+    "|---|---|---|---|---|---|"
+)
+
+
+def summary_row(folder: Path) -> str:
+    """One row of RESULTS' summary table: dev, in %, of the study's main rows (STS-B: Pearson
+    only; otherwise every metric of the task, joined by ' / ')."""
+    from bertvision.store import read_manifest
+
+    study = json.loads((folder / "study.json").read_text())
+    spec = read_manifest(folder / "pre-cls" / "train")["extra"]["task_spec"]
+    b = study["baseline"]
+    metrics = list(spec["metrics"])[:1] if spec["kind"] == "regression" else list(spec["metrics"])
+    by_seed0 = json.loads((folder / "baseline" / "seed-0" / "metrics.json").read_text()).values()
+    at = {round(v["fraction"], 6): v["dev"] for v in by_seed0}
+    e1, ef = at[1.0], at[round(float(b["chosen"]["epochs"]), 6)]
+
+    def join(f) -> str:
+        return " / ".join(f(k) for k in metrics)
+
+    ens_ft = study["ens-ft"][study["ens-ft"]["chosen"]]["dev"]
+    ens_pre = study["ens-pre"][study["ens-pre"]["chosen"]]["dev"]
+    shown = {"pearson": "Pearson", "mcc": "MCC", "f1": "F1"}
+    name = f"{NAMES.get(spec['name'], spec['name'])} ({' / '.join(shown.get(k, k) for k in metrics)})"
+    cells = [
+        name,
+        f"{join(lambda k: _pm(b['dev'][k]))} (lr {b['chosen']['lr']:g}, {b['chosen']['epochs']:g} ep)",
+        f"{join(lambda k: f'{e1[k] * 100:.1f}')} → {join(lambda k: f'{ef[k] * 100:.1f}')}",
+        join(lambda k: _pm(study["best5-ft"]["dev"][k])),
+        join(lambda k: f"{ens_ft[k] * 100:.1f}"),
+        f"{join(lambda k: _pm(study['best5-pre']['dev'][k]))} (ensemble {join(lambda k: f'{ens_pre[k] * 100:.1f}')})",
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _span(folder: Path, runs: str) -> float:
