@@ -24,6 +24,7 @@ command to finish an interrupted study):
                      stores of seeds 1-4's 1-epoch checkpoints (S: cls or mean, the store
                      of tune-ft's best trial), and that trial's configuration on each (one
                      head seed), so that the heads' spread includes fine-tuning's
+                     (``--no-across`` skips this stage)
     study.json       every figure and time
 
 ``--table DIR [DIR ...]`` prints the markdown tables of finished studies (docs/RESULTS.md);
@@ -76,6 +77,8 @@ def main() -> None:
     p.add_argument("--grid-train-examples", type=int, default=None)
     p.add_argument("--train-examples", type=int, default=None, help="the baseline seeds' training subset")
     p.add_argument("--trials", type=int, default=48)
+    p.add_argument("--no-across", action="store_true",
+                   help="skip the across-ft stage (study.json then has no across-ft figures); run again without it later")  # fmt: skip
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
     if args.table:
@@ -140,7 +143,7 @@ def main() -> None:
     search = SearchConfig(stores=(str(out / "ft-cls"), str(out / "ft-mean")), trials=args.trials)
     best = leaderboard(out / "tune-ft")[0]["params"]
     sel = Path(best["store"]).name.split("-")[-1]
-    for k in SEEDS[1:]:
+    for k in () if args.no_across else SEEDS[1:]:
         store = out / f"ft{k}-{sel}"
         cfg = EmbedConfig(task=args.task, checkpoint=str(out / "baseline" / f"seed-{k}" / "checkpoint-e1"),
                           splits=("train", "dev"), selection=sel, data_dir=args.data_dir)  # fmt: skip
@@ -174,11 +177,12 @@ def main() -> None:
         study[f"ens-{enc}"] = {"chosen": e["chosen"], "weights": e["weights"],
                                **{m: {k: v for k, v in e["ensembles"][m].items() if k != "rounds"} for m in ("uniform", "greedy")},
                                "encoder": e["members"].get("encoder")}  # fmt: skip
-    heads = [read("best5-ft", "summary.json")["runs"][0]["dev"]] + [read("across-ft", f"ft{k}", "summary.json")["runs"][0]["dev"]
-                                                                   for k in SEEDS[1:]]  # fmt: skip
-    encoders = [next(m for m in read("baseline", f"seed-{k}", "metrics.json").values() if m["fraction"] == 1.0)["dev"]
-                for k in SEEDS]  # fmt: skip
-    study["across-ft"] = {"heads": heads, "encoders": encoders}
+    if all((out / "across-ft" / f"ft{k}" / "summary.json").is_file() for k in SEEDS[1:]):
+        heads = [read("best5-ft", "summary.json")["runs"][0]["dev"]] + [read("across-ft", f"ft{k}", "summary.json")["runs"][0]["dev"]
+                                                                       for k in SEEDS[1:]]  # fmt: skip
+        encoders = [next(m for m in read("baseline", f"seed-{k}", "metrics.json").values() if m["fraction"] == 1.0)["dev"]
+                    for k in SEEDS]  # fmt: skip
+        study["across-ft"] = {"heads": heads, "encoders": encoders}
     atomic_write_json(out / "study.json", study)
     print(json.dumps(study, indent=1))
 
