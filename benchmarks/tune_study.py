@@ -299,13 +299,21 @@ def summary_row(folder: Path) -> str:
     name = f"{NAMES.get(spec['name'], spec['name'])} ({' / '.join(shown.get(k, k) for k in metrics)})"
     cells = [
         name,
-        f"{join(lambda k: _pm(b['dev'][k]))} (lr {b['chosen']['lr']:g}, {b['chosen']['epochs']:g} ep)",
+        f"{join(lambda k: _pm(b['dev'][k]))} (lr {b['chosen']['lr']:g}, {b['chosen']['epochs']:g} ep{_subsets(b)})",
         f"{join(lambda k: f'{e1[k] * 100:.1f}')} → {join(lambda k: f'{ef[k] * 100:.1f}')}",
         join(lambda k: _pm(study["best5-ft"]["dev"][k])),
         join(lambda k: f"{ens_ft[k] * 100:.1f}"),
         f"{join(lambda k: _pm(study['best5-pre']['dev'][k]))} (ensemble {join(lambda k: f'{ens_pre[k] * 100:.1f}')})",
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _subsets(b: dict) -> str:
+    """The baseline's training subsets, as the summary table names them ("" when none)."""
+    grid_n, seeds_n = b.get("grid_train_examples"), b.get("train_examples")
+    if grid_n and grid_n == seeds_n:
+        return f"; grid and seeds on {grid_n:,} examples"
+    return (f"; grid on {grid_n:,} examples" if grid_n else "") + (f"; seeds on {seeds_n:,} examples" if seeds_n else "")
 
 
 def _span(folder: Path, runs: str) -> float:
