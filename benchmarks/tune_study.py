@@ -217,11 +217,7 @@ def table(folder: Path) -> str:
         m = compute_metrics(metrics, guess, dev)
         rows.append(("majority class of train", [f"{m[k] * 100:.1f}" for k in metrics], "–", "–"))
     sel = f"lr {b['chosen']['lr']:g}, {b['chosen']['epochs']:g} epoch(s)"
-    grid_n = b.get("grid_train_examples")
-    seeds_n = b.get("train_examples")
-    note = f"grid on {grid_n:,} training examples" if grid_n else "grid on all of train"
-    if seeds_n:
-        note += f"; seeds on {seeds_n:,}"
+    note = _subsets(b) or "grid on all of train"
     e1 = b["by_epoch"].get("1")
     wall_ft = f"{_span(folder / 'baseline' / 'grid', '*'):.0f} grid + {_span(folder / 'baseline', 'seed-*'):.0f} seeds"
     rows.append((f"**full fine-tuning, tuned** ({sel}; {note}), 5 seeds",
@@ -299,7 +295,7 @@ def summary_row(folder: Path) -> str:
     name = f"{NAMES.get(spec['name'], spec['name'])} ({' / '.join(shown.get(k, k) for k in metrics)})"
     cells = [
         name,
-        f"{join(lambda k: _pm(b['dev'][k]))} (lr {b['chosen']['lr']:g}, {b['chosen']['epochs']:g} ep{_subsets(b)})",
+        f"{join(lambda k: _pm(b['dev'][k]))} (lr {b['chosen']['lr']:g}, {b['chosen']['epochs']:g} ep{'; ' + _subsets(b) if _subsets(b) else ''})",
         f"{join(lambda k: f'{e1[k] * 100:.1f}')} → {join(lambda k: f'{ef[k] * 100:.1f}')}",
         join(lambda k: _pm(study["best5-ft"]["dev"][k])),
         join(lambda k: f"{ens_ft[k] * 100:.1f}"),
@@ -309,11 +305,16 @@ def summary_row(folder: Path) -> str:
 
 
 def _subsets(b: dict) -> str:
-    """The baseline's training subsets, as the summary table names them ("" when none)."""
+    """The baseline's training subsets, as the tables name them ("" when it used all of train)."""
     grid_n, seeds_n = b.get("grid_train_examples"), b.get("train_examples")
     if grid_n and grid_n == seeds_n:
-        return f"; grid and seeds on {grid_n:,} examples"
-    return (f"; grid on {grid_n:,} examples" if grid_n else "") + (f"; seeds on {seeds_n:,} examples" if seeds_n else "")
+        return f"grid and seeds on {grid_n:,} training examples"
+    parts = []
+    if grid_n:
+        parts.append(f"grid on {grid_n:,} training examples")
+    if seeds_n:
+        parts.append(f"seeds on {seeds_n:,} training examples")
+    return "; ".join(parts)
 
 
 def _span(folder: Path, runs: str) -> float:
