@@ -91,9 +91,9 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     ``world`` (`bertvision.distributed.World`): this process's rank when several train the head
     together (Ray Train). Each rank trains on its piece of every global batch (token stores: on
     its own shards) in `DistributedDataParallel`; rank 0 scores validation and every rank gets
-    its scores, so all select the same epoch. The report then also holds "dropped" (batches
-    left over on this rank when another ran out; always 0 for one rank). Every rank returns the
-    same result.
+    its scores, so all select the same epoch. The report's "dropped" counts the batches left
+    over on the ranks when the first ran out, summed over ranks (always 0 for one rank). Every
+    rank returns the same result.
     """
     import torch
     from tqdm.auto import tqdm

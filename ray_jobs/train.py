@@ -49,18 +49,20 @@ STATE = "state.pt"
 
 @dataclass(frozen=True)
 class TrainJobConfig:
-    """How the head training runs on Ray (not what it trains)."""
+    """How a Ray Train job runs (not what it trains): head training here, fine-tuning in
+    `ray_jobs.finetune`."""
 
     address: str | None = None
     """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
     workers: int = 1
-    """Ray Train workers training each head together (DDP)."""
+    """Ray Train workers training one model together (DDP)."""
     cpus_per_worker: float = 1.0
     """CPUs each worker asks Ray for (and its torch threads, at least 1)."""
     gpus_per_worker: float = 0.0
     """GPUs each worker asks Ray for (NCCL when positive, gloo otherwise)."""
     max_failures: int = 2
-    """Times a run whose worker died is restarted from its last checkpoint before it fails."""
+    """Times a run whose worker died is restarted from its last Ray Train checkpoint before it
+    fails."""
 
     def __post_init__(self):
         if self.workers < 1:
