@@ -149,6 +149,9 @@ def _add_method_commands(commands) -> None:
     )
     add_arguments(ft, FinetuneConfig, required=("task",))
     ft.add_argument("--out", required=True, help="output folder")
+    _add_ray_train_options(ft, "fine-tune through Ray Train (python -m ray_jobs.finetune) on an in-process Ray, "
+                           "or on $RAY_ADDRESS's cluster: --workers workers (DDP, the global batch split between "
+                           "them), a Ray Train checkpoint at every --save-at point, a dead worker replaced; same output")  # fmt: skip
     ft.set_defaults(func=cmd_finetune)
 
     em = commands.add_parser(
@@ -180,6 +183,9 @@ def _add_method_commands(commands) -> None:
     )
     add_arguments(tr, HeadTrainConfig, required=("store",))
     tr.add_argument("--out", required=True, help="output folder")
+    _add_ray_train_options(tr, "train through Ray Train (python -m ray_jobs.train) on an in-process Ray, or on "
+                           "$RAY_ADDRESS's cluster: --workers workers per head (DDP), a checkpoint every epoch, a "
+                           "dead worker replaced; same output")  # fmt: skip
     tr.set_defaults(func=cmd_train)
 
     tu = commands.add_parser(
@@ -195,6 +201,9 @@ def _add_method_commands(commands) -> None:
     )
     add_arguments(tu, SearchConfig)
     tu.add_argument("--out", help="search folder")
+    tu.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
+                    help="Ray Train workers per trial (default 1): above 1 each trial is a Ray Train run (DDP), "
+                    "its --cpus-per-trial and --gpus-per-trial split between its workers")  # fmt: skip
     tu.add_argument("--resume", action="store_true", help="finish the search in OUT (after its driver was killed): "
                     "the same trials in all, finished trials kept")  # fmt: skip
     tu.set_defaults(func=cmd_tune)
@@ -416,11 +425,15 @@ def cmd_finetune(args) -> int:
     from bertvision.config import FinetuneConfig, from_arguments
     from bertvision.finetune import finetune
 
-    result = finetune(from_arguments(FinetuneConfig, args), args.out)
+    print_finetune_result(_ray_train("finetune", args, from_arguments(FinetuneConfig, args), finetune))
+    return 0
+
+
+def print_finetune_result(result) -> None:
+    """What 'bertvision finetune' prints: each checkpoint's headline scores and training time."""
     for name, meta in result.checkpoints.items():
         scores = {k: _headline(v) for k, v in meta.items() if k in ("validation", *EVAL_SPLITS)}
         print(f"{result.out_dir / name}: {json.dumps(scores)}  ({meta['train_seconds']:.0f} s training)")
-    return 0
 
 
 def _ray_runner(name: str):
@@ -443,7 +456,7 @@ def cmd_tune(args) -> int:
         raise ConfigError("tune: --out is required (or 'bertvision tune show DIR')")
     search = from_arguments(SearchConfig, args, stores=tuple(args.stores or ()))
     run = _ray_runner("tune")  # the search runs on Ray, outside the library
-    job = sys.modules[run.__module__].TuneJobConfig(resume=args.resume)
+    job = sys.modules[run.__module__].TuneJobConfig(resume=args.resume, workers_per_trial=args.workers_per_trial)
     print(format_leaderboard(run(search, str(Path(args.out).expanduser().absolute()), job), search.top_k))
     return 0
 
@@ -478,11 +491,43 @@ def cmd_embed(args) -> int:
     return 0
 
 
+RAY_TRAIN_OPTIONS = ("workers", "cpus_per_worker", "gpus_per_worker", "max_failures")
+
+
+def _add_ray_train_options(p: argparse.ArgumentParser, ray_help: str) -> None:
+    """--ray and the Ray Train job's options (ray_jobs/train.py's TrainJobConfig)."""
+    p.add_argument("--ray", action="store_true", help=ray_help)
+    p.add_argument("--workers", type=int, default=None, help="with --ray: Ray Train workers (default 1)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="with --ray: CPUs each worker asks for, and its torch threads (default 1)")  # fmt: skip
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="with --ray: GPUs each worker asks for (NCCL when positive; default 0)")  # fmt: skip
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="with --ray: restarts from the last checkpoint after a worker dies (default 2)")  # fmt: skip
+
+
+def _ray_train(name: str, args, cfg, local):
+    """``local(cfg, out)``, or with --ray the Ray Train runner ``name`` with the job's options."""
+    given = {k: getattr(args, k) for k in RAY_TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.ray:  # the job lives outside the library, which never imports Ray
+        run = _ray_runner(name)
+        job = sys.modules[run.__module__].TrainJobConfig(**given)
+        return run(cfg, str(Path(args.out).expanduser().absolute()), job)
+    if given:
+        raise ConfigError(f"--{next(iter(given)).replace('_', '-')} sizes the Ray Train workers: it needs --ray")
+    return local(cfg, args.out)
+
+
 def cmd_train(args) -> int:
     from bertvision.config import HeadTrainConfig, from_arguments
     from bertvision.train import train_heads
 
-    summary = train_heads(from_arguments(HeadTrainConfig, args), args.out)
+    print_train_summary(_ray_train("train", args, from_arguments(HeadTrainConfig, args), train_heads))
+    return 0
+
+
+def print_train_summary(summary: dict) -> None:
+    """What 'bertvision train' prints: validation and eval scores over seeds, the head's size."""
     if summary["kind"] == "span":
         metrics, splits = (*SPAN_METRICS, "threshold"), ("validation", "test", "dev")
     else:
@@ -492,7 +537,6 @@ def cmd_train(args) -> int:
             if metrics is None or metric in metrics:
                 print(f"{split:>14} {metric}: {v['mean']:.4f} ± {v['std']:.4f} over {len(summary['seeds'])} seed(s)")
     print(f"head: {summary['runs'][0]['parameters']} parameters, {summary['epoch_seconds']:.2f} s per epoch")
-    return 0
 
 
 def cmd_ensemble(args) -> int:

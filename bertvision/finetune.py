@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from bertvision.config import FAMILY, FinetuneConfig
+from bertvision.distributed import ONE, World
 from bertvision.encoders import (
     collate,
     encode_split,
@@ -150,8 +152,14 @@ TUNING = {"sentence": SentenceTuning, "span": SpanTuning}
 # The loop
 
 
-def finetune(cfg: FinetuneConfig, out_dir: str | Path) -> FinetuneResult:
-    """Fine-tune ``cfg.encoder`` on ``cfg.task`` and save checkpoints; see the module docstring."""
+def finetune(cfg: FinetuneConfig, out_dir: str | Path, runner: Callable | None = None,
+             settings: dict | None = None) -> FinetuneResult:  # fmt: skip
+    """Fine-tune ``cfg.encoder`` on ``cfg.task`` and save checkpoints; see the module docstring.
+
+    ``runner(cfg, out_dir, inputs)``, when given, runs the loop elsewhere (Ray Train:
+    `ray_jobs/finetune.py`, which calls `run_loop` on every worker) once every split has been
+    read and checked here, and returns the checkpoints' metadata. ``settings``: what else a
+    finished run must match to be reused (e.g. the number of workers)."""
     from bertvision.tasks import get_task
 
     out_dir = check_out_dir(out_dir)
@@ -165,17 +173,43 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path) -> FinetuneResult:
     evals = eval_splits(task) if cfg.score_dev else {}
     inputs = splits_fingerprint({**fingerprinted, **evals})
     with claim(out_dir, "finetune run"):
-        done = previous_run(out_dir, asdict(cfg), "finetune", inputs, CHECKPOINT_GLOBS)
+        done = previous_run(out_dir, {**asdict(cfg), **(settings or {})}, "finetune", inputs, CHECKPOINT_GLOBS)
         if done is not None:
             return FinetuneResult(out_dir, done)
+        if runner is not None:
+            return FinetuneResult(out_dir, runner(cfg, out_dir, inputs))
         return _finetune(kind, out_dir, parts, evals, inputs)
 
 
-def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict) -> FinetuneResult:
+def run_loop(cfg: FinetuneConfig, out_dir: Path, inputs: dict, world: World, resume: dict | None = None,
+             on_save: Callable | None = None, settings: dict | None = None) -> FinetuneResult:  # fmt: skip
+    """The fine-tuning loop on one of ``world``'s ranks (a Ray Train worker): the task read
+    again here, then `_finetune`. ``cfg`` is the resolved config the driver checked."""
+    from bertvision.tasks import get_task
+
+    device = pick_device(cfg.device)
+    task = get_task(cfg.task, cfg.data_dir)
+    kind = TUNING[FAMILY[task.spec.kind]](task, cfg, device)
+    parts, _ = kind.read()
+    evals = eval_splits(task) if cfg.score_dev and world.main else {}
+    return _finetune(kind, out_dir, parts, evals, inputs, world, resume, on_save, settings)
+
+
+def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world: World = ONE,
+              resume: dict | None = None, on_save: Callable | None = None,
+              settings: dict | None = None) -> FinetuneResult:  # fmt: skip
+    """The loop. With several ranks (``world``) each takes its piece of every global batch and
+    trains in `DistributedDataParallel`; rank 0 alone validates, saves checkpoints and scores
+    the eval splits. ``on_save(fraction, meta, state)`` is called on every rank after each
+    checkpoint (``meta`` None on other ranks; ``state()`` the whole training state, tensors and plain
+    values: `torch.save` it, read it back with ``weights_only=True``); ``resume=state``
+    continues from there as the uninterrupted run would. ``settings`` go into config.json's
+    "finetune" beside the config."""
     import torch
     from tqdm.auto import tqdm
 
     cfg, spec, device = kind.cfg, kind.task.spec, kind.device
+    world.check_batch(cfg.batch_size)
     set_seed(cfg.seed)
     _, location = resolve_encoder(cfg.encoder)
     info = encoder_info(cfg.encoder)
@@ -186,30 +220,45 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict) -> Fi
 
     # ---- model and optimizer
     model = kind.load(location)
+    trained = world.wrap(model, device)  # DDP for several ranks; the model itself for one
     steps_per_epoch = math.ceil(len(targets) / cfg.batch_size)
     # A checkpoint "after 0.3 epochs" comes after the step that completes 30% of the batches.
     total_steps = fraction_step(cfg.epochs, steps_per_epoch)
     save_steps = {fraction_step(f, steps_per_epoch): f for f in cfg.checkpoint_fractions()}
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     scheduler = linear_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        out_dir / "config.json",
-        {"finetune": asdict(cfg), "inputs": inputs, "task": spec.to_dict(), "encoder": info.to_dict(),
-         **kind.counts(parts, encoded), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
-    )  # fmt: skip
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            out_dir / "config.json",
+            {"finetune": {**asdict(cfg), **(settings or {})}, "inputs": inputs, "task": spec.to_dict(),
+             "encoder": info.to_dict(), **kind.counts(parts, encoded), "steps_per_epoch": steps_per_epoch,
+             "total_steps": total_steps},
+        )  # fmt: skip
 
     # ---- loop
     result = FinetuneResult(out_dir)
     rng = np.random.default_rng(cfg.seed)
-    step, train_seconds, loss_sum, loss_n = 0, 0.0, 0.0, 0
-    bar = tqdm(total=total_steps, desc=f"finetune {spec.name}", disable=None)
+    step, train_seconds, loss_sum, loss_n, in_epoch = 0, 0.0, 0.0, 0, 0
+    if resume is not None:  # a checkpoint's state (`on_save`): the same weights, schedule and batches
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        rng.bit_generator.state = resume["epoch_rng"]
+        torch.set_rng_state(resume["torch_rng"])
+        step, train_seconds, in_epoch = resume["step"], resume["train_seconds"], resume["in_epoch"]
+        result.checkpoints = dict(resume["checkpoints"])
+    bar = tqdm(total=total_steps, initial=step, desc=f"finetune {spec.name}", disable=None)
     while step < total_steps:
-        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+        epoch_rng = rng.bit_generator.state  # the state this epoch's batches are drawn from
+        for position, idx in enumerate(length_grouped_batches(lengths, cfg.batch_size, rng)):
+            if position < in_epoch or len(idx) < world.size:  # done before a resume; too few rows to split
+                continue
+            idx = world.piece(idx)
             t0 = time.perf_counter()
             model.train()
             batch = collate(tokenizer, feats, idx, device)
-            loss = kind.loss(model, batch, torch.as_tensor(targets[idx], device=device))
+            loss = kind.loss(trained, batch, torch.as_tensor(targets[idx], device=device))
             value = check_loss(loss, step + 1, cfg.lr, "fine-tuning")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -222,22 +271,36 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict) -> Fi
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
             if step in save_steps:
-                fraction = save_steps[step]
-                t1 = time.perf_counter()
-                scored = kind.validate(model, tokenizer, parts["validation"], encoded["validation"])
-                meta = {
-                    "fraction": fraction, "step": step, kind.seen: min(step * cfg.batch_size, round(fraction * len(targets))),
-                    "train_seconds": round(train_seconds, 2), "train_loss": loss_sum / loss_n, **scored,
-                    "validation_seconds": round(time.perf_counter() - t1, 2), "seed": cfg.seed,
-                }  # fmt: skip
-                _save_checkpoint(model, tokenizer, out_dir / checkpoint_name(fraction), meta)
-                result.checkpoints[checkpoint_name(fraction)] = meta
+                fraction, meta = save_steps[step], None
+                if world.main:
+                    t1 = time.perf_counter()
+                    scored = kind.validate(model, tokenizer, parts["validation"], encoded["validation"])
+                    meta = {
+                        "fraction": fraction, "step": step, kind.seen: min(step * cfg.batch_size, round(fraction * len(targets))),
+                        "train_seconds": round(train_seconds, 2), "train_loss": loss_sum / loss_n, **scored,
+                        "validation_seconds": round(time.perf_counter() - t1, 2), "seed": cfg.seed,
+                        **({"workers": world.size} if world.size > 1 else {}),
+                    }  # fmt: skip
+                    _save_checkpoint(model, tokenizer, out_dir / checkpoint_name(fraction), meta)
+                    result.checkpoints[checkpoint_name(fraction)] = meta
                 loss_sum = loss_n = 0
+                if on_save is not None:
+                    done = position + 1
+
+                    def state(done=done, epoch_rng=epoch_rng, step=step, train_seconds=train_seconds) -> dict:
+                        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "epoch_rng": epoch_rng,
+                                "torch_rng": torch.get_rng_state(), "step": step, "train_seconds": train_seconds,
+                                "in_epoch": done, "checkpoints": dict(result.checkpoints)}  # fmt: skip
+
+                    on_save(fraction, meta, state)
             if step >= total_steps:
                 break
+        in_epoch = 0
     bar.close()
-    _score_evals(kind, evals, result, tokenizer)
-    atomic_write_json(out_dir / "metrics.json", result.checkpoints)
+    if world.main:
+        _score_evals(kind, evals, result, tokenizer)
+        atomic_write_json(out_dir / "metrics.json", result.checkpoints)
     return result
 
 

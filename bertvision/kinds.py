@@ -28,6 +28,7 @@ import numpy as np
 
 from bertvision import spans
 from bertvision import store as st
+from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError
 from bertvision.metrics import compute_metrics
 from bertvision.models.adapter_pooler import AdapterPooler, SpanAdapterPooler, span_loss
@@ -127,19 +128,25 @@ class SentenceHeads:
     def set_rng_state(self, rng, state) -> None:
         rng.set_state(state)
 
-    def steps_per_epoch(self, data: HeadData, batch_size: int) -> int:
+    def steps_per_epoch(self, data: HeadData, batch_size: int, world: World = ONE) -> int:
         return math.ceil(data.train_rows / batch_size)
 
-    def batches(self, data: HeadData, batch_size: int, rng):
+    def batches(self, data: HeadData, batch_size: int, rng, world: World = ONE):
+        """One epoch of (states, labels) batches in a seeded random order; with several ranks,
+        this rank's piece of each global batch (a last batch smaller than the ranks is skipped)."""
         import torch
 
         x, y = data.train
         for idx in torch.randperm(len(x), generator=rng).split(batch_size):
+            if len(idx) < world.size:
+                continue
+            idx = world.piece(idx)
             yield x[idx], y[idx]
 
-    def loss(self, model, batch, device):
+    def loss(self, trained, model, batch, device):
+        """The loss of a batch: ``trained`` (the model, or its DDP wrapper) runs the forward."""
         x, y = batch
-        return model.loss(model(x.to(device)), y.to(device))
+        return model.loss(trained(x.to(device)), y.to(device))
 
     def score(self, model, part, data: HeadData, cfg, device, threshold=None) -> tuple[dict, None]:
         x, y = part
@@ -189,17 +196,24 @@ class SpanHeads:
     def set_rng_state(self, rng, state: dict) -> None:
         rng.bit_generator.state = state
 
-    def steps_per_epoch(self, data: HeadData, batch_size: int) -> int:
-        return math.ceil(data.train_rows / batch_size) + 1  # per-shard batching may add a few
+    def steps_per_epoch(self, data: HeadData, batch_size: int, world: World = ONE) -> int:
+        shards = len(data.manifest["shards"])
+        if shards < world.size:
+            raise ConfigError(f"{data.train.train_path}: {shards} shard(s) for {world.size} workers; each "
+                              "worker reads shards of its own: use fewer workers (or re-embed with smaller "
+                              "--shard-rows)")  # fmt: skip
+        # Per-shard batching may add a few. With several ranks, each holds about rows / ranks
+        # windows in batches of batch_size / ranks: the same count.
+        return math.ceil(data.train_rows / batch_size) + 1
 
-    def batches(self, data: HeadData, batch_size: int, rng):
-        return train_batches(data.train, batch_size, rng)
+    def batches(self, data: HeadData, batch_size: int, rng, world: World = ONE):
+        return train_batches(data.train, batch_size, rng, world)
 
-    def loss(self, model, batch: WindowSet, device):
+    def loss(self, trained, model, batch: WindowSet, device):
         import torch
 
         x, mask = pad_batch(batch.hidden, device)
-        return span_loss(model(x, mask), torch.as_tensor(batch.labels, device=device))
+        return span_loss(trained(x, mask), torch.as_tensor(batch.labels, device=device))
 
     def score(self, model, part, data: HeadData, cfg, device, threshold=None):
         windows, questions = part

@@ -118,3 +118,12 @@ def check_finite_state(state: dict, where) -> None:
     if bad:
         raise RunError(f"{where}: the weights are not finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
                        "training diverged and nothing was saved. Lower --lr")  # fmt: skip
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (`resource.getrusage`; KiB on Linux)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)

@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 
 from bertvision.config import HeadArchitecture, HeadTrainConfig, Optimisation, SearchConfig
+from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError
 from bertvision.io import atomic_write_json
 from bertvision.kinds import store_kind
@@ -109,7 +110,7 @@ def load_stores(search: SearchConfig) -> dict[str, tuple]:
 
 def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], folder: Path,
               report: Callable[[dict, Callable[[], dict]], None], resume: dict | None = None,
-              extra: dict | None = None) -> dict:  # fmt: skip
+              extra: dict | None = None, world: World = ONE) -> dict:  # fmt: skip
     """One trial: `fit_head` with ``params``; after every epoch ``report(metrics, state)`` (the
     epoch, the selection ``score``, the validation metrics; ``state()`` the resumable training
     state), trial.json and the best weights so far written into ``folder``. Returns trial.json's
@@ -122,7 +123,10 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
     ``entered``; ``first_step``, when epoch 1's training steps began (the first report's time
     less the epoch's training seconds: it counts epoch 1's validation scoring as start-up);
     ``to_first_step_s``; ``train_seconds``, the training steps' seconds summed over epochs
-    (``seconds`` of each report); ``wall_seconds``, from ``entered`` to the last report."""
+    (``seconds`` of each report); ``wall_seconds``, from ``entered`` to the last report.
+
+    ``world``: this process's rank when the trial is itself trained by several workers (a Ray
+    Train run inside the trial): every rank trains and reports, rank 0 alone writes files."""
     from torch.utils.tensorboard import SummaryWriter
 
     extra = dict(extra or {})
@@ -130,8 +134,9 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
     cfg = trial_config(search, params)
     kind, data = stores[cfg.store]
     cfg = cfg.resolved(kind.family)
-    folder.mkdir(parents=True, exist_ok=True)
-    tb = SummaryWriter(str(folder / "tb"))
+    if world.main:
+        folder.mkdir(parents=True, exist_ok=True)
+    tb = SummaryWriter(str(folder / "tb")) if world.main else None
     record = {"params": {k: _plain(v) for k, v in params.items()}, "config": asdict(cfg), "kind": kind.name,
               "history": [], "epochs_run": 0, "best_epoch": None, "score": None, "node": extra.pop("node", None),
               "timing": {"entered": entered, "first_step": None, "to_first_step_s": None, "train_seconds": 0.0,
@@ -145,15 +150,18 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
             timing["to_first_step_s"] = timing["first_step"] - entered
         timing["train_seconds"] += r["seconds"]
         timing["wall_seconds"], timing["epochs"] = now - entered, timing["epochs"] + 1
-        log_epoch(tb, kind, r)
-        tb.flush()
         state = cache(r["state"])  # one snapshot for the best weights and the checkpoint
         record["history"].append({"epoch": r["epoch"], "score": r["score"], **r["validation"]})
         record["epochs_run"] = r["epoch"]
-        if r["best_epoch"] == r["epoch"]:  # a new best: its weights are the trial's so far
+        new_best = r["best_epoch"] == r["epoch"]  # a new best: its weights are the trial's so far
+        if new_best:
             record["best_epoch"], record["score"] = r["epoch"], r["score"]
-            save_head(folder, state()["best_state"], head_meta(r["config"], data, kind, r["validation"], cfg))
-        atomic_write_json(folder / TRIAL_FILE, record)
+        if world.main:
+            log_epoch(tb, kind, r)
+            tb.flush()
+            if new_best:
+                save_head(folder, state()["best_state"], head_meta(r["config"], data, kind, r["validation"], cfg))
+            atomic_write_json(folder / TRIAL_FILE, record)
         metrics = {"epoch": r["epoch"], "score": r["score"], "best_score": record["score"],
                    **{f"validation_{k}": v for k, v in kind.logged(r["validation"]).items()}}  # fmt: skip
         report(metrics, state)
@@ -166,8 +174,9 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
         record["score"] = record["history"][resume["best_epoch"] - 1]["score"] if resume["best_epoch"] else None
     # Under Tune the last report may end the trial (ASHA, or the last epoch): everything a
     # trial leaves is written in on_epoch, before each report.
-    fit_head(cfg, data, kind, on_epoch=on_epoch, resume=resume)
-    tb.close()
+    fit_head(cfg, data, kind, on_epoch=on_epoch, resume=resume, world=world)
+    if tb is not None:
+        tb.close()
     return record
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bertvision import store as st
+from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError
 from bertvision.qa import span_parts
 from bertvision.tasks import get_task
@@ -189,13 +190,25 @@ def check_ids(where: Path, window_qids: Sequence[str], split) -> None:
 # Training batches
 
 
-def train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator) -> Iterator[WindowSet]:
+def train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator,
+                  world: World = ONE) -> Iterator[WindowSet]:  # fmt: skip
     """One epoch of training batches, streamed shard by shard (shuffled shards, shuffled within a
-    shard, batches of windows of similar length)."""
-    for shard in st.iter_token_shards(parts.train_path, shuffle=True, seed=int(rng.integers(2**31))):
+    shard, batches of windows of similar length).
+
+    With several ranks (``world``), the epoch's shuffled shard order is the same on every rank
+    and each rank reads only every ``size``-th shard of it, from its own (``rank``), in batches
+    of ``batch_size / size`` windows: it never reads the others' shards. ``rng`` then draws only
+    the epoch's seed, the same on every rank (a resumed run continues in step); the shuffles
+    within this rank's shards come from a generator of that seed and the rank.
+    """
+    seed = int(rng.integers(2**31))
+    local = rng if world.size == 1 else np.random.default_rng([seed, world.rank])
+    size = batch_size // world.size
+    part = None if world.size == 1 else (world.rank, world.size)
+    for shard in st.iter_token_shards(parts.train_path, shuffle=True, seed=seed, part=part):
         ws = WindowSet.from_split(shard, parts.train_keep)
         if not len(ws):
             continue
         lengths = np.array([len(h) for h in ws.hidden])
-        for idx in length_batches(lengths, batch_size, rng):
+        for idx in length_batches(lengths, size, local):
             yield WindowSet([ws.ids[i] for i in idx], [], [ws.hidden[i] for i in idx], [], ws.labels[idx], None)

@@ -1698,8 +1698,9 @@ def _token_split(shard: _TokenShard, manifest: dict[str, Any], folder: Path) -> 
 
 
 def iter_token_shards(
-    path: str | os.PathLike, *, shuffle: bool = False, seed: int = 0
-) -> Iterator[TokenSplit]:
+    path: str | os.PathLike, *, shuffle: bool = False, seed: int = 0,
+    part: tuple[int, int] | None = None,
+) -> Iterator[TokenSplit]:  # fmt: skip
     """Stream a complete token store shard by shard, holding one shard in memory at a time.
 
     Each item is a `TokenSplit` of one shard's windows (its `row_starts` count from 0 within
@@ -1710,6 +1711,8 @@ def iter_token_shards(
       path: the store's folder.
       shuffle: shuffle as above.
       seed: the shuffle's seed.
+      part: ``(k, n)``: only every ``n``-th shard of that order, from the ``k``-th (one
+        training rank's share; the other shards are not read).
 
     Raises:
       ConfigError: (when called) the store is not a token store; use `iter_batches`.
@@ -1726,7 +1729,7 @@ def iter_token_shards(
 
     def shards() -> Iterator[TokenSplit]:
         rng = np.random.default_rng(seed)
-        for shard in _read_in_order(folder, manifest, rng, shuffle):
+        for shard in _read_in_order(folder, manifest, rng, shuffle, part):
             assert isinstance(shard, _TokenShard)
             if shuffle:
                 shard = _permute_windows(shard, rng.permutation(len(shard.ids)))
@@ -1736,11 +1739,18 @@ def iter_token_shards(
 
 
 def _read_in_order(
-    folder: Path, manifest: Mapping[str, Any], rng: np.random.Generator, shuffle: bool
-) -> Iterator[_Shard | _TokenShard]:
-    """The store's shards, read and checked one at a time; in a random order with `shuffle`."""
+    folder: Path, manifest: Mapping[str, Any], rng: np.random.Generator, shuffle: bool,
+    part: tuple[int, int] | None = None,
+) -> Iterator[_Shard | _TokenShard]:  # fmt: skip
+    """The store's shards, read and checked one at a time; in a random order with `shuffle`;
+    with ``part = (k, n)`` every ``n``-th of that order from the ``k``-th only."""
     entries = manifest["shards"]
-    order = rng.permutation(len(entries)) if shuffle else range(len(entries))
+    order = rng.permutation(len(entries)) if shuffle else np.arange(len(entries))
+    if part is not None:
+        k, n = part
+        if n < 1 or not 0 <= k < n:
+            raise ConfigError(f"part {k} of {n}: not a valid share of a store's shards")
+        order = order[k::n]
     for k in order:
         yield _read_entry(folder, manifest, entries[int(k)])
 

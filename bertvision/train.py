@@ -36,6 +36,7 @@ import numpy as np
 
 from bertvision import store as st
 from bertvision.config import HeadTrainConfig
+from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError, decode_error, json_error
 from bertvision.fingerprint import store_fingerprint
 from bertvision.io import atomic_folder, atomic_write_bytes, atomic_write_json
@@ -47,6 +48,7 @@ from bertvision.runtime import (
     check_finite_state,
     check_loss,
     linear_schedule,
+    peak_rss_mb,
     pick_device,
     set_seed,
 )
@@ -74,7 +76,7 @@ class FitResult:
 
 
 def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dict], None] | None = None,
-             resume: dict | None = None) -> FitResult:  # fmt: skip
+             resume: dict | None = None, world: World = ONE) -> FitResult:  # fmt: skip
     """Train one head (``cfg.seeds`` must hold one seed) on ``data.train``, select the epoch on
     ``data.parts["validation"]``, and return it. Reads nothing else.
 
@@ -85,6 +87,13 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     the best epoch's weights), tensors and plain values only (`torch.save` it; read it back
     with ``weights_only=True``). ``fit_head(..., resume=state)`` continues from there and ends
     exactly as the uninterrupted run would.
+
+    ``world`` (`bertvision.distributed.World`): this process's rank when several train the head
+    together (Ray Train). Each rank trains on its piece of every global batch (token stores: on
+    its own shards) in `DistributedDataParallel`; rank 0 scores validation and every rank gets
+    its scores, so all select the same epoch. The report's "dropped" counts the batches left
+    over on the ranks when the first ran out, summed over ranks (always 0 for one rank). Every
+    rank returns the same result.
     """
     import torch
     from tqdm.auto import tqdm
@@ -93,13 +102,15 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
         raise ConfigError(f"fit_head trains one head; give one seed (cfg.for_seed(k)), not {cfg.seeds}")
     cfg = cfg.resolved(kind.family)
     seed, opt = cfg.seeds[0], cfg.optim
+    world.check_batch(opt.batch_size)
     set_seed(seed)
     device = pick_device(cfg.device)
     m = data.manifest
     config = AdapterPoolerConfig(**asdict(cfg.head), num_hidden_states=m["num_hidden_states"], hidden_size=m["hidden_size"],
                                  num_outputs=kind.num_outputs(data.spec), task_kind=kind.name)  # fmt: skip
     model = kind.module(config).to(device)
-    total = kind.steps_per_epoch(data, opt.batch_size) * opt.epochs
+    trained = world.wrap(model, device)  # DDP for several ranks; the model itself for one
+    total = kind.steps_per_epoch(data, opt.batch_size, world) * opt.epochs
     optimizer = adamw(model, opt.lr, opt.weight_decay)  # no decay on biases, as fine-tuning
     scheduler = linear_schedule(optimizer, round(opt.warmup * total), total)
     rng = kind.rng(seed)
@@ -124,9 +135,10 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     start = len(history) if since_best < opt.patience else opt.epochs  # a resumed run may be done
     for epoch in tqdm(range(start, opt.epochs), desc=f"head seed {seed}", leave=False, disable=None):
         model.train()
-        t0, losses = time.perf_counter(), []
-        for batch in kind.batches(data, opt.batch_size, rng):
-            loss = kind.loss(model, batch, device)
+        t0, losses, dropped = time.perf_counter(), [], [0]
+        batches = kind.batches(data, opt.batch_size, rng, world)
+        for batch in batches if world.size == 1 else world.zip_shortest(batches, dropped):
+            loss = kind.loss(trained, model, batch, device)
             value = check_loss(loss, step + 1, opt.lr, f"head training (seed {seed}, epoch {epoch + 1})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,7 +148,9 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
             step += 1
             losses.append(value)
         epoch_seconds.append(time.perf_counter() - t0)
-        scores, _ = kind.score(model, data.parts["validation"], data, cfg, device)
+        dropped[0] = world.total(dropped[0])
+        scores = kind.score(model, data.parts["validation"], data, cfg, device)[0] if world.main else None
+        scores = world.share(scores)  # rank 0's scores on every rank: one selection for all
         history.append({"epoch": epoch + 1, **scores})
         score = kind.selection(scores)
         improved = best_state is None or score > best  # NaN scores (constant outputs) count as worst
@@ -148,7 +162,8 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "step": step, "losses": losses, "lr": scheduler.get_last_lr()[0],
                       "validation": scores, "score": score, "best_epoch": best_epoch,
-                      "seconds": epoch_seconds[-1], "config": config.to_dict(), "state": state})  # fmt: skip
+                      "seconds": epoch_seconds[-1], "config": config.to_dict(), "state": state,
+                      "dropped": dropped[0]})  # fmt: skip
         if not improved and since_best >= opt.patience:
             break
     check_finite_state(best_state, f"head (seed {seed})")
@@ -156,9 +171,17 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     return FitResult(model.eval(), config, best_state, best_epoch, history, epoch_seconds)
 
 
-def train_heads(cfg: HeadTrainConfig, out_dir: str | Path) -> dict:
+def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | None = None,
+                settings: dict | None = None) -> dict:  # fmt: skip
     """Train one head per seed in ``cfg.seeds``; score the eval splits once each; returns (and
-    writes) the summary (mean and standard deviation over seeds, and "kind")."""
+    writes) the summary (mean and standard deviation over seeds, and "kind").
+
+    ``runner(seed_cfg, out_dir, eval_names)``, when given, trains one seed elsewhere (Ray Train:
+    `ray_jobs/train.py`): it writes ``seed-<k>`` as `_train_seed` does and returns its metrics
+    (with "train_rows"); this process then never reads the store's shards. ``settings``: what
+    else a finished run must match to be reused (e.g. the number of workers), stored with the
+    config.
+    """
     out_dir = check_out_dir(out_dir)
     pick_device(cfg.device)  # a bad --device fails before the store is read
     root = Path(cfg.store)
@@ -169,12 +192,19 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path) -> dict:
     # without reading them; every shard read later is checked (sha256, finite).
     used = dict.fromkeys(["train", "validation", *eval_names])  # STORE/validation: spans' own part
     inputs = {name: store_fingerprint(root / name) for name in used if (root / name / st.MANIFEST_NAME).is_file()}
+    compared = {**asdict(cfg), **(settings or {})}
     with claim(out_dir, "head training"):
-        if previous_run(out_dir, asdict(cfg), "train", inputs, SEED_GLOBS) is not None:
+        if previous_run(out_dir, compared, "train", inputs, SEED_GLOBS) is not None:
             return json.loads((out_dir / "summary.json").read_text())
+        about = {"train": compared, "kind": kind.name, "inputs": inputs}
+        if runner is not None:
+            atomic_write_json(out_dir / "config.json", {**about, "train_rows": None, "store": _manifest_summary(manifest)})
+            runs = [runner(cfg.for_seed(seed), out_dir, eval_names) for seed in cfg.seeds]
+            atomic_write_json(out_dir / "config.json", {**about, "train_rows": runs[0].get("train_rows"),
+                                                        "store": _manifest_summary(manifest)})  # fmt: skip
+            return _write_summary(out_dir, runs, [n for n in eval_names if n in runs[0]], kind.name)
         data = kind.load(cfg, root, spec, eval_names)
-        atomic_write_json(out_dir / "config.json", {"train": asdict(cfg), "kind": kind.name, "inputs": inputs,
-                                                    "train_rows": data.train_rows,
+        atomic_write_json(out_dir / "config.json", {**about, "train_rows": data.train_rows,
                                                     "store": _manifest_summary(data.manifest)})  # fmt: skip
         runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: _train_seed(cfg.for_seed(seed), data, kind, d))
                 for seed in cfg.seeds]  # fmt: skip
@@ -188,6 +218,15 @@ def _train_seed(cfg: HeadTrainConfig, data: HeadData, kind, folder: Path) -> dic
 
     tb = SummaryWriter(str(folder / "tb"))
     fit = fit_head(cfg, data, kind, on_epoch=lambda report: log_epoch(tb, kind, report))
+    return finish_seed(cfg, data, kind, fit, folder, tb)
+
+
+def finish_seed(cfg: HeadTrainConfig, data: HeadData, kind, fit: FitResult, folder: Path, tb,
+                extra: dict | None = None) -> dict:  # fmt: skip
+    """After `fit_head`: the eval splits scored once with the selected epoch (and threshold),
+    their scores logged to ``tb`` (a SummaryWriter, closed here), the head (weights and
+    head_config.json) and metrics.json (with ``extra``) written into ``folder``; returns the
+    metrics."""
     tb.flush()
     device = pick_device(cfg.device)
     chosen = fit.chosen
@@ -196,7 +235,7 @@ def _train_seed(cfg: HeadTrainConfig, data: HeadData, kind, folder: Path) -> dic
         "validation_history": fit.history, "validation": chosen,
         **({"threshold": chosen["threshold"]} if "threshold" in chosen else {}),
         "epoch_seconds": float(np.mean(fit.epoch_seconds)), "train_seconds": float(np.sum(fit.epoch_seconds)),
-        "parameters": fit.model.num_parameters(),
+        "parameters": fit.model.num_parameters(), "peak_rss_mb": peak_rss_mb(), **(extra or {}),
     }  # fmt: skip
     for name in data.evals:  # the held-out splits, once, with the selected epoch (and threshold)
         t0 = time.perf_counter()
@@ -232,7 +271,7 @@ def head_meta(pooler: dict, data: HeadData, kind, chosen: dict, cfg: HeadTrainCo
 
 # What a head run writes besides config.json, metrics.json and summary.json (a killed run's are
 # removed before it starts over).
-SEED_GLOBS = ("seed-*", ".seed-*.tmp")  # the second: `io.atomic_folder`'s temporary name
+SEED_GLOBS = ("seed-*", ".seed-*.tmp", ".seed-*.tb")  # 2nd: `io.atomic_folder`'s temporary name; 3rd: Ray Train's TensorBoard events
 
 
 def in_seed_folder(out_dir: Path, seed: int, train_fn):

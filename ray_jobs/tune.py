@@ -67,9 +67,15 @@ class TuneJobConfig:
     """A trial checkpoints its training state every this many epochs (a retried trial reruns
     at most this many less one)."""
 
+    workers_per_trial: int = 1
+    """Ray Train workers per trial: above 1 each trial is a Ray Train run of its own (DDP; the
+    trial's --cpus-per-trial and --gpus-per-trial split evenly between its workers)."""
+
     def __post_init__(self):
         if self.checkpoint_every < 1:
             raise ConfigError(f"--checkpoint-every must be positive, not {self.checkpoint_every}")
+        if self.workers_per_trial < 1:
+            raise ConfigError(f"--workers-per-trial must be positive, not {self.workers_per_trial}")
 
 
 def _trial(params: dict, search: SearchConfig, stores: dict, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
@@ -100,6 +106,64 @@ def _trial(params: dict, search: SearchConfig, stores: dict, checkpoint_every: i
               extra={"entered": entered, "node": ray.get_runtime_context().get_node_id()})
 
 
+def _trial_on_workers(params: dict, search: SearchConfig, stores: dict, checkpoint_every: int = CHECKPOINT_EVERY,
+                      workers: int = 2) -> None:  # fmt: skip
+    """Tune's trainable when a trial has several workers: a small driver that runs the trial as
+    a Ray Train run (`TorchTrainer`, V2) under the trial's folder and forwards its reports to
+    Tune (`TuneReportCallback`). A worker that dies is replaced and the run continues from its
+    last checkpoint (Train's own `FailureConfig`); a retried trial finds the same run (same
+    name and storage path) and resumes it too."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    folder = Path(tune.get_context().get_storage().trial_fs_path)
+    gpu = search.gpus_per_trial > 0
+    per_worker = {"CPU": search.cpus_per_trial / workers, **({"GPU": search.gpus_per_trial / workers} if gpu else {})}
+    trainer = TorchTrainer(
+        _trial_worker,
+        train_loop_config={"params": params, "search": search, "stores": stores, "folder": str(folder),
+                           "checkpoint_every": checkpoint_every, "entered": time.time()},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(name="ray-train", storage_path=str(folder), callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=2),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )  # fmt: skip
+    trainer.fit()
+
+
+def _trial_worker(config: dict) -> None:
+    """One worker of a multi-worker trial: `run_trial` with this worker's `World` (rank 0 writes
+    the trial's files), resumed from the Train run's last checkpoint if any."""
+    import ray.train
+    import torch
+
+    from bertvision.distributed import World
+
+    search: SearchConfig = config["search"]
+    world = World.current()
+    torch.set_num_threads(max(1, int(search.cpus_per_trial / world.size)))
+    every = config["checkpoint_every"]
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / "state.pt", weights_only=True)
+
+    def report(metrics: dict, state) -> None:
+        if not world.main or metrics["epoch"] % every:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state(), Path(d) / "state.pt")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    run_trial(search, config["params"], config["stores"], Path(config["folder"]), report, resume,
+              extra={"entered": config["entered"], "node": ray.get_runtime_context().get_node_id(),
+                     "workers": world.size}, world=world)  # fmt: skip
+
+
 def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_trial) -> tune.Tuner:
     """The Tuner of this search (restored from ``out`` with ``job.resume``)."""
     from ray.tune.schedulers import ASHAScheduler
@@ -110,10 +174,12 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
     kind, data = next(iter(stores.values()))
     resolved = search.resolved(kind.family)
     given = {"search": resolved, "stores": stores}
+    resources = {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
+    if job.workers_per_trial > 1:  # the trial a Ray Train run: its driver takes a sliver, its workers the rest
+        trainable, given["workers"], resources = _trial_on_workers, job.workers_per_trial, {"cpu": 0.1}
     if "checkpoint_every" in inspect.signature(trainable).parameters:  # `_trial`; a test's own may not take it
         given["checkpoint_every"] = job.checkpoint_every
-    fn = tune.with_resources(tune.with_parameters(trainable, **given),
-                             {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})  # fmt: skip
+    fn = tune.with_resources(tune.with_parameters(trainable, **given), resources)
     if job.resume:
         if not tune.Tuner.can_restore(str(out)):
             raise ConfigError(f"--resume: no search to resume in {out}")
@@ -126,7 +192,8 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
     return tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode="max", num_samples=search.trials, reuse_actors=True,
+            metric=METRIC, mode="max", num_samples=search.trials,
+            reuse_actors=job.workers_per_trial == 1,  # a Train-run trial leaves its driver unreusable
             trial_dirname_creator=_trial_dirname,
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
             scheduler=ASHAScheduler(time_attr="epoch", max_t=resolved.epochs, grace_period=search.grace_period),

@@ -1,0 +1,162 @@
+"""Ray Train job: encoder fine-tuning by several workers at once (DDP), surviving a lost worker.
+
+    bertvision finetune --task rte --epochs 3 --save-at 1 2 3 --ray --workers 2 --out runs/rte/ft
+    ray job submit --working-dir . -- python -m ray_jobs.finetune --task rte --save-at 0.3 1 \\
+        --workers 4 --gpus-per-worker 1 --out /mnt/runs/rte/ft
+
+The fine-tuning is the library's (`bertvision.finetune`): the driver reads and checks every
+split, reuses a finished run, then runs one `TorchTrainer` (Ray Train V2) whose workers each run
+`bertvision.finetune.run_loop` with their `bertvision.distributed.World`: each takes its piece
+of every global batch (``--batch-size`` stays the global batch, so steps, the schedule and a
+checkpoint "after 0.3 epochs" mean what they mean in one process); rank 0 validates, saves
+the ``checkpoint-e<f>`` folders and scores the eval splits once at the end. Sentence and span
+tasks alike.
+
+Fault tolerance: at every ``--save-at`` point rank 0 also reports the whole training state
+(weights, optimizer, schedule, random generators, the position in the epoch) as a Ray Train
+checkpoint under ``OUT/ray-train/finetune/``; with ``--max-failures N`` a dead worker is
+replaced and every worker continues from the last such point, ending as the uninterrupted run
+would. Add save points (``--save-at 0.25 0.5 0.75 1``) for finer recovery. A driver that died
+starts the run over.
+
+One worker computes what the single-process loop computes (no DDP wrapper for one rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+
+from bertvision.config import FinetuneConfig, add_arguments, from_arguments
+from bertvision.errors import BertVisionError, ConfigError, RunError
+from ray_jobs.local import absolute_inputs, init_ray
+from ray_jobs.train import STATE, TrainJobConfig, _bertvision_cause
+
+
+def _worker(config: dict) -> None:
+    import ray.train
+    import torch
+
+    from bertvision.distributed import World
+    from bertvision.finetune import run_loop
+
+    torch.set_num_threads(config["threads"])
+    world = World.current()
+    cfg: FinetuneConfig = config["cfg"]
+    if config["gpus"] and cfg.device is None:
+        cfg = replace(cfg, device="cuda")  # the GPU Ray gave this worker
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / STATE, weights_only=True)
+        print(f"finetune, rank {world.rank}: resuming after step {resume['step']} from {checkpoint.path}", flush=True)
+
+    def on_save(fraction: float, meta: dict | None, state) -> None:
+        metrics = {"fraction": fraction, **({"validation": meta["validation"]} if meta else {})}
+        if not world.main:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state(), Path(d) / STATE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    run_loop(cfg, Path(config["out"]), config["inputs"], world, resume, on_save, config["settings"])
+
+
+def _runner(job: TrainJobConfig, settings: dict):
+    import json
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    def run(cfg: FinetuneConfig, out: Path, inputs: dict) -> dict:
+        gpu = job.gpus_per_worker > 0
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={"cfg": cfg, "out": str(out), "inputs": inputs, "settings": settings,
+                               "threads": max(1, int(job.cpus_per_worker)), "gpus": gpu},
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=gpu,
+                                         resources_per_worker={"CPU": job.cpus_per_worker,
+                                                               **({"GPU": job.gpus_per_worker} if gpu else {})}),
+            run_config=RunConfig(name="finetune", storage_path=str(out / "ray-train"),
+                                 failure_config=FailureConfig(max_failures=job.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        )  # fmt: skip
+        try:
+            trainer.fit()
+        except Exception as e:  # Ray's TrainingFailedError wraps the worker's own error
+            cause = _bertvision_cause(e)
+            if cause is not None:
+                raise cause from None
+            raise RunError(f"Ray Train fine-tuning run failed: {e}") from e
+        metrics = out / "metrics.json"
+        if not metrics.is_file():
+            raise RunError(f"Ray Train fine-tuning run ended without writing {metrics}")
+        shutil.rmtree(out / "ray-train", ignore_errors=True)  # the training states: the checkpoints remain
+        return json.loads(metrics.read_text())
+
+    return run
+
+
+def run(cfg: FinetuneConfig, out_dir: str, job: TrainJobConfig | None = None):
+    """Fine-tune through Ray Train into ``out_dir``; returns the `FinetuneResult`."""
+    from bertvision.finetune import finetune
+
+    job = job or TrainJobConfig()
+    out = Path(out_dir).expanduser().absolute()
+    cfg = absolute_inputs(cfg)
+    if not (out / "metrics.json").is_file():
+        shutil.rmtree(out / "ray-train", ignore_errors=True)  # a dead driver's run starts over
+    settings = {"ray_workers": job.workers}
+    local_dir = None
+    try:
+        if not ray.is_initialized():
+            local_dir = init_ray(job.address)
+        return finetune(cfg, out, runner=_runner(job, settings), settings=settings)
+    finally:
+        if local_dir:
+            ray.shutdown()
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ray_jobs.finetune",
+        description="Fine-tune an encoder with Ray Train: --workers workers (DDP), the global batch "
+        "split between them, a Ray Train checkpoint at every --save-at point, a dead worker replaced "
+        "and training continued from the last one. Same options and output as 'bertvision finetune'.",
+    )
+    add_arguments(p, FinetuneConfig, required=("task",))
+    p.add_argument("--out", required=True, help="output folder (absolute, on shared storage for a cluster)")
+    add_arguments(p, TrainJobConfig)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, job = from_arguments(FinetuneConfig, args), from_arguments(TrainJobConfig, args)
+        if not Path(args.out).is_absolute() and (job.address or os.environ.get("RAY_ADDRESS")):
+            raise ConfigError(f"--out {args.out} is relative: a Ray job runs in a temporary copy of the working "
+                              "directory; give an absolute path on shared storage")  # fmt: skip
+        result = run(cfg, args.out, job)
+    except BertVisionError as e:
+        print(f"ray_jobs.finetune: error: {e}", file=sys.stderr)
+        return e.exit_code
+    from bertvision.cli import print_finetune_result
+
+    print_finetune_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
