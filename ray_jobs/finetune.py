@@ -25,19 +25,16 @@ One worker computes what the single-process loop computes (no DDP wrapper for on
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import ray
-
 from bertvision.config import FinetuneConfig, add_arguments, from_arguments
-from bertvision.errors import BertVisionError, ConfigError, RunError
-from ray_jobs.local import absolute_inputs, init_ray
-from ray_jobs.train import STATE, TrainJobConfig, _bertvision_cause
+from bertvision.errors import BertVisionError
+from ray_jobs.local import absolute_inputs
+from ray_jobs.train import STATE, TrainJobConfig, check_out, fit, on_ray, trainer
 
 
 def _worker(config: dict) -> None:
@@ -72,37 +69,12 @@ def _worker(config: dict) -> None:
 
 
 def _runner(job: TrainJobConfig, settings: dict):
-    import json
-
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     def run(cfg: FinetuneConfig, out: Path, inputs: dict) -> dict:
-        gpu = job.gpus_per_worker > 0
-        trainer = TorchTrainer(
-            _worker,
-            train_loop_config={"cfg": cfg, "out": str(out), "inputs": inputs, "settings": settings,
-                               "threads": max(1, int(job.cpus_per_worker)), "gpus": gpu},
-            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=gpu,
-                                         resources_per_worker={"CPU": job.cpus_per_worker,
-                                                               **({"GPU": job.gpus_per_worker} if gpu else {})}),
-            run_config=RunConfig(name="finetune", storage_path=str(out / "ray-train"),
-                                 failure_config=FailureConfig(max_failures=job.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        )  # fmt: skip
-        try:
-            trainer.fit()
-        except Exception as e:  # Ray's TrainingFailedError wraps the worker's own error
-            cause = _bertvision_cause(e)
-            if cause is not None:
-                raise cause from None
-            raise RunError(f"Ray Train fine-tuning run failed: {e}") from e
-        metrics = out / "metrics.json"
-        if not metrics.is_file():
-            raise RunError(f"Ray Train fine-tuning run ended without writing {metrics}")
+        config = {"cfg": cfg, "out": str(out), "inputs": inputs, "settings": settings}
+        metrics = fit(trainer(job, _worker, config, out / "ray-train", "finetune", keep=1), "fine-tuning",
+                      out / "metrics.json")  # fmt: skip
         shutil.rmtree(out / "ray-train", ignore_errors=True)  # the training states: the checkpoints remain
-        return json.loads(metrics.read_text())
+        return metrics
 
     return run
 
@@ -117,15 +89,7 @@ def run(cfg: FinetuneConfig, out_dir: str, job: TrainJobConfig | None = None):
     if not (out / "metrics.json").is_file():
         shutil.rmtree(out / "ray-train", ignore_errors=True)  # a dead driver's run starts over
     settings = {"ray_workers": job.workers}
-    local_dir = None
-    try:
-        if not ray.is_initialized():
-            local_dir = init_ray(job.address)
-        return finetune(cfg, out, runner=_runner(job, settings), settings=settings)
-    finally:
-        if local_dir:
-            ray.shutdown()
-            shutil.rmtree(local_dir, ignore_errors=True)
+    return on_ray(job.address, lambda: finetune(cfg, out, runner=_runner(job, settings), settings=settings))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg, job = from_arguments(FinetuneConfig, args), from_arguments(TrainJobConfig, args)
-        if not Path(args.out).is_absolute() and (job.address or os.environ.get("RAY_ADDRESS")):
-            raise ConfigError(f"--out {args.out} is relative: a Ray job runs in a temporary copy of the working "
-                              "directory; give an absolute path on shared storage")  # fmt: skip
+        check_out(args.out, job)
         result = run(cfg, args.out, job)
     except BertVisionError as e:
         print(f"ray_jobs.finetune: error: {e}", file=sys.stderr)

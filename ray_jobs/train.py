@@ -140,39 +140,73 @@ def _worker(config: dict) -> None:
     in_seed_folder(out, seed, write)
 
 
-def _seed(job: TrainJobConfig):
-    """`train_heads`' runner: one TorchTrainer for one seed; returns seed-<k>/metrics.json."""
-    import json
-
+def trainer(job: TrainJobConfig, loop, config: dict, storage: Path, name: str, keep: int):
+    """The `TorchTrainer` (Ray Train V2) of ``job``'s workers running ``loop(config)``: gloo or
+    NCCL, the CPUs / GPUs per worker, `FailureConfig(job.max_failures)`, ``keep`` checkpoints
+    under ``storage/name``. Shared by the head and the fine-tuning jobs."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    gpu = job.gpus_per_worker > 0
+    return TorchTrainer(
+        loop,
+        train_loop_config={**config, "threads": max(1, int(job.cpus_per_worker)), "gpus": gpu},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": job.cpus_per_worker,
+                                                           **({"GPU": job.gpus_per_worker} if gpu else {})}),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=job.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep)),
+    )  # fmt: skip
+
+
+def fit(run, what: str, written: Path) -> dict:
+    """``run.fit()``, the library's own error unwrapped from Ray's; then ``written`` (the
+    metrics file the run must leave), read."""
+    import json
+
+    try:
+        run.fit()
+    except Exception as e:  # Ray's TrainingFailedError wraps the worker's own error
+        cause = _bertvision_cause(e)
+        if cause is not None:
+            raise cause from None
+        raise RunError(f"Ray Train run of {what} failed: {e}") from e
+    if not written.is_file():
+        raise RunError(f"Ray Train run of {what} ended without writing {written}")
+    return json.loads(written.read_text())
+
+
+def on_ray(address: str | None, fn):
+    """``fn()`` on the Ray already initialised, else on ``address`` / $RAY_ADDRESS's cluster, else
+    on a local Ray of this process's own (shut down and removed after)."""
+    local_dir = None
+    try:
+        if not ray.is_initialized():
+            local_dir = init_ray(address)
+        return fn()
+    finally:
+        if local_dir:
+            ray.shutdown()
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def check_out(out: str, job: TrainJobConfig) -> None:
+    """A submitted job must write to an absolute path (on shared storage)."""
+    if not Path(out).is_absolute() and (job.address or os.environ.get("RAY_ADDRESS")):
+        raise ConfigError(f"--out {out} is relative: a Ray job runs in a temporary copy of the working "
+                          "directory; give an absolute path on shared storage")  # fmt: skip
+
+
+def _seed(job: TrainJobConfig):
+    """`train_heads`' runner: one TorchTrainer for one seed; returns seed-<k>/metrics.json."""
+
     def run_seed(cfg: HeadTrainConfig, out: Path, eval_names: list[str]) -> dict:
         seed = cfg.seeds[0]
-        threads = max(1, int(job.cpus_per_worker))
-        trainer = TorchTrainer(
-            _worker,
-            train_loop_config={"cfg": cfg, "out": str(out), "evals": eval_names, "threads": threads,
-                               "gpus": job.gpus_per_worker > 0},
-            torch_config=TorchConfig(backend="nccl" if job.gpus_per_worker > 0 else "gloo"),
-            scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpus_per_worker > 0,
-                                         resources_per_worker={"CPU": job.cpus_per_worker,
-                                                               **({"GPU": job.gpus_per_worker} if job.gpus_per_worker else {})}),
-            run_config=RunConfig(name=f"seed-{seed}", storage_path=str(out / "ray-train"),
-                                 failure_config=FailureConfig(max_failures=job.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        )  # fmt: skip
-        try:
-            trainer.fit()
-        except Exception as e:  # Ray's TrainingFailedError wraps the worker's own error
-            cause = _bertvision_cause(e)
-            if cause is not None:
-                raise cause from None
-            raise RunError(f"Ray Train run of head seed {seed} failed: {e}") from e
-        metrics = out / f"seed-{seed}" / "metrics.json"
-        if not metrics.is_file():
-            raise RunError(f"Ray Train run of head seed {seed} ended without writing {metrics}")
-        return json.loads(metrics.read_text())
+        run = trainer(job, _worker, {"cfg": cfg, "out": str(out), "evals": eval_names}, out / "ray-train",
+                      f"seed-{seed}", keep=2)  # fmt: skip
+        return fit(run, f"head seed {seed}", out / f"seed-{seed}" / "metrics.json")
 
     return run_seed
 
@@ -202,15 +236,7 @@ def run(cfg: HeadTrainConfig, out_dir: str, job: TrainJobConfig = TrainJobConfig
     cfg = absolute_inputs(cfg)  # workers run in folders of their own
     if not (out / "config.json").is_file():
         shutil.rmtree(out / "ray-train", ignore_errors=True)  # no run here to resume
-    local_dir = None
-    try:
-        if not ray.is_initialized():
-            local_dir = init_ray(job.address)
-        return train_heads(cfg, out, runner=_seed(job), settings={"ray_workers": job.workers})
-    finally:
-        if local_dir:
-            ray.shutdown()
-            shutil.rmtree(local_dir, ignore_errors=True)
+    return on_ray(job.address, lambda: train_heads(cfg, out, runner=_seed(job), settings={"ray_workers": job.workers}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg, job = from_arguments(HeadTrainConfig, args), from_arguments(TrainJobConfig, args)
-        if not Path(args.out).is_absolute() and (job.address or os.environ.get("RAY_ADDRESS")):
-            raise ConfigError(f"--out {args.out} is relative: a Ray job runs in a temporary copy of the working "
-                              "directory; give an absolute path on shared storage")  # fmt: skip
+        check_out(args.out, job)
         summary = run(cfg, args.out, job)
     except BertVisionError as e:
         print(f"ray_jobs.train: error: {e}", file=sys.stderr)
