@@ -7,8 +7,8 @@
     # two workers against one, over 5 head seeds (a sentence store)
     python benchmarks/train_workers.py spread --store runs/tune-study/stsb/ft-mean --seeds 0 1 2 3 4 \\
         --out runs/train-workers/spread --json docs/bench/train_workers_spread.json
-    # fine-tuning on RTE: library loop against Ray Train with 1 worker
-    python benchmarks/train_workers.py finetune --task rte --epochs 1 \\
+    # fine-tuning on RTE: library loop against Ray Train with 1 worker (3 rounds; then 1 thread)
+    python benchmarks/train_workers.py finetune --task rte --epochs 1 --repeats 3 \\
         --out runs/train-workers/finetune --json docs/bench/train_workers_finetune.json
 
 Every variant runs as users run it, a command in a fresh process (`bertvision train`,
@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "bertvision"]
 
 
-def _run(args: list[str], log: Path) -> float:
+def _run(args: list[str], log: Path, extra_env: dict | None = None) -> float:
     """Run a command (its output to ``log``); its wall seconds. A failure stops the benchmark."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    env.update(extra_env or {})
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -112,24 +113,40 @@ def spread(args) -> dict:
 
 
 def finetune(args) -> dict:
+    """The library loop and 1 Ray Train worker with all cores, ``--repeats`` rounds, each round
+    one run of each, one after the other (this machine's speed drifts: the ratio is taken within
+    a round); then both once with one thread (the library through OMP_NUM_THREADS=1, the worker
+    with --cpus-per-worker 1), which leaves a core to Ray's own processes and so separates the
+    training loop's cost from theirs."""
+    import statistics
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for name in ("library", "ray-1"):
-        folder = out / name
+    pairs = {"library": ([], {}), "ray-1": (variants(_cores())["ray-1"], {})}
+    threads = {"library-1-thread": ([], {"OMP_NUM_THREADS": "1"}),
+               "ray-1-thread": (["--ray", "--workers", "1", "--cpus-per-worker", "1"], {})}  # fmt: skip
+    schedule = [(f"{name}-r{r}", name, spec) for r in range(args.repeats) for name, spec in pairs.items()]
+    schedule += [(name, name, spec) for name, spec in threads.items()]
+    rows: dict[str, list[dict]] = {}
+    for run_name, name, (extra, env) in schedule:
+        folder = out / run_name
         shutil.rmtree(folder, ignore_errors=True)
         wall = _run([*CLI, "finetune", "--task", args.task, "--epochs", str(args.epochs), *args.finetune_args,
-                     *variants(_cores())[name], "--out", str(folder)], out / f"{name}.log")  # fmt: skip
+                     *extra, "--out", str(folder)], out / f"{run_name}.log", env)  # fmt: skip
         metrics = json.loads((folder / "metrics.json").read_text())
         last = metrics[max(metrics, key=lambda k: metrics[k]["step"])]
         config = json.loads((folder / "config.json").read_text())
-        rows[name] = {"wall_seconds": round(wall, 1), "train_seconds": last["train_seconds"], "step": last["step"],
-                      "examples_per_second": config["train_examples"] * args.epochs / last["train_seconds"],
-                      "validation": last["validation"], "dev": last.get("dev")}  # fmt: skip
-    base = rows["library"]["examples_per_second"]
-    for row in rows.values():
-        row["throughput_vs_library"] = row["examples_per_second"] / base
-    return {"task": args.task, "epochs": args.epochs, "cores": _cores(), "variants": rows}
+        rows.setdefault(name, []).append(
+            {"wall_seconds": round(wall, 1), "train_seconds": last["train_seconds"], "step": last["step"],
+             "examples_per_second": config["train_examples"] * args.epochs / last["train_seconds"],
+             "validation": last["validation"], "dev": last.get("dev")})  # fmt: skip
+    ratios = {"ray-1": [r["examples_per_second"] / b["examples_per_second"] for r, b in zip(rows["ray-1"], rows["library"], strict=True)],
+              "ray-1-thread": [rows["ray-1-thread"][0]["examples_per_second"]
+                               / rows["library-1-thread"][0]["examples_per_second"]]}  # fmt: skip
+    summary = {name: {"throughput_vs_library": r, "mean": statistics.mean(r),
+                      "std": statistics.stdev(r) if len(r) > 1 else 0.0} for name, r in ratios.items()}  # fmt: skip
+    return {"task": args.task, "epochs": args.epochs, "cores": _cores(), "repeats": args.repeats, "runs": rows,
+            "ratios": summary}  # fmt: skip
 
 
 def main() -> None:
@@ -145,6 +162,7 @@ def main() -> None:
     f = sub.add_parser("finetune", help="fine-tuning: library loop and Ray Train with 1 worker")
     f.add_argument("--task", default="rte")
     f.add_argument("--epochs", type=float, default=1.0)
+    f.add_argument("--repeats", type=int, default=3, help="rounds of (library, 1 worker) with all cores")
     for q in (h, s, f):
         q.add_argument("--out", required=True)
         q.add_argument("--json", default=None, help="also write the result here")

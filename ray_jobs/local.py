@@ -12,7 +12,7 @@ import ray
 from bertvision.tasks.base import resolve_data_dir
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> str | None:
+def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> str | None:
     """Attach to ``address`` (or $RAY_ADDRESS: a submitted job's cluster), else start a local
     Ray of this process's own; returns the local Ray's temporary folder (None when attached).
 
@@ -20,7 +20,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> str | None:
     recorded in the default temporary folder (``/tmp/ray/ray_current_cluster``), someone else's
     cluster perhaps. ``address="local"`` and a fresh temporary folder keep the local Ray apart:
     its own session, sockets and ports, shut down with this process. ``num_cpus``: the local
-    Ray's logical CPUs (default: the cores, at least 4).
+    Ray's logical CPUs (default: the cores, at least 4). ``dashboard``: start the local Ray's
+    dashboard too (on 127.0.0.1, a free port from 8265, behind Ray's token). Ray Train needs it:
+    its controller's placement-group cleaner asks the dashboard's state API every second whether
+    the controller lives, and without one logs a failure each time.
     """
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
@@ -33,7 +36,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> str | None:
     # feed it can all be scheduled.
     try:
         ray.init(address="local", _temp_dir=temp_dir, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
-                 include_dashboard=False, log_to_driver=True)  # fmt: skip
+                 include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)  # fmt: skip
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise

@@ -180,11 +180,12 @@ def fit(run, what: str, written: Path) -> dict:
 
 def on_ray(address: str | None, fn):
     """``fn()`` on the Ray already initialised, else on ``address`` / $RAY_ADDRESS's cluster, else
-    on a local Ray of this process's own (shut down and removed after)."""
+    on a local Ray of this process's own, with its dashboard (Ray Train's state queries), shut
+    down and removed after."""
     local_dir = None
     try:
         if not ray.is_initialized():
-            local_dir = init_ray(address)
+            local_dir = init_ray(address, dashboard=True)
         return fn()
     finally:
         if local_dir:

@@ -213,7 +213,7 @@ def run(search: SearchConfig, out_dir: str, job: TuneJobConfig = TuneJobConfig()
     local_dir = None
     try:
         if not ray.is_initialized():
-            local_dir = init_ray(job.address)
+            local_dir = init_ray(job.address, dashboard=job.workers_per_trial > 1)  # Ray Train trials
         build_tuner(search, out, job).fit()
     finally:
         if local_dir:

@@ -10,6 +10,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray Train's controller collects the workers' reports at this pace (default 2 s; a worker's
+# second report waits for the first to be collected): the tests' epochs last a fraction of a
+# second, so at the default most of a Ray Train test is waiting. Inherited by every Ray the
+# tests start (in-process, `ray start`, CLI subprocesses).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,3 +114,11 @@ def write_toy_task(folder: Path, n_train: int = 80, n_dev: int = 24, kind: str =
 @pytest.fixture
 def toy_task(tmp_path) -> Path:
     return write_toy_task(tmp_path / "toy")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with Ray tests first (a stable sort; order within each file kept). They are the
+    long ones, mostly waiting on processes and polls: started first, they run beside the many
+    short files instead of leaving one xdist worker alone with the last of them at the end."""
+    ray_files = {item.path for item in items if item.get_closest_marker("ray")}
+    items.sort(key=lambda item: item.path not in ray_files)
