@@ -15,6 +15,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # second, so at the default most of a Ray Train test is waiting. Inherited by every Ray the
 # tests start (in-process, `ray start`, CLI subprocesses).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Under pytest-xdist, each worker's torch (and the CLI runs and local Rays it starts) gets its
+# share of the cores, not all of them: two workers of two threads each on two cores stall each
+# other's threads. Set before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, share)))
 
 REPO = Path(__file__).resolve().parents[1]
 
