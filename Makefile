@@ -38,10 +38,11 @@ lint: setup
 	$(BIN)/ruff check bertvision ray_jobs tests benchmarks cluster
 
 # Two pytest workers, one test file each at a time (module-scoped Ray heads stay shared within
-# a file): the suite is CPU-bound and this halves its wall time on a 2-core machine.
+# a file): the suite is CPU-bound and this halves its wall time on a 2-core machine. Files are
+# handed out in the order tests/conftest.py sorts them (the longest first).
 TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The method end to end on RTE with the bundled encoder, on this machine's CPU (a few minutes):
 # fine-tune 0.3 epoch -> store every layer's CLS states -> AdapterPooler heads, 3 seeds -> dev.
