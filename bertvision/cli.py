@@ -423,9 +423,11 @@ def _headline(scores: dict) -> dict:
 
 def cmd_finetune(args) -> int:
     from bertvision.config import FinetuneConfig, from_arguments
+
+    cfg = from_arguments(FinetuneConfig, args)  # a bad option is refused before torch is imported
     from bertvision.finetune import finetune
 
-    print_finetune_result(_ray_train("finetune", args, from_arguments(FinetuneConfig, args), finetune))
+    print_finetune_result(_ray_train("finetune", args, cfg, finetune))
     return 0
 
 
@@ -450,11 +452,12 @@ def _ray_runner(name: str):
 
 def cmd_tune(args) -> int:
     from bertvision.config import SearchConfig, from_arguments
-    from bertvision.search import format_leaderboard
 
     if not args.out:
         raise ConfigError("tune: --out is required (or 'bertvision tune show DIR')")
     search = from_arguments(SearchConfig, args, stores=tuple(args.stores or ()))
+    from bertvision.search import format_leaderboard
+
     run = _ray_runner("tune")  # the search runs on Ray, outside the library
     job = sys.modules[run.__module__].TuneJobConfig(resume=args.resume, workers_per_trial=args.workers_per_trial)
     print(format_leaderboard(run(search, str(Path(args.out).expanduser().absolute()), job), search.top_k))
@@ -470,9 +473,10 @@ def cmd_tune_show(args) -> int:
 
 def cmd_embed(args) -> int:
     from bertvision.config import EmbedConfig, from_arguments
+
+    cfg = from_arguments(EmbedConfig, args)  # a bad option is refused before torch is imported
     from bertvision.embed import embed
 
-    cfg = from_arguments(EmbedConfig, args)
     if args.ray:  # the job lives outside the library, which never imports Ray
         run = _ray_runner("embed")
         job = sys.modules[run.__module__].RayJobConfig(actors=args.actors)  # the runner's own job options
@@ -520,9 +524,11 @@ def _ray_train(name: str, args, cfg, local):
 
 def cmd_train(args) -> int:
     from bertvision.config import HeadTrainConfig, from_arguments
+
+    cfg = from_arguments(HeadTrainConfig, args)  # a bad option is refused before torch is imported
     from bertvision.train import train_heads
 
-    print_train_summary(_ray_train("train", args, from_arguments(HeadTrainConfig, args), train_heads))
+    print_train_summary(_ray_train("train", args, cfg, train_heads))
     return 0
 
 
@@ -541,9 +547,11 @@ def print_train_summary(summary: dict) -> None:
 
 def cmd_ensemble(args) -> int:
     from bertvision.config import EnsembleConfig, from_arguments
+
+    cfg = from_arguments(EnsembleConfig, args)  # a bad option is refused before torch is imported
     from bertvision.ensemble import ensemble
 
-    result = ensemble(from_arguments(EnsembleConfig, args), args.out)
+    result = ensemble(cfg, args.out)
     if result["kind"] != "span":
         print(format_sentence_ensemble(result))
         return 0
