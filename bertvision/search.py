@@ -13,8 +13,10 @@ never loaded by a search. Each trial folder holds::
     tb/                 TensorBoard events (loss, learning rate, validation metrics); Tune adds
                         its own events beside it, with the trial's hyperparameters
 
-`leaderboard(folder)` ranks the trials found under a search folder by their best validation
-score; `bertvision tune show DIR` prints it.
+`leaderboard(folder)` ranks the trials of a search folder (its sub-folders with a trial.json) by
+their best validation score; `bertvision tune show DIR` prints it. A trial that a killed search
+had started but not yet recorded is set aside under ``ORPHANS`` when the search resumes (its
+point is proposed again), and is not on the leaderboard.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bertvision.kinds import store_kind
 from bertvision.train import fit_head, head_meta, log_epoch, save_head
 
 TRIAL_FILE = "trial.json"
+ORPHANS = "orphaned"  # trial folders a resumed search does not know, set aside
 
 # The space (hyperopt): what HyperOpt may choose, and the values tried.
 ADAPTER_SIZES = (16, 32, 64, 128, 256)
@@ -185,12 +188,13 @@ def _scores(h: dict) -> dict:
 
 
 def leaderboard(folder: str | Path) -> list[dict]:
-    """Every trial under a search folder (its trial.json), best validation score first."""
+    """Every trial of a search folder (a sub-folder with a trial.json; not those set aside under
+    ``ORPHANS``), best validation score first."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "no such search folder")
     rows = []
-    for path in sorted(folder.rglob(TRIAL_FILE)):
+    for path in sorted(folder.glob(f"*/{TRIAL_FILE}")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -19,14 +19,12 @@ Without $RAY_ADDRESS it runs on a local Ray of its own. Output::
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import ray
 from ray import tune
 
 from bertvision.config import FinetuneConfig, add_arguments, from_arguments
@@ -35,7 +33,7 @@ from bertvision.finetune import finetune
 from bertvision.io import atomic_write_json
 from bertvision.kinds import KINDS
 from bertvision.tasks import get_task
-from ray_jobs.local import absolute_inputs, init_ray
+from ray_jobs.local import JobRay, absolute_inputs
 
 
 @dataclass(frozen=True)
@@ -67,14 +65,17 @@ class BaselineGrid:
             raise ConfigError("--grid-train-examples must be positive")
 
 
-def _trials(points: list[dict], base: FinetuneConfig, kind: str, out: Path, grid: BaselineGrid, name: str) -> None:
+def _trials(points: list[dict], base: FinetuneConfig, kind: str, out: Path, grid: BaselineGrid, name: str,
+            job_ray: JobRay) -> None:  # fmt: skip
     """One Tune trial per point (a grid search over the points): `finetune` of ``base`` with the
     point's fields, into ``out/<point's folder>``. A point whose run finished with the same
-    config (an interrupted baseline run again) is kept, not rerun."""
+    config (an interrupted baseline run again) is kept, not rerun; Ray is started only for a
+    point left to run."""
     points = [pt for pt in points
               if not _finished(out / pt["folder"], replace(base, **{k: v for k, v in pt.items() if k != "folder"}).resolved(kind))]  # fmt: skip
     if not points:
         return
+    job_ray.need()
     fn = tune.with_resources(
         tune.with_parameters(_point_trial, base=base, kind=kind, out=str(out), threads=max(1, int(grid.cpus_per_trial))),
         {"cpu": grid.cpus_per_trial, "gpu": grid.gpus_per_trial},
@@ -104,15 +105,12 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
     out = Path(out_dir).expanduser().absolute()
     base = absolute_inputs(base)  # trials run in folders of their own
     kind = get_task(base.task, base.data_dir).spec.kind  # read once, here
-    local_dir = None
-    try:
-        if not ray.is_initialized():
-            local_dir = init_ray(grid.address)
+    with JobRay(grid.address) as job_ray:  # a rerun with every run finished starts no Ray
         fractions = tuple(float(e) for e in range(1, grid.max_epochs))
         search = replace(base, epochs=float(grid.max_epochs), save_at=fractions, score_dev=False,
                          train_examples=grid.grid_train_examples or base.train_examples)
         t0 = time.perf_counter()
-        _trials([{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs], search, kind, out, grid, "grid")
+        _trials([{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs], search, kind, out, grid, "grid", job_ray)
         grid_seconds = time.perf_counter() - t0
         select = KINDS[kind].selection  # the heads' metric
         table = []
@@ -127,12 +125,8 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
         chosen = replace(base, lr=best["lr"], epochs=best["epochs"], score_dev=True,
                          save_at=tuple(float(e) for e in range(1, int(best["epochs"]))))
         t0 = time.perf_counter()
-        _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], chosen, kind, out, grid, "seeds")
+        _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], chosen, kind, out, grid, "seeds", job_ray)
         seeds_seconds = time.perf_counter() - t0
-    finally:
-        if local_dir:
-            ray.shutdown()
-            shutil.rmtree(local_dir, ignore_errors=True)
     metrics = {s: _read_metrics(out / f"seed-{s}") for s in grid.seeds}
     runs = {s: next(m for m in ms.values() if m["fraction"] == best["epochs"]) for s, ms in metrics.items()}
     dev = [k for k in next(iter(runs.values())) if k.startswith(("dev", "test")) and not k.endswith("_seconds")]

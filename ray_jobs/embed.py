@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import ray
 from bertvision.config import EmbedConfig, add_arguments, from_arguments
 from bertvision.embed import finish_split, prepare, write_output
 from bertvision.errors import BertVisionError, ConfigError
-from ray_jobs.local import init_ray
+from ray_jobs.local import on_ray
 
 
 @dataclass(frozen=True)
@@ -164,15 +163,9 @@ def run(cfg: EmbedConfig, out_dir: str, job: RayJobConfig = RayJobConfig()) -> d
     of a cluster) write into it. A submitted job checks its paths first (`job_paths`).
     """
     plan = prepare(cfg, Path(out_dir).expanduser().absolute())
-    local_dir = None
     try:
-        if not ray.is_initialized():
-            local_dir = init_ray(job.address)
-        return _run(cfg, job, plan)
+        return on_ray(job.address, lambda: _run(cfg, job, plan))
     finally:
-        if local_dir:  # the job's own local Ray: stop it and drop its session folder
-            ray.shutdown()
-            shutil.rmtree(local_dir, ignore_errors=True)
         plan.close()  # the store folders' locks
 
 

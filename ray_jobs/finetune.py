@@ -33,8 +33,8 @@ from pathlib import Path
 
 from bertvision.config import FinetuneConfig, add_arguments, from_arguments
 from bertvision.errors import BertVisionError
-from ray_jobs.local import absolute_inputs
-from ray_jobs.train import STATE, TrainJobConfig, check_out, fit, on_ray, trainer
+from ray_jobs.local import absolute_inputs, on_ray
+from ray_jobs.train import STATE, TrainJobConfig, check_out, fit, trainer
 
 
 def _worker(config: dict) -> None:
@@ -89,7 +89,8 @@ def run(cfg: FinetuneConfig, out_dir: str, job: TrainJobConfig | None = None):
     if not (out / "metrics.json").is_file():
         shutil.rmtree(out / "ray-train", ignore_errors=True)  # a dead driver's run starts over
     settings = {"ray_workers": job.workers}
-    return on_ray(job.address, lambda: finetune(cfg, out, runner=_runner(job, settings), settings=settings))
+    return on_ray(job.address, lambda: finetune(cfg, out, runner=_runner(job, settings), settings=settings),
+                  dashboard=True)  # Ray Train's state queries
 
 
 def build_parser() -> argparse.ArgumentParser:

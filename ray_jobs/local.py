@@ -44,6 +44,36 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     return temp_dir
 
 
+class JobRay:
+    """The Ray a job runs on, as a context: the one this process already has, else ``address``
+    / $RAY_ADDRESS's cluster, else a local Ray of the job's own (`init_ray`, with ``dashboard``),
+    started on the first `need` (a job with nothing left to run starts none) and shut down and
+    removed on exit."""
+
+    def __init__(self, address: str | None = None, dashboard: bool = False):
+        self.address, self.dashboard, self._local_dir = address, dashboard, None
+
+    def need(self) -> None:
+        if not ray.is_initialized():
+            self._local_dir = init_ray(self.address, dashboard=self.dashboard)
+
+    def __enter__(self) -> JobRay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._local_dir:  # the job's own local Ray: stop it and drop its session folder
+            ray.shutdown()
+            shutil.rmtree(self._local_dir, ignore_errors=True)
+            self._local_dir = None
+
+
+def on_ray(address: str | None, fn, dashboard: bool = False):
+    """``fn()`` on a `JobRay` (``dashboard``: for Ray Train's state queries)."""
+    with JobRay(address, dashboard) as job_ray:
+        job_ray.need()
+        return fn()
+
+
 def absolute_inputs(cfg):
     """``cfg`` with its local input paths made absolute (a task file, an encoder or checkpoint
     folder, stores) and ``data_dir`` pinned to the absolute folder it names or $BERTVISION_DATA

@@ -38,11 +38,9 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import ray
-
 from bertvision.config import HeadTrainConfig, add_arguments, from_arguments
 from bertvision.errors import BertVisionError, ConfigError, RunError
-from ray_jobs.local import absolute_inputs, init_ray
+from ray_jobs.local import absolute_inputs, on_ray
 
 STATE = "state.pt"
 
@@ -178,21 +176,6 @@ def fit(run, what: str, written: Path) -> dict:
     return json.loads(written.read_text())
 
 
-def on_ray(address: str | None, fn):
-    """``fn()`` on the Ray already initialised, else on ``address`` / $RAY_ADDRESS's cluster, else
-    on a local Ray of this process's own, with its dashboard (Ray Train's state queries), shut
-    down and removed after."""
-    local_dir = None
-    try:
-        if not ray.is_initialized():
-            local_dir = init_ray(address, dashboard=True)
-        return fn()
-    finally:
-        if local_dir:
-            ray.shutdown()
-            shutil.rmtree(local_dir, ignore_errors=True)
-
-
 def check_out(out: str, job: TrainJobConfig) -> None:
     """A submitted job must write to an absolute path (on shared storage)."""
     if not Path(out).is_absolute() and (job.address or os.environ.get("RAY_ADDRESS")):
@@ -237,7 +220,8 @@ def run(cfg: HeadTrainConfig, out_dir: str, job: TrainJobConfig = TrainJobConfig
     cfg = absolute_inputs(cfg)  # workers run in folders of their own
     if not (out / "config.json").is_file():
         shutil.rmtree(out / "ray-train", ignore_errors=True)  # no run here to resume
-    return on_ray(job.address, lambda: train_heads(cfg, out, runner=_seed(job), settings={"ray_workers": job.workers}))
+    return on_ray(job.address, lambda: train_heads(cfg, out, runner=_seed(job), settings={"ray_workers": job.workers}),
+                  dashboard=True)  # Ray Train's state queries
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -41,6 +40,8 @@ from bertvision.config import SearchConfig, add_arguments, from_arguments
 from bertvision.errors import BertVisionError, ConfigError
 from bertvision.io import atomic_write_json
 from bertvision.search import (
+    ORPHANS,
+    TRIAL_FILE,
     default_point,
     format_leaderboard,
     leaderboard,
@@ -48,7 +49,7 @@ from bertvision.search import (
     run_trial,
     space,
 )
-from ray_jobs.local import absolute_inputs, init_ray
+from ray_jobs.local import absolute_inputs, on_ray
 
 METRIC = "score"
 CHECKPOINT_EVERY = 1
@@ -210,18 +211,33 @@ def run(search: SearchConfig, out_dir: str, job: TuneJobConfig = TuneJobConfig()
     """Run (or, with ``job.resume``, finish) the search into ``out_dir``; returns the leaderboard."""
     out = Path(out_dir).expanduser().absolute()
     search = absolute_inputs(search)  # trials run in folders of their own
-    local_dir = None
-    try:
-        if not ray.is_initialized():
-            local_dir = init_ray(job.address, dashboard=job.workers_per_trial > 1)  # Ray Train trials
-        build_tuner(search, out, job).fit()
-    finally:
-        if local_dir:
-            ray.shutdown()
-            shutil.rmtree(local_dir, ignore_errors=True)
+    results = on_ray(job.address, lambda: build_tuner(search, out, job).fit(), dashboard=job.workers_per_trial > 1)
+    set_aside_orphans(out, {Path(r.path).name for r in results})
     board = leaderboard(out)
     atomic_write_json(out / "leaderboard.json", board)
     return board
+
+
+def set_aside_orphans(out: Path, known: set[str]) -> list[Path]:
+    """Move the trial folders of ``out`` that the search's results do not hold into
+    ``out/orphaned/``; returns their new paths. A search killed after starting a trial but
+    before Tune next saved its experiment state leaves such a folder: the resumed search does
+    not know it and runs a trial of its own in its place (HyperOpt, restored, proposes the same
+    point again), so on the leaderboard it would be a trial too many, half-trained, and
+    perhaps a point twice."""
+    moved = []
+    for record in sorted(out.glob(f"*/{TRIAL_FILE}")):
+        trial = record.parent
+        if trial.name not in known:
+            target = out / ORPHANS / trial.name
+            target.parent.mkdir(exist_ok=True)
+            trial.rename(target)
+            moved.append(target)
+    if moved:
+        print(f"{len(moved)} trial folder(s) that a killed search started after Tune last saved its state "
+              f"(the resumed search ran trials of its own in their place) moved to {out / ORPHANS}",
+              flush=True)  # fmt: skip
+    return moved
 
 
 def _trial_dirname(trial) -> str:

@@ -138,6 +138,18 @@ def marked_processes(mark: str, temp_dir: Path | None = None, sid: int | None = 
     return found
 
 
+def processes_running(*args: str) -> list[int]:
+    """Pids of live processes whose command line holds every one of ``args`` as a whole
+    argument (a submitted job's entrypoint, say: its driver is not a child of the test)."""
+    wanted, found = [a.encode() for a in args], []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            argv = _read(f"/proc/{entry}/cmdline").split(b"\0")
+            if all(a in argv for a in wanted) and _live(int(entry)):
+                found.append(int(entry))
+    return found
+
+
 @dataclass
 class RayNode:
     """One ``ray start --block`` process and everything it started."""

@@ -47,11 +47,13 @@ def test_the_baseline_is_chosen_on_validation_then_run_with_seeds(tmp_path, tiny
     assert sorted(summary["by_epoch"]) == [f"{e:g}" for e in range(1, int(best["epochs"]) + 1)]
     assert summary["by_epoch"][f"{best['epochs']:g}"]["dev"] == summary["dev"]
     assert (out / "seed-0" / "checkpoint-e1" / "model.safetensors").is_file()
-    # run again (as after an interruption): every finished run is kept, none is redone
+    # run again (as after an interruption): every finished run is kept, none is redone, and with
+    # nothing left to run no Ray is started
     runs_done = {f: f.stat().st_mtime_ns for f in out.glob("*/**/metrics.json")}
     assert len(runs_done) == 4
     again = subprocess.run(proc.args, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "local Ray" in proc.stdout and "local Ray" not in again.stdout  # nothing to run: no Ray started
     assert {f: f.stat().st_mtime_ns for f in out.glob("*/**/metrics.json")} == runs_done
     rerun = json.loads((out / "baseline.json").read_text())
     assert {k: v for k, v in rerun.items() if k != "wall_seconds"} == {k: v for k, v in summary.items() if k != "wall_seconds"}

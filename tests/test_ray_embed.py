@@ -244,49 +244,33 @@ def _submit(head, task, out, *extra, wait=True, job_id=None, env=None, check=Tru
 
 
 @pytest.mark.ray
-def test_ray_job_submit_to_a_real_head(head, task, reference, tmp_path):
-    out = tmp_path / "store"
-    proc = _submit(head, task, out)
-    assert "succeeded" in proc.stdout.lower(), proc.stdout[-2000:]
-    for split in ("train", "dev"):
-        _stores_equal(out / split, reference / split)
-        st.verify(out / split)
-
-
-@pytest.mark.ray
-def test_killed_job_resumes_and_equals_an_uninterrupted_run(head, task, reference, tmp_path):
+def test_a_submitted_job_killed_and_submitted_again_equals_the_library_loop(head, task, reference, tmp_path):
+    """`ray job submit` to the real head, its driver SIGKILLed after a few shards, submitted
+    again: the store (train and dev) is the library loop's, and the second job wrote only the
+    shards the first had not."""
     out = tmp_path / "store"
     job_id = f"kill-{uuid.uuid4().hex[:8]}"
-    _submit(head, task, out, "--splits", "train", wait=False, job_id=job_id)
+    _submit(head, task, out, wait=False, job_id=job_id)
     deadline = time.time() + 300
     while len(list((out / "train").glob("shard-*.parquet"))) < 3:
         assert time.time() < deadline, "no shards written"
         time.sleep(0.05)
     # SIGKILL the job's driver: at once (`ray job stop` takes a CLI start and a grace period,
     # in which a fast machine wrote the remaining shards), and harder than a stop
-    drivers = _job_drivers(out)
+    drivers = rc.processes_running("ray_jobs.embed", str(out))  # `python -m ray_jobs.embed ... --out OUT`
     assert drivers, "the job's driver process was not found"
     for pid in drivers:
         os.kill(pid, signal.SIGKILL)
     written = len(list((out / "train").glob("shard-*.parquet")))
     manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert manifest["status"] == "incomplete" and written < 30, written  # killed part-way (30 shards planned)
-    proc = _submit(head, task, out, "--splits", "train")
+    proc = _submit(head, task, out)
     assert "succeeded" in proc.stdout.lower(), proc.stdout[-2000:]
-    _stores_equal(out / "train", reference / "train")  # same ids, in order, none twice, same tensors
+    for split in ("train", "dev"):
+        _stores_equal(out / split, reference / split)  # same ids, in order, none twice, same tensors
+        st.verify(out / split)
     assert st.verify(out / "train")["rows"] == 480
     assert st.read_manifest(out / "train")["extra"]["last_run"]["rows"] < 480  # the rerun wrote only the rest
-
-
-def _job_drivers(out: Path) -> list[int]:
-    """Pids of the `python -m ray_jobs.embed ... --out OUT` processes (a job's entrypoint)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            args = rc._read(f"/proc/{entry}/cmdline").split(b"\0")
-            if b"ray_jobs.embed" in args and str(out).encode() in args:
-                found.append(int(entry))
-    return found
 
 
 @pytest.mark.ray

@@ -192,7 +192,7 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_its_checkpoint(
     last checkpoint, and the run ends with each epoch once and a loadable head."""
     from tests import ray_cluster as rc
 
-    epochs, out, mark = 14, tmp_path / "killed", f"ray-train-{os.getpid()}-{time.time_ns()}"
+    epochs, out, mark = 10, tmp_path / "killed", f"ray-train-{os.getpid()}-{time.time_ns()}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
     env[rc.MARK] = mark
     proc = subprocess.Popen([*bertvision_cli(), "train", "--ray", "--workers", "2", "--cpus-per-worker", "0.5",
