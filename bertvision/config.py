@@ -97,9 +97,11 @@ class HeadArchitecture:
     """A: width of the adapter's output for each layer."""
     shared: bool = True
     """One adapter Linear for every layer (the LayerWeightShare); off: one per layer."""
-    combine: Literal["flatten", "scalar_mix"] = "flatten"
-    """How layers are combined: flatten (L*A features, as the original) or scalar_mix (softmax
-    layer weights, A features)."""
+    combine: Literal["flatten", "scalar_mix", "mix_first"] = "flatten"
+    """How layers are combined: flatten (L*A features, as the original), scalar_mix (softmax
+    layer weights over the adapter's outputs, A features), or mix_first (the original's
+    "Tenney" order: the layers' H-vectors mixed by softmax weights first, then one adapter, A
+    features)."""
     residual: bool = True
     """Concatenate the last layer's H-vector to the combined features before the projection."""
     dropout: float = 0.1
@@ -109,6 +111,17 @@ class HeadArchitecture:
     first_layer: int = 0
     """The first hidden state the adapter reads (0: the embedding output; every later layer up
     to the last is read too, and the residual skip is always the last layer)."""
+    init: Literal["torch", "original"] = "torch"
+    """The adapter's initial weights: torch's Linear default, or the original's (truncated
+    normal, std 1e-3, cut at 2 std; zero bias)."""
+    pooling: Literal["mean", "attention", "flatten"] = "mean"
+    """Token stores only: how a sentence's tokens become one vector after the adapter: masked
+    mean, a learned attention pooling, or flatten (the original GLUE head: every position of
+    --positions, padded with zeros, into the output layer). Sentence pairs pool each sentence
+    apart (mean, attention), so the order of the two is kept."""
+    positions: int = 128
+    """Token stores, flatten pooling: the token positions the output layer reads (longer
+    examples are cut to their first ones, shorter ones padded with zeros)."""
 
     def __post_init__(self) -> None:
         value = self.adapter_size
@@ -118,10 +131,15 @@ class HeadArchitecture:
         value = self.first_layer
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"first_layer must be an integer >= 0, got {value!r}")
+        value = self.positions
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"positions must be a positive integer, got {value!r}")
         for name in ("shared", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_choices(self)
+        if self.combine == "mix_first" and not self.shared:
+            raise ConfigError("--combine mix_first has one adapter, on the mixed layers: --no-shared does not apply")
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
             raise ConfigError(f"dropout must be a number in [0, 1), got {d!r}")

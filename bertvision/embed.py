@@ -5,7 +5,9 @@
 writes ``OUT/<split>/`` for each split (Parquet shards + manifest.json, see `bertvision.store`).
 Shards are written atomically and a rerun skips complete ones, so a killed run resumes.
 
-Span tasks (SQuAD 2.0) are cut into windows (`bertvision.spans.make_windows`) and stored with the
+Sentence tasks take ``cls`` or ``mean`` (one vector per layer and example) or ``tokens``: every
+real token of the sentence (or pair) with each token's sentence, one row per example (a
+sentence token store, `bertvision.store`). Span tasks (SQuAD 2.0) are cut into windows (`bertvision.spans.make_windows`) and stored with the
 ``tokens`` selection: one row per window ``<question id>#<k>``, every real token of every layer,
 the tokens' character offsets, the (start, end) target and, from a question-answering
 checkpoint, the encoder's own start/end logits. Sentence stores made from a sequence
@@ -127,9 +129,10 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
     selection, max_length, quantize = cfg.selection, cfg.max_length, cfg.quantize
     if selection not in SELECTIONS:
         raise ConfigError(f"--selection must be one of {SELECTIONS}, not {selection!r}")
-    if span != (selection == "tokens"):
+    if span and selection != "tokens":
         raise ConfigError(f"task {task.name!r} ({task.spec.kind}) cannot be embedded with --selection {selection}: "
-                          "span tasks take 'tokens', sentence tasks 'cls' or 'mean'")  # fmt: skip
+                          "span tasks take 'tokens' (sentence tasks 'cls', 'mean' or 'tokens')")  # fmt: skip
+    sentence_tokens = not span and selection == "tokens"  # every token of each sentence (or pair)
     names = cfg.splits or tuple(s for s in task.spec.splits if task.exists(s))
     if not names:
         raise ConfigError(f"no split of task {task.name!r} found; see 'bertvision tasks'")
@@ -178,10 +181,12 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
             checkpoint_sha256=sha, num_hidden_states=info.num_hidden_states, hidden_size=info.hidden_size,
             selection=selection, max_length=max_length, label_kind=label_kind, shard_rows=cfg.shard_rows,
             encoder_logits=bool(logits) or outputs is not None, source_sha256=source, encoder_outputs=outputs,
+            token_layout="sentences" if sentence_tokens else None,
         )  # fmt: skip
         specs[name] = spec
     extractor = {"checkpoint": checkpoint, "text_fields": task.spec.text_fields, "selection": selection,
-                 "max_length": max_length, "quantize": quantize, "task_head": outputs is not None}  # fmt: skip
+                 "max_length": max_length, "quantize": quantize, "task_head": outputs is not None,
+                 "sentence_tokens": sentence_tokens}  # fmt: skip
     plan = EmbedPlan(extractor, [])
     try:  # lock each split's folder before its writer opens it (and cleans temporary files)
         for name, spec in specs.items():
@@ -206,6 +211,8 @@ def write_output(writer, shard: int, out: dict) -> None:
     tokens = {"encoder_logits": out.get("encoder_logits")}
     if "example_id" in out:
         tokens.update(example_ids=list(out["example_id"]), offsets=out["offsets"])
+    if "segments" in out:
+        tokens["segments"] = out["segments"]
     label = out.get("label")
     if label is not None and not isinstance(label, np.ndarray):
         label = np.asarray(label)

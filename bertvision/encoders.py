@@ -477,12 +477,16 @@ def tokenize(
     texts_b: Sequence[str] | None = None,
     *,
     max_length: int = 128,
+    segments: bool = False,
 ) -> dict[str, list[list[int]]]:
     """Tokenize single sentences (`texts_b` None) or sentence pairs, without padding.
 
     Pairs are truncated "longest_first" so that every sequence, special tokens included, has
     at most `max_length` tokens. Returns python lists under "input_ids", "attention_mask" and,
-    when the tokenizer uses them, "token_type_ids". Later stages pad per batch.
+    when the tokenizer uses them, "token_type_ids". Later stages pad per batch. With
+    ``segments``, also "segments": each token's sentence (0 or 1) from the tokenizer's sequence
+    ids, a special token taking the sentence before it (CLS and the first SEP 0, the last SEP
+    1), as BERT's token types, for any tokenizer (RoBERTa's have no token types).
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise TypeError(f"max_length must be an int, not {type(max_length).__name__}")
@@ -509,7 +513,20 @@ def tokenize(
         return_attention_mask=True,
         return_token_type_ids=with_types,
     )
-    return {key: [list(map(int, ids)) for ids in encoded[key]] for key in keys}
+    out = {key: [list(map(int, ids)) for ids in encoded[key]] for key in keys}
+    if segments:
+        out["segments"] = [_segments(encoded.sequence_ids(i)) for i in range(len(a))]
+    return out
+
+
+def _segments(sequence_ids: list[int | None]) -> list[int]:
+    """Each token's sentence from a fast tokenizer's sequence ids (None: a special token, which
+    takes the sentence before it; 0 at the start)."""
+    out, current = [], 0
+    for s in sequence_ids:
+        current = current if s is None else int(s)
+        out.append(current)
+    return out
 
 
 def encode_split(tokenizer, split, max_length: int) -> dict:

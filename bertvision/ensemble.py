@@ -42,8 +42,9 @@ from bertvision import store as st
 from bertvision.config import EnsembleConfig, HeadTrainConfig, from_dict
 from bertvision.errors import ConfigError, DataError
 from bertvision.io import atomic_write_json
-from bertvision.kinds import KINDS, head_kind, predict, same_source, selection_score, store_kind
+from bertvision.kinds import KINDS, TokenRows, head_kind, same_source, selection_score, store_kind
 from bertvision.metrics import compute_metrics
+from bertvision.models.adapter_pooler import TokenAdapterPooler
 from bertvision.outdir import check_out_dir, claim
 from bertvision.runtime import pick_device
 from bertvision.search import leaderboard
@@ -164,7 +165,7 @@ class Part:
 
     ids: list[str]
     hidden: object
-    """(N, L, H) float16 tensor."""
+    """(N, L, H) float16 tensor; for a sentence token store, its rows (`TokenRows`)."""
     labels: np.ndarray
     encoder: np.ndarray | None
     """(N, C) float32: the fine-tuned encoder's own outputs, when the store has them."""
@@ -193,14 +194,21 @@ def load_parts_of(store: Path, carve: tuple[float, int]) -> tuple[dict, dict, di
     splits. Ids and stored encoder outputs come along, which a head's `HeadData` leaves out."""
     kind, manifest, spec = store_kind(store)
     if kind.family != "sentence":
-        raise ConfigError(f"{store}: a {kind.name} store; sentence members need cls or mean stores")
+        raise ConfigError(f"{store}: a {kind.name} store; sentence members need cls, mean or sentence token stores")
     train = st.load_split(store / "train")  # every shard read is checked (sha256, finite)
     if train.labels is None:
         raise DataError(store / "train", "the train split carries no labels")
     labels = train.labels.numpy()
     _, va = carve_validation(labels, len(labels), *carve)
     enc = train.encoder_logits
-    parts = {"validation": Part([train.ids[i] for i in va], train.hidden[va], labels[va],
+    tokens = manifest.get("token_layout") == "sentences"  # a token head's states: `TokenRows`
+
+    def states(split, rows=None):
+        if tokens:
+            return TokenRows.from_split(split, rows)
+        return split.hidden if rows is None else split.hidden[rows]
+
+    parts = {"validation": Part([train.ids[i] for i in va], states(train, va), labels[va],
                                 None if enc is None else enc[va])}  # fmt: skip
     for name in spec["eval_splits"]:
         if not (store / name).is_dir():
@@ -208,7 +216,7 @@ def load_parts_of(store: Path, carve: tuple[float, int]) -> tuple[dict, dict, di
         split = st.load_split(store / name)
         st.check_compatible(split, **same_source(train.manifest))
         if split.labels is not None:
-            parts[name] = Part(split.ids, split.hidden, split.labels.numpy(), split.encoder_logits)
+            parts[name] = Part(split.ids, states(split), split.labels.numpy(), split.encoder_logits)
     return train.manifest, spec, parts
 
 
@@ -271,8 +279,12 @@ def sentence_ensemble(cfg: EnsembleConfig, trials: list[dict], out_dir: Path) ->
         if meta["adapter_pooler"].get("task_kind") != m_spec["kind"]:
             raise ConfigError(f"{m.folder}: a {meta['adapter_pooler'].get('task_kind')} head, but {m.store} holds "
                               f"a {m_spec['kind']} task")  # fmt: skip
+        kind = head_kind(meta)
+        if (kind.module is TokenAdapterPooler) != (manifest.get("token_layout") == "sentences"):
+            raise ConfigError(f"{m.folder}: a head on {'token' if kind.module is TokenAdapterPooler else 'cls/mean'} "
+                              f"states, but {m.store} is a {manifest.get('selection')} store")  # fmt: skip
         model.to(dev)
-        m.outputs = {p: predict(model, part.hidden, device=dev) for p, part in parts.items()}
+        m.outputs = {p: kind.outputs(model, part.hidden, device=dev) for p, part in parts.items()}
     loaded.clear()  # the hidden states are no longer needed
     labels = {p: part.labels for p, part in ref_parts.items()}
     evals = [p for p in labels if p != "validation"]

@@ -11,7 +11,10 @@ Token selections:
 - ``tokens``: every real token of every layer -> (T, L, H) per window, T varying (no padding
   is kept). Input rows are already tokenised SQuAD windows (`bertvision.spans.make_windows`);
   when the checkpoint is a question-answering model its own start/end logits come along, so
-  ensembles can include the fine-tuned encoder.
+  ensembles can include the fine-tuned encoder. With ``sentence_tokens`` the rows are sentence
+  examples instead (text, or tokenised upstream): every real token of the sentence (or pair)
+  -> (T, L, H), with each token's sentence (0 or 1, ``segments``) and, from a sequence
+  checkpoint, its task head's outputs per example as for ``cls``/``mean``.
 
 Likewise for ``cls`` and ``mean``: when the checkpoint is a sequence classification (or
 regression) model from 'bertvision finetune', its own task head's outputs come along, (N, C)
@@ -68,8 +71,9 @@ class HiddenStateExtractor:
       autocast: run in bf16 autocast on CUDA (ignored on CPU, where bf16 is slow without AMX).
       quantize: ``"int8"``: dynamic int8 quantisation of the Linear layers, CPU only. Opt-in:
         about 3x faster on a 2-core AVX2 machine, at a measured accuracy cost (docs/RESULTS.md).
-      task_head: ``cls``/``mean``: also give a sequence checkpoint's own head outputs
-        (``encoder_logits``) when it has one; off where the store should not hold them.
+      task_head: ``cls``/``mean`` (and sentence tokens): also give a sequence checkpoint's own
+        head outputs (``encoder_logits``) when it has one; off where the store should not hold them.
+      sentence_tokens: ``tokens`` of sentence examples (a sentence task) rather than span windows.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class HiddenStateExtractor:
         autocast: bool = True,
         quantize: str | None = None,
         task_head: bool = True,
+        sentence_tokens: bool = False,
     ):
         if selection not in SELECTIONS:
             raise ConfigError(f"--selection must be one of {SELECTIONS}, not {selection!r}")
@@ -104,8 +109,12 @@ class HiddenStateExtractor:
         self.selection, self.max_length, self.batch_size = selection, max_length, batch_size
         self.autocast = autocast and self.device.type == "cuda"
         self.tokens_seen = 0
-        self.qa_head = _qa_head(self.info.location, self.device) if selection == "tokens" else None
-        self.task_head = _task_head(self.info.location, self.device) if task_head and selection != "tokens" else None
+        if sentence_tokens and selection != "tokens":
+            raise ConfigError("sentence_tokens goes with selection 'tokens'")
+        self.sentence_tokens = sentence_tokens
+        windows = selection == "tokens" and not sentence_tokens
+        self.qa_head = _qa_head(self.info.location, self.device) if windows else None
+        self.task_head = _task_head(self.info.location, self.device) if task_head and not windows else None
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -132,6 +141,8 @@ class HiddenStateExtractor:
         of (T_i, L, H) float16) and, for a question-answering checkpoint, ``encoder_logits`` (a
         list of (T_i, 2) float32).
         """
+        if self.sentence_tokens:
+            return self._call_sentence_tokens(batch)
         if self.selection == "tokens":
             return self._call_tokens(batch)
         if "input_ids" in batch:  # tokenised upstream (a Ray Data CPU task: `tokenize_batch`)
@@ -187,9 +198,27 @@ class HiddenStateExtractor:
             out["label"] = np.asarray([np.asarray(x) for x in batch["label"]], dtype=np.int64).reshape(-1, 2)
         return out
 
+    def _call_sentence_tokens(self, batch: Mapping[str, Sequence]) -> dict:
+        """Sentence examples -> ``{"id", "hidden" (list of (T_i, L, H)), "segments" (list of
+        (T_i,) int8), ["label"], ["encoder_logits" (N, C)]}``."""
+        if "input_ids" in batch:  # tokenised upstream (a Ray Data CPU task), with segments
+            encoded = {k: [list(x) for x in batch[k]] for k in ("input_ids", "token_type_ids", "segments") if k in batch}
+            encoded["attention_mask"] = [[1] * len(x) for x in encoded["input_ids"]]
+        else:
+            encoded = tokenize_batch(batch, self.tokenizer, self.text_fields, self.max_length, segments=True)
+        hidden, logits = self.encode_tokens(encoded)
+        out = {"id": np.asarray(batch["id"]).astype(str), "hidden": hidden,
+               "segments": [np.asarray(x, dtype=np.int8) for x in encoded["segments"]]}  # fmt: skip
+        if logits is not None:
+            out["encoder_logits"] = logits
+        if "label" in batch:
+            out["label"] = np.asarray(batch["label"])
+        return out
+
     def encode_tokens(self, encoded: Mapping[str, list[list[int]]]) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """Every real token's hidden states, (T_i, L, H) float16 per input, in input order; and
-        the QA head's (T_i, 2) float32 start/end logits when the checkpoint has one (else None)."""
+        the QA head's (T_i, 2) float32 start/end logits when the checkpoint has one (else None),
+        or for sentence tokens the sequence head's outputs, (N, C) float32."""
         import torch
 
         ids = encoded["input_ids"]
@@ -197,6 +226,8 @@ class HiddenStateExtractor:
         order = np.argsort(-lengths, kind="stable")
         hidden: list = [None] * len(ids)
         logits: list | None = [None] * len(ids) if self.qa_head is not None else None
+        head = self.task_head
+        task = np.empty((len(ids), head.outputs), dtype=np.float32) if head is not None else None
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
@@ -205,12 +236,14 @@ class HiddenStateExtractor:
                 stacked = torch.stack(states, dim=2).to(torch.float16).cpu().numpy()  # (B, T, L, H)
                 if logits is not None:
                     qa = self.qa_head(states[-1].float()).cpu().numpy()  # (B, T, 2)
+                if task is not None:
+                    task[idx] = head(states[-1], batch)
                 for row, i in enumerate(idx):
                     hidden[i] = stacked[row, : lengths[i]]
                     if logits is not None:
                         logits[i] = qa[row, : lengths[i]]
                 self.tokens_seen += int(lengths[idx].sum())
-        return hidden, logits
+        return hidden, (task if task is not None else logits)
 
     def _pad(self, encoded, idx, width: int) -> dict:
         """Right-pad the examples at ``idx`` to ``width`` tokens (their longest), as tensors."""
@@ -350,8 +383,10 @@ def _quantize(model, kind: str, device):
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def tokenize_batch(batch: Mapping[str, Sequence], tokenizer, text_fields: Sequence[str], max_length: int) -> dict:
-    """``input_ids`` (and ``token_type_ids``, ``attention_mask``) of a batch's text fields, unpadded.
+def tokenize_batch(batch: Mapping[str, Sequence], tokenizer, text_fields: Sequence[str], max_length: int,
+                   segments: bool = False) -> dict:  # fmt: skip
+    """``input_ids`` (and ``token_type_ids``, ``attention_mask``; with ``segments`` each token's
+    sentence) of a batch's text fields, unpadded.
 
     ``tokenizer`` is a tokenizer or the location to load one from (cached per process), so a
     Ray Data CPU task can tokenise without an extractor.
@@ -361,7 +396,7 @@ def tokenize_batch(batch: Mapping[str, Sequence], tokenizer, text_fields: Sequen
     if isinstance(tokenizer, str) or tokenizer is None:
         tokenizer = _cached_tokenizer(tokenizer)
     texts = [list(map(str, batch[f])) for f in text_fields]
-    return tokenize(tokenizer, texts[0], texts[1] if len(texts) > 1 else None, max_length=max_length)
+    return tokenize(tokenizer, texts[0], texts[1] if len(texts) > 1 else None, max_length=max_length, segments=segments)
 
 
 _TOKENIZERS: dict = {}

@@ -11,10 +11,14 @@ store's manifest (`store_kind`) or a head's config (`head_kind`), never from tex
     kind            store selection   model               loss            selection metric
     classification  cls / mean        AdapterPooler       cross-entropy   mean of the task's metrics
     regression      cls / mean        AdapterPooler       MSE             mean of the task's metrics
-    span            tokens            SpanAdapterPooler   start/end CE    validation F1 (threshold there)
+    classification  tokens (sentences) TokenAdapterPooler  cross-entropy  mean of the task's metrics
+    regression      tokens (sentences) TokenAdapterPooler  MSE            mean of the task's metrics
+    span            tokens (windows)  SpanAdapterPooler   start/end CE    validation F1 (threshold there)
 
-Adding a kind (e.g. token-level sentence heads) is one class here with these methods and an
-entry in `KINDS`.
+Sentence heads on token states (`SentenceTokenHeads`, in `TOKEN_KINDS`) share the task kind's
+name, loss and metric with the cls/mean ones; a store's ``token_layout`` or a head config's
+``token_states`` picks them. Adding a kind is one class here with these methods and an entry in
+`KINDS`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ from bertvision import store as st
 from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError
 from bertvision.metrics import compute_metrics
-from bertvision.models.adapter_pooler import AdapterPooler, SpanAdapterPooler, span_loss
+from bertvision.models.adapter_pooler import (
+    AdapterPooler,
+    SpanAdapterPooler,
+    TokenAdapterPooler,
+    span_loss,
+)
 from bertvision.span_heads import (
     WindowSet,
     check_ids,
@@ -102,6 +111,14 @@ class SentenceHeads:
     def num_outputs(self, spec: dict) -> int:
         return len(spec["labels"]) if spec["labels"] else 1
 
+    def model_fields(self, data: HeadData) -> dict:
+        """What the store adds to the head's config beyond its shape (`AdapterPoolerConfig`)."""
+        return {}
+
+    def outputs(self, model, part, device=None) -> np.ndarray:
+        """The head's (N, C) outputs on a part's states (an ensemble member's)."""
+        return predict(model, part, device=device)
+
     def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
         train = st.load_split(root / "train")  # every shard read is checked (sha256, finite)
         if train.labels is None:
@@ -169,6 +186,122 @@ class SentenceHeads:
                 **compute_metrics(meta["task"]["metrics"], outputs, split.labels.numpy())}  # fmt: skip
 
 
+@dataclass
+class TokenRows:
+    """Examples of a sentence token store in memory (a `TokenSplit`, or rows of one): example
+    i's tokens are ``hidden[starts[i]:starts[i] + lengths[i]]``."""
+
+    hidden: Any  # torch (sum T, L, H) float16
+    segments: Any  # torch (sum T,) int64
+    starts: np.ndarray  # (n,) int64
+    lengths: np.ndarray  # (n,) int64
+    labels: Any = None  # torch (n,) or None
+
+    @classmethod
+    def from_split(cls, split, rows: np.ndarray | None = None) -> TokenRows:
+        import torch
+
+        rows = np.arange(len(split.ids)) if rows is None else np.asarray(rows)
+        return cls(split.hidden, torch.from_numpy(split.segments.astype(np.int64)), split.row_starts[:-1][rows],
+                   np.diff(split.row_starts)[rows], None if split.labels is None else split.labels[rows])  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, idx, device=None):
+        """Rows ``idx`` padded to their longest: (B, T, L, H) float32, (B, T) mask, (B, T) segments."""
+        import torch
+
+        idx = np.asarray(idx)
+        width = int(self.lengths[idx].max())
+        L, H = self.hidden.shape[1:]
+        x = torch.zeros((len(idx), width, L, H), dtype=torch.float32)
+        mask = torch.zeros((len(idx), width), dtype=torch.bool)
+        seg = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            a, n = int(self.starts[i]), int(self.lengths[i])
+            x[row, :n] = self.hidden[a : a + n]
+            mask[row, :n] = True
+            seg[row, :n] = self.segments[a : a + n]
+        return x.to(device or "cpu"), mask.to(device or "cpu"), seg.to(device or "cpu")
+
+
+def predict_tokens(model, rows: TokenRows, batch_size: int = 64, device=None) -> np.ndarray:
+    """A token head's outputs for every row, (N, C) float32 in row order (batched by length)."""
+    import torch
+
+    model.eval()
+    out = np.empty((len(rows), model.config.num_outputs), dtype=np.float32)
+    order = np.argsort(-rows.lengths, kind="stable")  # similar lengths together: little padding
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = model(*rows.batch(idx, device)).float().cpu().numpy()
+    return out
+
+
+class SentenceTokenHeads(SentenceHeads):
+    """Classification or regression on every token of each example (sentence token stores):
+    `TokenAdapterPooler` pools the tokens (mean, attention, or the original's flatten). The
+    validation part is carved from STORE/train as for cls/mean stores (the same examples). The
+    store is read into memory (a GLUE train split of the bundled encoder: up to a few GB)."""
+
+    module = TokenAdapterPooler
+
+    def model_fields(self, data: HeadData) -> dict:
+        return {"token_states": True, "num_segments": len(data.spec["text_fields"])}
+
+    def outputs(self, model, part, device=None) -> np.ndarray:
+        return predict_tokens(model, part, device=device)
+
+    def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
+        train = st.load_split(root / "train")  # every shard read is checked (sha256, finite)
+        if train.labels is None:
+            raise DataError(root / "train", "the train split carries no labels")
+        labels = train.labels.numpy()
+        tr_idx, va_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
+        data = HeadData(spec, train.manifest, TokenRows.from_split(train, tr_idx), len(tr_idx))
+        data.parts["validation"] = (TokenRows.from_split(train, va_idx), labels[va_idx])
+        for name in eval_names:
+            split = st.load_split(root / name)
+            st.check_compatible(split, **same_source(train.manifest))
+            if split.labels is not None:
+                data.parts[name] = (TokenRows.from_split(split), split.labels.numpy())
+        return data
+
+    def batches(self, data: HeadData, batch_size: int, rng, world: World = ONE):
+        """One epoch of padded (tokens, mask, segments, labels) batches in a seeded random order;
+        with several ranks, this rank's piece of each global batch."""
+        import torch
+
+        rows = data.train
+        for idx in torch.randperm(len(rows), generator=rng).split(batch_size):
+            if len(idx) < world.size:
+                continue
+            idx = world.piece(idx).numpy()
+            yield (*rows.batch(idx), rows.labels[idx])
+
+    def loss(self, trained, model, batch, device):
+        x, mask, seg, y = batch
+        return model.loss(trained(x.to(device), mask.to(device), seg.to(device)), y.to(device))
+
+    def score(self, model, part, data: HeadData, cfg, device, threshold=None) -> tuple[dict, None]:
+        rows, y = part
+        return compute_metrics(data.spec["metrics"], predict_tokens(model, rows, device=device), y), None
+
+    def head_meta(self, data: HeadData, chosen: dict) -> dict:
+        return {"selection": "tokens"}
+
+    def evaluate(self, model, meta: dict, split, store_dir: Path, data_dir: str | None) -> dict:
+        if split.labels is None:
+            raise DataError(store_dir, "this split carries no labels to score against")
+        if getattr(split, "segments", None) is None:
+            raise ConfigError(f"{store_dir}: not a sentence token store; this head reads every token of a sentence")
+        outputs = predict_tokens(model, TokenRows.from_split(split))
+        return {"split": split.manifest["split"], "rows": len(split.ids),
+                **compute_metrics(meta["task"]["metrics"], outputs, split.labels.numpy())}  # fmt: skip
+
+
 class SpanHeads:
     """Start/end logits per token of SQuAD windows (tokens stores), streamed from STORE/train
     shard by shard; selection on validation F1 with the no-answer threshold chosen there."""
@@ -179,6 +312,9 @@ class SpanHeads:
 
     def num_outputs(self, spec: dict) -> int:
         return 2
+
+    def model_fields(self, data: HeadData) -> dict:
+        return {}
 
     def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
         parts = load_parts(root, cfg.data_dir, cfg.validation_fraction, cfg.validation_seed, eval_names)
@@ -245,6 +381,9 @@ class SpanHeads:
 KINDS = {"classification": SentenceHeads("classification"), "regression": SentenceHeads("regression"),
          "span": SpanHeads()}  # fmt: skip
 """Task kind (the task spec's ``kind``, the head config's ``task_kind``) -> head kind."""
+TOKEN_KINDS = {"classification": SentenceTokenHeads("classification"),
+               "regression": SentenceTokenHeads("regression")}  # fmt: skip
+"""Sentence task kind -> the head kind on a sentence token store."""
 
 
 def store_kind(root: str | Path):
@@ -256,17 +395,20 @@ def store_kind(root: str | Path):
     spec = manifest.get("extra", {}).get("task_spec")
     if not spec:
         raise DataError(root / "train" / "manifest.json", "manifest has no task_spec; re-embed with this version")
-    kind = KINDS[spec["kind"]]
-    tokens = manifest.get("selection") == "tokens"
-    if tokens != (kind.family == "span"):
+    sentence_tokens = manifest.get("token_layout") == "sentences"
+    kind = TOKEN_KINDS[spec["kind"]] if sentence_tokens and spec["kind"] in TOKEN_KINDS else KINDS[spec["kind"]]
+    windows = manifest.get("selection") == "tokens" and not sentence_tokens
+    if windows != (kind.family == "span"):
         raise ConfigError(f"{root / 'train'}: a {manifest.get('selection')!r} store of a {spec['kind']} task; "
-                          "span heads need 'tokens', sentence heads 'cls' or 'mean'")  # fmt: skip
+                          "span heads need windows of tokens, sentence heads 'cls', 'mean' or sentence tokens")  # fmt: skip
     return kind, manifest, spec
 
 
 def head_kind(meta: dict):
     """The kind of a trained head, from its head_config.json (`bertvision.train.read_head_config`)."""
-    return KINDS[meta["adapter_pooler"].get("task_kind", "classification")]
+    config = meta["adapter_pooler"]
+    task_kind = config.get("task_kind", "classification")
+    return TOKEN_KINDS[task_kind] if config.get("token_states") else KINDS[task_kind]
 
 
 def same_source(manifest: dict) -> dict:

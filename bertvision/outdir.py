@@ -53,11 +53,14 @@ def claim(path: str | os.PathLike, what: str, option: str = "--out") -> Iterator
         raise
 
 
-def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], leftovers: tuple[str, ...]) -> dict | None:
+def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], leftovers: tuple[str, ...],
+                 upgrade=None) -> dict | None:  # fmt: skip
     """What an earlier run in ``out_dir`` means for this one, by its config.json.
 
     ``config`` (stored under ``key``) holds the settings and ``inputs`` the fingerprints of what
     the run reads (`bertvision.fingerprint`: data splits, or stores), stored under "inputs".
+    ``upgrade`` (optional) turns a stored config written by an earlier version into this
+    version's (settings added since, at the values that reproduce what the earlier code did).
 
     * a finished run (metrics.json written) with the same settings and inputs: its metrics,
       reused;
@@ -81,6 +84,8 @@ def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], 
     finished = metrics.is_file()
     state = "a finished" if finished else "an unfinished (killed?)"
     old, new = json.loads(json.dumps(stored.get(key, {}))), json.loads(json.dumps(config))  # tuples -> lists
+    if upgrade is not None:
+        old = json.loads(json.dumps(upgrade(old)))
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ConfigError(f"{out_dir} holds {state} run with other settings ({', '.join(diff)}); use another --out"

@@ -47,12 +47,18 @@ WEIGHT_DECAY_RANGE = (1e-4, 1e-1)
 DROPOUT_RANGE = (0.0, 0.5)
 
 
-def space(search: SearchConfig, num_hidden_states: int) -> dict:
+POOLINGS = ("mean", "attention", "flatten")
+
+
+def space(search: SearchConfig, num_hidden_states: int, token_stores: bool = False) -> dict:
     """The hyperopt search space: store, adapter width, shared or per-layer adapters, layer
     combination, residual skip, the first hidden state used, dropout, learning rate, weight
-    decay and batch size."""
+    decay and batch size; with a sentence token store among the stores (``token_stores``) also
+    how the tokens are pooled (moot for a trial on a cls/mean store). Without one the space is
+    what it was before token stores, so a search of cls/mean stores proposes the same points."""
     from hyperopt import hp
 
+    pooling = {"pooling": hp.choice("pooling", list(POOLINGS))} if token_stores else {}
     return {
         "store": hp.choice("store", list(search.stores)),
         "adapter_size": hp.choice("adapter_size", list(ADAPTER_SIZES)),
@@ -64,22 +70,24 @@ def space(search: SearchConfig, num_hidden_states: int) -> dict:
         "lr": hp.loguniform("lr", *map(math.log, LR_RANGE)),
         "weight_decay": hp.loguniform("weight_decay", *map(math.log, WEIGHT_DECAY_RANGE)),
         "batch_size": hp.choice("batch_size", list(BATCH_SIZES)),
+        **pooling,
     }
 
 
-def default_point(search: SearchConfig, family: str) -> dict:
+def default_point(search: SearchConfig, family: str, token_stores: bool = False) -> dict:
     """The default head configuration, as the search's first point (so the search starts from
     what `bertvision train` would do, and can only improve on it)."""
     head, optim = HeadArchitecture(), Optimisation().resolved(family)
     return {"store": search.stores[0], "adapter_size": head.adapter_size, "shared": head.shared,
             "combine": head.combine, "residual": head.residual, "first_layer": head.first_layer,
             "dropout": head.dropout, "lr": optim.lr, "weight_decay": optim.weight_decay,
-            "batch_size": optim.batch_size}  # fmt: skip
+            "batch_size": optim.batch_size, **({"pooling": head.pooling} if token_stores else {})}  # fmt: skip
 
 
 def trial_config(search: SearchConfig, params: dict) -> HeadTrainConfig:
     """The `HeadTrainConfig` of one trial: the search's settings, the proposed hyperparameters."""
-    head = {f: params[f] for f in ("adapter_size", "shared", "combine", "residual", "first_layer", "dropout")}
+    head = {f: params[f] for f in ("adapter_size", "shared", "combine", "residual", "first_layer", "dropout", "pooling")
+            if f in params}  # fmt: skip
     optim = {f: params[f] for f in ("lr", "weight_decay", "batch_size")}
     base = HeadTrainConfig(store=params["store"], seeds=(search.seed,), validation_fraction=search.validation_fraction,
                            validation_seed=search.validation_seed, data_dir=search.data_dir, device=search.device)  # fmt: skip

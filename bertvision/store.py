@@ -48,11 +48,25 @@ to row (1 <= T <= max_length). The columns, none of them null:
 Every list column of a row has the same length T. Shards hold ``shard_rows`` windows
 (`suggest_window_rows` by default), so their sizes in bytes vary with the windows' lengths.
 
+**Every token of a sentence** (selection "tokens" with ``token_layout`` "sentences", for
+sentence tasks: single sentences and pairs): one row per example, its ``T`` real tokens (special
+tokens included, after truncation to ``max_length``), no padding. The columns, none of them null:
+
+* ``id`` (string): the example id, unique across the store;
+* ``hidden``: ``list<arrow.fixed_shape_tensor[float16, [L, H]]>``, the example's tokens in order;
+* ``segments``: ``list<int8>``, per token 0 (the first sentence, with CLS and its SEP) or 1
+  (the second sentence of a pair, with the last SEP), as BERT's token types;
+* ``label``: int64 (classification) or float32 (regression), only in labelled splits;
+* ``encoder_logits`` (only when the manifest's ``encoder_logits`` is true):
+  ``fixed_size_list<float32, C>``, the fine-tuned encoder's task head outputs for the example,
+  as in a cls/mean store.
+
 ``manifest.json`` holds ``format_version`` (1), ``status`` ("incomplete" while writing,
 "complete" at the end), the fields of `StoreSpec` (encoder {name, revision}, checkpoint,
 checkpoint_sha256, task, split, num_hidden_states, hidden_size, selection, max_length, dtype,
-label_kind, shard_rows, encoder_logits, source_sha256, and ``encoder_outputs`` where a cls/mean
-store has encoder logits), ``rows`` (the split's size, known from
+label_kind, shard_rows, encoder_logits, source_sha256, ``encoder_outputs`` where a cls/mean
+store (or a sentence token store) has encoder logits, and ``token_layout`` for a sentence token
+store), ``rows`` (the split's size, known from
 the start; windows for a token store), ``shards`` (one {file, rows, sha256, first_id, last_id}
 per shard, filled in at the end), ``code_version``, ``created`` (UTC) and ``extra`` (free:
 throughput and the like). A manifest written before ``encoder_logits`` existed reads as
@@ -118,6 +132,9 @@ _LABEL_TYPES = {
 _LABEL_DTYPES = {"classification": np.int64, "regression": np.float32, "span": np.int64}
 # Token stores: per token (start, end) character offsets, and (start, end) encoder logits.
 _OFFSETS_TYPE = pa.list_(pa.list_(pa.int32(), 2))
+# Sentence token stores: per token its sentence (0 or 1).
+_SEGMENTS_TYPE = pa.list_(pa.int8())
+TOKEN_LAYOUTS = ("sentences",)
 _LOGITS_TYPE = pa.list_(pa.list_(pa.float32(), 2))
 _INT32_MAX = 2**31 - 1
 _INCOMPLETE_HINT = "rerun the embed command to finish it"
@@ -194,6 +211,9 @@ class StoreSpec:
       encoder_outputs: cls/mean stores with `encoder_logits`: C, the width of the encoder's task
         head (classes, or 1 for regression); None otherwise (and then absent from the manifest,
         so a store without encoder logits has the manifest fields it had before this field).
+      token_layout: "sentences" for a token store of a sentence task (one row per example,
+        with segments; sentence labels and encoder outputs); None otherwise (windows of a span
+        task, or cls/mean; then absent from the manifest).
     """
 
     task: str
@@ -212,6 +232,7 @@ class StoreSpec:
     encoder_logits: bool = False
     source_sha256: str | None = None
     encoder_outputs: int | None = None
+    token_layout: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("task", "split", "encoder_name", "encoder_revision", "checkpoint"):
@@ -250,10 +271,23 @@ class StoreSpec:
             self.encoder_logits,
         )
         tokens = self.selection == "tokens"
-        if tokens and self.label_kind not in ("span", None):
+        _require(
+            self.token_layout is None or self.token_layout in TOKEN_LAYOUTS,
+            "token_layout",
+            f"one of {TOKEN_LAYOUTS} or null",
+            self.token_layout,
+        )
+        sentences = self.token_layout == "sentences"
+        if sentences and not tokens:
+            raise ConfigError(
+                f"token_layout: 'sentences' needs selection 'tokens', got selection {self.selection!r}"
+            )
+        if sentences and self.label_kind == "span":
+            raise ConfigError("label_kind: a sentence token store holds sentence labels, not 'span'")
+        if tokens and not sentences and self.label_kind not in ("span", None):
             raise ConfigError(
                 f"label_kind: selection 'tokens' stores span labels ('span' or null), "
-                f"got {self.label_kind!r}"
+                f"got {self.label_kind!r} (a sentence task's token store has token_layout 'sentences')"
             )
         if self.label_kind == "span" and not tokens:
             raise ConfigError(
@@ -266,12 +300,12 @@ class StoreSpec:
                 "a positive integer or null",
                 self.encoder_outputs,
             )
-            if tokens or not self.encoder_logits:
+            if (tokens and not sentences) or not self.encoder_logits:
                 raise ConfigError(
                     "encoder_outputs: set only for a cls/mean store with encoder_logits true, got "
                     f"selection {self.selection!r}, encoder_logits {self.encoder_logits}"
                 )
-        if self.encoder_logits and not tokens and self.encoder_outputs is None:
+        if self.encoder_logits and (not tokens or sentences) and self.encoder_outputs is None:
             raise ConfigError(
                 f"encoder_logits: true needs selection 'tokens', got selection {self.selection!r} "
                 "(a cls/mean store's encoder logits need encoder_outputs, the task head's width)"
@@ -307,6 +341,7 @@ class StoreSpec:
             "encoder_logits": self.encoder_logits,
             "source_sha256": self.source_sha256,
             **({} if self.encoder_outputs is None else {"encoder_outputs": self.encoder_outputs}),
+            **({} if self.token_layout is None else {"token_layout": self.token_layout}),
         }
 
     @classmethod
@@ -314,7 +349,7 @@ class StoreSpec:
         """The spec from manifest fields; other keys are ignored.
 
         A missing ``encoder_logits`` (a manifest written before it existed) reads as false, a
-        missing ``source_sha256`` or ``encoder_outputs`` as null.
+        missing ``source_sha256``, ``encoder_outputs`` or ``token_layout`` as null.
 
         Raises:
           ConfigError: a field is missing or has a bad value.
@@ -326,7 +361,7 @@ class StoreSpec:
         for f in fields(cls):
             if f.name in kwargs:
                 continue
-            if f.name in ("encoder_logits", "source_sha256", "encoder_outputs") and f.name not in data:
+            if f.name in ("encoder_logits", "source_sha256", "encoder_outputs", "token_layout") and f.name not in data:
                 kwargs[f.name] = False if f.name == "encoder_logits" else None
                 continue
             if f.name not in data:
@@ -687,6 +722,7 @@ class StoreWriter:
         example_ids: Sequence[str] | None = None,
         offsets: Sequence[np.ndarray] | None = None,
         encoder_logits: Sequence[np.ndarray] | None = None,
+        segments: Sequence[np.ndarray] | None = None,
     ) -> None:
         """Write shard `index` atomically (a temporary name, then a rename).
 
@@ -705,8 +741,12 @@ class StoreWriter:
           offsets: "tokens" only (required): n integer arrays (T_i, 2), per token its (start,
             end) character offsets into the context, or (-1, -1) outside it.
           encoder_logits: required exactly when the spec's `encoder_logits` is true: for
-            "tokens" n float arrays (T_i, 2) of finite (start, end) logits; for cls/mean one
-            (n, encoder_outputs) float array of the task head's finite outputs.
+            "tokens" n float arrays (T_i, 2) of finite (start, end) logits; for cls/mean (and
+            sentence token stores) one (n, encoder_outputs) float array of the task head's
+            finite outputs.
+          segments: sentence token stores only (required): n integer arrays (T_i,), each
+            token's sentence, 0 or 1. (A sentence token store takes no example_ids or offsets;
+            its labels are per example, as in a cls/mean store.)
 
         Raises:
           ValueError: the store is complete, or shapes, dtypes, lengths or the row count do not
@@ -719,7 +759,13 @@ class StoreWriter:
             raise ValueError(f"{self.path}: the store is complete; nothing to write")
         start, stop = self.shard_range(index)
         index = int(index)
-        if self.spec.selection == "tokens":
+        if self.spec.token_layout == "sentences":
+            table = self._sentence_token_table(
+                index, ids, stop - start, hidden, labels, segments, encoder_logits, example_ids, offsets
+            )
+        elif self.spec.selection == "tokens":
+            if segments is not None:
+                raise ValueError(f"shard {index}: segments go with a sentence token store, not windows")
             table = self._token_table(
                 index, ids, stop - start, hidden, labels, example_ids, offsets, encoder_logits
             )
@@ -729,6 +775,7 @@ class StoreWriter:
                 for name, value in (
                     ("example_ids", example_ids),
                     ("offsets", offsets),
+                    ("segments", segments),
                     ("encoder_logits", None if self.spec.encoder_logits else encoder_logits),
                 )
                 if value is not None
@@ -775,6 +822,63 @@ class StoreWriter:
             self.path, f"shard {index}: encoder_logits contain NaN or inf (or overflow float32)", out, ids
         )
         return out
+
+    def _sentence_token_table(
+        self,
+        index: int,
+        ids: Sequence[str],
+        expected: int,
+        hidden: Any,
+        labels: Any,
+        segments: Any,
+        encoder_logits: Any,
+        example_ids: Any,
+        offsets: Any,
+    ) -> pa.Table:
+        """Check one shard of a sentence token store and build its table (module docstring)."""
+        ids = self._check_ids(index, ids, expected)
+        given = [name for name, value in (("example_ids", example_ids), ("offsets", offsets)) if value is not None]
+        if given:
+            raise ValueError(f"shard {index}: {', '.join(given)} go with windows of a span task, not a "
+                             "sentence token store")  # fmt: skip
+        lengths = self._window_lengths(index, ids, hidden)
+        row_starts = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=row_starts[1:])
+        hidden16 = self._check_hidden(index, ids, hidden, row_starts)
+        if segments is None:
+            raise ValueError(f"shard {index}: a sentence token store needs segments, got none")
+        self._check_per_window(index, ids, "segments", segments, "(T,)")
+        flat = np.empty(int(row_starts[-1]), dtype=np.int8)
+        for k, (row, array) in enumerate(zip(ids, segments, strict=True)):
+            array = np.asarray(array)
+            if array.shape != (lengths[k],):
+                raise ValueError(f"shard {index}, row {row!r}: segments shape expected (T,) = ({lengths[k]},) "
+                                 f"to match hidden, got {array.shape}")  # fmt: skip
+            if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+                raise ValueError(f"shard {index}, row {row!r}: segments must be integers, got {array.dtype}")
+            if array.size and (array.min() < 0 or array.max() > 1):
+                raise DataError(self.path, f"shard {index}: segments must be 0 or 1, found "
+                                f"{array.min()} to {array.max()}", key=row)  # fmt: skip
+            flat[row_starts[k] : row_starts[k + 1]] = array
+        logits = None
+        if self.spec.encoder_logits:
+            logits = self._check_sentence_logits(index, ids, encoder_logits)
+        elif encoder_logits is not None:
+            raise ValueError(f"shard {index}: the spec has encoder_logits false, but encoder_logits were given")
+        label_array = self._check_labels(index, ids, labels)
+        list_type = pa.int32() if row_starts[-1] <= _INT32_MAX else pa.int64()
+        starts = pa.array(row_starts, type=list_type)
+        list_array = pa.ListArray if list_type == pa.int32() else pa.LargeListArray
+        columns = {
+            "id": pa.array(ids, type=pa.string()),
+            "hidden": list_array.from_arrays(starts, pa.FixedShapeTensorArray.from_numpy_ndarray(hidden16)),
+            "segments": list_array.from_arrays(starts, pa.array(flat, type=pa.int8())),
+        }
+        if label_array is not None:
+            columns["label"] = pa.array(label_array, type=_LABEL_TYPES[self.spec.label_kind])
+        if logits is not None:
+            columns["encoder_logits"] = _pairs(logits, pa.float32(), logits.shape[1])
+        return pa.table(columns)
 
     def _token_table(
         self,
@@ -1260,17 +1364,21 @@ class TokenSplit:
         when the store has none.
       manifest: the store's manifest.
       path: the store's folder.
+      segments: a sentence token store (token_layout "sentences"): (sum T,) int8, each token's
+        sentence (0 or 1); None for windows. There rows are examples: `example_ids` are the
+        ids, `offsets` is None, `labels` (n,) sentence labels and `encoder_logits` (n, C).
     """
 
     ids: list[str]
     example_ids: list[str]
     hidden: torch.Tensor
     row_starts: np.ndarray
-    offsets: np.ndarray
+    offsets: np.ndarray | None
     labels: torch.Tensor | None
     encoder_logits: np.ndarray | None
     manifest: dict[str, Any] = field(repr=False)
     path: Path
+    segments: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -1281,16 +1389,28 @@ class TokenSplit:
 
     def window(self, i: int) -> dict[str, Any]:
         """Window `i` (negative counts from the end): {"id", "example_id", "hidden" (T, L, H)
-        (a view), "offsets" (T, 2), "label" (2,) or None, "encoder_logits" (T, 2) or None}."""
+        (a view), "offsets" (T, 2), "label" (2,) or None, "encoder_logits" (T, 2) or None};
+        for a sentence token store "segments" (T,) instead of "offsets", the example's label
+        and its (C,) encoder logits."""
         k = range(len(self.ids))[i]  # IndexError out of range, like a list
         a, b = int(self.row_starts[k]), int(self.row_starts[k + 1])
+        logits = self.encoder_logits
+        if self.segments is not None:
+            return {
+                "id": self.ids[k],
+                "example_id": self.example_ids[k],
+                "hidden": self.hidden[a:b],
+                "segments": self.segments[a:b],
+                "label": None if self.labels is None else self.labels[k],
+                "encoder_logits": None if logits is None else logits[k],
+            }
         return {
             "id": self.ids[k],
             "example_id": self.example_ids[k],
             "hidden": self.hidden[a:b],
             "offsets": self.offsets[a:b],
             "label": None if self.labels is None else self.labels[k],
-            "encoder_logits": None if self.encoder_logits is None else self.encoder_logits[a:b],
+            "encoder_logits": None if logits is None else logits[a:b],
         }
 
 
@@ -1310,9 +1430,15 @@ class _TokenShard:
     example_ids: list[str]
     hidden: np.ndarray
     row_starts: np.ndarray
-    offsets: np.ndarray
+    offsets: np.ndarray | None
     labels: np.ndarray | None
     encoder_logits: np.ndarray | None
+    segments: np.ndarray | None = None
+
+
+def _sentences(manifest: Mapping[str, Any]) -> bool:
+    """A sentence token store (one row per example, with segments)."""
+    return manifest.get("token_layout") == "sentences"
 
 
 def _read_shard(
@@ -1397,14 +1523,14 @@ def _check_finite(file: Path, shard: _Shard | _TokenShard) -> None:
     """Finite hidden states (and encoder logits), naming the first example (or window) with a
     bad value."""
     if isinstance(shard, _TokenShard):
+        per_row = shard.segments is not None  # sentence token store: encoder logits per example
         for name, values in (
             ("hidden states", shard.hidden),
             ("encoder_logits", shard.encoder_logits),
         ):
             if values is not None:
-                _require_finite(
-                    file, f"{name} contain NaN or inf", values, shard.ids, shard.row_starts
-                )
+                starts = None if per_row and name == "encoder_logits" else shard.row_starts
+                _require_finite(file, f"{name} contain NaN or inf", values, shard.ids, starts)
     else:
         _require_finite(file, "hidden states contain NaN or inf", shard.hidden, shard.ids)
         if shard.encoder_logits is not None:
@@ -1439,7 +1565,11 @@ def _check_schema(file: Path, schema: pa.Schema, manifest: Mapping[str, Any]) ->
     if _has_column(file, schema, "label", kind is not None, setting):
         ltype = _LABEL_TYPES[kind]
         _check_type(file, schema, "label", f"{ltype} for {kind}", lambda t: t == ltype)
-    if tokens:
+    if tokens and _sentences(manifest):
+        _has_column(file, schema, "segments")
+        _check_type(file, schema, "segments", _SEGMENTS_TYPE,
+                    lambda t: _is_list(t) and t.value_type == pa.int8())  # fmt: skip
+    if tokens and not _sentences(manifest):
         _check_token_schema(file, schema, manifest)
     else:
         wanted = manifest.get("encoder_logits", False)
@@ -1523,6 +1653,8 @@ def _row_starts(array: pa.Array) -> np.ndarray:
 
 def _token_shard(file: Path, table: pa.Table, manifest: Mapping[str, Any]) -> _TokenShard:
     """The arrays of one token shard, checked row by row (the window id names a bad row)."""
+    if _sentences(manifest):
+        return _sentence_token_shard(file, table, manifest)
     ids = table.column("id").to_pylist()
     columns = {}
     for name in ("hidden", "offsets", "label", "encoder_logits"):
@@ -1569,6 +1701,42 @@ def _token_shard(file: Path, table: pa.Table, manifest: Mapping[str, Any]) -> _T
         labels=labels,
         encoder_logits=logits,
     )
+
+
+def _sentence_token_shard(file: Path, table: pa.Table, manifest: Mapping[str, Any]) -> _TokenShard:
+    """`_token_shard` for a sentence token store: hidden and segments per example, checked
+    row by row (the example id names a bad row)."""
+    ids = table.column("id").to_pylist()
+    hidden, segments = (table.column(name).combine_chunks() for name in ("hidden", "segments"))
+    for name, column in (("hidden", hidden), ("segments", segments)):
+        if _has_nested_nulls(column):
+            raise DataError(file, f"column {name!r} has null values")
+    row_starts = _row_starts(hidden)
+    lengths = np.diff(row_starts)
+    max_length = manifest["max_length"]
+    bad = (lengths < 1) | (lengths > max_length)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(file, f"an example of {lengths[row]} tokens; expected 1 to max_length = {max_length}",
+                        key=ids[row])  # fmt: skip
+    other = np.diff(_row_starts(segments))
+    if not np.array_equal(other, lengths):
+        row = int(np.argmax(other != lengths))
+        raise DataError(file, f"'segments' has {other[row]} tokens, 'hidden' has {lengths[row]}", key=ids[row])
+    flat = segments.flatten().to_numpy()
+    outside = (flat < 0) | (flat > 1)
+    if outside.any():
+        row = int(np.searchsorted(row_starts, int(np.argmax(outside)), side="right") - 1)
+        raise DataError(file, "segments must be 0 or 1", key=ids[row])
+    labels = table.column("label").to_numpy() if "label" in table.column_names else None
+    logits = None
+    if "encoder_logits" in table.column_names:
+        column = table.column("encoder_logits").combine_chunks()
+        if _has_nested_nulls(column):
+            raise DataError(file, "column 'encoder_logits' has null values")
+        logits = column.flatten().to_numpy().reshape(len(ids), -1)
+    return _TokenShard(ids=ids, example_ids=ids, hidden=hidden.flatten().to_numpy_ndarray(), row_starts=row_starts,
+                       offsets=None, labels=labels, encoder_logits=logits, segments=flat)  # fmt: skip
 
 
 def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSplit | TokenSplit:
@@ -1633,9 +1801,16 @@ def _load_tokens(folder: Path, manifest: dict[str, Any]) -> TokenSplit:
     rows, total = manifest["rows"], sum(counts)
     shape = (manifest["num_hidden_states"], manifest["hidden_size"])
     hidden = np.empty((total, *shape), dtype=np.float16)
-    offsets = np.empty((total, 2), dtype=np.int32)
-    logits = np.empty((total, 2), dtype=np.float32) if manifest.get("encoder_logits") else None
-    labels = np.empty((rows, 2), dtype=np.int64) if manifest["label_kind"] else None
+    sentences = _sentences(manifest)
+    offsets = None if sentences else np.empty((total, 2), dtype=np.int32)
+    segments = np.empty(total, dtype=np.int8) if sentences else None
+    kind = manifest["label_kind"]
+    logits = None
+    if manifest.get("encoder_logits"):
+        logits = np.empty((rows, manifest["encoder_outputs"]) if sentences else (total, 2), dtype=np.float32)
+    labels = None
+    if kind:
+        labels = np.empty((rows, 2) if kind == "span" else rows, dtype=_LABEL_DTYPES[kind])
     row_starts = np.zeros(rows + 1, dtype=np.int64)
     ids: list[str] = []
     example_ids: list[str] = []
@@ -1648,9 +1823,15 @@ def _load_tokens(folder: Path, manifest: dict[str, Any]) -> TokenSplit:
             raise DataError(file, "changed while being read; read the store again")
         row, stop = len(ids), token + count
         hidden[token:stop] = shard.hidden
-        offsets[token:stop] = shard.offsets
+        if offsets is not None:
+            offsets[token:stop] = shard.offsets
+        if segments is not None:
+            segments[token:stop] = shard.segments
         if logits is not None:
-            logits[token:stop] = shard.encoder_logits
+            if sentences:
+                logits[row : row + len(shard.ids)] = shard.encoder_logits
+            else:
+                logits[token:stop] = shard.encoder_logits
         if labels is not None:
             labels[row : row + len(shard.ids)] = shard.labels
         row_starts[row + 1 : row + len(shard.ids) + 1] = token + shard.row_starts[1:]
@@ -1658,16 +1839,18 @@ def _load_tokens(folder: Path, manifest: dict[str, Any]) -> TokenSplit:
         example_ids.extend(shard.example_ids)
         token = stop
     return _token_split(
-        _TokenShard(ids, example_ids, hidden, row_starts, offsets, labels, logits),
+        _TokenShard(ids, example_ids, hidden, row_starts, offsets, labels, logits, segments),
         manifest,
         folder,
     )
 
 
 def _token_count(file: Path, manifest: Mapping[str, Any], rows: int) -> int:
-    """The number of tokens in a token shard, from its 'offsets' column alone."""
+    """The number of tokens in a token shard, from its small 'offsets' (sentence token stores:
+    'segments') column alone."""
+    name = "segments" if _sentences(manifest) else "offsets"
     try:
-        column = pq.read_table(file, columns=["offsets"]).column("offsets")
+        column = pq.read_table(file, columns=[name]).column(name)
         return sum(len(chunk.flatten()) for chunk in column.chunks)
     except (OSError, pa.ArrowException, KeyError):
         # Missing, unreadable or malformed: the full read says which, naming the file.
@@ -1689,11 +1872,12 @@ def _token_split(shard: _TokenShard, manifest: dict[str, Any], folder: Path) -> 
         example_ids=shard.example_ids,
         hidden=torch.from_numpy(_writable(shard.hidden)),
         row_starts=shard.row_starts,
-        offsets=_writable(shard.offsets),
+        offsets=None if shard.offsets is None else _writable(shard.offsets),
         labels=None if shard.labels is None else torch.from_numpy(_writable(shard.labels)),
         encoder_logits=None if shard.encoder_logits is None else _writable(shard.encoder_logits),
         manifest=manifest,
         path=folder,
+        segments=None if shard.segments is None else _writable(shard.segments),
     )
 
 
@@ -1763,14 +1947,17 @@ def _permute_windows(shard: _TokenShard, perm: np.ndarray) -> _TokenShard:
     # Token j of the new order comes from old position j - new start + old start of its window.
     shift = np.repeat(shard.row_starts[:-1][perm] - row_starts[:-1], lengths)
     tokens = np.arange(int(row_starts[-1]), dtype=np.int64) + shift
+    per_row = shard.segments is not None  # sentence token store: encoder logits per example
+    logits = shard.encoder_logits
     return _TokenShard(
         ids=[shard.ids[i] for i in perm],
         example_ids=[shard.example_ids[i] for i in perm],
         hidden=shard.hidden[tokens],
         row_starts=row_starts,
-        offsets=shard.offsets[tokens],
+        offsets=None if shard.offsets is None else shard.offsets[tokens],
         labels=None if shard.labels is None else shard.labels[perm],
-        encoder_logits=None if shard.encoder_logits is None else shard.encoder_logits[tokens],
+        encoder_logits=None if logits is None else logits[perm] if per_row else logits[tokens],
+        segments=None if shard.segments is None else shard.segments[tokens],
     )
 
 

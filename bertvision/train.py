@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bertvision import store as st
-from bertvision.config import HeadTrainConfig
+from bertvision.config import HeadArchitecture, HeadTrainConfig
 from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError, decode_error, json_error
 from bertvision.fingerprint import store_fingerprint
@@ -107,7 +107,8 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     device = pick_device(cfg.device)
     m = data.manifest
     config = AdapterPoolerConfig(**asdict(cfg.head), num_hidden_states=m["num_hidden_states"], hidden_size=m["hidden_size"],
-                                 num_outputs=kind.num_outputs(data.spec), task_kind=kind.name)  # fmt: skip
+                                 num_outputs=kind.num_outputs(data.spec), task_kind=kind.name,
+                                 **kind.model_fields(data))  # fmt: skip
     model = kind.module(config).to(device)
     trained = world.wrap(model, device)  # DDP for several ranks; the model itself for one
     total = kind.steps_per_epoch(data, opt.batch_size, world) * opt.epochs
@@ -194,7 +195,7 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
     inputs = {name: store_fingerprint(root / name) for name in used if (root / name / st.MANIFEST_NAME).is_file()}
     compared = {**asdict(cfg), **(settings or {})}
     with claim(out_dir, "head training"):
-        if previous_run(out_dir, compared, "train", inputs, SEED_GLOBS) is not None:
+        if previous_run(out_dir, compared, "train", inputs, SEED_GLOBS, upgrade=_upgrade_config) is not None:
             return json.loads((out_dir / "summary.json").read_text())
         about = {"train": compared, "kind": kind.name, "inputs": inputs}
         if runner is not None:
@@ -209,6 +210,15 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
         runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: _train_seed(cfg.for_seed(seed), data, kind, d))
                 for seed in cfg.seeds]  # fmt: skip
         return _write_summary(out_dir, runs, data.evals, kind.name)
+
+
+def _upgrade_config(stored: dict) -> dict:
+    """A run's stored config from before the head's ``init``, ``pooling`` and ``positions``
+    existed, with them at their defaults: what that code did (torch's init; no token heads),
+    so its finished runs are still reused."""
+    if isinstance(stored.get("head"), dict):
+        return {**stored, "head": {**asdict(HeadArchitecture()), **stored["head"]}}
+    return stored
 
 
 def _train_seed(cfg: HeadTrainConfig, data: HeadData, kind, folder: Path) -> dict:

@@ -99,7 +99,8 @@ class ShardExtractor:
 _COLUMNS: dict = {}
 
 
-def _shard_rows(table, splits: dict, tokenizer: str | None, text_fields: list[str] | None, max_length: int):
+def _shard_rows(table, splits: dict, tokenizer: str | None, text_fields: list[str] | None, max_length: int,
+                segments: bool = False):  # fmt: skip
     """Ray Data CPU task: (split, shard) rows -> one row per shard holding its examples, tokenised."""
     import pyarrow as pa
 
@@ -116,10 +117,10 @@ def _shard_rows(table, splits: dict, tokenizer: str | None, text_fields: list[st
         hi = min(lo + plan["shard_rows"], plan["rows"])
         batch = {k: list(v[lo:hi]) for k, v in cols.items()}
         if text_fields:  # sentence tasks: tokenise here, not in the (GPU) actor
-            enc = tokenize_batch(batch, tokenizer, text_fields, max_length)
+            enc = tokenize_batch(batch, tokenizer, text_fields, max_length, segments=segments)
             for f in text_fields:
                 del batch[f]
-            batch.update({k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc})
+            batch.update({k: enc[k] for k in ("input_ids", "token_type_ids", "segments") if k in enc})
         else:  # span windows come tokenised; numpy offsets become nested lists for Arrow
             batch["offsets"] = [np.asarray(o).tolist() for o in batch["offsets"]]
         if "label" in batch:
@@ -181,7 +182,7 @@ def _run(cfg: EmbedConfig, job: RayJobConfig, plan) -> dict[str, dict]:
     pending = plan.pending()
     t0, per_split = time.perf_counter(), {}
     if pending:
-        sentence = plan.extractor["selection"] != "tokens"
+        sentence = plan.extractor["selection"] != "tokens" or plan.extractor["sentence_tokens"]  # text to tokenise
         splits = {p.name: {"columns": ray.put(p.columns), "shard_rows": p.writer.spec.shard_rows,
                            "rows": p.writer.total_rows} for p in plan.splits}  # fmt: skip
         stores = {p.name: {"path": str(p.writer.path), "spec": p.writer.spec.to_dict(), "rows": p.writer.total_rows}
@@ -194,7 +195,7 @@ def _run(cfg: EmbedConfig, job: RayJobConfig, plan) -> dict[str, dict]:
             compute=TaskPoolStrategy(size=2 * pool["size"]),
             fn_kwargs={"splits": splits, "tokenizer": plan.extractor["checkpoint"],
                        "text_fields": list(plan.extractor["text_fields"]) if sentence else None,
-                       "max_length": plan.extractor["max_length"]},
+                       "max_length": plan.extractor["max_length"], "segments": plan.extractor["sentence_tokens"]},
         )  # fmt: skip
         done = ds.map_batches(
             ShardExtractor, compute=ActorPoolStrategy(size=pool["size"]), batch_format="pyarrow",

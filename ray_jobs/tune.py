@@ -187,8 +187,9 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
         return tune.Tuner.restore(str(out), trainable=fn, resume_errored=True)
     if (out / "tuner.pkl").exists():
         raise ConfigError(f"{out} holds a search already; add --resume to finish it, or give another --out")
-    searcher = HyperOptSearch(space(search, data.manifest["num_hidden_states"]), metric=METRIC, mode="max",
-                              points_to_evaluate=[default_point(search, kind.family)],
+    tokens = any(d.manifest.get("token_layout") == "sentences" for _, d in stores.values())  # pooling to choose
+    searcher = HyperOptSearch(space(search, data.manifest["num_hidden_states"], tokens), metric=METRIC, mode="max",
+                              points_to_evaluate=[default_point(search, kind.family, tokens)],
                               n_initial_points=search.initial_points, random_state_seed=search.seed)  # fmt: skip
     return tune.Tuner(
         fn,

@@ -232,6 +232,10 @@ GOOD = dict(num_hidden_states=L, hidden_size=H, num_outputs=C)
         (dict(residual=1), "residual"),
         (dict(num_outputs=1), "num_outputs"),  # classification needs 2 or more
         (dict(task_kind="regression", num_outputs=3), "num_outputs"),
+        (dict(pooling="max"), "pooling"),
+        (dict(positions=0), "positions"),
+        (dict(init="xavier"), "init"),
+        (dict(task_kind="span", num_outputs=2, token_states=True), "token_states"),
     ],
 )
 def test_config_validation(bad, field):

@@ -227,9 +227,12 @@ def test_span_heads_refuse_a_store_of_other_questions(token_store, tmp_path):
         train_heads(cfg, tmp_path / "heads")
 
 
-def test_embed_refuses_tokens_for_sentence_tasks(toy_task, tmp_path):
+def test_embed_refuses_cls_or_mean_for_span_tasks(squad_dir, tmp_path):
+    """(Sentence tasks take tokens too: a sentence token store, tests/test_token_heads.py.)"""
     from bertvision.config import EmbedConfig
     from bertvision.embed import embed
 
-    with pytest.raises(ConfigError, match="cannot be embedded with --selection tokens"):
-        embed(EmbedConfig(task=str(toy_task), selection="tokens"), tmp_path / "x")
+    for selection in ("cls", "mean"):
+        with pytest.raises(ConfigError, match=f"cannot be embedded with --selection {selection}"):
+            embed(EmbedConfig(task="squad2", data_dir=str(squad_dir), selection=selection), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

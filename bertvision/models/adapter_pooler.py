@@ -48,6 +48,12 @@ class AdapterPoolerConfig(HeadArchitecture):
     task_kind: str = "classification"
     """"classification" (logits, cross-entropy), "regression" (one value, MSE) or "span"
     (per-token start/end logits, cross-entropy over a window's tokens)."""
+    token_states: bool = False
+    """The input is every token of a sentence (or pair) from a token store, pooled by
+    ``pooling`` (`TokenAdapterPooler`); false: one vector per layer (cls/mean stores)."""
+    num_segments: int = 1
+    """Token stores: 1 for single sentences, 2 for pairs (mean and attention pooling pool each
+    sentence apart and concatenate, first sentence first)."""
 
     def __post_init__(self) -> None:
         for name in ("num_hidden_states", "hidden_size", "num_outputs"):
@@ -58,6 +64,10 @@ class AdapterPoolerConfig(HeadArchitecture):
         if self.first_layer >= self.num_hidden_states:
             raise ConfigError(f"first_layer must be below num_hidden_states ({self.num_hidden_states}), "
                               f"got {self.first_layer}")  # fmt: skip
+        if self.num_segments not in (1, 2) or isinstance(self.num_segments, bool):
+            raise ConfigError(f"num_segments must be 1 or 2, got {self.num_segments!r}")
+        if self.token_states and self.task_kind == "span":
+            raise ConfigError("token_states is for sentence tasks; span heads read windows of tokens")
         if self.task_kind not in TASK_KINDS:
             raise ConfigError(f"task_kind must be one of {TASK_KINDS}, got {self.task_kind!r}")
         if self.task_kind == "regression" and self.num_outputs != 1:
@@ -87,11 +97,16 @@ class AdapterPoolerConfig(HeadArchitecture):
         return cls(**data)
 
 
+ORIGINAL_INIT_STD = 1e-3
+"""The original's adapter initialisation: truncated normal of this std (cut at 2 std, as Keras'
+TruncatedNormal), zero bias."""
+
+
 class LayerAdapter(nn.Module):
     """(..., L, H) -> (..., L, A): Linear then the activation, shared by all layers or per layer."""
 
     def __init__(self, num_layers: int, hidden_size: int, adapter_size: int, shared: bool = True,
-                 activation: str = "gelu"):  # fmt: skip
+                 activation: str = "gelu", init: str = "torch"):  # fmt: skip
         super().__init__()
         self.shared = shared
         self.activation = ACTIVATIONS[activation]
@@ -104,6 +119,11 @@ class LayerAdapter(nn.Module):
             bound = 1 / math.sqrt(hidden_size)
             nn.init.uniform_(self.weight, -bound, bound)
             nn.init.uniform_(self.bias, -bound, bound)
+        if init == "original":
+            weight, bias = (self.linear.weight, self.linear.bias) if shared else (self.weight, self.bias)
+            std = ORIGINAL_INIT_STD
+            nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., L, H)
         if self.shared:
@@ -136,11 +156,26 @@ class AdapterPooler(nn.Module):
         super().__init__()
         self.config = c = config
         L, H, A = c.num_hidden_states - c.first_layer, c.hidden_size, c.adapter_size  # layers read
-        self.adapter = LayerAdapter(L, H, A, shared=c.shared, activation=c.activation)
-        self.mix = ScalarMix(L) if c.combine == "scalar_mix" else None
-        features = (L * A if self.mix is None else A) + (H if c.residual else 0)
+        mix_first = c.combine == "mix_first"
+        self.adapter = LayerAdapter(1 if mix_first else L, H, A, shared=c.shared, activation=c.activation,
+                                    init=c.init)  # fmt: skip
+        self.mix = ScalarMix(L) if c.combine in ("scalar_mix", "mix_first") else None
+        self.features = A if self.mix is not None else L * A  # per example (or token), before the skip
         self.dropout = nn.Dropout(c.dropout)
-        self.out = nn.Linear(features, c.num_outputs)
+        self.out = nn.Linear(self.out_features(), c.num_outputs)
+
+    def out_features(self) -> int:
+        """Width of the output layer's input: the combined features, plus the residual skip."""
+        return self.features + (self.config.hidden_size if self.config.residual else 0)
+
+    def combined(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., L, H) -> (..., F): the adapter and the layer combination, before the skip."""
+        c = self.config
+        x = x[..., c.first_layer :, :]  # (..., L', H), L' = L - first_layer
+        if c.combine == "mix_first":
+            return self.adapter(self.mix(x).unsqueeze(-2)).squeeze(-2)  # (..., H) -> (..., A)
+        a = self.adapter(x)  # (..., L', A)
+        return a.flatten(-2) if self.mix is None else self.mix(a)  # (..., L'*A) or (..., A)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # hidden: (..., L, H)
         c = self.config
@@ -151,8 +186,7 @@ class AdapterPooler(nn.Module):
             )
         # Stored states are float16; compute in the module's dtype (float32 unless converted).
         x = hidden.to(self.out.weight.dtype)  # (..., L, H)
-        a = self.adapter(x[..., c.first_layer :, :])  # (..., L', A), L' = L - first_layer
-        z = a.flatten(-2) if self.mix is None else self.mix(a)  # (..., L'*A) or (..., A)
+        z = self.combined(x)  # (..., F)
         if c.residual:
             z = torch.cat([z, x[..., -1, :]], dim=-1)  # (..., F + H)
         return self.out(self.dropout(z))  # (..., C); regression: (..., 1)
@@ -162,6 +196,77 @@ class AdapterPooler(nn.Module):
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+class TokenAdapterPooler(AdapterPooler):
+    """The sentence head over token states: (B, T, L, H) tokens, (B, T) mask and (B, T) segments
+    (0: first sentence, 1: second) -> (B, num_outputs).
+
+    Every token goes through the adapter and the layer combination (F features per token),
+    padding is zeroed, then ``pooling`` turns the tokens into one vector:
+
+    - flatten (the original GLUE head): the first ``positions`` tokens' features side by side,
+      zero-padded, (positions * F); with the residual skip also their last-layer states;
+    - mean: the masked mean over each sentence's tokens, (S * F) for S sentences;
+    - attention: a learned score per token (a Linear F -> 1), softmax over each sentence's real
+      tokens, the weighted sum, (S * F); the skip uses the same weights on the last layer.
+
+    Padded positions never change an output: they are zeroed before flatten and mean, and get
+    no attention weight.
+    """
+
+    def __init__(self, config: AdapterPoolerConfig):
+        if not config.token_states:
+            raise ConfigError("TokenAdapterPooler needs token_states true (a token store)")
+        super().__init__(config)  # its output layer already has the pooled width (`out_features`)
+        c = config
+        self.attention = nn.Linear(self.features, 1) if c.pooling == "attention" else None
+
+    def out_features(self) -> int:
+        c = self.config
+        per = self.features + (c.hidden_size if c.residual else 0)
+        return per * (c.positions if c.pooling == "flatten" else c.num_segments)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        c = self.config
+        if hidden.dim() != 4 or tuple(hidden.shape[-2:]) != (c.num_hidden_states, c.hidden_size):
+            raise ValueError(f"token head input must be (B, T, {c.num_hidden_states}, {c.hidden_size}), "
+                             f"got {tuple(hidden.shape)}")  # fmt: skip
+        B, T = hidden.shape[:2]
+        if mask is None:
+            mask = torch.ones((B, T), dtype=torch.bool, device=hidden.device)
+        if segments is None:
+            segments = torch.zeros((B, T), dtype=torch.long, device=hidden.device)
+        for name, t in (("mask", mask), ("segments", segments)):
+            if tuple(t.shape) != (B, T):
+                raise ValueError(f"{name} {tuple(t.shape)} does not match tokens {(B, T)}")
+        x = hidden.to(self.out.weight.dtype)  # (B, T, L, H)
+        keep = mask.bool().unsqueeze(-1)  # (B, T, 1)
+        z = self.combined(x).masked_fill(~keep, 0.0)  # (B, T, F), padding zeroed
+        r = x[..., -1, :].masked_fill(~keep, 0.0) if c.residual else None  # (B, T, H)
+        if c.pooling == "flatten":
+            pieces = [z] if r is None else [z, r]
+            per_token = torch.cat(pieces, dim=-1)  # (B, T, F [+ H])
+            P = c.positions
+            per_token = per_token[:, :P]
+            if per_token.shape[1] < P:
+                per_token = F.pad(per_token, (0, 0, 0, P - per_token.shape[1]))  # zeros after
+            features = per_token.flatten(1)  # (B, P * (F [+ H]))
+        else:
+            pooled = []
+            for s in range(c.num_segments):
+                w = (mask.bool() & (segments == s)).to(z.dtype)  # (B, T), this sentence's tokens
+                if c.pooling == "attention":
+                    score = self.attention(z).squeeze(-1).masked_fill(w == 0, float("-inf"))  # (B, T)
+                    alpha = torch.softmax(score, dim=-1).nan_to_num(0.0)  # a sentence of no tokens: 0
+                else:
+                    alpha = w / w.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, T)
+                pooled.append(torch.einsum("bt,btf->bf", alpha, z))  # (B, F)
+                if r is not None:
+                    pooled.append(torch.einsum("bt,bth->bh", alpha, r))  # (B, H)
+            features = torch.cat(pooled, dim=-1)  # (B, S * (F [+ H]))
+        return self.out(self.dropout(features))  # (B, C)
 
 
 class SpanAdapterPooler(AdapterPooler):

@@ -1,0 +1,104 @@
+"""Sentence heads on cls, mean and token states, pretrained and 1-epoch fine-tuned (docs/RESULTS.md).
+
+    BERTVISION_DATA=../shared/data .venv/bin/python benchmarks/token_heads.py \\
+        --tasks rte mrpc stsb cola sst2 --study runs/tune-study --out runs/token-heads \\
+        --json docs/bench/token_heads.json
+
+For each task and encoder (the pretrained bundled all-MiniLM-L6-v2, and the 1-epoch checkpoint
+of the tune study's fine-tuning baseline, seed 0: ``STUDY/<task>/baseline/seed-0/checkpoint-e1``)
+the heads use the study's cls and mean stores (``STUDY/<task>/{pre,ft}-{cls,mean}``) and a
+sentence token store embedded here (``OUT/<task>/{pre,ft}-tokens``, train and dev). Every head
+has the default settings of `bertvision train` (adapter 64, shared, flatten layers, residual,
+AdamW lr 1e-3, batch 64, up to 20 epochs, patience 4, selection on the validation part carved
+from train), 3 seeds; the token heads differ only in ``pooling`` (mean, attention, and flatten
+over 128 positions: the original GLUE head). Recorded per head: validation and dev mean / std
+over the seeds, the train store's bytes per example, head seconds per training epoch (mean over
+seeds and epochs), epochs run; beside them the study's full fine-tuning baseline (dev mean / std
+over its 5 seeds). Finished runs are reused, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from bertvision import store as st
+from bertvision.config import EmbedConfig, HeadArchitecture, HeadTrainConfig
+from bertvision.embed import embed
+from bertvision.io import atomic_write_json
+from bertvision.train import train_heads
+
+SEEDS = (0, 1, 2)
+HEADS = {  # name -> (store selection, head architecture)
+    "cls": ("cls", HeadArchitecture()),
+    "mean": ("mean", HeadArchitecture()),
+    "tokens-mean": ("tokens", HeadArchitecture(pooling="mean")),
+    "tokens-attention": ("tokens", HeadArchitecture(pooling="attention")),
+    "tokens-flatten": ("tokens", HeadArchitecture(pooling="flatten", positions=128)),
+}
+
+
+def token_store(task: str, checkpoint: str | None, out: Path, data_dir: str | None) -> tuple[Path, float]:
+    """The sentence token store (train, dev) of one task and checkpoint; embedding seconds (0 if
+    it was complete)."""
+    t0 = time.perf_counter()
+    if not all(st.is_complete(out / s) for s in ("train", "dev")):
+        embed(EmbedConfig(task=task, checkpoint=checkpoint, splits=("train", "dev"), selection="tokens",
+                          data_dir=data_dir), out)  # fmt: skip
+        return out, time.perf_counter() - t0
+    return out, 0.0
+
+
+def head_row(store: Path, head: HeadArchitecture, out: Path) -> dict:
+    summary = train_heads(HeadTrainConfig(store=str(store), seeds=SEEDS, head=head), out)
+    metrics = [json.loads((out / f"seed-{seed}" / "metrics.json").read_text()) for seed in SEEDS]
+    epochs = [m["epochs_run"] for m in metrics]
+    seconds = [m["epoch_seconds"] for m in metrics]  # each seed's mean training seconds per epoch
+    manifest = st.read_manifest(store / "train")
+    params = metrics[0]["parameters"]
+    return {"store": str(store), "dev": summary["dev"], "validation": summary["validation"],
+            "bytes_per_example": st.store_bytes(store / "train") / manifest["rows"],
+            "head_seconds_per_epoch": statistics.mean(seconds), "epochs_run": epochs, "parameters": params}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
+    p.add_argument("--study", default="runs/tune-study", help="the tune study's folder (cls/mean stores, baselines)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", default=None)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    study, out = Path(args.study), Path(args.out)
+    result_file = Path(args.json) if args.json else out / "token_heads.json"
+    results = json.loads(result_file.read_text()) if result_file.exists() else {}
+    for task in args.tasks:
+        baseline = json.loads((study / task / "baseline" / "baseline.json").read_text())
+        dev_keys = [k for k in baseline if k.startswith("dev")]
+        row = results.setdefault(task, {})
+        row["finetuning_baseline"] = {"dev": {k: baseline[k] for k in dev_keys}, "chosen": baseline["chosen"],
+                                      "train_examples": baseline.get("train_examples"), "seeds": baseline["seeds"]}  # fmt: skip
+        for enc, checkpoint in (("pre", None), ("ft", str(study / task / "baseline" / "seed-0" / "checkpoint-e1"))):
+            tokens, embed_seconds = token_store(task, checkpoint, out / task / f"{enc}-tokens", args.data_dir)
+            row.setdefault(f"{enc}-embed-tokens-seconds", round(embed_seconds, 1) or None)
+            for name, (selection, head) in HEADS.items():
+                key = f"{enc}-{name}"
+                if key in row:
+                    continue
+                store = tokens if selection == "tokens" else study / task / f"{enc}-{selection}"
+                t0 = time.perf_counter()
+                row[key] = {**head_row(store, head, out / task / "heads" / key), "wall_seconds": round(time.perf_counter() - t0, 1)}
+                atomic_write_json(result_file, results)
+                dev = row[key]["dev"]
+                first = next(iter(dev))
+                print(f"{task} {key}: dev {first} {dev[first]['mean']:.4f} ± {dev[first]['std']:.4f}, "
+                      f"{row[key]['bytes_per_example']:.0f} B/example, {row[key]['head_seconds_per_epoch']:.2f} s/epoch",
+                      flush=True)  # fmt: skip
+        atomic_write_json(result_file, results)
+
+
+if __name__ == "__main__":
+    main()
