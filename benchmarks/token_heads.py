@@ -64,6 +64,37 @@ def head_row(store: Path, head: HeadArchitecture, out: Path) -> dict:
             "head_seconds_per_epoch": statistics.mean(seconds), "epochs_run": epochs, "parameters": params}  # fmt: skip
 
 
+METRIC_NAMES = {"rte": "accuracy", "mrpc": "f1 / accuracy", "stsb": "pearson / spearman", "cola": "mcc", "sst2": "accuracy"}
+
+
+def _cell(dev: dict) -> str:
+    return " / ".join(f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" for v in dev.values())
+
+
+def table(results: dict) -> str:
+    """The markdown table of docs/RESULTS.md: dev mean ± std (%) per task, encoder and head."""
+    lines = ["| task (metric) | encoder | " + " | ".join(HEADS) + " | full fine-tuning, 5 seeds |",
+             "|---|---|" + "---|" * (len(HEADS) + 1)]
+    for task, row in results.items():
+        base = _cell({k: v for k, v in row["finetuning_baseline"]["dev"]["dev"].items()})
+        for enc, label in (("pre", "pretrained"), ("ft", "1-epoch fine-tuned")):
+            cells = [_cell({k: v for k, v in row[f"{enc}-{h}"]["dev"].items()}) if f"{enc}-{h}" in row else "not run"
+                     for h in HEADS]  # fmt: skip
+            lines.append(f"| {task} ({METRIC_NAMES.get(task, '')}) | {label} | " + " | ".join(cells)
+                         + f" | {base if enc == 'ft' else ''} |")  # fmt: skip
+    lines += ["", "| task | encoder | " + " | ".join(f"{h}: B/example, s/epoch, params" for h in HEADS) + " |",
+              "|---|---|" + "---|" * len(HEADS)]
+    for task, row in results.items():
+        for enc in ("pre", "ft"):
+            cells = []
+            for h in HEADS:
+                r = row.get(f"{enc}-{h}")
+                cells.append("not run" if r is None else
+                             f"{r['bytes_per_example']:,.0f}, {r['head_seconds_per_epoch']:.2f}, {r['parameters']:,}")
+            lines.append(f"| {task} | {enc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
@@ -71,10 +102,14 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--json", default=None)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--table", action="store_true", help="print the tables of --json (or OUT's results) and stop")
     args = p.parse_args()
     study, out = Path(args.study), Path(args.out)
     result_file = Path(args.json) if args.json else out / "token_heads.json"
     results = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if args.table:
+        print(table(results))
+        return
     for task in args.tasks:
         baseline = json.loads((study / task / "baseline" / "baseline.json").read_text())
         dev_keys = [k for k in baseline if k.startswith("dev")]

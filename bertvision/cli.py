@@ -490,7 +490,11 @@ def cmd_embed(args) -> int:
         run = m["this_run"]  # None: the store was complete before this run; nothing was embedded
         speed = f", {run['rows_per_second']} rows/s" if run else " (already complete; nothing embedded)"
         shape = f"({m['num_hidden_states']}, {m['hidden_size']})"
-        what = f"{m['rows']} windows x tokens x {shape}" if m["selection"] == "tokens" else f"{m['rows']} rows x {shape}"
+        if m["selection"] == "tokens":
+            rows = "examples" if m.get("token_layout") == "sentences" else "windows"
+            what = f"{m['rows']} {rows} x tokens x {shape}"
+        else:
+            what = f"{m['rows']} rows x {shape}"
         print(f"{args.out}/{split}: {what}{speed}")
     return 0
 

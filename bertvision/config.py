@@ -253,7 +253,8 @@ class EmbedConfig(KindDefaults):
     """Local data folder (default: $BERTVISION_DATA, else the Hugging Face Hub)."""
     selection: Literal["cls", "mean", "tokens"] | None = None
     """cls: first position of every layer; mean: mean over real tokens; tokens: every real token
-    of every window, no padding (span tasks)."""
+    of every window (span tasks) or of every sentence or pair (sentence tasks, with each
+    token's sentence), no padding."""
     max_length: int | None = None
     """Tokens per example (span tasks: per window; use fine-tuning's)."""
     windowing: Windowing = Windowing()

@@ -273,8 +273,14 @@ def test_segments_follow_the_tokenizer_for_single_sentences_and_pairs(bundled_to
     assert two["segments"][0] == two["token_type_ids"][0]  # BERT's token types, derived without them
 
 
-def test_train_and_evaluate_a_token_head_on_the_command_line(toy_stores, tmp_path):
-    root, _ = toy_stores
+def test_train_and_evaluate_a_token_head_on_the_command_line(toy_stores, tmp_path, tiny_bert_dir):
+    root, task = toy_stores
+    emb = subprocess.run([*bertvision_cli(), "embed", "--task", str(task), "--checkpoint", str(tiny_bert_dir), "--splits",
+                          "dev", "--selection", "tokens", "--out", str(tmp_path / "emb")], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert emb.returncode == 0, emb.stderr[-2000:]
+    assert "dev: 24 examples x tokens x (3, 32)" in emb.stdout
+    st.verify(tmp_path / "emb" / "dev")
     out = tmp_path / "heads"
     proc = subprocess.run([*bertvision_cli(), "train", "--store", str(root / "tokens"), "--seeds", "0", "--epochs", "3",
                            "--pooling", "attention", "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
