@@ -125,14 +125,22 @@ class SentenceHeads:
             raise DataError(root / "train", "the train split carries no labels")
         labels = train.labels.numpy()
         tr_idx, va_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
-        data = HeadData(spec, train.manifest, (train.hidden[tr_idx], train.labels[tr_idx]), len(tr_idx))
-        data.parts["validation"] = (train.hidden[va_idx], labels[va_idx])
+        data = HeadData(spec, train.manifest, self.train_part(train, tr_idx), len(tr_idx))
+        data.parts["validation"] = (self.states(train, va_idx), labels[va_idx])
         for name in eval_names:
             split = st.load_split(root / name)
             st.check_compatible(split, **same_source(train.manifest))
             if split.labels is not None:
-                data.parts[name] = (split.hidden, split.labels.numpy())
+                data.parts[name] = (self.states(split), split.labels.numpy())
         return data
+
+    def states(self, split, rows=None):
+        """The states a part is scored on: (N, L, H) of ``rows`` (default: all) of a split."""
+        return split.hidden if rows is None else split.hidden[rows]
+
+    def train_part(self, train, rows):
+        """What `batches` draws from: (states, labels) of the training rows."""
+        return train.hidden[rows], train.labels[rows]
 
     def rng(self, seed: int):
         import torch
@@ -254,20 +262,11 @@ class SentenceTokenHeads(SentenceHeads):
     def outputs(self, model, part, device=None) -> np.ndarray:
         return predict_tokens(model, part, device=device)
 
-    def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
-        train = st.load_split(root / "train")  # every shard read is checked (sha256, finite)
-        if train.labels is None:
-            raise DataError(root / "train", "the train split carries no labels")
-        labels = train.labels.numpy()
-        tr_idx, va_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
-        data = HeadData(spec, train.manifest, TokenRows.from_split(train, tr_idx), len(tr_idx))
-        data.parts["validation"] = (TokenRows.from_split(train, va_idx), labels[va_idx])
-        for name in eval_names:
-            split = st.load_split(root / name)
-            st.check_compatible(split, **same_source(train.manifest))
-            if split.labels is not None:
-                data.parts[name] = (TokenRows.from_split(split), split.labels.numpy())
-        return data
+    def states(self, split, rows=None) -> TokenRows:
+        return TokenRows.from_split(split, rows)
+
+    def train_part(self, train, rows) -> TokenRows:
+        return TokenRows.from_split(train, rows)  # its labels come along
 
     def batches(self, data: HeadData, batch_size: int, rng, world: World = ONE):
         """One epoch of padded (tokens, mask, segments, labels) batches in a seeded random order;

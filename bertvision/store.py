@@ -866,13 +866,11 @@ class StoreWriter:
         elif encoder_logits is not None:
             raise ValueError(f"shard {index}: the spec has encoder_logits false, but encoder_logits were given")
         label_array = self._check_labels(index, ids, labels)
-        list_type = pa.int32() if row_starts[-1] <= _INT32_MAX else pa.int64()
-        starts = pa.array(row_starts, type=list_type)
-        list_array = pa.ListArray if list_type == pa.int32() else pa.LargeListArray
+        lists = _lists_over(row_starts)
         columns = {
             "id": pa.array(ids, type=pa.string()),
-            "hidden": list_array.from_arrays(starts, pa.FixedShapeTensorArray.from_numpy_ndarray(hidden16)),
-            "segments": list_array.from_arrays(starts, pa.array(flat, type=pa.int8())),
+            "hidden": lists(pa.FixedShapeTensorArray.from_numpy_ndarray(hidden16)),
+            "segments": lists(pa.array(flat, type=pa.int8())),
         }
         if label_array is not None:
             columns["label"] = pa.array(label_array, type=_LABEL_TYPES[self.spec.label_kind])
@@ -937,21 +935,17 @@ class StoreWriter:
             )
         label_array = self._check_labels(index, ids, labels, lengths)
 
-        list_type = pa.int32() if row_starts[-1] <= _INT32_MAX else pa.int64()
-        starts = pa.array(row_starts, type=list_type)
-        list_array = pa.ListArray if list_type == pa.int32() else pa.LargeListArray
+        lists = _lists_over(row_starts)
         columns = {
             "id": pa.array(ids, type=pa.string()),
             "example_id": pa.array(example_ids, type=pa.string()),
-            "hidden": list_array.from_arrays(
-                starts, pa.FixedShapeTensorArray.from_numpy_ndarray(hidden16)
-            ),
-            "offsets": list_array.from_arrays(starts, _pairs(flat_offsets, pa.int32())),
+            "hidden": lists(pa.FixedShapeTensorArray.from_numpy_ndarray(hidden16)),
+            "offsets": lists(_pairs(flat_offsets, pa.int32())),
         }
         if label_array is not None:
             columns["label"] = _pairs(label_array, pa.int64())
         if logits is not None:
-            columns["encoder_logits"] = list_array.from_arrays(starts, _pairs(logits, pa.float32()))
+            columns["encoder_logits"] = lists(_pairs(logits, pa.float32()))
         return pa.table(columns)
 
     def _window_lengths(self, index: int, ids: list[str], hidden: Any) -> np.ndarray:
@@ -1196,6 +1190,15 @@ class StoreWriter:
                 }
             )
         return entries
+
+
+def _lists_over(row_starts: np.ndarray):
+    """A maker of list columns whose rows start at ``row_starts`` (int32 offsets, int64 where
+    they would overflow), from the flat values of every row."""
+    list_type = pa.int32() if row_starts[-1] <= _INT32_MAX else pa.int64()
+    starts = pa.array(row_starts, type=list_type)
+    list_array = pa.ListArray if list_type == pa.int32() else pa.LargeListArray
+    return lambda values: list_array.from_arrays(starts, values)
 
 
 def _pairs(values: np.ndarray, type_: pa.DataType, size: int = 2) -> pa.FixedSizeListArray:
