@@ -52,8 +52,8 @@ def token_store(task: str, checkpoint: str | None, out: Path, data_dir: str | No
     return out, 0.0
 
 
-def head_row(store: Path, head: HeadArchitecture, out: Path) -> dict:
-    summary = train_heads(HeadTrainConfig(store=str(store), seeds=SEEDS, head=head), out)
+def head_row(store: Path, head: HeadArchitecture, out: Path, train_examples: int | None = None) -> dict:
+    summary = train_heads(HeadTrainConfig(store=str(store), seeds=SEEDS, head=head, train_examples=train_examples), out)
     metrics = [json.loads((out / f"seed-{seed}" / "metrics.json").read_text()) for seed in SEEDS]
     epochs = [m["epochs_run"] for m in metrics]
     seconds = [m["epoch_seconds"] for m in metrics]  # each seed's mean training seconds per epoch
@@ -61,7 +61,8 @@ def head_row(store: Path, head: HeadArchitecture, out: Path) -> dict:
     params = metrics[0]["parameters"]
     return {"store": str(store), "dev": summary["dev"], "validation": summary["validation"],
             "bytes_per_example": st.store_bytes(store / "train") / manifest["rows"],
-            "head_seconds_per_epoch": statistics.mean(seconds), "epochs_run": epochs, "parameters": params}  # fmt: skip
+            "head_seconds_per_epoch": statistics.mean(seconds), "epochs_run": epochs, "parameters": params,
+            "train_examples": json.loads((out / "config.json").read_text())["train_rows"]}  # fmt: skip
 
 
 METRIC_NAMES = {"rte": "accuracy", "mrpc": "f1 / accuracy", "stsb": "pearson / spearman", "cola": "mcc", "sst2": "accuracy"}
@@ -76,7 +77,7 @@ def table(results: dict) -> str:
     lines = ["| task (metric) | encoder | " + " | ".join(HEADS) + " | full fine-tuning, 5 seeds |",
              "|---|---|" + "---|" * (len(HEADS) + 1)]
     for task, row in results.items():
-        base = _cell({k: v for k, v in row["finetuning_baseline"]["dev"]["dev"].items()})
+        base = _cell(row["finetuning_baseline"]["dev"]["dev"]) if "finetuning_baseline" in row else "–"
         for enc, label in (("pre", "pretrained"), ("ft", "1-epoch fine-tuned")):
             cells = [_cell({k: v for k, v in row[f"{enc}-{h}"]["dev"].items()}) if f"{enc}-{h}" in row else "not run"
                      for h in HEADS]  # fmt: skip
@@ -102,6 +103,10 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--json", default=None)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS), help="these heads, in this order")
+    p.add_argument("--train-examples", type=int, default=None,
+                   help="heads train on this seeded subset of the training part (fine-tuning's --train-examples draw)")
+    p.add_argument("--encoders", nargs="+", choices=["pre", "ft"], default=["pre", "ft"])
     p.add_argument("--table", action="store_true", help="print the tables of --json (or OUT's results) and stop")
     args = p.parse_args()
     study, out = Path(args.study), Path(args.out)
@@ -111,21 +116,27 @@ def main() -> None:
         print(table(results))
         return
     for task in args.tasks:
-        baseline = json.loads((study / task / "baseline" / "baseline.json").read_text())
-        dev_keys = [k for k in baseline if k.startswith("dev")]
         row = results.setdefault(task, {})
-        row["finetuning_baseline"] = {"dev": {k: baseline[k] for k in dev_keys}, "chosen": baseline["chosen"],
-                                      "train_examples": baseline.get("train_examples"), "seeds": baseline["seeds"]}  # fmt: skip
+        baseline_file = study / task / "baseline" / "baseline.json"
+        if baseline_file.exists():  # a study of only seed 0's run has none: the row keeps what it had
+            baseline = json.loads(baseline_file.read_text())
+            dev_keys = [k for k in baseline if k.startswith("dev")]
+            row["finetuning_baseline"] = {"dev": {k: baseline[k] for k in dev_keys}, "chosen": baseline["chosen"],
+                                          "train_examples": baseline.get("train_examples"), "seeds": baseline["seeds"]}  # fmt: skip
         for enc, checkpoint in (("pre", None), ("ft", str(study / task / "baseline" / "seed-0" / "checkpoint-e1"))):
+            if enc not in args.encoders:
+                continue
             tokens, embed_seconds = token_store(task, checkpoint, out / task / f"{enc}-tokens", args.data_dir)
             row.setdefault(f"{enc}-embed-tokens-seconds", round(embed_seconds, 1) or None)
-            for name, (selection, head) in HEADS.items():
+            for name in args.heads:
+                selection, head = HEADS[name]
                 key = f"{enc}-{name}"
                 if key in row:
                     continue
                 store = tokens if selection == "tokens" else study / task / f"{enc}-{selection}"
                 t0 = time.perf_counter()
-                row[key] = {**head_row(store, head, out / task / "heads" / key), "wall_seconds": round(time.perf_counter() - t0, 1)}
+                row[key] = {**head_row(store, head, out / task / "heads" / key, args.train_examples),
+                            "wall_seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
                 atomic_write_json(result_file, results)
                 dev = row[key]["dev"]
                 first = next(iter(dev))

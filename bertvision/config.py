@@ -324,10 +324,14 @@ class HeadTrainConfig(KindDefaults):
     """cpu, cuda, cuda:N (default: cuda when available)."""
     eval_splits: tuple[str, ...] | None = None
     """Splits scored once at the end (default: the task's labelled eval splits in the store)."""
+    train_examples: int | None = None
+    """Sentence stores: train on a fixed subset of this many examples of the training part,
+    drawn (seeded by --validation-seed) after the validation carve, as fine-tuning's
+    --train-examples draws it: the same N examples (default: all)."""
 
     def __post_init__(self):
         check_optimisation(self)
-        _positive(self, ("max_answer_tokens",))
+        _positive(self, ("max_answer_tokens", "train_examples"))
 
     def for_seed(self, seed: int) -> HeadTrainConfig:
         return replace(self, seeds=(seed,))

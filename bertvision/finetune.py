@@ -66,7 +66,7 @@ from bertvision.runtime import (
     pick_device,
     set_seed,
 )
-from bertvision.tasks.base import carve_validation
+from bertvision.tasks.base import carve_validation, training_subset
 
 CHECKPOINT_META = "bertvision.json"
 # What a fine-tuning run writes besides config.json and metrics.json (a killed run's are removed
@@ -108,9 +108,7 @@ class SentenceTuning:
         """The {"train", "validation"} parts, and the splits whose fingerprints config.json keeps."""
         full = self.task.load("train")
         tr, va = carve_validation(full.labels, len(full), self.cfg.validation_fraction, self.cfg.validation_seed)
-        n = self.cfg.train_examples
-        if n is not None and n < len(tr):  # a seeded subset of the training part; validation as carved
-            tr = np.sort(np.random.default_rng(self.cfg.validation_seed).choice(tr, size=n, replace=False))
+        tr = training_subset(tr, self.cfg.train_examples, self.cfg.validation_seed)  # validation as carved
         return {"train": full.subset(tr, "train"), "validation": full.subset(va, "validation")}, {"train": full}
 
     def encode(self, tokenizer, data) -> dict:

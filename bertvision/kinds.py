@@ -50,7 +50,7 @@ from bertvision.span_heads import (
     train_batches,
 )
 from bertvision.tasks import get_task
-from bertvision.tasks.base import carve_validation
+from bertvision.tasks.base import carve_validation, training_subset
 
 
 @dataclass
@@ -125,6 +125,7 @@ class SentenceHeads:
             raise DataError(root / "train", "the train split carries no labels")
         labels = train.labels.numpy()
         tr_idx, va_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
+        tr_idx = training_subset(tr_idx, cfg.train_examples, cfg.validation_seed)  # fine-tuning's subset
         data = HeadData(spec, train.manifest, self.train_part(train, tr_idx), len(tr_idx))
         data.parts["validation"] = (self.states(train, va_idx), labels[va_idx])
         for name in eval_names:
@@ -217,20 +218,21 @@ class TokenRows:
         return len(self.starts)
 
     def batch(self, idx, device=None):
-        """Rows ``idx`` padded to their longest: (B, T, L, H) float32, (B, T) mask, (B, T) segments."""
+        """Rows ``idx`` padded to their longest: (B, T, L, H) in the store's dtype (float16; the
+        head converts its real tokens), (B, T) mask, (B, T) segments.
+
+        One gather of every row's positions (padding reads token 0, then is zeroed), not a copy
+        per row: on SST-2-sized batches the per-row loop cost as much as the head's step."""
         import torch
 
         idx = np.asarray(idx)
-        width = int(self.lengths[idx].max())
-        L, H = self.hidden.shape[1:]
-        x = torch.zeros((len(idx), width, L, H), dtype=torch.float32)
-        mask = torch.zeros((len(idx), width), dtype=torch.bool)
-        seg = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            a, n = int(self.starts[i]), int(self.lengths[i])
-            x[row, :n] = self.hidden[a : a + n]
-            mask[row, :n] = True
-            seg[row, :n] = self.segments[a : a + n]
+        lengths = self.lengths[idx]  # (B,)
+        positions = np.arange(int(lengths.max()))  # (T,)
+        real = positions[None, :] < lengths[:, None]  # (B, T)
+        flat = torch.from_numpy(np.where(real, self.starts[idx][:, None] + positions[None, :], 0))  # (B, T)
+        mask = torch.from_numpy(real)
+        x = self.hidden[flat].masked_fill_(~mask[..., None, None], 0.0)  # (B, T, L, H)
+        seg = self.segments[flat].masked_fill_(~mask, 0)  # (B, T)
         return x.to(device or "cpu"), mask.to(device or "cpu"), seg.to(device or "cpu")
 
 
@@ -316,6 +318,8 @@ class SpanHeads:
         return {}
 
     def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
+        if cfg.train_examples is not None:
+            raise ConfigError(f"{root}: --train-examples is for sentence stores; span heads train on every window")
         parts = load_parts(root, cfg.data_dir, cfg.validation_fraction, cfg.validation_seed, eval_names)
         data = HeadData(parts.spec, parts.manifest, parts, parts.train_windows)
         for name in ("validation", *parts.evals):

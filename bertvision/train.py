@@ -213,9 +213,10 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
 
 
 def _upgrade_config(stored: dict) -> dict:
-    """A run's stored config from before the head's ``init``, ``pooling`` and ``positions``
-    existed, with them at their defaults: what that code did (torch's init; no token heads),
-    so its finished runs are still reused."""
+    """A run's stored config from before the head's ``init``, ``pooling`` and ``positions``, or
+    ``train_examples``, existed, with them at their defaults: what that code did (torch's init;
+    no token heads; all of the training part), so its finished runs are still reused."""
+    stored = {"train_examples": None, **stored}
     if isinstance(stored.get("head"), dict):
         return {**stored, "head": {**asdict(HeadArchitecture()), **stored["head"]}}
     return stored

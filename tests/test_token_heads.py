@@ -118,6 +118,21 @@ def test_flatten_reads_the_first_positions_only():
     torch.testing.assert_close(model(x, torch.ones(2, 6, dtype=torch.bool)), cut)
 
 
+def test_token_rows_batch_pads_each_row_to_the_longest():
+    """A batch of stored rows: each row's tokens in order, then zeros; its mask and segments."""
+    from bertvision.kinds import TokenRows
+
+    hidden = torch.randn(8, L, H).half()  # rows of 3, 1 and 4 tokens, back to back
+    segments = torch.tensor([0, 0, 1, 0, 0, 1, 1, 1])
+    rows = TokenRows(hidden, segments, starts=np.array([0, 3, 4]), lengths=np.array([3, 1, 4]))
+    x, mask, seg = rows.batch([2, 0, 1])
+    assert x.shape == (3, 4, L, H) and x.dtype == torch.float16
+    assert torch.equal(x[0], hidden[4:8]) and torch.equal(x[1, :3], hidden[:3]) and torch.equal(x[2, 0], hidden[3])
+    assert not x[1, 3:].any() and not x[2, 1:].any()
+    assert mask.tolist() == [[True] * 4, [True, True, True, False], [True, False, False, False]]
+    assert seg.tolist() == [[0, 1, 1, 1], [0, 0, 1, 0], [0, 0, 0, 0]]
+
+
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_a_pairs_sentences_are_pooled_apart_and_in_order(pooling):
     """Swapping which tokens are the first sentence changes the output: the head reads the
@@ -330,6 +345,31 @@ def test_the_token_kind_carves_the_same_validation_rows_as_the_mean_store(toy_st
     assert type(tokens.train).__name__ == "TokenRows" and tokens.train_rows == mean.train_rows
     np.testing.assert_array_equal(tokens.parts["validation"][1], mean.parts["validation"][1])
     np.testing.assert_array_equal(tokens.train.labels.numpy(), mean.train[1].numpy())
+
+
+def test_heads_train_on_fine_tunings_subset_of_the_training_part(toy_stores):
+    """--train-examples N: heads on every sentence store train on the N examples fine-tuning's
+    --train-examples N trains on; the validation part stays as carved."""
+    from bertvision.config import FinetuneConfig, HeadTrainConfig
+    from bertvision.finetune import SentenceTuning
+    from bertvision.kinds import store_kind
+    from bertvision.tasks import get_task
+
+    root, task = toy_stores
+    parts, _ = SentenceTuning(get_task(str(task)), FinetuneConfig(task=str(task), train_examples=30), "cpu").read()
+    split = st.load_split(root / "mean" / "train")
+    rows = np.array([split.ids.index(i) for i in parts["train"].ids])  # fine-tuning's 30, in store rows
+    assert len(rows) == 30
+    for selection in ("mean", "tokens"):
+        kind, _, spec = store_kind(root / selection)
+        full = kind.load(HeadTrainConfig(store="x").resolved("sentence"), root / selection, spec, ["dev"])
+        sub = kind.load(HeadTrainConfig(store="x", train_examples=30).resolved("sentence"), root / selection, spec, ["dev"])
+        assert sub.train_rows == 30 and full.train_rows == 86
+        labels = sub.train.labels if selection == "tokens" else sub.train[1]
+        np.testing.assert_array_equal(labels.numpy(), split.labels.numpy()[rows])
+        if selection == "mean":
+            assert torch.equal(sub.train[0], split.hidden[rows])
+        np.testing.assert_array_equal(sub.parts["validation"][1], full.parts["validation"][1])
 
 
 def test_token_and_mean_heads_ensemble_on_their_own_stores(toy_stores, tmp_path):

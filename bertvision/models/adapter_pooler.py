@@ -241,10 +241,13 @@ class TokenAdapterPooler(AdapterPooler):
         for name, t in (("mask", mask), ("segments", segments)):
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} {tuple(t.shape)} does not match tokens {(B, T)}")
-        x = hidden.to(self.out.weight.dtype)  # (B, T, L, H)
-        keep = mask.bool().unsqueeze(-1)  # (B, T, 1)
-        z = self.combined(x).masked_fill(~keep, 0.0)  # (B, T, F), padding zeroed
-        r = x[..., -1, :].masked_fill(~keep, 0.0) if c.residual else None  # (B, T, H)
+        # Only the real tokens go through the adapter (a short sentence in a batch padded to a
+        # long one costs its own length), then their features are put back in place; padding
+        # stays zero.
+        keep = mask.bool()  # (B, T)
+        x = hidden[keep].to(self.out.weight.dtype)  # (N, L, H), N real tokens
+        z = self._placed(self.combined(x), keep)  # (B, T, F), padding zero
+        r = self._placed(x[:, -1, :], keep) if c.residual else None  # (B, T, H)
         if c.pooling == "flatten":
             pieces = [z] if r is None else [z, r]
             per_token = torch.cat(pieces, dim=-1)  # (B, T, F [+ H])
@@ -267,6 +270,12 @@ class TokenAdapterPooler(AdapterPooler):
                     pooled.append(torch.einsum("bt,bth->bh", alpha, r))  # (B, H)
             features = torch.cat(pooled, dim=-1)  # (B, S * (F [+ H]))
         return self.out(self.dropout(features))  # (B, C)
+
+    @staticmethod
+    def _placed(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(N, D) values of the real tokens -> (B, T, D), zeros at padding."""
+        out = values.new_zeros((*keep.shape, values.shape[-1]))  # (B, T, D)
+        return out.masked_scatter(keep.unsqueeze(-1), values)  # row-major: real tokens in order
 
 
 class SpanAdapterPooler(AdapterPooler):

@@ -221,6 +221,15 @@ def check_text(
 VALIDATION = "validation"
 
 
+def training_subset(train_rows: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """A fixed seeded subset of ``n`` of the training part's rows (sorted), drawn after
+    `carve_validation`, which it leaves as it is; all of them when ``n`` is None or not smaller.
+    Fine-tuning and heads draw it alike, so ``--train-examples N`` names the same examples in both."""
+    if n is None or n >= len(train_rows):
+        return train_rows
+    return np.sort(np.random.default_rng(seed).choice(train_rows, size=n, replace=False))
+
+
 def carve_validation(
     labels: np.ndarray | None, n: int, fraction: float, seed: int, *, stratify: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
