@@ -245,9 +245,10 @@ class TokenAdapterPooler(AdapterPooler):
         # long one costs its own length), then their features are put back in place; padding
         # stays zero.
         keep = mask.bool()  # (B, T)
-        x = hidden[keep].to(self.out.weight.dtype)  # (N, L, H), N real tokens
-        z = self._placed(self.combined(x), keep)  # (B, T, F), padding zero
-        r = self._placed(x[:, -1, :], keep) if c.residual else None  # (B, T, H)
+        real = keep.flatten().nonzero().squeeze(1)  # (N,) positions of the real tokens in B * T
+        x = hidden.flatten(0, 1).index_select(0, real).to(self.out.weight.dtype)  # (N, L, H)
+        z = self._placed(self.combined(x), real, keep.shape)  # (B, T, F), padding zero
+        r = self._placed(x[:, -1, :], real, keep.shape) if c.residual else None  # (B, T, H)
         if c.pooling == "flatten":
             pieces = [z] if r is None else [z, r]
             per_token = torch.cat(pieces, dim=-1)  # (B, T, F [+ H])
@@ -272,10 +273,12 @@ class TokenAdapterPooler(AdapterPooler):
         return self.out(self.dropout(features))  # (B, C)
 
     @staticmethod
-    def _placed(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """(N, D) values of the real tokens -> (B, T, D), zeros at padding."""
-        out = values.new_zeros((*keep.shape, values.shape[-1]))  # (B, T, D)
-        return out.masked_scatter(keep.unsqueeze(-1), values)  # row-major: real tokens in order
+    def _placed(values: torch.Tensor, real: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """(N, D) values of the real tokens at flat positions ``real`` -> (B, T, D), zeros at
+        padding (index_copy: its backward is an index_select, where masked_scatter's is a slow
+        masked_select on CPU)."""
+        out = values.new_zeros((shape[0] * shape[1], values.shape[-1]))  # (B * T, D)
+        return out.index_copy(0, real, values).view(*shape, values.shape[-1])  # (B, T, D)
 
 
 class SpanAdapterPooler(AdapterPooler):
