@@ -81,6 +81,9 @@ def test_a_search_starts_from_the_default_head_and_never_reads_dev(stores, tmp_p
     assert again.returncode == 1 and "--resume" in again.stderr
 
 
+KILLED_EPOCHS = 12
+
+
 def test_a_killed_search_resumes_to_the_requested_total(stores, tmp_path):
     """The driver SIGKILLed mid-search (with its local Ray); `--resume` finishes the search:
     the requested number of trials in all, the finished ones kept as they were. A trial folder
@@ -92,9 +95,11 @@ def test_a_killed_search_resumes_to_the_requested_total(stores, tmp_path):
 
     cls_store, _ = stores
     out = tmp_path / "search"
-    # 25 epochs (a checkpoint each): trials long enough to kill the search between them
-    args = ["--stores", cls_store, "--trials", 4, "--initial-points", 2, "--epochs", 25, "--patience", 25,
-            "--grace-period", 25, "--max-concurrent", 1, "--out", out]  # fmt: skip
+    # KILLED_EPOCHS epochs (a checkpoint each): the search is killed within 0.05 s of its second
+    # trial finishing, long before the third can
+    e = KILLED_EPOCHS
+    args = ["--stores", cls_store, "--trials", 4, "--initial-points", 2, "--epochs", e, "--patience", e,
+            "--grace-period", e, "--max-concurrent", 1, "--out", out]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([*bertvision_cli(), "tune", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
@@ -134,7 +139,7 @@ def _finished(out: Path) -> list[Path]:
             record = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
-        if record.get("epochs_run") == 25:  # every epoch run (patience and ASHA's grace are 25)
+        if record.get("epochs_run") == KILLED_EPOCHS:  # every epoch run (patience and ASHA's grace too)
             done.append(path)
     return done
 
