@@ -227,6 +227,17 @@ def test_span_heads_refuse_a_store_of_other_questions(token_store, tmp_path):
         train_heads(cfg, tmp_path / "heads")
 
 
+def test_span_heads_refuse_a_training_subset(token_store, tmp_path):
+    """--train-examples draws sentence examples; span heads train on every window, and say so."""
+    from bertvision.config import HeadTrainConfig
+    from bertvision.train import train_heads
+
+    out, _ = token_store
+    with pytest.raises(ConfigError, match="--train-examples is for sentence stores"):
+        train_heads(HeadTrainConfig(store=str(out), train_examples=5), tmp_path / "heads")
+    assert not list((tmp_path / "heads").glob("seed-*"))
+
+
 def test_embed_refuses_cls_or_mean_for_span_tasks(squad_dir, tmp_path):
     """(Sentence tasks take tokens too: a sentence token store, tests/test_token_heads.py.)"""
     from bertvision.config import EmbedConfig

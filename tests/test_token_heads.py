@@ -401,8 +401,8 @@ def test_token_and_mean_heads_ensemble_on_their_own_stores(toy_stores, tmp_path)
 
 
 def test_a_head_run_from_before_the_token_options_is_still_reused(toy_stores, tmp_path):
-    """config.json of a run made before init / pooling / positions existed lacks them; that
-    code did what their defaults do, so the finished run is reused, not refused."""
+    """config.json of a run made before init / pooling / positions (or train_examples) existed
+    lacks them; that code did what their defaults do, so the finished run is reused, not refused."""
     from bertvision.config import HeadTrainConfig, Optimisation
     from bertvision.train import train_heads
 
@@ -413,6 +413,7 @@ def test_a_head_run_from_before_the_token_options_is_still_reused(toy_stores, tm
     stored = json.loads(config_file.read_text())
     for name in ("init", "pooling", "positions"):
         del stored["train"]["head"][name]
+    del stored["train"]["train_examples"]
     config_file.write_text(json.dumps(stored))
     head = (tmp_path / "heads" / "seed-0" / "head.safetensors").stat().st_mtime_ns
     train_heads(cfg, tmp_path / "heads")
@@ -420,3 +421,6 @@ def test_a_head_run_from_before_the_token_options_is_still_reused(toy_stores, tm
     with pytest.raises(ConfigError, match="other settings"):  # an option that differs still does
         train_heads(HeadTrainConfig(store=str(root / "mean"), seeds=(0,), optim=Optimisation(epochs=1),
                                     head=cfg.head.__class__(init="original")), tmp_path / "heads")  # fmt: skip
+    with pytest.raises(ConfigError, match="other settings"):  # and so does a training subset
+        train_heads(HeadTrainConfig(store=str(root / "mean"), seeds=(0,), optim=Optimisation(epochs=1),
+                                    train_examples=40), tmp_path / "heads")  # fmt: skip
