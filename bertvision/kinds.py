@@ -221,8 +221,9 @@ class TokenRows:
         """Rows ``idx`` padded to their longest: (B, T, L, H) in the store's dtype (float16; the
         head converts its real tokens), (B, T) mask, (B, T) segments.
 
-        One gather of every row's positions (padding reads token 0, then is zeroed), not a copy
-        per row: on SST-2-sized batches the per-row loop cost as much as the head's step."""
+        One gather (index_select) of every row's positions, padding reading token 0 and then
+        zeroed, instead of a copy per row: faster on long pairs (RTE), as fast on short sentences
+        (docs/BENCHMARKS.md, "Token heads: batches and steps")."""
         import torch
 
         idx = np.asarray(idx)
@@ -231,7 +232,8 @@ class TokenRows:
         real = positions[None, :] < lengths[:, None]  # (B, T)
         flat = torch.from_numpy(np.where(real, self.starts[idx][:, None] + positions[None, :], 0))  # (B, T)
         mask = torch.from_numpy(real)
-        x = self.hidden[flat].masked_fill_(~mask[..., None, None], 0.0)  # (B, T, L, H)
+        x = self.hidden.index_select(0, flat.flatten()).view(*flat.shape, *self.hidden.shape[1:])  # (B, T, L, H)
+        x.masked_fill_(~mask[..., None, None], 0.0)
         seg = self.segments[flat].masked_fill_(~mask, 0)  # (B, T)
         return x.to(device or "cpu"), mask.to(device or "cpu"), seg.to(device or "cpu")
 
