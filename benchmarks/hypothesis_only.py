@@ -35,7 +35,7 @@ from bertvision.embed import embed
 from bertvision.io import atomic_write_json
 from bertvision.kinds import TokenRows, store_kind
 from bertvision.tasks import get_task
-from bertvision.train import fit_head, train_heads
+from bertvision.train import fit_head, summarize, train_heads
 
 
 def second_sentence(rows: TokenRows) -> TokenRows:
@@ -45,11 +45,6 @@ def second_sentence(rows: TokenRows) -> TokenRows:
     if ((rows.lengths - first) < 1).any():
         raise SystemExit("some rows have no second sentence: not a store of pairs")
     return replace(rows, starts=rows.starts + first, lengths=rows.lengths - first)
-
-
-def _summary(dev: list[dict]) -> dict:
-    return {name: {"mean": statistics.mean(d[name] for d in dev), "std": statistics.stdev(d[name] for d in dev)}
-            for name in dev[0]}  # fmt: skip
 
 
 def in_pair(store: str, head: HeadArchitecture, seeds: list[int]) -> dict:
@@ -64,9 +59,10 @@ def in_pair(store: str, head: HeadArchitecture, seeds: list[int]) -> dict:
     for seed in seeds:
         fit = fit_head(cfg.for_seed(seed), data, kind)
         runs.append({"seed": seed, "dev": kind.score(fit.model, data.parts["dev"], data, cfg, "cpu")[0],
-                     "best_epoch": fit.best_epoch})  # fmt: skip
+                     "best_epoch": fit.best_epoch, "epoch_seconds": statistics.mean(fit.epoch_seconds),
+                     "train_seconds": sum(fit.epoch_seconds)})  # fmt: skip
         print(f"in-pair seed {seed}: dev {runs[-1]['dev']}", flush=True)
-    return {"store": store, "dev": _summary([r["dev"] for r in runs]), "runs": runs}
+    return {"store": store, **summarize(runs, ["dev"])}  # the seeds' mean and std, as train_heads
 
 
 def alone(task_name: str, data_dir: str | None, out: Path, head: HeadArchitecture, seeds: list[int]) -> dict:
