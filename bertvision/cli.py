@@ -7,6 +7,8 @@
     bertvision finetune / embed / train / evaluate / store verify    the method, stage by stage
     bertvision tune / tune show DIR       a Ray Tune + HyperOpt search over heads; its leaderboard
     bertvision ensemble                   heads (a search's best trials) and the fine-tuned encoder combined
+    bertvision run --task T               all of it, resumable, ending in RUN/report.html
+    bertvision report RUN / show STORE    the report of a run; one stored example as an image
 
 Errors print one line (``bertvision: error: FILE:LINE: problem``, no traceback). Exit status:
 0 done, 1 the input is wrong (a data file, a store, a head, an option), 2 the command line is
@@ -243,6 +245,51 @@ def _add_method_commands(commands) -> None:
     ev.add_argument("--store", required=True, help="a split folder of a store (e.g. STORE/dev)")
     _add_data_dir(ev, HeadTrainConfig)
     ev.set_defaults(func=cmd_evaluate)
+
+    from bertvision.pipeline import PipelineConfig
+
+    rn = commands.add_parser(
+        "run",
+        help="the method end to end for one task, resumable: fine-tuning baseline, stores, search, heads, ensemble, report",
+        description="Run the method for one task on Ray (an in-process Ray, or $RAY_ADDRESS's cluster): the majority "
+        "class; the full fine-tuning baseline (--lrs and 1..--max-epochs chosen on validation, then --seeds runs); "
+        "every layer's states of the first seed's 1-epoch checkpoint (--selections); a HyperOpt search over "
+        "AdapterPooler heads (--trials); the best configuration trained with every seed; the ensemble of the best "
+        "--top-k trials and the encoder; with --fractions, fine-tuning and the best head on shares of the training "
+        "data; then OUT/report.html. Every choice is made on the validation part carved from train; dev is scored "
+        "once. A rerun skips finished stages and resumes an unfinished one; a changed option redoes the stages that "
+        "depend on it, and says so. Prints the headline and where the report is.",
+    )
+    add_arguments(rn, PipelineConfig, required=("task",))
+    rn.add_argument("--out", default=None, help="run folder (default: runs/<task>)")
+    rn.add_argument("--embed-with", choices=("auto", "ray", "local"), default="auto",
+                    help="extraction: the Ray Data job, this process's loop, or auto: Ray Data on a cluster of "
+                    "several nodes or with GPUs, else the local loop (default: auto)")  # fmt: skip
+    rn.set_defaults(func=cmd_run)
+
+    rp = commands.add_parser(
+        "report",
+        help="write a run's report: one self-contained HTML page",
+        description="Write RUN/report.html (or --out) from the files of a 'bertvision run' folder: the results table "
+        "(majority class, full fine-tuning, the best head, the ensemble, peers, the original study's figures) with "
+        "mean and spread over seeds and each result's cost, learning curves, the heads' layer weights, stored "
+        "examples drawn as images, the search trials and the data-efficiency plot. Figures are embedded: the page "
+        "needs no network.",
+    )
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'bertvision run'")
+    rp.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
+    rp.set_defaults(func=cmd_report)
+
+    sh = commands.add_parser(
+        "show",
+        help="draw one stored example's states as an image",
+        description="Draw one example of a store as a PNG, as the report does: a cls or mean store's (layers x "
+        "hidden) states as one image, a token store's (tokens x hidden) states one panel per layer.",
+    )
+    sh.add_argument("store", metavar="STORE", help="a store split folder (with manifest.json), or a store of split folders")
+    sh.add_argument("--id", required=True, dest="example_id", help="the example's id (e.g. dev-12)")
+    sh.add_argument("--out", required=True, help="PNG file to write")
+    sh.set_defaults(func=cmd_show)
 
     store = commands.add_parser("store", help="inspect embedding stores", description="Inspect embedding stores.")
     store_sub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND", required=True)
@@ -583,6 +630,40 @@ def format_sentence_ensemble(result: dict) -> str:
     lines.append(f"weights and the {result['chosen']} ensemble chosen on {result['validation_rows']} validation examples; "
                  f"{', '.join(evals) or 'no eval split'} scored once")  # fmt: skip
     return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    from bertvision.config import from_arguments
+    from bertvision.pipeline import PipelineConfig
+
+    cfg = from_arguments(PipelineConfig, args)  # a bad option is refused before Ray starts
+    out = args.out or str(Path("runs") / Path(cfg.task).stem)
+    run = _ray_runner("pipeline")  # the pipeline's fine-tuning grid and search run on Ray
+    job = sys.modules[run.__module__].PipelineJobConfig(embed_with=args.embed_with)
+    summary = run(cfg, str(Path(out).expanduser().absolute()), job)
+    from bertvision.report import headline
+
+    print()
+    print(textwrap.fill(headline(out), width=100))
+    print(f"\nreport: {summary['report']}  (ran: {', '.join(summary['ran']) or 'nothing; every stage was finished'}; "
+          f"{summary['wall_seconds']:.0f} s)")  # fmt: skip
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bertvision.report import headline, write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(textwrap.fill(headline(args.run_dir), width=100))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from bertvision.report import show_example
+
+    print(show_example(args.store, args.example_id, args.out))
+    return 0
 
 
 def cmd_evaluate(args) -> int:

@@ -64,6 +64,7 @@ from bertvision.runtime import (
     check_loss,
     linear_schedule,
     pick_device,
+    progress,
     set_seed,
 )
 from bertvision.tasks.base import carve_validation, training_subset
@@ -204,7 +205,6 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world
     continues from there as the uninterrupted run would. ``settings`` go into config.json's
     "finetune" beside the config."""
     import torch
-    from tqdm.auto import tqdm
 
     cfg, spec, device = kind.cfg, kind.task.spec, kind.device
     world.check_batch(cfg.batch_size)
@@ -246,7 +246,7 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world
         torch.set_rng_state(resume["torch_rng"])
         step, train_seconds, in_epoch = resume["step"], resume["train_seconds"], resume["in_epoch"]
         result.checkpoints = dict(resume["checkpoints"])
-    bar = tqdm(total=total_steps, initial=step, desc=f"finetune {spec.name}", disable=None)
+    bar = progress(total_steps, f"finetune {spec.name} seed {cfg.seed}", initial=step)
     while step < total_steps:
         epoch_rng = rng.bit_generator.state  # the state this epoch's batches are drawn from
         for position, idx in enumerate(length_grouped_batches(lengths, cfg.batch_size, rng)):
@@ -267,7 +267,8 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world
             train_seconds += time.perf_counter() - t0
             loss_sum, loss_n = loss_sum + value, loss_n + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
+            if hasattr(bar, "set_postfix"):  # tqdm (Ray's bar has none)
+                bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
             if step in save_steps:
                 fraction, meta = save_steps[step], None
                 if world.main:

@@ -127,3 +127,30 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress bars
+
+_PROGRESS = None  # a factory set by `use_progress` (Ray's tqdm inside a Ray worker), else tqdm
+
+
+def use_progress(factory) -> None:
+    """Make `progress` build its bars with ``factory(total=, desc=)`` (an object with
+    ``update(n)`` and ``close()``); None: tqdm again. A Ray worker sets Ray's own tqdm here
+    (`ray.experimental.tqdm_ray`), whose bars the driver draws, since a worker's stderr is not
+    a terminal and tqdm would stay silent there."""
+    global _PROGRESS
+    _PROGRESS = factory
+
+
+def progress(total: int, desc: str, initial: int = 0, leave: bool = True):
+    """A progress bar: tqdm on a terminal (silent otherwise), or the factory `use_progress` set."""
+    if _PROGRESS is None:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, leave=leave, disable=None)
+    bar = _PROGRESS(total=total, desc=desc)
+    if initial:
+        bar.update(initial)
+    return bar

@@ -2174,3 +2174,36 @@ def _encoder_pair(encoder: Any) -> tuple[str, str | None]:
     if isinstance(encoder, Mapping):
         return encoder["name"], encoder.get("revision")
     return encoder.name, getattr(encoder, "revision", None)
+
+
+def read_example(path: str | os.PathLike, example_id: str) -> dict[str, Any] | None:
+    """One example (or window) of a complete store, or None when the store has no such id:
+    {"id", "hidden" ((L, H) for cls/mean stores, (T, L, H) float16 for token stores),
+    "label", "segments" (sentence token stores, else None)}. Only the shard holding it is read
+    (and checked, as every read is)."""
+    folder = Path(path)
+    manifest = _complete_manifest(folder)
+    for entry in manifest["shards"]:
+        ids = _read_ids(folder / entry["file"])
+        if example_id not in ids:
+            continue
+        shard = _read_entry(folder, manifest, entry)
+        k = ids.index(example_id)
+        label = None if shard.labels is None else shard.labels[k]
+        if isinstance(shard, _TokenShard):
+            a, b = int(shard.row_starts[k]), int(shard.row_starts[k + 1])
+            segments = None if shard.segments is None else shard.segments[a:b]
+            return {"id": example_id, "hidden": shard.hidden[a:b], "label": label, "segments": segments}
+        return {"id": example_id, "hidden": shard.hidden[k], "label": label, "segments": None}
+    return None
+
+
+def first_ids(path: str | os.PathLike, n: int) -> list[str]:
+    """The first ``n`` ids of a complete store, in order (from its first shards' id columns)."""
+    folder = Path(path)
+    out: list[str] = []
+    for entry in _complete_manifest(folder)["shards"]:
+        out.extend(_read_ids(folder / entry["file"]))
+        if len(out) >= n:
+            break
+    return out[:n]

@@ -8,9 +8,11 @@ checkpoint after every whole epoch); the learning rate and the number of epochs 
 the validation part carved from train (the checkpoints' validation scores, the task's
 selection metric), never on dev. Then ``--seeds`` runs at that setting, again as trials, each
 scored once on dev at its chosen epoch (and at each whole epoch before it, a row of its own).
+With one learning rate no grid runs: the seeds run ``--max-epochs`` with a checkpoint after
+each epoch, and the epoch with the best mean validation score over the seeds is chosen.
 Without $RAY_ADDRESS it runs on a local Ray of its own. Output::
 
-    grid/lr-<lr>/       fine-tuning runs of the grid (validation only)
+    grid/lr-<lr>/       fine-tuning runs of the grid (validation only; none with one rate)
     seed-<k>/           the seeds' runs at the chosen setting (with dev scores; checkpoint-e1 is
                         the 1-epoch fine-tuning a store can be extracted from)
     baseline.json       the grid's validation scores, the choice, and dev mean / std over seeds
@@ -90,13 +92,22 @@ def _trials(points: list[dict], base: FinetuneConfig, kind: str, out: Path, grid
 def _point_trial(config: dict, base: FinetuneConfig, kind: str, out: str, threads: int) -> None:
     import torch
 
+    from bertvision.runtime import use_progress
+
     torch.set_num_threads(threads)
+    use_progress(_ray_bar)  # the fine-tuning steps' bar, drawn by the driver
     point = dict(config["point"])
     folder = point.pop("folder")
     result = finetune(replace(base, **point), Path(out) / folder)
     select = KINDS[kind].selection
     for meta in sorted(result.checkpoints.values(), key=lambda m: m["fraction"]):
         tune.report({"epochs": meta["fraction"], "score": select(meta["validation"])})
+
+
+def _ray_bar(total: int, desc: str):
+    from ray.experimental import tqdm_ray
+
+    return tqdm_ray.tqdm(total=total, desc=desc)
 
 
 def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid()) -> dict:
@@ -110,22 +121,37 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
         search = replace(base, epochs=float(grid.max_epochs), save_at=fractions, score_dev=False,
                          train_examples=grid.grid_train_examples or base.train_examples)
         t0 = time.perf_counter()
-        _trials([{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs], search, kind, out, grid, "grid", job_ray)
-        grid_seconds = time.perf_counter() - t0
-        select = KINDS[kind].selection  # the heads' metric
         table = []
-        for lr in grid.lrs:
-            metrics = _read_metrics(out / f"grid/lr-{lr:g}")
-            for meta in metrics.values():
-                table.append({"lr": lr, "epochs": meta["fraction"], "validation": meta["validation"],
-                              "score": select(meta["validation"])})  # fmt: skip
-        best = max(table, key=lambda r: r["score"])
+        select = KINDS[kind].selection  # the heads' metric
+        if one_rate(grid):  # nothing for a grid to choose but epochs: the seeds' own validation scores do
+            every = tuple(float(e) for e in range(1, grid.max_epochs))
+            seeds = replace(base, lr=grid.lrs[0], epochs=float(grid.max_epochs), score_dev=True, save_at=every)
+            _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], seeds, kind, out, grid, "seeds", job_ray)
+            per_seed = [_read_metrics(out / f"seed-{s}") for s in grid.seeds]
+            for name, meta in per_seed[0].items():
+                scores = [select(ms[name]["validation"]) for ms in per_seed]
+                table.append({"lr": grid.lrs[0], "epochs": meta["fraction"], "score": float(np.mean(scores)),
+                              "seed_scores": scores})  # fmt: skip
+            best = max(table, key=lambda r: r["score"])
+            if grid.max_epochs == 1:
+                best = {**best, "score": None}  # one rate, one epoch: nothing was chosen
+        else:
+            _trials([{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs], search, kind, out, grid, "grid",
+                    job_ray)  # fmt: skip
+            for lr in grid.lrs:
+                metrics = _read_metrics(out / f"grid/lr-{lr:g}")
+                for meta in metrics.values():
+                    table.append({"lr": lr, "epochs": meta["fraction"], "validation": meta["validation"],
+                                  "score": select(meta["validation"])})  # fmt: skip
+            best = max(table, key=lambda r: r["score"])
+        grid_seconds = time.perf_counter() - t0
         # every whole epoch before the chosen one is kept too: its 1-epoch checkpoint is the brief
         # fine-tuning that stores are extracted from, and it is scored on dev as a row of its own
-        chosen = replace(base, lr=best["lr"], epochs=best["epochs"], score_dev=True,
-                         save_at=tuple(float(e) for e in range(1, int(best["epochs"]))))
         t0 = time.perf_counter()
-        _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], chosen, kind, out, grid, "seeds", job_ray)
+        if not one_rate(grid):
+            chosen = replace(base, lr=best["lr"], epochs=best["epochs"], score_dev=True,
+                             save_at=tuple(float(e) for e in range(1, int(best["epochs"]))))
+            _trials([{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds], chosen, kind, out, grid, "seeds", job_ray)
         seeds_seconds = time.perf_counter() - t0
     metrics = {s: _read_metrics(out / f"seed-{s}") for s in grid.seeds}
     runs = {s: next(m for m in ms.values() if m["fraction"] == best["epochs"]) for s, ms in metrics.items()}
@@ -144,6 +170,13 @@ def run(base: FinetuneConfig, out_dir: str, grid: BaselineGrid = BaselineGrid())
     }  # fmt: skip
     atomic_write_json(out / "baseline.json", summary)
     return summary
+
+
+def one_rate(grid: BaselineGrid) -> bool:
+    """One learning rate (and no grid subset): no grid runs; the seeds run --max-epochs with a
+    checkpoint after every epoch, and the epoch with the best mean validation score over the
+    seeds is chosen (the grid would choose it from one seed's run)."""
+    return len(grid.lrs) == 1 and grid.grid_train_examples is None
 
 
 def _finished(folder: Path, cfg: FinetuneConfig) -> bool:
@@ -185,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray_jobs.baseline: error: {e}", file=sys.stderr)
         return e.exit_code
     c = summary["chosen"]
-    print(f"chosen on validation: lr {c['lr']:g}, {c['epochs']:g} epoch(s) (score {c['validation_score']:.4f})")
+    if c["validation_score"] is None:
+        print(f"one setting, nothing chosen: lr {c['lr']:g}, {c['epochs']:g} epoch(s)")
+    else:
+        print(f"chosen on validation: lr {c['lr']:g}, {c['epochs']:g} epoch(s) (score {c['validation_score']:.4f})")
     for split in [k for k in summary if k.startswith(("dev", "test"))]:
         for name, v in summary[split].items():
             print(f"{split:>14} {name}: {v['mean']:.4f} ± {v['std']:.4f} over {len(summary['seeds'])} seed(s)")

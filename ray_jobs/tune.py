@@ -72,7 +72,13 @@ class TuneJobConfig:
     """Ray Train workers per trial: above 1 each trial is a Ray Train run of its own (DDP; the
     trial's --cpus-per-trial and --gpus-per-trial split evenly between its workers)."""
 
+    verbose: int = 1
+    """Tune's own console output: 0 none (the trials' progress bar only), 1 status tables, 2
+    every result too."""
+
     def __post_init__(self):
+        if self.verbose not in (0, 1, 2):
+            raise ConfigError(f"--verbose must be 0, 1 or 2, not {self.verbose}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"--checkpoint-every must be positive, not {self.checkpoint_every}")
         if self.workers_per_trial < 1:
@@ -83,9 +89,13 @@ def _trial(params: dict, search: SearchConfig, stores: dict, checkpoint_every: i
     """Tune's trainable: one `run_trial`, resumed from the trial's last checkpoint if any; it
     reports every epoch and checkpoints every ``checkpoint_every``."""
     entered = time.time()
+    import logging
+
     import torch
 
     torch.set_num_threads(max(1, int(search.cpus_per_trial)))
+    # Ray logs "Checkpoint successfully created" at INFO for every epoch of every trial.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # The trial's folder in the storage path (local or shared storage): its files go there
     # directly (get_trial_dir() is a node-local staging folder that reused actors do not sync).
     folder = Path(tune.get_context().get_storage().trial_fs_path)
@@ -203,7 +213,8 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
         run_config=tune.RunConfig(
             name=out.name, storage_path=str(out.parent),
             failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=job.verbose,
+            callbacks=[TrialProgress(search.trials)],
         ),
     )  # fmt: skip
 
@@ -239,6 +250,33 @@ def set_aside_orphans(out: Path, known: set[str]) -> list[Path]:
               f"(the resumed search ran trials of its own in their place) moved to {out / ORPHANS}",
               flush=True)  # fmt: skip
     return moved
+
+
+class TrialProgress(tune.Callback):
+    """A progress bar over the search's trials on the driver: one step per trial that ends
+    (finished, stopped early by ASHA, or failed for good); silent off a terminal."""
+
+    def __init__(self, total: int):
+        self.total, self.bar = total, None
+
+    def setup(self, **info) -> None:
+        from bertvision.runtime import progress
+
+        self.bar = progress(self.total, "trials")
+
+    def _step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._step()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._step()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _trial_dirname(trial) -> str:

@@ -1,0 +1,628 @@
+"""The experiment report of a pipeline run: one self-contained HTML page, and one stored example
+drawn as an image.
+
+    bertvision report runs/mrpc                 # writes runs/mrpc/report.html
+    bertvision show runs/mrpc/store/cls --id dev-12 --out dev-12.png
+
+`collect` reads what a run's stages wrote (nothing is recomputed but the figures): the stage
+records (wall times), the majority class, the fine-tuning baseline's baseline.json, the stores'
+manifests, the search's trials, the heads' seeds, the ensemble, the data-efficiency stages, and
+any peers' results a benchmark left in ``RUN/peers/*.json`` (`benchmarks/peers.py`). `write_report`
+renders them with a Jinja2 template (``templates/report.html.j2``) and matplotlib figures
+embedded as PNG data URIs: the page needs no network and no other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertvision.errors import DataError
+
+PEERS_DIR = "peers"
+
+# The original study's dev figures (../shared/REFERENCE.md: arXiv 2202.12210, one fine-tuning
+# epoch, BERT-base; single runs, configuration and seed picked on the dev set that is reported).
+ORIGINAL = {
+    "squad2": {"BERT-base": {"exact": 69.41, "f1": 72.57}, "BERTVision-base": {"exact": 70.10, "f1": 73.42}},
+    "sst2": {"BERT-base": {"accuracy": 92.66}, "BERTVision-base": {"accuracy": 92.70}},
+    "mrpc": {"BERT-base": {"accuracy": 82.03}, "BERTVision-base": {"accuracy": 84.00}},
+    "rte": {"BERT-base": {"accuracy": 63.90}, "BERTVision-base": {"accuracy": 72.60}},
+    "qnli": {"BERT-base": {"accuracy": 90.18}, "BERTVision-base": {"accuracy": 90.26}},
+    "qqp": {"BERT-base": {"accuracy": 89.62}, "BERTVision-base": {"accuracy": 88.60}},
+    "cola": {"BERT-base": {"mcc": 53.37}, "BERTVision-base": {"mcc": 60.00}},
+    "stsb": {"BERT-base": {"pearson": 87.36, "spearman": 86.85}, "BERTVision-base": {"pearson": 86.20, "spearman": 85.90}},
+    "mnli": {"BERT-base": {"accuracy": 82.31}, "BERTVision-base": {"accuracy": 82.20}},
+}  # fmt: skip
+ORIGINAL["squad2-articles"] = ORIGINAL["squad2"]
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(path, f"not JSON ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run holds
+
+
+def collect(run_dir: str | os.PathLike) -> dict:
+    """Everything the report shows, from the files of the run folder ``run_dir``."""
+    run = Path(run_dir)
+    pipeline = _read(run / "pipeline.json")
+    if pipeline is None:
+        raise DataError(run, "no pipeline.json: not a run folder written by 'bertvision run'")
+    stages = {p.stem: _read(p) for p in sorted((run / "stages").glob("*.json"))}
+    spec = pipeline["task"]
+    metrics = ["exact", "f1"] if spec["kind"] == "span" else list(spec["metrics"])
+    finished = {k: v for k, v in stages.items() if v and v.get("done")}
+    c = {"run": run, "pipeline": pipeline, "config": pipeline["config"], "spec": spec, "metrics": metrics,
+         "stages": stages, "finished": finished}  # fmt: skip
+    c["evals"] = list(finished.get("majority", {}).get("result", {}).get("scores", {})) or list(spec["eval_splits"])
+    c["baseline"] = _read(run / "finetune" / "baseline.json")
+    c["heads"] = _read(run / "heads" / "summary.json")
+    c["heads_config"] = _read(run / "heads" / "config.json")
+    c["ensemble"] = _read(run / "ensemble" / "ensemble.json")
+    c["trials"] = _trials(run / "tune")
+    c["peers"] = [_read(p) for p in sorted((run / PEERS_DIR).glob("*.json"))]
+    c["efficiency"] = [v["result"] for k, v in sorted(finished.items()) if k.startswith("efficiency-")]
+    return c
+
+
+def _trials(folder: Path) -> list[dict]:
+    if not folder.is_dir():
+        return []
+    from bertvision.search import leaderboard
+
+    try:
+        return leaderboard(folder)
+    except DataError:
+        return []
+
+
+def _wall(c: dict, *names: str) -> float | None:
+    walls = [c["finished"][n].get("wall_seconds") for n in names if n in c["finished"]]
+    return float(sum(walls)) if walls else None
+
+
+def _store_stages(c: dict) -> list[str]:
+    return [k for k in c["finished"] if k.startswith("store-")]
+
+
+def _store_bytes(c: dict) -> int:
+    return int(sum(s["bytes"] for k in _store_stages(c) for s in c["finished"][k]["result"].values()))
+
+
+def _embed_seconds(c: dict) -> float:
+    return float(sum(s.get("seconds") or 0 for k in _store_stages(c) for s in c["finished"][k]["result"].values()))
+
+
+def encoder_parameters(checkpoint: Path) -> int | None:
+    """Parameters in a checkpoint's model.safetensors (read from its header only)."""
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="np") as f:
+        return int(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+
+
+def _cell(scores: dict | None, metric: str, scale: float) -> dict:
+    """{"mean", "std", "n"} of one metric from {metric: {"mean", "std"}} or {metric: value}."""
+    if not scores or metric not in scores or scores[metric] is None:
+        return {"mean": None, "std": None}
+    v = scores[metric]
+    if isinstance(v, dict):
+        return {"mean": v["mean"] * scale, "std": v.get("std", 0.0) * scale}
+    return {"mean": v * scale, "std": None}
+
+
+def results_rows(c: dict) -> list[dict]:
+    """The results table: one row per method, each eval split's metrics (mean, spread, n) and
+    its cost. Scores are in percent (SQuAD's are percent already)."""
+    scale = 1.0 if c["spec"]["kind"] == "span" else 100.0
+    rows = []
+    run = c["run"]
+
+    def row(name, how, per_split, n, wall=None, device=None, stored=None, params=None, kind="ours"):
+        cells = {s: {m: _cell(per_split.get(s), m, scale) for m in c["metrics"]} for s in c["evals"]}
+        rows.append({"name": name, "how": how, "cells": cells, "n": n, "wall": wall, "device": device,
+                     "bytes": stored, "params": params, "kind": kind})  # fmt: skip
+
+    maj = c["finished"].get("majority", {}).get("result")
+    if maj:
+        row("Majority class", maj["rule"], maj["scores"], "–", kind="floor")
+    b = c["baseline"]
+    first = run / "finetune" / f"seed-{c['config']['seeds'][0]}"
+    enc_params = encoder_parameters(first / "checkpoint-e1")
+    ckpt_bytes = sum(p.stat().st_size for p in (first / "checkpoint-e1").glob("*")) if (first / "checkpoint-e1").is_dir() else None
+    if b:
+        ch = b["chosen"]
+        how = (f"every weight trained, lr {ch['lr']:g}, {ch['epochs']:g} epoch(s)"
+               + (" (chosen on validation)" if ch.get("validation_score") is not None else ""))  # fmt: skip
+        row("Full fine-tuning", how, {s: b.get(s) for s in c["evals"]}, len(b["seeds"]), _wall(c, "finetune"),
+            b.get("train_seconds"), ckpt_bytes, enc_params)  # fmt: skip
+        if float(ch["epochs"]) > 1 and "1" in b.get("by_epoch", {}):
+            row("Brief fine-tuning (1 epoch)", "the checkpoint the stores come from, scored on dev",
+                {s: b["by_epoch"]["1"].get(s) for s in c["evals"]}, len(b["seeds"]), params=enc_params)  # fmt: skip
+    h = c["heads"]
+    if h:
+        cfg = (c["heads_config"] or {}).get("train", {})
+        head = cfg.get("head", {})
+        store = (c["heads_config"] or {}).get("store", {}).get("selection", "?")
+        how = (f"AdapterPooler on the {store} store of the 1-epoch checkpoint: adapter {head.get('adapter_size')}, "
+               f"{'shared' if head.get('shared') else 'per-layer'}, {head.get('combine')}, lr {cfg.get('optim', {}).get('lr', 0):.2g} "
+               f"(the search's best trial, retrained per seed)")  # fmt: skip
+        device = _embed_seconds(c) + (c["finished"].get("tune", {}).get("result", {}).get("train_seconds") or 0) + h["train_seconds"]
+        row("Best head", how, {s: h.get(s) for s in c["evals"]}, len(h["seeds"]), _wall(c, *_store_stages(c), "tune", "heads"),
+            device, _store_bytes(c), h["runs"][0]["parameters"] if h.get("runs") else None)  # fmt: skip
+    e = c["ensemble"]
+    if e and e.get("kind") != "span":
+        chosen = e["ensembles"][e["chosen"]]
+        used = ", ".join(f"{k if k == 'encoder' else Path(k).name} ×{w}" for k, w in e["weights"].items() if w)
+        heads_n = len([k for k in e["weights"] if k != "encoder"])
+        offered = f"the best {heads_n} trials" + (" and the encoder" if "encoder" in e["weights"] else "")
+        rule = "greedy selection on validation" if e["chosen"] == "greedy" else "a uniform average (it beat greedy on validation)"
+        row("Ensemble", f"{offered} offered; {rule} kept {used}", {s: chosen.get(s) for s in c["evals"]}, 1,
+            _wall(c, *_store_stages(c), "tune", "ensemble"))  # fmt: skip
+    elif e:
+        for method, r in e["ensembles"].items():
+            row(f"Ensemble ({method})", f"element-wise {method} of start/end probabilities, threshold on validation",
+                {s: r.get(s) for s in c["evals"]}, 1, _wall(c, "ensemble"))  # fmt: skip
+    for p in c["peers"]:
+        if p and p.get("task") == c["spec"]["name"]:
+            row(p["name"], p["how"], p["scores"], p.get("n", "–"), p.get("wall_seconds"), p.get("device_seconds"),
+                p.get("bytes"), p.get("parameters"), kind="peer")  # fmt: skip
+    for name, figures in ORIGINAL.get(c["spec"]["name"], {}).items():
+        per = {s: {m: v / scale for m, v in figures.items()} for s in c["evals"][:1]}
+        row(f"Original study: {name}", "one dev-selected run (BERT-base, 110M parameters; not this encoder)", per, 1,
+            kind="original")  # fmt: skip
+    return rows
+
+
+def _selection(cells: dict) -> tuple[float | None, float]:
+    """(mean over the metrics, mean spread) of one split's cells: the score heads select on (the
+    mean of the task's metrics, as GLUE scores a task). An undefined metric (a constant
+    prediction's correlation) counts as 0; None when nothing is defined."""
+    means = [c["mean"] for c in cells.values()]
+    if all(m is None for m in means):
+        return None, 0.0
+    return float(np.mean([m or 0.0 for m in means])), float(np.mean([c["std"] or 0.0 for c in cells.values()]))
+
+
+def headline(run_dir: str | os.PathLike) -> str:
+    """The run's result in plain words: the best head against full fine-tuning and the
+    majority class on the first eval split (every metric), and the verdict on the mean of the
+    task's metrics: no better than the majority class, or above, within or below fine-tuning."""
+    c = collect(run_dir)
+    rows = {r["name"]: r for r in results_rows(c)}
+    split, metrics = c["evals"][0], c["metrics"]
+    title = c["spec"].get("title", c["spec"]["name"])
+
+    def fmt(r):
+        out = []
+        for m in metrics:
+            cell = r["cells"][split][m]
+            if cell["mean"] is None:
+                out.append("undefined")
+            else:
+                out.append(f"{cell['mean']:.1f}" + (f" ± {cell['std']:.1f}" if cell["std"] is not None and r["n"] != 1 else ""))
+        return " / ".join(out)
+
+    head, full, maj = rows.get("Best head"), rows.get("Full fine-tuning"), rows.get("Majority class")
+    if head is None:
+        return f"{title}: no head results yet"
+    words = [f"{title}, {split} {' / '.join(metrics)}: the best head scores {fmt(head)} over {head['n']} seed(s)"]
+    if full:
+        ch = c["baseline"]["chosen"]
+        words.append(f"full fine-tuning ({ch['epochs']:g} epoch(s) at lr {ch['lr']:g}) {fmt(full)} over {full['n']}")
+    if maj:
+        words.append(f"{maj['how'].split(' (')[0]}, {fmt(maj)}")
+    text = "; ".join(words) + "."
+    h, h_std = _selection(head["cells"][split])
+    floor = _selection(maj["cells"][split])[0] if maj else None
+    floor = 0.0 if floor is None else floor  # a constant prediction: correlation / MCC 0
+    both = " on the mean of the metrics" if len(metrics) > 1 else ""
+    floor_name = {"classification": "the majority class", "regression": "a constant prediction (correlation 0)",
+                  "span": "always answering 'no answer'"}[c["spec"]["kind"]]  # fmt: skip
+    if h is None:
+        return text
+    if h - h_std <= floor:
+        text += (f" The head is NO BETTER than {floor_name}{both} ({h:.1f} ± {h_std:.1f} against {floor:.1f}): "
+                 "with this encoder and this much data the stored states give the head nothing it can use.")  # fmt: skip
+        return text
+    text += f" The head beats {floor_name} by {h - floor:.1f} points{both}"
+    f, f_std = _selection(full["cells"][split]) if full else (None, 0.0)
+    if f is not None:
+        gap, spread = h - f, math.hypot(h_std, f_std)
+        verdict = "within the spread of" if abs(gap) <= spread else "above" if gap > 0 else "below"
+        text += f" and is {verdict} full fine-tuning ({gap:+.1f} points; spread {spread:.1f})"
+    return text + "."
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(c: dict) -> str | None:
+    """Validation score per epoch: the search's trials (grey, the best in colour) and the best
+    configuration's seeds; fine-tuning's validation score per checkpoint beside them."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax = axes[0]
+    drawn = False
+    for i, t in enumerate(reversed(c["trials"])):
+        xs = [h["epoch"] for h in t["history"]]
+        ys = [h["score"] for h in t["history"]]
+        best = i == len(c["trials"]) - 1
+        ax.plot(xs, ys, color="C3" if best else "0.7", lw=2 if best else 0.8, zorder=3 if best else 1,
+                label="best trial" if best else None)  # fmt: skip
+        drawn = True
+    if c["heads"]:
+        for k, r in enumerate(c["heads"]["runs"]):
+            hist = r.get("validation_history", [])
+            ax.plot([h["epoch"] for h in hist], [_score(h) for h in hist], color="C0", lw=1.2, ls="--",
+                    label="best configuration, each seed" if k == 0 else None)  # fmt: skip
+            drawn = True
+    ax.set(xlabel="epoch", ylabel="validation selection score", title="Heads: search trials and seeds")
+    if drawn:
+        ax.legend(fontsize=8)
+    ax = axes[1]
+    b = c["baseline"]
+    if b and b.get("grid"):
+        for lr in sorted({g["lr"] for g in b["grid"]}):
+            pts = sorted((g["epochs"], g["score"]) for g in b["grid"] if g["lr"] == lr)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"lr {lr:g}")
+        ax.legend(fontsize=8)
+        ax.set(title="Fine-tuning grid (validation)", xlabel="epochs", ylabel="validation selection score")
+    elif b:
+        vals = [_score(r["validation"]) for r in b["runs"].values()]
+        ax.bar([f"seed {s}" for s in b["runs"]], vals, color="C2")
+        ax.set(title="Fine-tuning seeds (validation)", ylabel="validation selection score")
+        ax.set_ylim(min(vals) - 0.05, max(vals) + 0.05)
+    else:
+        ax.set_axis_off()
+    if not drawn and not b:
+        plt.close(fig)
+        return None
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _score(scores: dict) -> float:
+    """The selection score of a metrics dict (sentence: mean of metrics; span: F1)."""
+    if "score" in scores:
+        return scores["score"]
+    if "f1" in scores and "exact" in scores:
+        return scores["f1"]
+    vals = [v for k, v in scores.items() if k not in ("epoch", "loss", "threshold") and isinstance(v, (int, float))]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def layer_weights(folder: Path) -> np.ndarray | None:
+    """A head's weight on each hidden state (NaN for states it does not read): the softmax layer
+    weights of a scalar mix, else each layer's share of the output layer's weight norm over the
+    flattened adapter features. None for heads whose output layer mixes positions (flatten
+    pooling of tokens)."""
+    from safetensors.numpy import load_file
+
+    meta = _read(folder / "head_config.json")
+    weights_file = folder / "head.safetensors"
+    if meta is None or not weights_file.is_file():
+        return None
+    cfg = meta["adapter_pooler"]
+    state = load_file(str(weights_file))
+    total, first = cfg["num_hidden_states"], cfg.get("first_layer", 0)
+    out = np.full(total, np.nan)
+    if "mix.logits" in state:
+        z = state["mix.logits"].astype(np.float64)
+        out[first:] = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        return out
+    if cfg.get("token_states") and cfg.get("pooling") == "flatten":
+        return None
+    w = state.get("out.weight")
+    if w is None:
+        return None
+    layers, a = total - first, cfg["adapter_size"]
+    norms = np.array([np.linalg.norm(w[:, i * a:(i + 1) * a]) for i in range(layers)])
+    out[first:] = norms / norms.sum()
+    return out
+
+
+def layer_heatmap(c: dict) -> str | None:
+    """The learned layer weights of the best trials and the seeds' heads, as a heat map."""
+    rows, labels = [], []
+    for t in c["trials"][: c["config"]["top_k"]]:
+        w = layer_weights(Path(t["trial"]))
+        if w is not None:
+            rows.append(w)
+            labels.append(f"trial {Path(t['trial']).name[-5:]} ({t['params'].get('combine')})")
+    if c["heads"]:
+        for s in c["heads"]["seeds"]:
+            w = layer_weights(c["run"] / "heads" / f"seed-{s}")
+            if w is not None:
+                rows.append(w)
+                labels.append(f"best config, seed {s}")
+    if not rows:
+        return None
+    plt = _plt()
+    m = np.vstack(rows)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * m.shape[1], 0.8 + 0.32 * len(rows)))
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", aspect="auto", vmin=0)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xticks(range(m.shape[1]), ["emb"] + [str(i) for i in range(1, m.shape[1])])
+    ax.set_xlabel("hidden state (emb = embedding output, then each layer)")
+    for (i, j), v in np.ndenumerate(m):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < m[np.isfinite(m)].max() * 0.6 else "k")
+    fig.colorbar(im, ax=ax, label="share of the head's weight")
+    fig.tight_layout()
+    return _png(fig)
+
+
+NUMERIC = ("lr", "adapter_size", "dropout", "weight_decay", "batch_size", "first_layer")
+
+
+def trials_scatter(c: dict) -> str | None:
+    """Each trial's best validation score against the main hyperparameters."""
+    trials = c["trials"]
+    if not trials:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6), sharey=True)
+    stores = sorted({Path(t["params"]["store"]).name for t in trials})
+    for ax, name in zip(axes.flat, NUMERIC, strict=True):
+        for k, store in enumerate(stores):
+            pts = [(t["params"][name], t["score"]) for t in trials if Path(t["params"]["store"]).name == store and name in t["params"]]
+            if pts:
+                x, y = zip(*pts, strict=True)
+                ax.scatter(x, y, s=22, alpha=0.8, color=f"C{k}", label=f"{store} store")
+        best = trials[0]
+        ax.scatter([best["params"][name]], [best["score"]], s=90, facecolors="none", edgecolors="k", label="best")
+        if name in ("lr", "weight_decay", "adapter_size", "batch_size"):
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xscale("log", base=2 if name in ("adapter_size", "batch_size") else 10)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(name.replace("_", " "))
+    axes[0, 0].set_ylabel("best validation score")
+    axes[1, 0].set_ylabel("best validation score")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"{len(trials)} search trials (HyperOpt TPE; ASHA stopped the weak ones early)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def efficiency_plot(c: dict) -> str | None:
+    """Dev score against training examples: full fine-tuning and the best head, mean ± spread."""
+    if not c["efficiency"] or not c["heads"] or not c["baseline"]:
+        return None
+    split, metric = c["evals"][0], c["metrics"][0]
+    full_n = (c["heads_config"] or {}).get("train_rows")
+    pts = [(e["examples"], e["finetune"].get(split, {}).get(metric), e["heads"].get(split, {}).get(metric))
+           for e in c["efficiency"]]  # fmt: skip
+    pts.append((full_n, c["baseline"].get(split, {}).get(metric), c["heads"].get(split, {}).get(metric)))
+    pts.sort(key=lambda p: p[0])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for k, (label, color) in enumerate((("full fine-tuning", "C2"), ("best head", "C0")), start=1):
+        xs = [p[0] for p in pts if p[k]]
+        ys = [100 * p[k]["mean"] for p in pts if p[k]]
+        es = [100 * p[k]["std"] for p in pts if p[k]]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=label)
+    maj = c["finished"].get("majority", {}).get("result", {}).get("scores", {}).get(split, {}).get(metric)
+    if maj is not None:
+        ax.axhline(100 * maj, color="0.5", ls=":", label="majority class")
+    ax.set_xscale("log")
+    ax.set(xlabel="training examples", ylabel=f"{split} {metric} (%)", title="Data efficiency (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = None, max_layers: int = 13):
+    """A figure of one example's stored states: (L, H) -> one image, layers x hidden, each layer
+    divided by its own 99th-percentile magnitude; (T, L, H) -> one panel per layer, tokens x
+    hidden, on one symmetric scale clipped at the 99th percentile of the magnitudes (a few
+    outlier dimensions would wash the rest out)."""
+    plt = _plt()
+    x = np.asarray(hidden, dtype=np.float32)
+    if x.ndim == 2:  # (L, H): each layer scaled by its own magnitude (the last layers' are larger)
+        scale = np.percentile(np.abs(x), 99, axis=1, keepdims=True)
+        x = np.clip(x / np.where(scale > 0, scale, 1.0), -1, 1)
+        fig, ax = plt.subplots(figsize=(10, 1.0 + 0.28 * x.shape[0]))
+        im = ax.imshow(x, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_yticks(range(x.shape[0]), ["emb"] + [f"layer {i}" for i in range(1, x.shape[0])], fontsize=8)
+        ax.set_xlabel("hidden dimension")
+        fig.colorbar(im, ax=ax, fraction=0.03, label="value / row's scale")
+        ax.set_title(title, fontsize=10)
+        return fig
+    lim = float(np.percentile(np.abs(x), 99)) or 1.0
+    layers = list(range(x.shape[1]))[:max_layers]
+    cols = min(len(layers), 4)
+    rows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.4 + 2.4 * rows), squeeze=False)
+    for ax, layer in zip(axes.flat, layers, strict=False):
+        im = ax.imshow(x[:, layer, :], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+        ax.set_title("embedding output" if layer == 0 else f"layer {layer}", fontsize=9)
+        ax.set_xlabel("hidden", fontsize=8)
+        ax.set_ylabel("token", fontsize=8)
+        if segments is not None and segments.any():
+            ax.axhline(int(np.argmax(segments > 0)) - 0.5, color="k", lw=0.8)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.set_axis_off()
+    fig.suptitle(title + (" (line: where the second sentence starts)" if segments is not None and segments.any() else ""),
+                 fontsize=10)  # fmt: skip
+    fig.colorbar(im, ax=axes, fraction=0.02)
+    return fig
+
+
+def example_images(c: dict, n: int = 3) -> list[dict]:
+    """A few dev examples of the best store drawn as images, with their text and label."""
+    from bertvision.store import first_ids, read_example
+
+    sel = c["finished"].get("tune", {}).get("result", {}).get("selection")
+    if sel is None:
+        return []
+    split = c["evals"][0]
+    folder = c["run"] / "store" / sel / split
+    if not (folder / "manifest.json").is_file():
+        return []
+    texts = _texts(c, split)
+    out, seen = [], set()
+    candidates = [read_example(folder, i) for i in first_ids(folder, 8 * n)]
+    # one example of each label first (in store order), then the next ones
+    picked = [e for e in candidates if _label_name(c["spec"], e["label"]) not in seen
+              and not seen.add(_label_name(c["spec"], e["label"]))][:n]  # fmt: skip
+    chosen = {e["id"] for e in picked}
+    picked += [e for e in candidates if e["id"] not in chosen][: n - len(picked)]
+    for ex in picked:
+        i = ex["id"]
+        label = _label_name(c["spec"], ex["label"])
+        fig = draw_states(ex["hidden"], f"{split} {i}: {sel} states, label {label}", ex["segments"])
+        out.append({"id": i, "label": label, "text": texts.get(i, ""), "image": _png(fig)})
+    return out
+
+
+def _label_name(spec: dict, label) -> str:
+    if label is None:
+        return "none"
+    label = np.asarray(label)
+    if label.ndim:
+        return f"span {label.tolist()}"
+    if spec.get("labels"):
+        return str(spec["labels"][int(label)])
+    return f"{float(label):.2f}"
+
+
+def _texts(c: dict, split: str) -> dict[str, str]:
+    """id -> the example's text (pairs joined by ' || '), from the task's data; {} if unreadable."""
+    try:
+        from bertvision.tasks import get_task
+
+        data = get_task(c["config"]["task"], c["config"]["data_dir"]).load(split)
+    except Exception:  # the report still renders without the text
+        return {}
+    if not hasattr(data, "texts"):
+        return {}
+    return {i: " || ".join(col[k] for col in data.texts) for k, i in enumerate(data.ids)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _fmt_bytes(b: int | None) -> str:
+    if b is None:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if b < 1000 or unit == "TB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1000
+    return ""
+
+
+def _fmt_count(n: int | None) -> str:
+    if n is None:
+        return "–"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.0f}k"
+    return str(n)
+
+
+def render(c: dict) -> str:
+    """The report's HTML."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("bertvision", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)  # fmt: skip
+    env.filters.update(seconds=_fmt_seconds, nbytes=_fmt_bytes, count=_fmt_count)
+    stages = [{"name": k, "wall": v.get("wall_seconds"), "done": v.get("done"), "folder": v.get("folder")}
+              for k, v in c["stages"].items() if v]  # fmt: skip
+    stages.sort(key=lambda s: c["stages"][s["name"]].get("started", 0))
+    cfg = c["config"]
+    return env.get_template("report.html.j2").render(
+        title=c["spec"].get("title", c["spec"]["name"]), task=c["spec"], config=cfg, evals=c["evals"],
+        metrics=c["metrics"], rows=results_rows(c), headline=headline(c["run"]), stages=stages,
+        curves=learning_curves(c), heatmap=layer_heatmap(c), scatter=trials_scatter(c),
+        efficiency=efficiency_plot(c), examples=example_images(c), trials=c["trials"][:10],
+        n_trials=len(c["trials"]), run_dir=str(c["run"]), pipeline=c["pipeline"],
+        percent=c["spec"]["kind"] != "span",
+    )  # fmt: skip
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Render the report of ``run_dir`` into ``out`` (default: RUN/report.html); returns its path."""
+    from bertvision.io import atomic_write_text
+
+    c = collect(run_dir)
+    target = Path(out) if out is not None else Path(run_dir) / "report.html"
+    atomic_write_text(target, render(c))
+    return target
+
+
+def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLike) -> Path:
+    """Draw one stored example (``store``: a split folder, or a store of split folders, searched
+    in order) into the PNG ``out``, as the report draws its examples."""
+    from bertvision.io import atomic_write_bytes
+    from bertvision.store import MANIFEST_NAME, read_example, read_manifest
+
+    root = Path(store)
+    folders = [root] if (root / MANIFEST_NAME).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}"))
+    if not folders:
+        raise DataError(root, f"no {MANIFEST_NAME} here or in its sub-folders: not a store")
+    for folder in folders:
+        ex = read_example(folder, example_id)
+        if ex is None:
+            continue
+        m = read_manifest(folder)
+        label = _label_name(m.get("extra", {}).get("task_spec") or {}, ex["label"])
+        fig = draw_states(ex["hidden"], f"{folder.name} {example_id}: {m['selection']} states of "
+                          f"{Path(str(m.get('checkpoint') or 'pretrained')).name}, label {label}", ex["segments"])  # fmt: skip
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        _plt().close(fig)
+        return atomic_write_bytes(out, buf.getvalue())
+    raise DataError(root, f"no example with id {example_id!r} in {', '.join(f.name for f in folders)}")

@@ -1,0 +1,256 @@
+"""`bertvision run` (the pipeline, `bertvision.pipeline` and `ray_jobs/pipeline.py`), its report
+and `bertvision show`: a tiny run end to end on a real in-process Ray, its rerun (every stage
+reused), a changed setting (only the stages that depend on it redone), the report's parts, and
+the stage rule itself without Ray."""
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from bertvision.errors import ConfigError
+from bertvision.pipeline import PipelineConfig, Stages
+from tests.conftest import bertvision_cli, write_toy_task
+
+
+def _cli(*args, check=True, timeout=900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    proc = subprocess.run([*bertvision_cli(), *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+RUN_ARGS = ("--seeds", 0, 1, "--trials", 3, "--initial-points", 2, "--head-epochs", 3, "--top-k", 2,
+            "--fractions", 0.5)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_bert_dir):
+    """A whole pipeline run on a toy pair task with a tiny random BERT: 2 seeds, 3 trials, a
+    data-efficiency point at half the training data."""
+    pytest.importorskip("ray")
+    root = tmp_path_factory.mktemp("run")
+    task = write_toy_task(root / "toy", n_train=120, n_dev=30)
+    out = root / "run"
+    proc = _cli("run", "--task", task, "--encoder", tiny_bert_dir, *RUN_ARGS, "--out", out)
+    return task, out, proc
+
+
+@pytest.mark.ray
+def test_a_run_writes_every_stage_and_says_its_headline(tiny_run):
+    task, out, proc = tiny_run
+    stages = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    assert set(stages) == {"majority", "finetune", "store-cls", "tune", "heads", "ensemble", "efficiency-0.5"}
+    assert all(s["done"] and s["wall_seconds"] >= 0 for s in stages.values())
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["status"] == "done" and summary["report"] == str(out / "report.html")
+    # the store is the first seed's 1-epoch checkpoint; the heads are the best trial, every seed
+    manifest = json.loads((out / "store" / "cls" / "train" / "manifest.json").read_text())
+    assert manifest["checkpoint"].endswith("finetune/seed-0/checkpoint-e1")
+    board = json.loads((out / "tune" / "leaderboard.json").read_text())
+    heads = json.loads((out / "heads" / "config.json").read_text())["train"]
+    assert len(board) == 3 and heads["head"] == board[0]["config"]["head"] and heads["seeds"] == [0, 1]
+    # the efficiency point trained both ways on half the training part, and nothing more
+    eff = stages["efficiency-0.5"]["result"]
+    n = json.loads((out / "heads" / "config.json").read_text())["train_rows"]
+    assert eff["examples"] == round(0.5 * n)
+    ft_cfg = json.loads((out / "efficiency-0.5" / "finetune" / "seed-0" / "config.json").read_text())
+    assert ft_cfg["finetune"]["train_examples"] == eff["examples"]
+    # the headline, in words, against the majority class
+    assert "report: " + str(out / "report.html") in proc.stdout
+    words = " ".join(proc.stdout.split())
+    assert "dev accuracy / macro_f1: the best head scores" in words and "over 2 seed(s)" in words
+    assert re.search(r"always '[01]', [\d.]+ / [\d.]+\. The head (is NO BETTER than|beats) the majority class", words)
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.rows, self._row, self._in = [], [], [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a.get("src", ""))
+        for key in ("src", "href"):
+            if key in a and tag != "img":
+                self.links.append(a[key])
+        if tag == "tr":
+            self._row = []
+        if tag in ("td", "th") and self._row is not None:
+            self._in = []
+
+    def handle_data(self, data):
+        if self._in is not None:
+            self._in.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._row is not None and self._in is not None:
+            self._row.append(" ".join("".join(self._in).split()))
+            self._in = None
+        if tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+
+
+@pytest.mark.ray
+def test_the_report_is_one_self_contained_page_with_every_part(tiny_run):
+    _, out, _ = tiny_run
+    html = (out / "report.html").read_text()
+    page = _Page()
+    page.feed(html)
+    # every figure embedded and a real PNG; nothing fetched from elsewhere
+    assert len(page.images) >= 6
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    names = [r[0] for r in page.rows if r]
+    for method in ("Majority class", "Full fine-tuning", "Best head", "Ensemble"):
+        assert any(n.startswith(method) for n in names), names
+    header = next(r for r in page.rows if r and r[0] == "method")
+    assert header[1:3] == ["dev accuracy (%)", "dev macro_f1 (%)"]
+    assert header[-5:] == ["runs", "wall time", "device time", "stored", "trainable parameters"]
+    head = next(r for r in page.rows if r and r[0].startswith("Best head"))
+    assert "±" in head[1] and head[3] == "2"  # mean ± spread over the 2 seeds
+    for part in ("Data efficiency", "Learning curves", "layer weights", "Search trials", "Embeddings as pictures"):
+        assert part in html
+    # the report command writes the same page elsewhere
+    again = out.parent / "again.html"
+    proc = _cli("report", out, "--out", again)
+    assert again.is_file() and "report: " + str(again) in proc.stdout
+
+
+@pytest.mark.ray
+def test_a_rerun_reuses_every_stage_and_a_changed_setting_redoes_only_what_reads_it(tiny_run, tiny_bert_dir):
+    task, out, _ = tiny_run
+    before = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    proc = _cli("run", "--task", task, "--encoder", tiny_bert_dir, *RUN_ARGS, "--out", out)
+    assert "ran: nothing; every stage was finished" in proc.stdout
+    assert proc.stdout.count("finished earlier with these settings; reused") == len(before)
+    # the ensemble's size is the ensemble's alone: the search, heads and stores stay
+    args = list(RUN_ARGS)
+    args[args.index("--top-k") + 1] = 1
+    proc = _cli("run", "--task", task, "--encoder", tiny_bert_dir, *args, "--out", out)
+    assert "ensemble: settings changed: ensemble; redoing it from scratch" in proc.stdout
+    after = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    assert after["ensemble"]["started"] > before["ensemble"]["started"]
+    for name in ("majority", "finetune", "store-cls", "tune", "heads", "efficiency-0.5"):
+        assert after[name] == before[name], name
+    ens = json.loads((out / "ensemble" / "ensemble.json").read_text())
+    assert len([k for k in ens["members"] if k != "encoder"]) == 1
+
+
+@pytest.mark.ray
+def test_show_draws_one_stored_example_and_names_what_is_wrong(tiny_run, tmp_path):
+    _, out, _ = tiny_run
+    store = out / "store" / "cls"
+    first = json.loads((store / "dev" / "manifest.json").read_text())["shards"][0]["first_id"]
+    png = tmp_path / "ex.png"
+    proc = _cli("show", store, "--id", first, "--out", png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in proc.stdout
+    proc = _cli("show", store, "--id", "no-such-id", "--out", tmp_path / "x.png", check=False)
+    assert proc.returncode == 1 and "no-such-id" in proc.stderr and str(store) in proc.stderr
+    assert not (tmp_path / "x.png").exists()
+    proc = _cli("show", tmp_path, "--id", first, "--out", tmp_path / "x.png", check=False)
+    assert proc.returncode == 1 and "not a store" in proc.stderr
+
+
+@pytest.mark.ray
+def test_the_report_renders_in_a_real_browser(tiny_run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium here (Debian package 'chromium')")
+    _, out, _ = tiny_run
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Best head" in proc.stdout and proc.stdout.count("data:image/png;base64,") >= 6
+
+
+def test_the_run_options_are_checked_before_anything_starts(tmp_path):
+    for bad in ({"fractions": (1.5,)}, {"fractions": (0.5, 0.5)}, {"seeds": ()}, {"trials": 0}, {"selections": ("x",)}):
+        with pytest.raises(ConfigError):
+            PipelineConfig(task="rte", **bad)
+    proc = _cli("run", "--task", "rte", "--fractions", "1", "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 1 and "--fractions" in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_stages_reuse_resume_and_redo_with_what_depends_on_them(tmp_path):
+    calls, lines = [], []
+    stages = Stages(tmp_path, lines.append)
+
+    def step(name):
+        def fn(folder: Path):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "out.txt").write_text(name)
+            calls.append(name)
+            return {"name": name}
+
+        return fn
+
+    def run_all(a_setting, b_setting, stages):
+        stages.run("a", {"x": a_setting}, (), step("a"))
+        stages.run("b", {"y": b_setting}, ("a",), step("b"))
+
+    run_all(1, 1, stages)
+    assert calls == ["a", "b"]
+    run_all(1, 1, Stages(tmp_path, lines.append))  # unchanged: nothing runs
+    assert calls == ["a", "b"] and sum("reused" in line for line in lines) == 2
+    run_all(1, 2, Stages(tmp_path, lines.append))  # b's own setting: b alone
+    assert calls == ["a", "b", "b"] and any("b: settings changed: y" in line for line in lines)
+    run_all(2, 2, Stages(tmp_path, lines.append))  # a's setting: a, and b after it
+    assert calls[-2:] == ["a", "b"] and any("b: redone before it: a" in line for line in lines)
+    # an unfinished stage (its process killed) is resumed, not started from scratch
+    rec = json.loads((tmp_path / "stages" / "b.json").read_text())
+    (tmp_path / "stages" / "b.json").write_text(json.dumps({**rec, "done": False}))
+    (tmp_path / "b" / "partial").write_text("kept")
+    run_all(2, 2, Stages(tmp_path, lines.append))
+    assert lines[-1] == "b: resuming an unfinished run" and (tmp_path / "b" / "partial").exists()
+    # a folder that no stage record describes is never deleted
+    (tmp_path / "stages" / "b.json").unlink()
+    with pytest.raises(ConfigError, match="no stage record"):
+        run_all(2, 2, Stages(tmp_path, lines.append))
+    assert (tmp_path / "b" / "out.txt").exists()
+
+
+def _fake_run(folder: Path, head: float, majority: float, full: float) -> Path:
+    """The files `headline` reads, for one classification task with accuracy only."""
+    spec = {"name": "fake", "title": "Fake", "kind": "classification", "metrics": ["accuracy"],
+            "eval_splits": ["dev"], "labels": ["a", "b"]}  # fmt: skip
+    cfg = PipelineConfig(task="fake", seeds=(0, 1, 2))
+    from dataclasses import asdict
+
+    (folder / "stages").mkdir(parents=True)
+    (folder / "heads").mkdir()
+    (folder / "finetune").mkdir()
+    (folder / "pipeline.json").write_text(json.dumps({"config": asdict(cfg), "task": spec}))
+    (folder / "stages" / "majority.json").write_text(json.dumps(
+        {"done": True, "result": {"rule": "always 'a'", "scores": {"dev": {"accuracy": majority}}}}))  # fmt: skip
+    stats = lambda v: {"accuracy": {"mean": v, "std": 0.01}}  # noqa: E731
+    (folder / "heads" / "summary.json").write_text(json.dumps({"seeds": [0, 1, 2], "dev": stats(head), "runs": [],
+                                                                "train_seconds": 1.0}))  # fmt: skip
+    (folder / "finetune" / "baseline.json").write_text(json.dumps(
+        {"chosen": {"lr": 1e-4, "epochs": 1.0, "validation_score": None}, "seeds": [0, 1, 2], "dev": stats(full),
+         "train_seconds": 3.0, "by_epoch": {}}))  # fmt: skip
+    return folder
+
+
+def test_the_headline_says_plainly_when_the_head_is_no_better_than_the_majority_class(tmp_path):
+    from bertvision.report import headline
+
+    text = headline(_fake_run(tmp_path / "low", head=0.52, majority=0.527, full=0.55))
+    assert "NO BETTER than the majority class" in text and "52.0 ± 1.0" in text and "52.7" in text
+    text = headline(_fake_run(tmp_path / "high", head=0.85, majority=0.50, full=0.86))
+    assert "NO BETTER" not in text and "within the spread of full fine-tuning (-1.0 points" in text
+    text = headline(_fake_run(tmp_path / "above", head=0.90, majority=0.50, full=0.80))
+    assert "above full fine-tuning (+10.0 points" in text
