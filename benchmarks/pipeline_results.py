@@ -22,8 +22,10 @@ from pathlib import Path
 
 # Options a task needs beyond the defaults: SST-2's train split (67k) is cut to 10,000 training
 # examples, as in the search study (docs/RESULTS.md); the data-efficiency runs add --fractions.
+FRACTIONS = ["--fractions", "0.1", "0.25", "0.5"]
 TASK_ARGS = {
-    "sst2": ["--train-examples", "10000"],
+    "rte": FRACTIONS,
+    "sst2": ["--train-examples", "10000", *FRACTIONS],
 }
 
 

@@ -269,73 +269,83 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, runners: Runners,
     selections = ("tokens",) if family == "span" else cfg.selections
     evals = labelled_evals(task)
     with claim(out, "pipeline run"):
-        t_run = time.perf_counter()
-        stages = Stages(out, log)
-        atomic_write_json(out / PIPELINE_FILE, {"config": asdict(cfg), "task": spec.to_dict(), "status": "running",
-                                                "started": time.time()})  # fmt: skip
-        fingerprint = data_fingerprint(task)
-        stages.run("majority", {"task": cfg.task, "data": fingerprint, "evals": evals,
-                                "validation": [cfg.validation_fraction, cfg.validation_seed],
-                                "train_examples": cfg.train_examples},
-                   (), lambda d: majority_scores(task, evals, cfg))  # fmt: skip
+        started = {"config": asdict(cfg), "task": spec.to_dict(), "status": "running", "started": time.time()}
+        atomic_write_json(out / PIPELINE_FILE, started)
+        try:
+            return _run_stages(cfg, out, runners, task, evals, selections, family, log)
+        except BaseException as e:  # the run can be resumed: say where it stopped
+            atomic_write_json(out / PIPELINE_FILE, {**started, "status": "stopped", "error": f"{type(e).__name__}: {e}"})
+            raise
 
-        base = base_finetune(cfg)
-        ft = stages.run("finetune", {"base": asdict(base), "data": fingerprint, "lrs": cfg.lrs,
-                                     "max_epochs": cfg.max_epochs, "seeds": cfg.seeds,
-                                     "cpus": cfg.cpus_per_trial, "gpus": cfg.gpus_per_trial},
-                        (), lambda d: _finetune_stage(runners, base, d, cfg, cfg.lrs, cfg.max_epochs))  # fmt: skip
-        checkpoint = out / "finetune" / f"seed-{cfg.seeds[0]}" / "checkpoint-e1"
 
-        stores = []
-        for sel in selections:
-            ecfg = EmbedConfig(task=cfg.task, checkpoint=str(checkpoint), splits=("train", *evals), data_dir=cfg.data_dir,
-                               selection=sel, max_length=cfg.max_length, device=cfg.device)  # fmt: skip
-            stages.run(f"store-{sel}", {"embed": asdict(ecfg)}, ("finetune",),
-                       lambda d, ecfg=ecfg: _embed_stage(runners, ecfg, d), folder=f"store/{sel}")  # fmt: skip
-            stores.append(str(out / "store" / sel))
+def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, evals: list[str], selections, family: str,
+                log: Callable[[str], None]) -> dict:  # fmt: skip
+    spec = task.spec
+    t_run = time.perf_counter()
+    stages = Stages(out, log)
+    fingerprint = data_fingerprint(task)
+    stages.run("majority", {"task": cfg.task, "data": fingerprint, "evals": evals,
+                            "validation": [cfg.validation_fraction, cfg.validation_seed],
+                            "train_examples": cfg.train_examples},
+               (), lambda d: majority_scores(task, evals, cfg))  # fmt: skip
 
-        search = SearchConfig(stores=tuple(stores), trials=cfg.trials, initial_points=cfg.initial_points,
-                              max_concurrent=cfg.max_concurrent, cpus_per_trial=cfg.cpus_per_trial,
-                              gpus_per_trial=cfg.gpus_per_trial, epochs=cfg.head_epochs, seed=cfg.seeds[0],
-                              top_k=cfg.top_k, validation_fraction=cfg.validation_fraction,
-                              validation_seed=cfg.validation_seed, data_dir=cfg.data_dir,
-                              device=None if cfg.gpus_per_trial else "cpu")  # fmt: skip
-        store_stages = tuple(f"store-{s}" for s in selections)
-        searched = {k: v for k, v in asdict(search).items() if k != "top_k"}  # the ensemble's, not the search's
-        best = stages.run("tune", {"search": searched}, store_stages,
-                          lambda d: _tune_stage(runners, search, d))  # fmt: skip
+    base = base_finetune(cfg)
+    ft = stages.run("finetune", {"base": asdict(base), "data": fingerprint, "lrs": cfg.lrs,
+                                 "max_epochs": cfg.max_epochs, "seeds": cfg.seeds,
+                                 "cpus": cfg.cpus_per_trial, "gpus": cfg.gpus_per_trial},
+                    (), lambda d: _finetune_stage(runners, base, d, cfg, cfg.lrs, cfg.max_epochs))  # fmt: skip
+    checkpoint = out / "finetune" / f"seed-{cfg.seeds[0]}" / "checkpoint-e1"
 
-        head_cfg = best_head_config(best["config"], cfg)
-        stages.run("heads", {"train": asdict(head_cfg)}, ("tune",), lambda d: _heads_stage(head_cfg, d))
+    stores = []
+    for sel in selections:
+        ecfg = EmbedConfig(task=cfg.task, checkpoint=str(checkpoint), splits=("train", *evals), data_dir=cfg.data_dir,
+                           selection=sel, max_length=cfg.max_length, device=cfg.device)  # fmt: skip
+        stages.run(f"store-{sel}", {"embed": asdict(ecfg)}, ("finetune",),
+                   lambda d, ecfg=ecfg: _embed_stage(runners, ecfg, d), folder=f"store/{sel}")  # fmt: skip
+        stores.append(str(out / "store" / sel))
 
-        encoder_member = _has_encoder_logits(stores[0])
-        if cfg.top_k + encoder_member >= 2:
-            ens = EnsembleConfig(store=stores[0] if family == "span" else None, from_tune=str(out / "tune"),
-                                 top_k=cfg.top_k, encoder=encoder_member, validation_fraction=cfg.validation_fraction,
-                                 validation_seed=cfg.validation_seed, data_dir=cfg.data_dir, device=cfg.device)  # fmt: skip
-            stages.run("ensemble", {"ensemble": asdict(ens)}, ("tune",), lambda d: _ensemble_stage(ens, d))
+    search = SearchConfig(stores=tuple(stores), trials=cfg.trials, initial_points=cfg.initial_points,
+                          max_concurrent=cfg.max_concurrent, cpus_per_trial=cfg.cpus_per_trial,
+                          gpus_per_trial=cfg.gpus_per_trial, epochs=cfg.head_epochs, seed=cfg.seeds[0],
+                          top_k=cfg.top_k, validation_fraction=cfg.validation_fraction,
+                          validation_seed=cfg.validation_seed, data_dir=cfg.data_dir,
+                          device=None if cfg.gpus_per_trial else "cpu")  # fmt: skip
+    store_stages = tuple(f"store-{s}" for s in selections)
+    searched = {k: v for k, v in asdict(search).items() if k != "top_k"}  # the ensemble's, not the search's
+    best = stages.run("tune", {"search": searched}, store_stages,
+                      lambda d: _tune_stage(runners, search, d))  # fmt: skip
 
-        train_rows = json.loads((out / "heads" / "config.json").read_text())["train_rows"]
-        for f in sorted(cfg.fractions):
-            n = max(2, round(f * train_rows))
-            fbase = base_finetune(cfg, train_examples=n)
-            chosen = ft["chosen"]
-            lrs, epochs = (chosen["lr"],), max(1, int(chosen["epochs"]))
-            settings = {"fraction": f, "examples": n, "base": asdict(fbase), "lrs": lrs, "max_epochs": epochs,
-                        "seeds": cfg.seeds, "head": asdict(replace(head_cfg, store="", train_examples=n)),
-                        "selection": best["selection"], "cpus": cfg.cpus_per_trial, "gpus": cfg.gpus_per_trial}  # fmt: skip
-            stages.run(f"efficiency-{f:g}", settings, ("finetune", "tune"),
-                       lambda d, fbase=fbase, n=n, f=f, lrs=lrs, epochs=epochs: _efficiency_stage(
-                           runners, cfg, fbase, n, f, lrs, epochs, head_cfg, best["selection"], evals, d))  # fmt: skip
+    head_cfg = best_head_config(best["config"], cfg)
+    stages.run("heads", {"train": asdict(head_cfg)}, ("tune",), lambda d: _heads_stage(head_cfg, d))
 
-        log("report: writing")
-        from bertvision.report import write_report
+    encoder_member = _has_encoder_logits(stores[0])
+    if cfg.top_k + encoder_member >= 2:
+        ens = EnsembleConfig(store=stores[0] if family == "span" else None, from_tune=str(out / "tune"),
+                             top_k=cfg.top_k, encoder=encoder_member, validation_fraction=cfg.validation_fraction,
+                             validation_seed=cfg.validation_seed, data_dir=cfg.data_dir, device=cfg.device)  # fmt: skip
+        stages.run("ensemble", {"ensemble": asdict(ens)}, ("tune",), lambda d: _ensemble_stage(ens, d))
 
-        report = write_report(out)
-        summary = {"config": asdict(cfg), "task": spec.to_dict(), "status": "done", "keys": stages.keys,
-                   "ran": stages.done, "report": str(report), "wall_seconds": round(time.perf_counter() - t_run, 1)}  # fmt: skip
-        atomic_write_json(out / PIPELINE_FILE, summary)
-        return summary
+    train_rows = json.loads((out / "heads" / "config.json").read_text())["train_rows"]
+    for f in sorted(cfg.fractions):
+        n = max(2, round(f * train_rows))
+        fbase = base_finetune(cfg, train_examples=n)
+        chosen = ft["chosen"]
+        lrs, epochs = (chosen["lr"],), max(1, int(chosen["epochs"]))
+        settings = {"fraction": f, "examples": n, "base": asdict(fbase), "lrs": lrs, "max_epochs": epochs,
+                    "seeds": cfg.seeds, "head": asdict(replace(head_cfg, store="", train_examples=n)),
+                    "selection": best["selection"], "cpus": cfg.cpus_per_trial, "gpus": cfg.gpus_per_trial}  # fmt: skip
+        stages.run(f"efficiency-{f:g}", settings, ("finetune", "tune"),
+                   lambda d, fbase=fbase, n=n, f=f, lrs=lrs, epochs=epochs: _efficiency_stage(
+                       runners, cfg, fbase, n, f, lrs, epochs, head_cfg, best["selection"], evals, d))  # fmt: skip
+
+    log("report: writing")
+    from bertvision.report import write_report
+
+    report = write_report(out)
+    summary = {"config": asdict(cfg), "task": spec.to_dict(), "status": "done", "keys": stages.keys,
+               "ran": stages.done, "report": str(report), "wall_seconds": round(time.perf_counter() - t_run, 1)}  # fmt: skip
+    atomic_write_json(out / PIPELINE_FILE, summary)
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------

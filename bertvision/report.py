@@ -136,14 +136,16 @@ def results_rows(c: dict) -> list[dict]:
     rows = []
     run = c["run"]
 
-    def row(name, how, per_split, n, wall=None, device=None, stored=None, params=None, kind="ours"):
+    def row(name, how, per_split, n, wall=None, device=None, stored=None, params=None, kind="ours", key=None):
         cells = {s: {m: _cell(per_split.get(s), m, scale) for m in c["metrics"]} for s in c["evals"]}
         rows.append({"name": name, "how": how, "cells": cells, "n": n, "wall": wall, "device": device,
-                     "bytes": stored, "params": params, "kind": kind})  # fmt: skip
+                     "bytes": stored, "params": params, "kind": kind, "key": key or name})  # fmt: skip
 
     maj = c["finished"].get("majority", {}).get("result")
     if maj:
-        row("Majority class", maj["rule"], maj["scores"], "–", kind="floor")
+        floor = {"classification": "Majority class", "regression": "Constant prediction",
+                 "span": "Always no answer"}[c["spec"]["kind"]]  # fmt: skip
+        row(floor, maj["rule"], maj["scores"], "–", kind="floor", key="floor")
     b = c["baseline"]
     first = run / "finetune" / f"seed-{c['config']['seeds'][0]}"
     enc_params = encoder_parameters(first / "checkpoint-e1")
@@ -153,7 +155,7 @@ def results_rows(c: dict) -> list[dict]:
         how = (f"every weight trained, lr {ch['lr']:g}, {ch['epochs']:g} epoch(s)"
                + (" (chosen on validation)" if ch.get("validation_score") is not None else ""))  # fmt: skip
         row("Full fine-tuning", how, {s: b.get(s) for s in c["evals"]}, len(b["seeds"]), _wall(c, "finetune"),
-            b.get("train_seconds"), ckpt_bytes, enc_params)  # fmt: skip
+            b.get("train_seconds"), ckpt_bytes, enc_params, key="full")  # fmt: skip
         if float(ch["epochs"]) > 1 and "1" in b.get("by_epoch", {}):
             row("Brief fine-tuning (1 epoch)", "the checkpoint the stores come from, scored on dev",
                 {s: b["by_epoch"]["1"].get(s) for s in c["evals"]}, len(b["seeds"]), params=enc_params)  # fmt: skip
@@ -167,7 +169,7 @@ def results_rows(c: dict) -> list[dict]:
                f"(the search's best trial, retrained per seed)")  # fmt: skip
         device = _embed_seconds(c) + (c["finished"].get("tune", {}).get("result", {}).get("train_seconds") or 0) + h["train_seconds"]
         row("Best head", how, {s: h.get(s) for s in c["evals"]}, len(h["seeds"]), _wall(c, *_store_stages(c), "tune", "heads"),
-            device, _store_bytes(c), h["runs"][0]["parameters"] if h.get("runs") else None)  # fmt: skip
+            device, _store_bytes(c), h["runs"][0]["parameters"] if h.get("runs") else None, key="head")  # fmt: skip
     e = c["ensemble"]
     if e and e.get("kind") != "span":
         chosen = e["ensembles"][e["chosen"]]
@@ -207,7 +209,7 @@ def headline(run_dir: str | os.PathLike) -> str:
     majority class on the first eval split (every metric), and the verdict on the mean of the
     task's metrics: no better than the majority class, or above, within or below fine-tuning."""
     c = collect(run_dir)
-    rows = {r["name"]: r for r in results_rows(c)}
+    rows = {r["key"]: r for r in results_rows(c)}
     split, metrics = c["evals"][0], c["metrics"]
     title = c["spec"].get("title", c["spec"]["name"])
 
@@ -221,7 +223,7 @@ def headline(run_dir: str | os.PathLike) -> str:
                 out.append(f"{cell['mean']:.1f}" + (f" ± {cell['std']:.1f}" if cell["std"] is not None and r["n"] != 1 else ""))
         return " / ".join(out)
 
-    head, full, maj = rows.get("Best head"), rows.get("Full fine-tuning"), rows.get("Majority class")
+    head, full, maj = rows.get("head"), rows.get("full"), rows.get("floor")
     if head is None:
         return f"{title}: no head results yet"
     words = [f"{title}, {split} {' / '.join(metrics)}: the best head scores {fmt(head)} over {head['n']} seed(s)"]
@@ -304,7 +306,9 @@ def learning_curves(c: dict) -> str | None:
             pts = sorted((g["epochs"], g["score"]) for g in b["grid"] if g["lr"] == lr)
             ax.plot(*zip(*pts, strict=True), marker="o", label=f"lr {lr:g}")
         ax.legend(fontsize=8)
-        ax.set(title="Fine-tuning grid (validation)", xlabel="epochs", ylabel="validation selection score")
+        one = len({g["lr"] for g in b["grid"]}) == 1
+        ax.set(title="Fine-tuning by epoch (validation, mean over seeds)" if one else "Fine-tuning grid (validation)",
+               xlabel="epochs", ylabel="validation selection score")  # fmt: skip
     elif b:
         vals = [_score(r["validation"]) for r in b["runs"].values()]
         ax.bar([f"seed {s}" for s in b["runs"]], vals, color="C2")
@@ -450,7 +454,8 @@ def efficiency_plot(c: dict) -> str | None:
     return _png(fig)
 
 
-def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = None, max_layers: int = 13):
+def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = None, max_layers: int = 13,
+                span: tuple[int, int] | None = None):  # fmt: skip
     """A figure of one example's stored states: (L, H) -> one image, layers x hidden, each layer
     divided by its own 99th-percentile magnitude; (T, L, H) -> one panel per layer, tokens x
     hidden, on one symmetric scale clipped at the 99th percentile of the magnitudes (a few
@@ -471,18 +476,22 @@ def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = No
     layers = list(range(x.shape[1]))[:max_layers]
     cols = min(len(layers), 4)
     rows = math.ceil(len(layers) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.4 + 2.4 * rows), squeeze=False)
-    for ax, layer in zip(axes.flat, layers, strict=False):
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.6 + 2.4 * rows), squeeze=False, layout="constrained")
+    for k, (ax, layer) in enumerate(zip(axes.flat, layers, strict=False)):
         im = ax.imshow(x[:, layer, :], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
         ax.set_title("embedding output" if layer == 0 else f"layer {layer}", fontsize=9)
         ax.set_xlabel("hidden", fontsize=8)
-        ax.set_ylabel("token", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("token", fontsize=8)
         if segments is not None and segments.any():
             ax.axhline(int(np.argmax(segments > 0)) - 0.5, color="k", lw=0.8)
+        if span is not None and span[0] > 0:  # the gold answer's tokens (0: no answer in this window)
+            ax.axhspan(span[0] - 0.5, span[1] + 0.5, facecolor="none", edgecolor="k", lw=1.2)
     for ax in list(axes.flat)[len(layers):]:
         ax.set_axis_off()
-    fig.suptitle(title + (" (line: where the second sentence starts)" if segments is not None and segments.any() else ""),
-                 fontsize=10)  # fmt: skip
+    note = " (line: where the second sentence starts)" if segments is not None and segments.any() else ""
+    note += " (box: the answer's tokens)" if span is not None and span[0] > 0 else ""
+    fig.suptitle(title + note, fontsize=10)
     fig.colorbar(im, ax=axes, fraction=0.02)
     return fig
 
@@ -509,9 +518,14 @@ def example_images(c: dict, n: int = 3) -> list[dict]:
     for ex in picked:
         i = ex["id"]
         label = _label_name(c["spec"], ex["label"])
-        fig = draw_states(ex["hidden"], f"{split} {i}: {sel} states, label {label}", ex["segments"])
-        out.append({"id": i, "label": label, "text": texts.get(i, ""), "image": _png(fig)})
+        fig = draw_states(ex["hidden"], f"{split} {i}: {sel} states, label {label}", ex["segments"], span=_span(ex))
+        out.append({"id": i, "label": label, "text": texts.get(i, texts.get(i.split("#")[0], "")), "image": _png(fig)})
     return out
+
+
+def _span(ex: dict) -> tuple[int, int] | None:
+    label = ex["label"]
+    return None if label is None or np.asarray(label).ndim == 0 else tuple(int(v) for v in np.asarray(label))
 
 
 def _label_name(spec: dict, label) -> str:
@@ -533,6 +547,8 @@ def _texts(c: dict, split: str) -> dict[str, str]:
         data = get_task(c["config"]["task"], c["config"]["data_dir"]).load(split)
     except Exception:  # the report still renders without the text
         return {}
+    if hasattr(data, "examples"):  # SQuAD: the question (windows are "<question id>#<k>")
+        return {ex.id: ex.question for ex in data.examples}
     if not hasattr(data, "texts"):
         return {}
     return {i: " || ".join(col[k] for col in data.texts) for k, i in enumerate(data.ids)}
@@ -620,7 +636,8 @@ def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLi
         m = read_manifest(folder)
         label = _label_name(m.get("extra", {}).get("task_spec") or {}, ex["label"])
         fig = draw_states(ex["hidden"], f"{folder.name} {example_id}: {m['selection']} states of "
-                          f"{Path(str(m.get('checkpoint') or 'pretrained')).name}, label {label}", ex["segments"])  # fmt: skip
+                          f"{Path(str(m.get('checkpoint') or 'pretrained')).name}, label {label}", ex["segments"],
+                          span=_span(ex))  # fmt: skip
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         _plt().close(fig)

@@ -254,3 +254,43 @@ def test_the_headline_says_plainly_when_the_head_is_no_better_than_the_majority_
     assert "NO BETTER" not in text and "within the spread of full fine-tuning (-1.0 points" in text
     text = headline(_fake_run(tmp_path / "above", head=0.90, majority=0.50, full=0.80))
     assert "above full fine-tuning (+10.0 points" in text
+
+
+@pytest.mark.ray
+def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bundled_tokenizer):
+    """SQuAD 2.0 through the same command: token store, span heads, max and mean ensembles,
+    the no-answer baseline, and the answer's tokens boxed in the drawn window."""
+    pytest.importorskip("ray")
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from tests.test_squad_pipeline import _squad_file
+
+    data = tmp_path / "data"
+    (data / "squad2").mkdir(parents=True)
+    (data / "glue").mkdir()
+    _squad_file(data / "squad2" / "train-v2.0.json", 6, 0)
+    _squad_file(data / "squad2" / "dev-v2.0.json", 2, 1)
+    torch.manual_seed(0)
+    encoder = tmp_path / "tiny512"  # windows of 384 tokens need the positions
+    BertModel(BertConfig(vocab_size=len(bundled_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=512)).save_pretrained(encoder)  # fmt: skip
+    bundled_tokenizer.save_pretrained(encoder)
+    out = tmp_path / "run"
+    proc = _cli("run", "--task", "squad2", "--data-dir", data, "--encoder", encoder, "--seeds", 0, 1, "--trials", 2,
+                "--initial-points", 1, "--head-epochs", 2, "--top-k", 1, "--out", out)  # fmt: skip
+    stages = {p.stem for p in (out / "stages").glob("*.json")}
+    assert stages == {"majority", "finetune", "store-tokens", "tune", "heads", "ensemble"}
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    names = [r[0] for r in page.rows if r]
+    for method in ("Always no answer", "Full fine-tuning", "Best head", "Ensemble (max)", "Ensemble (mean)"):
+        assert any(n.startswith(method) for n in names), names
+    header = next(r for r in page.rows if r and r[0] == "method")
+    assert header[1:3] == ["dev exact", "dev f1"]
+    words = " ".join(proc.stdout.split())
+    assert "dev exact / f1: the best head scores" in words and "always no answer" in words
+    # a drawn window with its answer boxed, through show
+    window = json.loads((out / "store" / "tokens" / "dev" / "manifest.json").read_text())["shards"][0]["first_id"]
+    _cli("show", out / "store" / "tokens", "--id", window, "--out", tmp_path / "w.png")
+    assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
