@@ -294,3 +294,36 @@ def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bun
     window = json.loads((out / "store" / "tokens" / "dev" / "manifest.json").read_text())["shards"][0]["first_id"]
     _cli("show", out / "store" / "tokens", "--id", window, "--out", tmp_path / "w.png")
     assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.ray
+def test_peers_join_the_reports_results_table(tiny_run):
+    """benchmarks/peers.py: a logistic regression on the pretrained encoder's mean states (and
+    LoRA where peft is installed), on the run's carve, become rows of the run's report."""
+    import sys
+
+    _, out, _ = tiny_run
+    script = Path(__file__).parents[1] / "benchmarks" / "peers.py"
+    peers = ["logreg"] + (["lora"] if _has("peft") else [])
+    for peer in peers:
+        proc = subprocess.run([sys.executable, str(script), peer, "--run", str(out)], capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads((out / "peers" / f"{peer}.json").read_text())
+        assert set(result["scores"]) == {"dev"} and result["task"] == "toy"
+    logreg = json.loads((out / "peers" / "logreg.json").read_text())
+    heads = json.loads((out / "heads" / "config.json").read_text())
+    assert logreg["train_rows"] == heads["train_rows"]  # the same carve, the same training part
+    assert max(logreg["grid"], key=lambda g: g["score"])["C"] == float(re.search(r"C ([\d.e-]+)", logreg["how"]).group(1))
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    names = [r[0] for r in page.rows if r]
+    assert any(n.startswith("Logistic regression, pretrained mean states") for n in names), names
+    if "lora" in peers:
+        assert any(n.startswith("LoRA (peft)") for n in names), names
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
