@@ -13,7 +13,8 @@ every layer, pretrained encoder) goes to RUN/peers/store-pretrained-mean.
 ``lora``: LoRA through `peft` (the ``peers`` extra: ``pip install -e '.[peers]'``) in the
 library's fine-tuning loop, the run's seeds, epochs chosen on validation (`lora` below).
 
-Not here yet: SetFit (`setfit`), which the issue also asks for.
+``setfit``: SetFit (the ``peers`` extra) on the run's training part, per seed, classification
+only (`setfit` below).
 """
 
 from __future__ import annotations
@@ -144,11 +145,71 @@ def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dic
     return result
 
 
+def setfit(run: Path, max_steps: int = 300, batch_size: int = 16) -> dict:
+    """SetFit (``setfit``): the encoder tuned contrastively on pairs of training examples (same
+    label or not; ``max_steps`` steps of ``batch_size`` pairs), then a logistic regression on its
+    embeddings, per seed of the run; a pair task's two texts joined by ' [SEP] '. Classification
+    only. Nothing is chosen on validation (one setting, the library's defaults but the step
+    cap); validation is reported beside dev."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    from bertvision.encoders import resolve_encoder
+    from bertvision.io import atomic_write_json
+    from bertvision.metrics import compute_metrics
+    from bertvision.tasks import get_task
+    from bertvision.tasks.base import carve_validation, training_subset
+
+    pipeline = json.loads((run / "pipeline.json").read_text())
+    cfg, spec = pipeline["config"], pipeline["task"]
+    if spec["kind"] != "classification":
+        raise SystemExit(f"setfit: classification tasks only, not {spec['kind']}")
+    task = get_task(cfg["task"], cfg["data_dir"])
+    train = task.load("train")
+    labels = np.asarray(train.labels)
+    part, val = carve_validation(labels, len(labels), cfg["validation_fraction"], cfg["validation_seed"])
+    part = training_subset(part, cfg["train_examples"], cfg["validation_seed"])
+    texts = lambda data, rows: [" [SEP] ".join(col[i] for col in data.texts) for i in rows]  # noqa: E731
+    evals = list(json.loads((run / "stages" / "majority.json").read_text())["result"]["scores"])
+    parts = {"validation": (texts(train, val), labels[val])}
+    for name in evals:
+        data = task.load(name)
+        parts[name] = (texts(data, range(len(data))), np.asarray(data.labels))
+    _, location = resolve_encoder(cfg["encoder"])
+    t0 = time.perf_counter()
+    runs, seconds, params = [], 0.0, None
+    for seed in cfg["seeds"]:
+        model = SetFitModel.from_pretrained(location)
+        args = TrainingArguments(batch_size=batch_size, max_steps=max_steps, seed=seed, show_progress_bar=False,
+                                 report_to="none", output_dir=str(run / "peers" / "setfit" / f"seed-{seed}"))  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict(
+            {"text": texts(train, part), "label": labels[part].tolist()}))  # fmt: skip
+        t1 = time.perf_counter()
+        trainer.train()
+        seconds += time.perf_counter() - t1
+        params = sum(p.numel() for p in model.model_body.parameters()) + int(np.size(model.model_head.coef_)) + len(spec["labels"])
+        runs.append({name: compute_metrics(spec["metrics"], np.asarray(model.predict_proba(x)), y)
+                     for name, (x, y) in parts.items()})  # fmt: skip
+    scores = {name: {m: {"mean": float(np.mean([r[name][m] for r in runs])),
+                         "std": float(np.std([r[name][m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0}
+                     for m in spec["metrics"]} for name in parts}  # fmt: skip
+    result = {
+        "name": "SetFit", "task": spec["name"],
+        "how": f"contrastive tuning of the encoder, {max_steps} steps of {batch_size} pairs, then logistic regression; "
+               "nothing chosen on validation",
+        "scores": {e: scores[e] for e in evals}, "validation": scores["validation"], "n": len(runs),
+        "wall_seconds": round(time.perf_counter() - t0, 1), "device_seconds": round(seconds, 1), "bytes": None,
+        "parameters": params,
+    }  # fmt: skip
+    atomic_write_json(run / "peers" / "setfit.json", result)
+    return result
+
+
 def _predict(model, x, regression: bool):
     return model.predict(x) if regression else model.predict_proba(x)
 
 
-PEERS = {"logreg": logreg, "lora": lora}
+PEERS = {"logreg": logreg, "lora": lora, "setfit": setfit}
 
 
 def main() -> int:

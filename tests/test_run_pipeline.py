@@ -299,12 +299,13 @@ def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bun
 @pytest.mark.ray
 def test_peers_join_the_reports_results_table(tiny_run):
     """benchmarks/peers.py: a logistic regression on the pretrained encoder's mean states (and
-    LoRA where peft is installed), on the run's carve, become rows of the run's report."""
+    LoRA and SetFit where the 'peers' extra is installed), on the run's carve, become rows of
+    the run's report."""
     import sys
 
     _, out, _ = tiny_run
     script = Path(__file__).parents[1] / "benchmarks" / "peers.py"
-    peers = ["logreg"] + (["lora"] if _has("peft") else [])
+    peers = ["logreg"] + (["lora"] if _has("peft") else []) + (["setfit"] if _has("setfit") else [])
     for peer in peers:
         proc = subprocess.run([sys.executable, str(script), peer, "--run", str(out)], capture_output=True, text=True,
                               timeout=600)  # fmt: skip
@@ -319,8 +320,9 @@ def test_peers_join_the_reports_results_table(tiny_run):
     page.feed((out / "report.html").read_text())
     names = [r[0] for r in page.rows if r]
     assert any(n.startswith("Logistic regression, pretrained mean states") for n in names), names
-    if "lora" in peers:
-        assert any(n.startswith("LoRA (peft)") for n in names), names
+    for peer, name in (("lora", "LoRA (peft)"), ("setfit", "SetFit")):
+        if peer in peers:
+            assert any(n.startswith(name) for n in names), names
 
 
 def _has(module: str) -> bool:
