@@ -46,7 +46,9 @@ def logreg(run: Path) -> dict:
     store = run / "peers" / "store-pretrained-mean"
     t0 = time.perf_counter()
     manifests = embed(EmbedConfig(task=cfg["task"], checkpoint=None, splits=("train", *evals), data_dir=cfg["data_dir"],
-                                  selection="mean", max_length=cfg["max_length"]), store)  # fmt: skip
+                                  selection="mean", max_length=cfg["max_length"], train_examples=cfg["train_examples"],
+                                  validation_fraction=cfg["validation_fraction"],
+                                  validation_seed=cfg["validation_seed"]), store)  # fmt: skip
     embed_seconds = sum((m.get("this_run") or {}).get("seconds") or 0 for m in manifests.values())
     kind, _, stored_spec = store_kind(store)
     hcfg = HeadTrainConfig(store=str(store), validation_fraction=cfg["validation_fraction"],

@@ -258,6 +258,14 @@ class EmbedConfig(KindDefaults):
     max_length: int | None = None
     """Tokens per example (span tasks: per window; use fine-tuning's)."""
     windowing: Windowing = Windowing()
+    train_examples: int | None = None
+    """Sentence tasks: store only the train rows heads can read: the validation part and the
+    seeded subset of this many training examples that fine-tuning's and heads' --train-examples
+    draw (carved with --validation-fraction and --validation-seed); default: every row."""
+    validation_fraction: float = FinetuneConfig.validation_fraction
+    """With --train-examples: share of train held out for selection; must equal fine-tuning's."""
+    validation_seed: int = FinetuneConfig.validation_seed
+    """With --train-examples: seed of that carve; must equal fine-tuning's."""
     batch_size: int = 16
     """Examples per forward pass, after sorting by length."""
     shard_rows: int | None = None
@@ -272,7 +280,7 @@ class EmbedConfig(KindDefaults):
 
     def __post_init__(self):
         check_choices(self)
-        _positive(self, ("max_length", "batch_size", "shard_rows"))
+        _positive(self, ("max_length", "batch_size", "shard_rows", "train_examples"))
 
 
 @dataclass(frozen=True)

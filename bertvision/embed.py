@@ -150,6 +150,12 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
                           f"{task.spec.num_outputs}; its logits are not stored", stacklevel=2)  # fmt: skip
             outputs = None
     loaded = {name: task.load(name) for name in names}  # bad data fails before anything is written
+    subset = None
+    if cfg.train_examples is not None:
+        if span:
+            raise ConfigError("--train-examples: sentence tasks only (span heads train on every window)")
+        if "train" in loaded:
+            subset = train_subset(loaded["train"], cfg)
     # Key order is the manifest's (extra.windowing): keep it.
     windowing = {"max_length": max_length, "doc_stride": cfg.windowing.doc_stride,
                  "max_query_length": cfg.windowing.max_query_length}  # fmt: skip
@@ -169,11 +175,18 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
             columns[name] = {"id": list(data.ids), **dict(zip(task.spec.text_fields, data.texts, strict=True))}
             if data.labels is not None:
                 columns[name]["label"] = list(data.labels)
+            if name == "train" and subset is not None:  # only the rows heads can read, in split order
+                keep = subset.pop("rows")
+                columns[name] = {k: [v[i] for i in keep] for k, v in columns[name].items()}
+                stats[name]["subset"] = subset
     specs = {}
     for name, data in loaded.items():
         source = split_fingerprint(data)
         if span:  # windowing fixes the rows too, and only max_length is a spec field
             source = hashlib.sha256(f"{source}:{json.dumps(windowing, sort_keys=True)}".encode()).hexdigest()
+        if name == "train" and subset is not None:  # so are the subset's rows
+            carve = {k: subset[k] for k in ("train_examples", "validation_fraction", "validation_seed")}
+            source = hashlib.sha256(f"{source}:{json.dumps(carve, sort_keys=True)}".encode()).hexdigest()
         label_kind = "span" if span else (task.spec.kind if data.labels is not None else None)
         spec = StoreSpec(
             task=task.name, split=name, encoder_name=encoder["name"], encoder_revision=encoder["revision"],
@@ -197,6 +210,25 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
         plan.close()
         raise
     return plan
+
+
+def train_subset(data, cfg: EmbedConfig) -> dict:
+    """The train rows a store made with ``--train-examples N`` keeps: the validation part and the
+    seeded training subset, carved as fine-tuning and heads carve them (`carve_validation`,
+    `training_subset`). Returns the manifest's ``extra.subset`` (the carve, and each part's
+    positions among the stored rows) with ``rows``, the split's row indices kept, in order."""
+    from bertvision.tasks.base import carve_validation, training_subset
+
+    if data.labels is None:
+        raise ConfigError(f"{data.source}: --train-examples needs a labelled train split")
+    labels = np.asarray(data.labels)
+    tr, va = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
+    sub = training_subset(tr, cfg.train_examples, cfg.validation_seed)
+    keep = np.union1d(sub, va)
+    position = {int(r): k for k, r in enumerate(keep)}
+    return {"of_rows": len(labels), "train_examples": cfg.train_examples, "validation_fraction": cfg.validation_fraction,
+            "validation_seed": cfg.validation_seed, "train": [position[int(r)] for r in sub],
+            "validation": [position[int(r)] for r in va], "rows": keep.tolist()}  # fmt: skip
 
 
 def _head_outputs(location: str) -> int:

@@ -42,7 +42,15 @@ from bertvision import store as st
 from bertvision.config import EnsembleConfig, HeadTrainConfig, from_dict
 from bertvision.errors import ConfigError, DataError
 from bertvision.io import atomic_write_json
-from bertvision.kinds import KINDS, TokenRows, head_kind, same_source, selection_score, store_kind
+from bertvision.kinds import (
+    KINDS,
+    TokenRows,
+    carve_rows,
+    head_kind,
+    same_source,
+    selection_score,
+    store_kind,
+)
 from bertvision.metrics import compute_metrics
 from bertvision.models.adapter_pooler import TokenAdapterPooler
 from bertvision.outdir import check_out_dir, claim
@@ -50,7 +58,6 @@ from bertvision.runtime import pick_device
 from bertvision.search import leaderboard
 from bertvision.span_heads import SpanParts, head_logits, load_parts
 from bertvision.spans import evaluate
-from bertvision.tasks.base import carve_validation
 from bertvision.train import load_head, read_head_config
 
 METHODS = ("max", "mean")
@@ -190,7 +197,7 @@ class Member:
 def load_parts_of(store: Path, carve: tuple[float, int]) -> tuple[dict, dict, dict[str, Part]]:
     """(train manifest, task spec, part -> `Part`) of a sentence store: the validation part
     carved from STORE/train with the function and arguments its heads' training used
-    (`SentenceHeads.load` calls `carve_validation` the same way), and the task's labelled eval
+    (`SentenceHeads.load` calls `carve_rows` the same way), and the task's labelled eval
     splits. Ids and stored encoder outputs come along, which a head's `HeadData` leaves out."""
     kind, manifest, spec = store_kind(store)
     if kind.family != "sentence":
@@ -199,7 +206,7 @@ def load_parts_of(store: Path, carve: tuple[float, int]) -> tuple[dict, dict, di
     if train.labels is None:
         raise DataError(store / "train", "the train split carries no labels")
     labels = train.labels.numpy()
-    _, va = carve_validation(labels, len(labels), *carve)
+    _, va = carve_rows(manifest, labels, *carve, None, store / "train")
     enc = train.encoder_logits
     tokens = manifest.get("token_layout") == "sentences"  # a token head's states: `TokenRows`
 

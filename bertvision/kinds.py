@@ -73,6 +73,25 @@ class HeadData:
         return [p for p in self.parts if p != "validation"]
 
 
+def carve_rows(manifest: dict, labels: np.ndarray, fraction: float, seed: int, train_examples: int | None,
+               where: Path) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(training rows, validation rows) of a sentence store's train split: carved as fine-tuning
+    carves (`carve_validation`, then `training_subset` for ``train_examples``), or, for a store
+    embedded with ``--train-examples`` (which holds only those rows), the positions its
+    manifest recorded, when the carve asked for is the one it was made with."""
+    subset = manifest.get("extra", {}).get("subset")
+    if subset is None:
+        tr, va = carve_validation(labels, len(labels), fraction, seed)
+        return training_subset(tr, train_examples, seed), va
+    made = (subset["validation_fraction"], subset["validation_seed"])
+    if made != (fraction, seed) or train_examples not in (None, subset["train_examples"]):
+        raise ConfigError(f"{where}: the store holds only the validation part and {subset['train_examples']} training "
+                          f"examples of {subset['of_rows']} (embedded with --train-examples {subset['train_examples']}, "
+                          f"--validation-fraction {made[0]}, --validation-seed {made[1]}); train with those "
+                          "settings, or embed the whole split")  # fmt: skip
+    return np.asarray(subset["train"], dtype=np.int64), np.asarray(subset["validation"], dtype=np.int64)
+
+
 def selection_score(scores: dict[str, float]) -> float:
     """What sentence heads' early stopping maximises: the mean of the task's metrics, as GLUE
     scores a task.
@@ -124,8 +143,8 @@ class SentenceHeads:
         if train.labels is None:
             raise DataError(root / "train", "the train split carries no labels")
         labels = train.labels.numpy()
-        tr_idx, va_idx = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
-        tr_idx = training_subset(tr_idx, cfg.train_examples, cfg.validation_seed)  # fine-tuning's subset
+        tr_idx, va_idx = carve_rows(train.manifest, labels, cfg.validation_fraction, cfg.validation_seed,
+                                    cfg.train_examples, root / "train")  # fmt: skip
         data = HeadData(spec, train.manifest, self.train_part(train, tr_idx), len(tr_idx))
         data.parts["validation"] = (self.states(train, va_idx), labels[va_idx])
         for name in eval_names:

@@ -299,8 +299,9 @@ def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, evals: l
     stores = []
     for sel in selections:
         ecfg = EmbedConfig(task=cfg.task, checkpoint=str(checkpoint), splits=("train", *evals), data_dir=cfg.data_dir,
-                           selection=sel, max_length=cfg.max_length, device=cfg.device)  # fmt: skip
-        stages.run(f"store-{sel}", {"embed": asdict(ecfg)}, ("finetune",),
+                           selection=sel, max_length=cfg.max_length, device=cfg.device, train_examples=cfg.train_examples,
+                           validation_fraction=cfg.validation_fraction, validation_seed=cfg.validation_seed)  # fmt: skip
+        stages.run(f"store-{sel}", {"embed": embed_settings(ecfg)}, ("finetune",),
                    lambda d, ecfg=ecfg: _embed_stage(runners, ecfg, d), folder=f"store/{sel}")  # fmt: skip
         stores.append(str(out / "store" / sel))
 
@@ -395,6 +396,16 @@ def _finetune_stage(runners: Runners, base: FinetuneConfig, out: Path, cfg: Pipe
             "train_seconds": summary["train_seconds"]}  # fmt: skip
 
 
+def embed_settings(ecfg: EmbedConfig) -> dict:
+    """A store stage's settings: the EmbedConfig, without the training-subset fields when no
+    subset is asked for (so runs from before those fields existed keep their keys)."""
+    settings = asdict(ecfg)
+    if ecfg.train_examples is None:
+        for k in ("train_examples", "validation_fraction", "validation_seed"):
+            settings.pop(k)
+    return settings
+
+
 def _embed_stage(runners: Runners, ecfg: EmbedConfig, out: Path) -> dict:
     from bertvision.store import store_bytes
 
@@ -446,13 +457,15 @@ def _efficiency_stage(runners: Runners, cfg: PipelineConfig, fbase: FinetuneConf
                       lrs, epochs: int, head_cfg: HeadTrainConfig, selection: str, evals: list[str], out: Path) -> dict:  # fmt: skip
     """Fine-tuning (at the main run's chosen rate, epochs chosen on validation up to the main
     run's) and the best head configuration, both on ``n`` training examples: the head on the
-    states of this run's own 1-epoch checkpoint, so no stage saw more than ``n`` examples."""
+    states of this run's own 1-epoch checkpoint, so no stage saw more than ``n`` examples. The
+    store holds only the validation part and those ``n`` (`EmbedConfig.train_examples`)."""
     from bertvision.train import train_heads
 
     ft = _finetune_stage(runners, fbase, out / "finetune", cfg, lrs, epochs)
     ecfg = EmbedConfig(task=cfg.task, checkpoint=str(out / "finetune" / f"seed-{cfg.seeds[0]}" / "checkpoint-e1"),
                        splits=("train", *evals), data_dir=cfg.data_dir, selection=selection,
-                       max_length=cfg.max_length, device=cfg.device)  # fmt: skip
+                       max_length=cfg.max_length, device=cfg.device, train_examples=n,
+                       validation_fraction=cfg.validation_fraction, validation_seed=cfg.validation_seed)  # fmt: skip
     _embed_stage(runners, ecfg, out / "store")
     heads = train_heads(replace(head_cfg, store=str(out / "store"), train_examples=n), out / "heads")
     return {"fraction": fraction, "examples": n, "finetune": ft,

@@ -187,3 +187,31 @@ def test_selection_score_is_the_glue_task_score():
     assert selection_score(learned) > selection_score(all_positive)
     assert selection_score({"pearson": float("nan"), "spearman": 0.5}) == float("-inf")
     assert selection_score({"accuracy": 0.6}) == pytest.approx(0.6)
+
+
+def test_a_store_of_the_training_subset_holds_what_heads_read_and_trains_the_same_heads(finetuned, tmp_path):
+    """embed --train-examples N keeps the validation part and fine-tuning's N training examples
+    only; heads on it match heads on the whole store with --train-examples N, example for
+    example, and a head asking for another carve is refused."""
+    from bertvision.ensemble import load_parts_of
+
+    _, cfg, out, _ = finetuned
+    ckpt = str(out / "checkpoint-e1")
+    embed(EmbedConfig(task=str(cfg), checkpoint=ckpt, splits=("train", "dev")), tmp_path / "full")
+    embed(EmbedConfig(task=str(cfg), checkpoint=ckpt, splits=("train", "dev"), train_examples=30), tmp_path / "sub")
+    full = json.loads((tmp_path / "full" / "train" / "manifest.json").read_text())
+    sub = json.loads((tmp_path / "sub" / "train" / "manifest.json").read_text())
+    assert full["rows"] == 80 and sub["rows"] == 30 + 8  # the 10% validation part and the 30
+    assert sub["extra"]["subset"]["of_rows"] == 80 and len(sub["extra"]["subset"]["train"]) == 30
+    assert sub["source_sha256"] != full["source_sha256"]
+    heads = dict(optim=Optimisation(epochs=2), seeds=(0,))
+    a = train_heads(HeadTrainConfig(store=str(tmp_path / "full"), train_examples=30, **heads), tmp_path / "ha")
+    b = train_heads(HeadTrainConfig(store=str(tmp_path / "sub"), **heads), tmp_path / "hb")
+    assert a["validation"] == b["validation"] and a["dev"] == b["dev"]
+    for bad in ({"train_examples": 20}, {"validation_seed": 1}):
+        with pytest.raises(ConfigError, match="holds only the validation part and 30 training examples"):
+            train_heads(HeadTrainConfig(store=str(tmp_path / "sub"), **heads, **bad), tmp_path / "hc")
+    # the ensemble's validation part is the heads' too
+    ids_full = load_parts_of(tmp_path / "full", (0.1, 0))[2]["validation"].ids
+    ids_sub = load_parts_of(tmp_path / "sub", (0.1, 0))[2]["validation"].ids
+    assert ids_full == ids_sub and len(ids_sub) == 8
