@@ -448,7 +448,12 @@ def efficiency_plot(c: dict) -> str | None:
     if maj is not None:
         ax.axhline(100 * maj, color="0.5", ls=":", label="majority class")
     ax.set_xscale("log")
-    ax.set(xlabel="training examples", ylabel=f"{split} {metric} (%)", title="Data efficiency (mean ± std over seeds)")
+    from matplotlib.ticker import NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks([p[0] for p in pts], [f"{p[0]:,}\n{p[0] / full_n:.0%}" for p in pts])
+    ax.set(xlabel="training examples (share of the training part)", ylabel=f"{split} {metric} (%)",
+           title="Data efficiency (mean ± std over seeds)")  # fmt: skip
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
