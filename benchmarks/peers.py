@@ -4,11 +4,10 @@ score dev once). Each writes RUN/peers/<name>.json, which the run's report shows
 
     python benchmarks/peers.py logreg --run runs/results/rte
 
-``logreg``: a logistic regression (regression tasks: ridge) on the *pretrained* encoder's mean
-states of the last layer (the all-MiniLM-L6-v2 sentence embedding, of the pair encoded
-together), standardised; the inverse regularisation C (ridge: alpha) chosen on the validation
-part from a grid; dev scored once. One run (the fit is deterministic). Its store (mean states of
-every layer, pretrained encoder) goes to RUN/peers/store-pretrained-mean.
+``logreg``: a logistic regression (regression tasks: ridge) on the *pretrained* encoder's
+sentence embeddings (mean states of the last layer, normalised: how all-MiniLM-L6-v2 is meant
+to be used), each sentence of a pair embedded alone; the inverse regularisation C (ridge:
+alpha) chosen on the validation part from a grid; dev scored once. One run (deterministic).
 
 ``lora``: LoRA through `peft` (the ``peers`` extra: ``pip install -e '.[peers]'``) in the
 library's fine-tuning loop, the run's seeds, epochs chosen on validation (`lora` below).
@@ -30,63 +29,85 @@ GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 def logreg(run: Path) -> dict:
+    """Logistic regression (regression tasks: ridge) on the pretrained encoder's sentence
+    embeddings, the way the bundled model is meant to be used (sentence-transformers: the mean of
+    the last layer's token states, normalised): u for one sentence, (u, v, |u - v|, u * v) for a
+    pair (each sentence embedded alone, as SBERT's classifier reads them); standardised; C
+    (ridge: 1 / alpha) chosen on the validation part from ``GRID``; dev scored once; one run."""
+    from sentence_transformers import SentenceTransformer
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
 
-    from bertvision.config import EmbedConfig, HeadTrainConfig
-    from bertvision.embed import embed
+    from bertvision.encoders import resolve_encoder
     from bertvision.io import atomic_write_json
-    from bertvision.kinds import KINDS, store_kind
+    from bertvision.kinds import KINDS
     from bertvision.metrics import compute_metrics
-    from bertvision.store import store_bytes
 
     pipeline = json.loads((run / "pipeline.json").read_text())
     cfg, spec = pipeline["config"], pipeline["task"]
-    evals = json.loads((run / "stages" / "majority.json").read_text())["result"]["scores"].keys()
-    store = run / "peers" / "store-pretrained-mean"
+    if spec["kind"] == "span":
+        raise SystemExit("logreg: sentence tasks only")
+    task, train, part, val, evals = _carve(run, cfg)
+    _, location = resolve_encoder(cfg["encoder"])
+    model = SentenceTransformer(location, device="cpu")
     t0 = time.perf_counter()
-    manifests = embed(EmbedConfig(task=cfg["task"], checkpoint=None, splits=("train", *evals), data_dir=cfg["data_dir"],
-                                  selection="mean", max_length=cfg["max_length"], train_examples=cfg["train_examples"],
-                                  validation_fraction=cfg["validation_fraction"],
-                                  validation_seed=cfg["validation_seed"]), store)  # fmt: skip
-    embed_seconds = sum((m.get("this_run") or {}).get("seconds") or 0 for m in manifests.values())
-    kind, _, stored_spec = store_kind(store)
-    hcfg = HeadTrainConfig(store=str(store), validation_fraction=cfg["validation_fraction"],
-                           validation_seed=cfg["validation_seed"], train_examples=cfg["train_examples"])  # fmt: skip
-    data = kind.load(hcfg, store, stored_spec, list(evals))
-    x_train, y_train = data.train
-    last = lambda x: np.asarray(x[:, -1, :], dtype=np.float32)  # noqa: E731  the last layer's mean state
-    scaler = StandardScaler().fit(last(x_train))
-    xs = {"train": scaler.transform(last(x_train))}
-    ys = {"train": np.asarray(y_train)}
-    for name, (x, y) in data.parts.items():
-        xs[name], ys[name] = scaler.transform(last(x)), np.asarray(y)
+
+    def features(data, rows):
+        cols = [model.encode([col[i] for i in rows], batch_size=64, convert_to_numpy=True) for col in data.texts]
+        if len(cols) == 1:
+            return cols[0]
+        u, v = cols
+        return np.hstack([u, v, np.abs(u - v), u * v])
+
+    xs = {"train": features(train, part), "validation": features(train, val)}
+    labels = np.asarray(train.labels)
+    ys = {"train": labels[part], "validation": labels[val]}
+    for name in evals:
+        data = task.load(name)
+        xs[name], ys[name] = features(data, range(len(data))), np.asarray(data.labels)
+    encode_seconds = time.perf_counter() - t0
+    scaler = StandardScaler().fit(xs["train"])
+    xs = {k: scaler.transform(v) for k, v in xs.items()}
     regression = spec["kind"] == "regression"
     t1 = time.perf_counter()
     grid = []
     for c in GRID:
-        model = Ridge(alpha=1.0 / c) if regression else LogisticRegression(C=c, max_iter=2000)
-        model.fit(xs["train"], ys["train"])
-        scores = compute_metrics(spec["metrics"], _predict(model, xs["validation"], regression), ys["validation"])
-        grid.append({"C": c, "validation": scores, "score": KINDS[spec["kind"]].selection(scores), "model": model})
+        fit = Ridge(alpha=1.0 / c) if regression else LogisticRegression(C=c, max_iter=2000)
+        fit.fit(xs["train"], ys["train"])
+        scores = compute_metrics(spec["metrics"], _predict(fit, xs["validation"], regression), ys["validation"])
+        grid.append({"C": c, "validation": scores, "score": KINDS[spec["kind"]].selection(scores), "model": fit})
     best = max(grid, key=lambda g: g["score"])
     fit_seconds = time.perf_counter() - t1
     scores = {name: compute_metrics(spec["metrics"], _predict(best["model"], xs[name], regression), ys[name])
               for name in evals}  # fmt: skip
     width = xs["train"].shape[1]
+    outputs = 1 if regression else len(spec["labels"])
     result = {
-        "name": "Logistic regression, pretrained mean states" if not regression else "Ridge regression, pretrained mean states",
-        "how": f"the pretrained encoder's last-layer mean state (width {width}), standardised; "
-               f"{'C' if not regression else '1/alpha'} {best['C']:g} chosen on validation from {list(GRID)}",
+        "name": ("Ridge" if regression else "Logistic") + " regression on pretrained sentence embeddings",
+        "how": f"{'(u, v, |u-v|, u*v) of each sentence embedded alone' if len(train.texts) == 2 else 'the sentence embedding'} "
+               f"(width {width}), standardised; {'1/alpha' if regression else 'C'} {best['C']:g} chosen on validation "
+               f"from {list(GRID)}; the encoder not trained",
         "task": spec["name"], "scores": scores, "n": 1, "validation": best["validation"],
         "grid": [{k: v for k, v in g.items() if k != "model"} for g in grid],
-        "wall_seconds": round(time.perf_counter() - t0, 1), "device_seconds": round(embed_seconds + fit_seconds, 1),
-        "bytes": store_bytes(store / "train") + sum(store_bytes(store / e) for e in evals),
-        "parameters": int(width * (1 if regression else len(spec["labels"])) + (1 if regression else len(spec["labels"]))),
-        "train_rows": data.train_rows,
+        "wall_seconds": round(time.perf_counter() - t0, 1), "device_seconds": round(encode_seconds + fit_seconds, 1),
+        "bytes": None, "parameters": int(width * outputs + outputs), "train_rows": len(part),
     }  # fmt: skip
     atomic_write_json(run / "peers" / "logreg.json", result)
     return result
+
+
+def _carve(run: Path, cfg: dict):
+    """(task, train split, training rows, validation rows, labelled eval splits) as the run carved."""
+    from bertvision.tasks import get_task
+    from bertvision.tasks.base import carve_validation, training_subset
+
+    task = get_task(cfg["task"], cfg["data_dir"])
+    train = task.load("train")
+    labels = np.asarray(train.labels)
+    part, val = carve_validation(labels, len(labels), cfg["validation_fraction"], cfg["validation_seed"])
+    part = training_subset(part, cfg["train_examples"], cfg["validation_seed"])
+    evals = list(json.loads((run / "stages" / "majority.json").read_text())["result"]["scores"])
+    return task, train, part, val, evals
 
 
 def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dict:
@@ -159,20 +180,13 @@ def setfit(run: Path, max_steps: int = 300, batch_size: int = 16) -> dict:
     from bertvision.encoders import resolve_encoder
     from bertvision.io import atomic_write_json
     from bertvision.metrics import compute_metrics
-    from bertvision.tasks import get_task
-    from bertvision.tasks.base import carve_validation, training_subset
-
     pipeline = json.loads((run / "pipeline.json").read_text())
     cfg, spec = pipeline["config"], pipeline["task"]
     if spec["kind"] != "classification":
         raise SystemExit(f"setfit: classification tasks only, not {spec['kind']}")
-    task = get_task(cfg["task"], cfg["data_dir"])
-    train = task.load("train")
+    task, train, part, val, evals = _carve(run, cfg)
     labels = np.asarray(train.labels)
-    part, val = carve_validation(labels, len(labels), cfg["validation_fraction"], cfg["validation_seed"])
-    part = training_subset(part, cfg["train_examples"], cfg["validation_seed"])
     texts = lambda data, rows: [" [SEP] ".join(col[i] for col in data.texts) for i in rows]  # noqa: E731
-    evals = list(json.loads((run / "stages" / "majority.json").read_text())["result"]["scores"])
     parts = {"validation": (texts(train, val), labels[val])}
     for name in evals:
         data = task.load(name)

@@ -298,7 +298,7 @@ def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bun
 
 @pytest.mark.ray
 def test_peers_join_the_reports_results_table(tiny_run):
-    """benchmarks/peers.py: a logistic regression on the pretrained encoder's mean states (and
+    """benchmarks/peers.py: a logistic regression on the pretrained encoder's sentence embeddings (and
     LoRA and SetFit where the 'peers' extra is installed), on the run's carve, become rows of
     the run's report."""
     import sys
@@ -319,7 +319,7 @@ def test_peers_join_the_reports_results_table(tiny_run):
     page = _Page()
     page.feed((out / "report.html").read_text())
     names = [r[0] for r in page.rows if r]
-    assert any(n.startswith("Logistic regression, pretrained mean states") for n in names), names
+    assert any(n.startswith("Logistic regression on pretrained sentence embeddings") for n in names), names
     for peer, name in (("lora", "LoRA (peft)"), ("setfit", "SetFit")):
         if peer in peers:
             assert any(n.startswith(name) for n in names), names
