@@ -319,6 +319,10 @@ def learning_curves(c: dict) -> str | None:
     if not drawn and not b:
         plt.close(fig)
         return None
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
     fig.tight_layout()
     return _png(fig)
 
