@@ -321,8 +321,8 @@ def learning_curves(c: dict) -> str | None:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
+    for ax in axes[: 2 if b and b.get("grid") else 1]:  # epochs (not the seeds' bars)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return _png(fig)
 
