@@ -242,6 +242,14 @@ def labelled_evals(task) -> list[str]:
     return names
 
 
+def store_splits(spec, evals) -> tuple[str, ...]:
+    """The splits a store of the main run holds: train (the validation part is carved from it),
+    the labelled eval splits, and a span task's own validation split where it has one (the
+    article split of SQuAD dev: fine-tuning and span heads select on that split, not on a carve)."""
+    own = ("validation",) if spec.kind == "span" and "validation" in spec.splits and "validation" not in evals else ()
+    return ("train", *own, *evals)
+
+
 def base_finetune(cfg: PipelineConfig, train_examples: int | None = None) -> FinetuneConfig:
     return FinetuneConfig(task=cfg.task, encoder=cfg.encoder, data_dir=cfg.data_dir, max_length=cfg.max_length,
                           validation_fraction=cfg.validation_fraction, validation_seed=cfg.validation_seed,
@@ -298,7 +306,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, evals: l
 
     stores = []
     for sel in selections:
-        ecfg = EmbedConfig(task=cfg.task, checkpoint=str(checkpoint), splits=("train", *evals), data_dir=cfg.data_dir,
+        ecfg = EmbedConfig(task=cfg.task, checkpoint=str(checkpoint), splits=store_splits(spec, evals), data_dir=cfg.data_dir,
                            selection=sel, max_length=cfg.max_length, device=cfg.device, train_examples=cfg.train_examples,
                            validation_fraction=cfg.validation_fraction, validation_seed=cfg.validation_seed)  # fmt: skip
         stages.run(f"store-{sel}", {"embed": embed_settings(ecfg)}, ("finetune",),

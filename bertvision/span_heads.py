@@ -41,6 +41,24 @@ class WindowSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __getstate__(self) -> dict:
+        # Each window's states are a view of its shard's tensor, and torch pickles a view with its
+        # whole storage: a search sending the validation windows to its trials (Ray's object
+        # store) once pickled the 1.3 GB validation store once per window and ran out of memory.
+        # One tensor of every window's rows and the windows' lengths travel instead.
+        import torch
+
+        state = dict(self.__dict__)
+        state["hidden"] = (torch.cat(list(self.hidden)) if self.hidden else None, [len(h) for h in self.hidden])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        import torch
+
+        joined, lengths = state["hidden"]
+        state["hidden"] = list(torch.split(joined, lengths)) if lengths else []
+        self.__dict__.update(state)
+
     @classmethod
     def from_split(cls, split, keep: set[str] | None = None) -> WindowSet:
         """The windows of a `TokenSplit` (or one shard of it), those of questions in ``keep`` only."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bertvision.errors import ConfigError
-from bertvision.pipeline import PipelineConfig, Stages
+from bertvision.pipeline import PipelineConfig, Stages, store_splits
 from tests.conftest import bertvision_cli, write_toy_task
 
 
@@ -297,6 +297,18 @@ def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bun
 
 
 @pytest.mark.ray
+def test_the_store_holds_a_span_tasks_own_validation_split():
+    """The article split of SQuAD dev selects on its own validation split, not on a carve of
+    train, so the run's store must hold it (a real run once failed in the tune stage without it);
+    tasks that carve validation from train store train and their eval splits only."""
+    from bertvision.tasks import get_task
+
+    articles, squad, rte = (get_task(name).spec for name in ("squad2-articles", "squad2", "rte"))
+    assert store_splits(articles, ("test",)) == ("train", "validation", "test")
+    assert store_splits(squad, ("dev",)) == ("train", "dev")
+    assert store_splits(rte, ("dev",)) == ("train", "dev")
+
+
 def test_peers_join_the_reports_results_table(tiny_run):
     """benchmarks/peers.py: a logistic regression on the pretrained encoder's sentence embeddings (and
     LoRA and SetFit where the 'peers' extra is installed), on the run's carve, become rows of

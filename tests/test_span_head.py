@@ -129,3 +129,24 @@ def test_ensemble_max_and_mean_of_probabilities():
     assert np.exp(s_mean[0]).sum() == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="--method"):
         combine([a, b], "vote")
+
+
+def test_windows_pickle_their_own_rows_not_their_shards_whole_storage():
+    """A search hands the validation windows to its trials through Ray's object store (pickle).
+    Each window is a view of its shard's tensor; pickled as such, every window carried the whole
+    shard (a real SQuAD run ran out of memory). The pickle holds each row once and round-trips."""
+    import pickle
+
+    shard = torch.randn(2000, 3, 8).half()  # one shard: 2,000 token rows
+    cuts = [0, 500, 1200, 2000]
+    hidden = [shard[a:b] for a, b in zip(cuts, cuts[1:])]
+    ws = WindowSet(["a", "b", "c"], ["q1", "q2", "q3"], hidden, [np.zeros((b - a, 2), np.int32) for a, b in zip(cuts, cuts[1:])],
+                   np.zeros((3, 2), np.int64), None)  # fmt: skip
+    blob = pickle.dumps(ws, protocol=5)
+    assert len(blob) < 1.5 * shard.numel() * 2  # once, not once per window (3x)
+    back = pickle.loads(blob)
+    assert [h.shape for h in back.hidden] == [h.shape for h in hidden]
+    assert all(torch.equal(x, y) for x, y in zip(back.hidden, hidden))
+    assert back.ids == ws.ids and back.example_ids == ws.example_ids
+    empty = pickle.loads(pickle.dumps(WindowSet([], [], [], [], np.zeros((0, 2), np.int64), None)))
+    assert empty.hidden == [] and len(empty) == 0
