@@ -139,14 +139,14 @@ def test_windows_pickle_their_own_rows_not_their_shards_whole_storage():
 
     shard = torch.randn(2000, 3, 8).half()  # one shard: 2,000 token rows
     cuts = [0, 500, 1200, 2000]
-    hidden = [shard[a:b] for a, b in zip(cuts, cuts[1:])]
-    ws = WindowSet(["a", "b", "c"], ["q1", "q2", "q3"], hidden, [np.zeros((b - a, 2), np.int32) for a, b in zip(cuts, cuts[1:])],
+    hidden = [shard[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    ws = WindowSet(["a", "b", "c"], ["q1", "q2", "q3"], hidden, [np.zeros((b - a, 2), np.int32) for a, b in zip(cuts, cuts[1:], strict=False)],
                    np.zeros((3, 2), np.int64), None)  # fmt: skip
     blob = pickle.dumps(ws, protocol=5)
     assert len(blob) < 1.5 * shard.numel() * 2  # once, not once per window (3x)
     back = pickle.loads(blob)
     assert [h.shape for h in back.hidden] == [h.shape for h in hidden]
-    assert all(torch.equal(x, y) for x, y in zip(back.hidden, hidden))
+    assert all(torch.equal(x, y) for x, y in zip(back.hidden, hidden, strict=True))
     assert back.ids == ws.ids and back.example_ids == ws.example_ids
     empty = pickle.loads(pickle.dumps(WindowSet([], [], [], [], np.zeros((0, 2), np.int64), None)))
     assert empty.hidden == [] and len(empty) == 0
