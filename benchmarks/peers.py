@@ -110,14 +110,34 @@ def _carve(run: Path, cfg: dict):
     return task, train, part, val, evals
 
 
+def lora_loader(original, rank: int, trainable: dict):
+    """A ``SentenceTuning.load`` for LoRA: the encoder at a location wrapped in a fresh rank
+    ``rank`` adapter (query and value; the task head trained whole), its trainable parameter
+    count kept in ``trainable``; a saved checkpoint (a folder with ``adapter_config.json``, scored
+    on dev after training) is the encoder with the adapter and head it saved. Wrapping a saved
+    checkpoint in a second fresh adapter scored SST-2 at 60% where the saved one scores 84%."""
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+    def load(self, location):
+        adapter = Path(location) / "adapter_config.json"
+        if adapter.exists():
+            base = trainable.get("base") or json.loads(adapter.read_text())["base_model_name_or_path"]
+            return PeftModel.from_pretrained(original(self, base), location).eval()
+        trainable["base"] = location
+        model = get_peft_model(original(self, location), LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=["query", "value"]))  # fmt: skip
+        trainable["n"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return model
+
+    return load
+
+
 def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dict:
     """LoRA (``peft``: rank ``rank`` on the attention's query and value matrices, the task head
     trained whole) through the library's own fine-tuning loop: the same training part, batches,
     schedule and scoring as full fine-tuning, each of the run's seeds for ``max_epochs`` with a
     checkpoint per epoch; the epoch with the best mean validation score over the seeds is
     chosen, and its dev scores reported."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
     import bertvision.finetune as ft
     from bertvision.config import FinetuneConfig
     from bertvision.io import atomic_write_json
@@ -129,14 +149,7 @@ def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dic
         raise SystemExit("lora: sentence tasks only here")
     original = ft.SentenceTuning.load
     trainable = {}
-
-    def load(self, location):
-        model = get_peft_model(original(self, location), LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=["query", "value"]))  # fmt: skip
-        trainable["n"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return model
-
-    ft.SentenceTuning.load = load
+    ft.SentenceTuning.load = lora_loader(original, rank, trainable)
     t0 = time.perf_counter()
     metrics = {}
     for seed in cfg["seeds"]:
@@ -196,8 +209,11 @@ def setfit(run: Path, max_steps: int = 300, batch_size: int = 16) -> dict:
     runs, seconds, params = [], 0.0, None
     for seed in cfg["seeds"]:
         model = SetFitModel.from_pretrained(location)
+        # save_strategy "no": the trainer's checkpoints (260 MB a seed: optimizer state and pickled
+        # training_args.bin) are never read; the scores are the result
         args = TrainingArguments(batch_size=batch_size, max_steps=max_steps, seed=seed, show_progress_bar=False,
-                                 report_to="none", output_dir=str(run / "peers" / "setfit" / f"seed-{seed}"))  # fmt: skip
+                                 save_strategy="no", report_to="none",
+                                 output_dir=str(run / "peers" / "setfit" / f"seed-{seed}"))  # fmt: skip
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict(
             {"text": texts(train, part), "label": labels[part].tolist()}))  # fmt: skip
         t1 = time.perf_counter()
