@@ -152,13 +152,16 @@ def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dic
     ft.SentenceTuning.load = lora_loader(original, rank, trainable)
     t0 = time.perf_counter()
     metrics = {}
-    for seed in cfg["seeds"]:
-        fcfg = FinetuneConfig(task=cfg["task"], encoder=cfg["encoder"], data_dir=cfg["data_dir"], lr=lr,
-                              epochs=float(max_epochs), save_at=tuple(float(e) for e in range(1, max_epochs)), seed=seed,
-                              validation_fraction=cfg["validation_fraction"], validation_seed=cfg["validation_seed"],
-                              train_examples=cfg["train_examples"], max_length=cfg["max_length"], device="cpu")  # fmt: skip
-        metrics[seed] = ft.finetune(fcfg, run / "peers" / "lora" / f"seed-{seed}").checkpoints
-    ft.SentenceTuning.load = original
+    try:
+        for seed in cfg["seeds"]:
+            fcfg = FinetuneConfig(task=cfg["task"], encoder=cfg["encoder"], data_dir=cfg["data_dir"], lr=lr,
+                                  epochs=float(max_epochs), save_at=tuple(float(e) for e in range(1, max_epochs)),
+                                  seed=seed, validation_fraction=cfg["validation_fraction"],
+                                  validation_seed=cfg["validation_seed"], train_examples=cfg["train_examples"],
+                                  max_length=cfg["max_length"], device="cpu")  # fmt: skip
+            metrics[seed] = ft.finetune(fcfg, run / "peers" / "lora" / f"seed-{seed}").checkpoints
+    finally:
+        ft.SentenceTuning.load = original
     select = KINDS[spec["kind"]].selection
     names = list(next(iter(metrics.values())))
     mean_val = {n: float(np.mean([select(m[n]["validation"]) for m in metrics.values()])) for n in names}

@@ -369,7 +369,6 @@ def test_the_lora_peer_scores_dev_with_the_adapter_it_saved(tiny_run, tiny_bert_
     kind = ft.SentenceTuning(toy, FinetuneConfig(task=str(task), encoder=str(tiny_bert_dir), device="cpu"), "cpu")
     load = peers.lora_loader(ft.SentenceTuning.load, 8, {"base": str(tiny_bert_dir)})
     dev = toy.load("dev")
-    torch.manual_seed(0)
     for folder in sorted((out / "peers" / "lora" / "seed-0").glob("checkpoint-*")):
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         batch = tokenizer(dev.texts[0][:8], dev.texts[1][:8], padding=True, return_tensors="pt")
