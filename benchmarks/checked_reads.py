@@ -1,5 +1,5 @@
 """What checking every store read costs: shards read unchecked (Parquet structure and schema
-only, as before the hardening issue) against checked (`store._read_entry`: also the sha256
+only, as before the hardening issue) against checked (`store.read_entry`: also the sha256
 against the manifest and finite values), and read again by the same process (checked once,
 unchanged since: the checks are skipped), in one run on the same files.
 
@@ -39,13 +39,13 @@ def build(folder: Path, rows: int, shard_rows: int) -> dict:
 
 def read_all(folder: Path, manifest: dict, how: str) -> float:
     if how == "checked":
-        st._CHECKED.clear()  # as a new process would: check every shard
+        st.reader._CHECKED.clear()  # as a new process would: check every shard
     t0 = time.perf_counter()
     for entry in manifest["shards"]:
         if how != "unchecked":
-            st._read_entry(folder, manifest, entry)
+            st.read_entry(folder, manifest, entry)
         else:
-            st._read_shard(folder / entry["file"], manifest, entry["rows"])
+            st.read_shard(folder / entry["file"], manifest, entry["rows"])
     return time.perf_counter() - t0
 
 

@@ -75,7 +75,7 @@ def main():
             best[name] = min(best[name], time.perf_counter() - t0)
     ray_run = {}
     if "ray" in loops:
-        ray_run = json.loads((tmp / "ray" / args.split / "manifest.json").read_text())["extra"]["last_run"]
+        ray_run = json.loads((tmp / "ray" / args.split / "_manifest.json").read_text())["extra"]["last_run"]
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"{torch.get_num_threads()} torch threads", "torch": torch.__version__,
            "task": args.task, "split": args.split, "examples": n, "mean_tokens": round(tokens / n, 1),

@@ -87,7 +87,7 @@ def main():
                                               "--out", str(store)], log)  # fmt: skip
         sizes = {}
         for split in ("train", "validation", "test"):
-            manifest = json.loads((store / split / "manifest.json").read_text())
+            manifest = json.loads((store / split / "_manifest.json").read_text())
             nbytes = sum((store / split / s["file"]).stat().st_size for s in manifest["shards"])
             tokens = manifest["extra"]["tokens"]
             sizes[split] = {"windows": manifest["rows"], "tokens": tokens, "bytes": nbytes,

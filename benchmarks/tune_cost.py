@@ -140,7 +140,7 @@ def main() -> None:
     nodes = []
     try:
         store = Path(args.store).absolute()
-        if not (store / "train" / "manifest.json").is_file():
+        if not (store / "train" / "_manifest.json").is_file():
             store = make_store(tmp)
         result = {"label": args.label, "date": datetime.date.today().isoformat(), "store": str(store),
                   "machine": f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}",

@@ -118,7 +118,7 @@ def main() -> None:
     for enc, where in (("pre", None), ("ft", str(ckpt))):
         for sel in ("cls", "mean"):
             cfg = EmbedConfig(task=args.task, checkpoint=where, splits=("train", "dev"), selection=sel, data_dir=args.data_dir)
-            timed(times, f"embed-{enc}-{sel}", out / f"{enc}-{sel}" / "train" / "manifest.json",
+            timed(times, f"embed-{enc}-{sel}", out / f"{enc}-{sel}" / "train" / "_manifest.json",
                   lambda cfg=cfg, enc=enc, sel=sel: embed(cfg, out / f"{enc}-{sel}"))  # fmt: skip
             save_times()
     from ray_jobs import tune
@@ -147,7 +147,7 @@ def main() -> None:
         store = out / f"ft{k}-{sel}"
         cfg = EmbedConfig(task=args.task, checkpoint=str(out / "baseline" / f"seed-{k}" / "checkpoint-e1"),
                           splits=("train", "dev"), selection=sel, data_dir=args.data_dir)  # fmt: skip
-        timed(times, f"embed-ft{k}-{sel}", store / "train" / "manifest.json", lambda cfg=cfg, store=store: embed(cfg, store))
+        timed(times, f"embed-ft{k}-{sel}", store / "train" / "_manifest.json", lambda cfg=cfg, store=store: embed(cfg, store))
         head = replace(trial_config(search, {**best, "store": str(store)}), seeds=(0,))
         timed(times, f"across-ft{k}", out / "across-ft" / f"ft{k}" / "summary.json",
               lambda head=head, k=k: train_heads(head, out / "across-ft" / f"ft{k}"))  # fmt: skip

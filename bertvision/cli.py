@@ -286,7 +286,7 @@ def _add_method_commands(commands) -> None:
         description="Draw one example of a store as a PNG, as the report does: a cls or mean store's (layers x "
         "hidden) states as one image, a token store's (tokens x hidden) states one panel per layer.",
     )
-    sh.add_argument("store", metavar="STORE", help="a store split folder (with manifest.json), or a store of split folders")
+    sh.add_argument("store", metavar="STORE", help="a store split folder (with _manifest.json), or a store of split folders")
     sh.add_argument("--id", required=True, dest="example_id", help="the example's id (e.g. dev-12)")
     sh.add_argument("--out", required=True, help="PNG file to write")
     sh.set_defaults(func=cmd_show)
@@ -300,7 +300,7 @@ def _add_method_commands(commands) -> None:
         "counts and tensor shapes as the manifest says. A folder holding split folders is checked "
         "split by split.",
     )
-    ver.add_argument("path", help="a store split folder (with manifest.json), or a folder of them")
+    ver.add_argument("path", help="a store split folder (with _manifest.json), or a folder of them")
     ver.set_defaults(func=cmd_store_verify)
 
 
@@ -674,17 +674,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_store_verify(args) -> int:
-    from pathlib import Path
+    from bertvision.store import split_folders, verify
 
-    from bertvision.store import MANIFEST_NAME, verify
-
-    root = Path(args.path)
-    folders = [root] if (root / MANIFEST_NAME).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}"))
-    if not folders:
-        from bertvision.errors import DataError
-
-        raise DataError(root, f"no {MANIFEST_NAME} here or in its sub-folders: not a store")
-    for folder in folders:
+    for folder in split_folders(args.path):
         report = verify(folder)
         print(f"{folder}: ok, {report['rows']} rows in {report['shards']} shard(s), "
               f"{report['bytes_per_row']:.0f} bytes per row")  # fmt: skip

@@ -2,7 +2,7 @@
 
     bertvision embed --task rte --checkpoint runs/rte/ft/checkpoint-e0.3 --out runs/rte/emb/e0.3
 
-writes ``OUT/<split>/`` for each split (Parquet shards + manifest.json, see `bertvision.store`).
+writes ``OUT/<split>/`` for each split (Parquet shards + _manifest.json, see `bertvision.store`).
 Shards are written atomically and a rerun skips complete ones, so a killed run resumes.
 
 Sentence tasks take ``cls`` or ``mean`` (one vector per layer and example) or ``tokens``: every

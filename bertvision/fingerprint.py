@@ -54,9 +54,9 @@ def splits_fingerprint(splits: dict) -> dict[str, str]:
 def store_fingerprint(path: str | os.PathLike | dict) -> str:
     """sha256 of a complete store's manifest content: its spec and every shard's checksum
     (not the creation time or throughput facts, which a byte-identical rerun changes)."""
-    from bertvision.store import _complete_manifest
+    from bertvision.store import complete_manifest
 
-    manifest = path if isinstance(path, dict) else _complete_manifest(Path(path))
+    manifest = path if isinstance(path, dict) else complete_manifest(Path(path))
     h, add = _hasher()
     skip = ("created", "code_version", "extra", "status")
     add({k: v for k, v in manifest.items() if k not in skip and k != "shards"})

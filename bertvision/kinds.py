@@ -418,7 +418,7 @@ def store_kind(root: str | Path):
     manifest = st.read_manifest(root / "train")
     spec = manifest.get("extra", {}).get("task_spec")
     if not spec:
-        raise DataError(root / "train" / "manifest.json", "manifest has no task_spec; re-embed with this version")
+        raise DataError(st.manifest_path(root / "train"), "manifest has no task_spec; re-embed with this version")
     sentence_tokens = manifest.get("token_layout") == "sentences"
     kind = TOKEN_KINDS[spec["kind"]] if sentence_tokens and spec["kind"] in TOKEN_KINDS else KINDS[spec["kind"]]
     windows = manifest.get("selection") == "tokens" and not sentence_tokens

@@ -507,14 +507,14 @@ def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = No
 
 def example_images(c: dict, n: int = 3) -> list[dict]:
     """A few dev examples of the best store drawn as images, with their text and label."""
-    from bertvision.store import first_ids, read_example
+    from bertvision.store import first_ids, has_manifest, read_example
 
     sel = c["finished"].get("tune", {}).get("result", {}).get("selection")
     if sel is None:
         return []
     split = c["evals"][0]
     folder = c["run"] / "store" / sel / split
-    if not (folder / "manifest.json").is_file():
+    if not has_manifest(folder):
         return []
     texts = _texts(c, split)
     out, seen = [], set()
@@ -632,12 +632,10 @@ def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLi
     """Draw one stored example (``store``: a split folder, or a store of split folders, searched
     in order) into the PNG ``out``, as the report draws its examples."""
     from bertvision.io import atomic_write_bytes
-    from bertvision.store import MANIFEST_NAME, read_example, read_manifest
+    from bertvision.store import read_example, read_manifest, split_folders
 
     root = Path(store)
-    folders = [root] if (root / MANIFEST_NAME).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}"))
-    if not folders:
-        raise DataError(root, f"no {MANIFEST_NAME} here or in its sub-folders: not a store")
+    folders = split_folders(root)
     for folder in folders:
         ex = read_example(folder, example_id)
         if ex is None:

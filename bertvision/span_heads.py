@@ -159,7 +159,7 @@ def load_parts(store: str | Path, data_dir: str | None, validation_fraction: flo
         st.load_split(root / "train")  # raises the store's own "incomplete" error
     spec = manifest.get("extra", {}).get("task_spec")
     if not spec:
-        raise DataError(root / "train" / "manifest.json", "manifest has no task_spec; re-embed with this version")
+        raise DataError(st.manifest_path(root / "train"), "manifest has no task_spec; re-embed with this version")
     task = get_task(spec["name"], data_dir)
     parts = span_parts(task, validation_fraction, validation_seed)
     questions = {"validation": parts["validation"]}

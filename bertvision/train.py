@@ -192,7 +192,7 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
     # Fingerprints from the manifests (cheap): a finished run on the same stores is reused
     # without reading them; every shard read later is checked (sha256, finite).
     used = dict.fromkeys(["train", "validation", *eval_names])  # STORE/validation: spans' own part
-    inputs = {name: store_fingerprint(root / name) for name in used if (root / name / st.MANIFEST_NAME).is_file()}
+    inputs = {name: store_fingerprint(root / name) for name in used if st.has_manifest(root / name)}
     compared = {**asdict(cfg), **(settings or {})}
     with claim(out_dir, "head training"):
         if previous_run(out_dir, compared, "train", inputs, SEED_GLOBS, upgrade=_upgrade_config) is not None:

@@ -143,17 +143,17 @@ def _flip_dev_labels(split: Path) -> None:
     """Rewrite a classification store's labels as 1 - label, with the manifest's checksums."""
     import hashlib
 
-    from bertvision.store import _encode_parquet
+    from bertvision.store import encode_parquet
 
-    manifest = json.loads((split / "manifest.json").read_text())
+    manifest = json.loads((split / "_manifest.json").read_text())
     for entry in manifest["shards"]:
         table = pq.read_table(split / entry["file"])
         i = table.column_names.index("label")
         table = table.set_column(i, "label", pa.array(1 - table.column("label").to_numpy(), pa.int64()))
-        data = _encode_parquet(table).to_pybytes()
+        data = encode_parquet(table).to_pybytes()
         (split / entry["file"]).write_bytes(data)
         entry["sha256"] = hashlib.sha256(data).hexdigest()
-    (split / "manifest.json").write_text(json.dumps(manifest))
+    (split / "_manifest.json").write_text(json.dumps(manifest))
 
 
 def test_greedy_selection_with_replacement():

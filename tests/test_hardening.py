@@ -66,13 +66,13 @@ def rewrite_shard(folder: Path, index: int, change) -> None:
     change(hidden)
     column = pa.FixedShapeTensorArray.from_numpy_ndarray(hidden)
     table = table.set_column(table.column_names.index("hidden"), "hidden", column)
-    data = st._encode_parquet(table)
+    data = st.encode_parquet(table)
     file.write_bytes(data.to_pybytes())
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / "_manifest.json").read_text())
     import hashlib
 
     manifest["shards"][index]["sha256"] = hashlib.sha256(data.to_pybytes()).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "_manifest.json").write_text(json.dumps(manifest))
 
 
 # ------------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def test_5_a_full_disk_during_embed(small_disk, tmp_path):
     assert "no space left on device" in line.lower() and str(out / "train") in line
     leftovers = [p.name for p in (out / "train").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []  # only whole shards, resumable; no temporary files
-    assert json.loads((out / "train" / "manifest.json").read_text())["status"] == "incomplete"
+    assert json.loads((out / "train" / "_manifest.json").read_text())["status"] == "incomplete"
 
 
 def test_5_a_full_disk_during_finetune(small_disk, tmp_path, tiny_bert_dir):

@@ -107,7 +107,7 @@ def test_store_files_follow_umask(tmp_path, umask, mask):
     assert manifest["status"] == "complete"
     files = sorted(p for p in folder.iterdir())
     names = [p.name for p in files]
-    assert "manifest.json" in names and "shard-00000.parquet" in names
+    assert "_manifest.json" in names and "shard-00000.parquet" in names
     assert not [n for n in names if n.endswith(".tmp")], names
     for p in files:
         assert mode(p) == 0o666 & ~mask, f"{p.name}: {oct(mode(p))}"

@@ -199,8 +199,8 @@ def test_a_store_of_the_training_subset_holds_what_heads_read_and_trains_the_sam
     ckpt = str(out / "checkpoint-e1")
     embed(EmbedConfig(task=str(cfg), checkpoint=ckpt, splits=("train", "dev")), tmp_path / "full")
     embed(EmbedConfig(task=str(cfg), checkpoint=ckpt, splits=("train", "dev"), train_examples=30), tmp_path / "sub")
-    full = json.loads((tmp_path / "full" / "train" / "manifest.json").read_text())
-    sub = json.loads((tmp_path / "sub" / "train" / "manifest.json").read_text())
+    full = json.loads((tmp_path / "full" / "train" / "_manifest.json").read_text())
+    sub = json.loads((tmp_path / "sub" / "train" / "_manifest.json").read_text())
     assert full["rows"] == 80 and sub["rows"] == 30 + 8  # the 10% validation part and the 30
     assert sub["extra"]["subset"]["of_rows"] == 80 and len(sub["extra"]["subset"]["train"]) == 30
     assert sub["source_sha256"] != full["source_sha256"]

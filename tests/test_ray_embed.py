@@ -262,7 +262,7 @@ def test_a_submitted_job_killed_and_submitted_again_equals_the_library_loop(head
     for pid in drivers:
         os.kill(pid, signal.SIGKILL)
     written = len(list((out / "train").glob("shard-*.parquet")))
-    manifest = json.loads((out / "train" / "manifest.json").read_text())
+    manifest = json.loads((out / "train" / "_manifest.json").read_text())
     assert manifest["status"] == "incomplete" and written < 30, written  # killed part-way (30 shards planned)
     proc = _submit(head, task, out)
     assert "succeeded" in proc.stdout.lower(), proc.stdout[-2000:]

@@ -53,7 +53,7 @@ def test_a_run_writes_every_stage_and_says_its_headline(tiny_run):
     summary = json.loads((out / "pipeline.json").read_text())
     assert summary["status"] == "done" and summary["report"] == str(out / "report.html")
     # the store is the first seed's 1-epoch checkpoint; the heads are the best trial, every seed
-    manifest = json.loads((out / "store" / "cls" / "train" / "manifest.json").read_text())
+    manifest = json.loads((out / "store" / "cls" / "train" / "_manifest.json").read_text())
     assert manifest["checkpoint"].endswith("finetune/seed-0/checkpoint-e1")
     board = json.loads((out / "tune" / "leaderboard.json").read_text())
     heads = json.loads((out / "heads" / "config.json").read_text())["train"]
@@ -153,7 +153,7 @@ def test_a_rerun_reuses_every_stage_and_a_changed_setting_redoes_only_what_reads
 def test_show_draws_one_stored_example_and_names_what_is_wrong(tiny_run, tmp_path):
     _, out, _ = tiny_run
     store = out / "store" / "cls"
-    first = json.loads((store / "dev" / "manifest.json").read_text())["shards"][0]["first_id"]
+    first = json.loads((store / "dev" / "_manifest.json").read_text())["shards"][0]["first_id"]
     png = tmp_path / "ex.png"
     proc = _cli("show", store, "--id", first, "--out", png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in proc.stdout
@@ -291,7 +291,7 @@ def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bun
     words = " ".join(proc.stdout.split())
     assert "dev exact / f1: the best head scores" in words and "always no answer" in words
     # a drawn window with its answer boxed, through show
-    window = json.loads((out / "store" / "tokens" / "dev" / "manifest.json").read_text())["shards"][0]["first_id"]
+    window = json.loads((out / "store" / "tokens" / "dev" / "_manifest.json").read_text())["shards"][0]["first_id"]
     _cli("show", out / "store" / "tokens", "--id", window, "--out", tmp_path / "w.png")
     assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -116,6 +116,27 @@ def test_pyarrow_alone_reads_the_tensor_with_its_shape(store):
     assert table.column("label").type == "int64"
 
 
+def test_folder_readers_take_a_store_split(store):
+    """The manifest's leading underscore makes Parquet's folder readers skip it: a split folder
+    reads as one dataset of its shards' rows."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(store, format="parquet").to_table()
+    assert table.num_rows == ROWS and table.column("id").to_pylist() == load_split(store).ids
+    assert len(pd.read_parquet(store, columns=["id", "label"])) == ROWS
+
+
+def test_a_store_written_with_the_old_manifest_name_still_reads(tmp_path):
+    path = tmp_path / "old"
+    build(path)
+    (path / MANIFEST_NAME).rename(path / "manifest.json")  # as stores were written before
+    assert is_complete(path) and verify(path)["rows"] == ROWS
+    assert load_split(path).ids == make_data()[0]
+    # a writer resuming it keeps its name
+    assert StoreWriter(path, make_spec(), ROWS).complete and not (path / MANIFEST_NAME).exists()
+
+
 def test_regression_and_unlabelled(tmp_path):
     build(tmp_path / "r", make_spec(label_kind="regression"))
     split = load_split(tmp_path / "r")
@@ -238,7 +259,7 @@ def test_write_shard_shape_and_dtype(writer):
         writer.write_shard(0, ids[:16], hidden[:16], labels[:15])
     with pytest.raises(ValueError, match="integers"):
         writer.write_shard(0, ids[:16], hidden[:16], labels[:16].astype(np.float32))
-    with pytest.raises(ValueError, match="no labels"):
+    with pytest.raises(ValueError, match="labels needed"):
         writer.write_shard(0, ids[:16], hidden[:16], None)
     assert writer.pending_shards() == [0, 1, 2, 3]
 
@@ -401,7 +422,7 @@ def test_resume_rewrites_a_damaged_shard(tmp_path):
 
 def test_folder_with_shards_but_no_manifest(store):
     (store / MANIFEST_NAME).unlink()
-    with pytest.raises(DataError, match="no manifest.json"):
+    with pytest.raises(DataError, match="no _manifest.json"):
         StoreWriter(store, make_spec(), ROWS)
 
 

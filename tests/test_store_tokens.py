@@ -128,9 +128,9 @@ def test_spec_tokens_validation_and_dict_round_trip():
     assert make_spec(label_kind=None).label_kind is None
     with pytest.raises(ConfigError, match="label_kind"):
         make_spec(label_kind="classification")
-    with pytest.raises(ConfigError, match="label_kind: 'span' needs selection 'tokens'"):
+    with pytest.raises(ConfigError, match="label_kind: a vectors store .* not 'span'"):
         make_spec(selection="cls")
-    with pytest.raises(ConfigError, match="encoder_logits: true needs selection 'tokens'"):
+    with pytest.raises(ConfigError, match="encoder_logits: a vectors store's encoder logits come with their width"):
         make_spec(selection="mean", label_kind=None)
     with pytest.raises(ConfigError, match="encoder_logits"):
         make_spec(encoder_logits=1)
@@ -358,24 +358,24 @@ def test_write_shard_refuses_bad_windows(writer, data):
 
 
 def test_write_shard_refuses_missing_or_extra_inputs(writer, data):
-    with pytest.raises(ValueError, match="shard 1: a 'tokens' store needs example_ids"):
+    with pytest.raises(ValueError, match="shard 1: example_ids needed"):
         write_shard(writer, data, 1, example_ids=None)
     with pytest.raises(ValueError, match="shard 1: expected 4 example_ids"):
         write_shard(writer, data, 1, example_ids=data["example_ids"][:3])
-    with pytest.raises(ValueError, match="shard 1: a 'tokens' store needs offsets"):
+    with pytest.raises(ValueError, match="shard 1: offsets needed"):
         write_shard(writer, data, 1, offsets=None)
-    with pytest.raises(ValueError, match="encoder_logits true, but none"):
+    with pytest.raises(ValueError, match="encoder_logits needed .*encoder_logits is true"):
         write_shard(writer, data, 1, encoder_logits=None)
-    with pytest.raises(ValueError, match="no labels"):
+    with pytest.raises(ValueError, match="labels needed"):
         write_shard(writer, data, 1, labels=None)
-    with pytest.raises(ValueError, match=r"labels shape expected \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"labels shape expected \(rows, start, end\) = \(4, 2\)"):
         write_shard(writer, data, 1, labels=data["labels"][4:8, 0])
     with pytest.raises(ValueError, match="expected 4 hidden arrays"):
         write_shard(writer, data, 1, hidden=data["hidden"][4:7])
     assert writer.pending_shards() == [0, 1, 2]
 
     no_logits = StoreWriter(writer.path.parent / "n", make_spec(encoder_logits=False), WINDOWS)
-    with pytest.raises(ValueError, match="encoder_logits false, but encoder_logits were"):
+    with pytest.raises(ValueError, match="encoder_logits not taken by this store .*encoder_logits is false"):
         write_shard(no_logits, data, 0)
     assert no_logits.pending_shards() == [0, 1, 2]
 
@@ -386,7 +386,7 @@ def test_token_keywords_on_a_cls_store(tmp_path):
     hidden = np.zeros((4, L, H), np.float16)
     ids = ["a", "b", "c", "d"]
     for keyword in ("example_ids", "offsets", "encoder_logits"):
-        with pytest.raises(ValueError, match=f"shard 0: {keyword} only go with selection"):
+        with pytest.raises(ValueError, match=f"shard 0: {keyword} not taken by this store"):
             writer.write_shard(0, ids, hidden, **{keyword: [np.zeros((1, 2))] * 4})
     assert writer.pending_shards() == [0]
 
@@ -399,9 +399,9 @@ def _replace_shard(store: Path, k: int, table: pa.Table) -> Path:
     file = store / shard_file(k)
     pq.write_table(table, file, compression="none")
     manifest = json.loads((store / MANIFEST_NAME).read_text())
-    from bertvision.store import _file_sha256
+    from bertvision.store import file_sha256
 
-    manifest["shards"][k]["sha256"] = _file_sha256(file)
+    manifest["shards"][k]["sha256"] = file_sha256(file)
     (store / MANIFEST_NAME).write_text(json.dumps(manifest))
     return file
 

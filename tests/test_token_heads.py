@@ -222,9 +222,9 @@ def test_sentence_token_store_refuses_bad_rows(tmp_path):
         writer.write_shard(0, ["a", "b"], hidden, np.array([1, 0]), segments=[segments[0], np.array([0, 2, 1])])
     with pytest.raises(ValueError, match="segments shape expected"):
         writer.write_shard(0, ["a", "b"], hidden, np.array([1, 0]), segments=[segments[0], np.array([0, 1])])
-    with pytest.raises(ValueError, match="needs segments"):
+    with pytest.raises(ValueError, match="segments needed"):
         writer.write_shard(0, ["a", "b"], hidden, np.array([1, 0]))
-    with pytest.raises(ValueError, match="offsets go with windows"):
+    with pytest.raises(ValueError, match="offsets not taken"):
         writer.write_shard(0, ["a", "b"], hidden, np.array([1, 0]), segments=segments,
                            offsets=[np.zeros((5, 2)), np.zeros((3, 2))])  # fmt: skip
     with pytest.raises(ValueError, match="labels shape"):
