@@ -1,7 +1,7 @@
 """Tune's own cost: how much of a head search's time its trials spend in training steps, on one
 Ray node and on two, in one run on the same store.
 
-    BERTVISION_DATA=/work/shared/data python benchmarks/tune_cost.py [--store runs/demo/store]
+    BERTVISION_DATA=../shared/data python benchmarks/tune_cost.py [--store runs/demo/store]
         [--trials 24] [--max-concurrent 2] [--label before] [--json docs/bench/tune_cost.json]
         [-- extra options of python -m ray_jobs.tune]
     python benchmarks/tune_cost.py --summarise SEARCH [SEARCH ...] [--markdown]   # finished searches

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bertvision.metrics.squad_v2 import (
     read_gold,
     squad_v2_scores,
 )
+from tests.conftest import shared_data_dir
 
 # Six questions; q1-q4 are answerable, q5 and q6 are not.
 #
@@ -274,9 +274,7 @@ def test_bad_files(files, tmp_path):
         evaluate_files(data, preds, bad_prob)
 
 
-OFFICIAL_DEV = (
-    Path(os.environ.get("BERTVISION_DATA", "/work/shared/data")) / "squad2" / "dev-v2.0.json"
-)
+OFFICIAL_DEV = (shared_data_dir() or Path("missing")) / "squad2" / "dev-v2.0.json"
 
 
 @pytest.mark.skipif(not OFFICIAL_DEV.is_file(), reason=f"{OFFICIAL_DEV} is not present")

@@ -17,7 +17,6 @@ import torch
 from bertvision.errors import ConfigError, DataError
 from bertvision.store import (
     MANIFEST_NAME,
-    TARGET_SHARD_BYTES,
     StoreSpec,
     StoreWriter,
     TokenSplit,
@@ -31,6 +30,7 @@ from bertvision.store import (
     suggest_window_rows,
     verify,
 )
+from bertvision.store.spec import TARGET_SHARD_BYTES
 
 WINDOWS, L, H, SHARD_ROWS, MAX_LENGTH = 10, 3, 4, 4, 64  # 3 shards: 4, 4, 2 windows
 
