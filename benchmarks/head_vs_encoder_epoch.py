@@ -18,7 +18,7 @@ import torch
 from bertvision.encoders import (
     collate,
     encode_split,
-    length_grouped_batches,
+    length_batches,
     load_model,
     load_tokenizer,
     resolve_encoder,
@@ -40,7 +40,7 @@ def encoder_epoch_seconds(task_name: str, steps: int, batch_size: int = 32) -> t
     model = load_model(resolve_encoder(None)[1], task.spec, torch.device("cpu"))
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
     lengths = np.array([len(x) for x in enc["input_ids"]])
-    batches = length_grouped_batches(lengths, batch_size, np.random.default_rng(0))
+    batches = length_batches(lengths, batch_size, np.random.default_rng(0), window=batch_size * 50)
     model.train()
     t0 = time.perf_counter()
     for idx in batches[:steps]:

@@ -33,7 +33,8 @@ import numpy as np
 from bertvision.config import EmbedConfig, HeadArchitecture, HeadTrainConfig
 from bertvision.embed import embed
 from bertvision.io import atomic_write_json
-from bertvision.kinds import TokenRows, store_kind
+from bertvision.kinds import store_kind
+from bertvision.sentences.heads import TokenRows
 from bertvision.tasks import get_task
 from bertvision.train import fit_head, summarize, train_heads
 

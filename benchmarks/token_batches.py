@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from bertvision import kinds
 from bertvision import store as st
 from bertvision.io import atomic_write_json
 from bertvision.models import adapter_pooler
+from bertvision.sentences.heads import TokenRows
 
 
 def old_module(rev: str, path: str, name: str):
@@ -75,7 +75,7 @@ def main() -> None:
     old_heads = old_module(args.rev, "bertvision/models/adapter_pooler.py", "old_adapter_pooler")
     split = st.load_split(Path(args.store) / "train")
     variants = {"old": (old_kinds.TokenRows.from_split(split), old_heads),
-                "new": (kinds.TokenRows.from_split(split), adapter_pooler)}  # fmt: skip
+                "new": (TokenRows.from_split(split), adapter_pooler)}  # fmt: skip
     rows = variants["new"][0]
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).numpy()
     batches = [order[i : i + 64] for i in range(0, 64 * args.batches, 64)]

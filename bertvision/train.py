@@ -39,8 +39,9 @@ from bertvision.config import HeadArchitecture, HeadTrainConfig
 from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError, decode_error, json_error
 from bertvision.fingerprint import store_fingerprint
+from bertvision.heads import HeadData, same_source
 from bertvision.io import atomic_folder, atomic_write_bytes, atomic_write_json
-from bertvision.kinds import HeadData, head_kind, same_source, store_kind
+from bertvision.kinds import head_kind, store_kind
 from bertvision.models.adapter_pooler import AdapterPoolerConfig
 from bertvision.outdir import check_out_dir, claim, previous_run
 from bertvision.runtime import (
@@ -277,7 +278,7 @@ def head_meta(pooler: dict, data: HeadData, kind, chosen: dict, cfg: HeadTrainCo
     """head_config.json of a head trained on ``data``: the AdapterPoolerConfig, what it was
     trained on, the kind's extras (spans: the threshold chosen on validation), the config."""
     return {"adapter_pooler": pooler, "task": data.spec, "encoder": data.manifest["encoder"],
-            "checkpoint": data.manifest.get("checkpoint"), **kind.head_meta(data, chosen), "train": asdict(cfg)}  # fmt: skip
+            "checkpoint": data.manifest.get("checkpoint"), **kind.config_extras(data, chosen), "train": asdict(cfg)}  # fmt: skip
 
 
 # What a head run writes besides config.json, metrics.json and summary.json (a killed run's are

@@ -16,7 +16,9 @@ from bertvision.config import (
     from_dict,
 )
 from bertvision.errors import ConfigError
-from bertvision.kinds import KINDS, HeadData, selection_score
+from bertvision.heads import HeadData
+from bertvision.kinds import KINDS
+from bertvision.sentences.heads import selection_score
 from bertvision.train import fit_head
 
 SPEC = {"name": "toy", "kind": "classification", "labels": ["no", "yes"], "metrics": ["accuracy", "macro_f1"]}
@@ -177,8 +179,8 @@ def test_fit_head_resumed_from_a_saved_state_ends_as_the_uninterrupted_run(tmp_p
 
 def test_a_training_subset_is_seeded_and_leaves_the_validation_part_as_carved(toy_task):
     from bertvision.config import FinetuneConfig
-    from bertvision.finetune import SentenceTuning
-    from bertvision.qa import SpanTuning
+    from bertvision.sentences.tuning import SentenceTuning
+    from bertvision.spans.tuning import SpanTuning
     from bertvision.tasks import get_task
 
     task = get_task(str(toy_task))

@@ -23,10 +23,12 @@ import pytest
 
 from bertvision.config import EmbedConfig, EnsembleConfig, FinetuneConfig, SearchConfig
 from bertvision.embed import embed
-from bertvision.ensemble import combine_outputs, ensemble, greedy_weights, softmax_rows
+from bertvision.ensemble import ensemble
 from bertvision.errors import ConfigError
 from bertvision.finetune import finetune
 from bertvision.search import default_point, load_stores, run_trial
+from bertvision.sentences.ensemble import combine_outputs, greedy_weights
+from bertvision.sentences.heads import softmax_rows
 from bertvision.store import load_split, read_manifest
 from tests.conftest import bertvision_cli, write_toy_task
 
@@ -189,14 +191,15 @@ def test_regression_averages_predictions(regression, tmp_path):
     assert result["kind"] == "regression" and result["metrics"] == ["pearson", "spearman"]
     assert read_manifest(root / "cls" / "train")["encoder_outputs"] == 1
     # the uniform ensemble's dev score is the metric of the plain mean of the members' predictions
-    from bertvision.kinds import predict, selection_score
+    from bertvision.kinds import KINDS
     from bertvision.metrics import compute_metrics
+    from bertvision.sentences.heads import selection_score
     from bertvision.train import load_head
 
     dev = load_split(root / "cls" / "dev")
     outputs = []
     for name, m in result["members"].items():
-        outputs.append(dev.encoder_logits if name == "encoder" else predict(load_head(m["folder"])[0], dev.hidden))
+        outputs.append(dev.encoder_logits if name == "encoder" else KINDS["regression"].outputs(load_head(m["folder"])[0], dev.hidden))
     mean = np.mean(np.asarray(outputs, np.float64), axis=0)  # the ensemble averages in float64
     expected = compute_metrics(["pearson", "spearman"], mean, dev.labels.numpy())
     uniform = result["ensembles"]["uniform"]["dev"]

@@ -180,7 +180,7 @@ def test_finished_runs_are_reused_and_other_settings_refused(finetuned, tiny_ber
 
 
 def test_selection_score_is_the_glue_task_score():
-    from bertvision.kinds import selection_score
+    from bertvision.sentences.heads import selection_score
 
     # MRPC-like: all-positive has the best F1 but the worse mean of F1 and accuracy.
     all_positive, learned = {"f1": 0.81, "accuracy": 0.68}, {"f1": 0.80, "accuracy": 0.74}
@@ -193,7 +193,7 @@ def test_a_store_of_the_training_subset_holds_what_heads_read_and_trains_the_sam
     """embed --train-examples N keeps the validation part and fine-tuning's N training examples
     only; heads on it match heads on the whole store with --train-examples N, example for
     example, and a head asking for another carve is refused."""
-    from bertvision.ensemble import load_parts_of
+    from bertvision.sentences.ensemble import load_parts_of
 
     _, cfg, out, _ = finetuned
     ckpt = str(out / "checkpoint-e1")
@@ -212,6 +212,6 @@ def test_a_store_of_the_training_subset_holds_what_heads_read_and_trains_the_sam
         with pytest.raises(ConfigError, match="holds only the validation part and 30 training examples"):
             train_heads(HeadTrainConfig(store=str(tmp_path / "sub"), **heads, **bad), tmp_path / "hc")
     # the ensemble's validation part is the heads' too
-    ids_full = load_parts_of(tmp_path / "full", (0.1, 0))[2]["validation"].ids
-    ids_sub = load_parts_of(tmp_path / "sub", (0.1, 0))[2]["validation"].ids
+    ids_full = load_parts_of(tmp_path / "full", (0.1, 0))[3]["validation"].ids
+    ids_sub = load_parts_of(tmp_path / "sub", (0.1, 0))[3]["validation"].ids
     assert ids_full == ids_sub and len(ids_sub) == 8

@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from bertvision.ensemble import combine, member_probs
 from bertvision.errors import ConfigError
 from bertvision.models.adapter_pooler import AdapterPoolerConfig, SpanAdapterPooler, span_loss
-from bertvision.span_heads import WindowSet, head_logits
-from bertvision.spans import SpanPredictions, best_span, choose_threshold, postprocess, score
+from bertvision.spans.answers import (
+    SpanPredictions,
+    best_span,
+    choose_threshold,
+    postprocess,
+    score,
+)
+from bertvision.spans.data import WindowSet, head_logits
+from bertvision.spans.ensemble import combine, member_probs
 
 
 def _head(**kw) -> SpanAdapterPooler:

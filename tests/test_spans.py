@@ -5,7 +5,8 @@ import pytest
 
 from bertvision.errors import ConfigError
 from bertvision.metrics.squad_v2 import normalize_answer
-from bertvision.spans import NO_ANSWER, best_span, make_windows, span_text
+from bertvision.spans.answers import best_span
+from bertvision.spans.windows import NO_ANSWER, make_windows, span_text
 from bertvision.tasks import get_task
 from bertvision.tasks.squad import Answer, SquadExample
 

@@ -99,7 +99,7 @@ def test_qa_finetune_writes_checkpoints_scored_with_a_validation_threshold(tiny_
 
 def test_token_store_keeps_every_real_token_and_no_padding(token_store, tiny_qa, squad_dir, bundled_tokenizer):
     from bertvision import store as st
-    from bertvision.spans import make_windows
+    from bertvision.spans.windows import make_windows
     from bertvision.tasks import get_task
 
     out, manifests = token_store
@@ -118,7 +118,7 @@ def test_token_store_keeps_every_real_token_and_no_padding(token_store, tiny_qa,
 
 def test_stored_offsets_map_gold_tokens_back_to_the_gold_text(token_store, squad_dir):
     from bertvision import store as st
-    from bertvision.spans import span_text
+    from bertvision.spans.windows import span_text
     from bertvision.tasks import get_task
 
     out, _ = token_store
@@ -139,8 +139,8 @@ def test_stored_offsets_map_gold_tokens_back_to_the_gold_text(token_store, squad
 
 def test_stored_encoder_logits_are_the_fine_tuned_models_logits(token_store, tiny_qa, squad_dir):
     from bertvision import store as st
-    from bertvision.qa import load_qa_model, window_logits
-    from bertvision.spans import make_windows
+    from bertvision.spans.tuning import load_qa_model, window_logits
+    from bertvision.spans.windows import make_windows
     from bertvision.tasks import get_task
 
     out, _ = token_store

@@ -120,7 +120,7 @@ def test_flatten_reads_the_first_positions_only():
 
 def test_token_rows_batch_pads_each_row_to_the_longest():
     """A batch of stored rows: each row's tokens in order, then zeros; its mask and segments."""
-    from bertvision.kinds import TokenRows
+    from bertvision.sentences.heads import TokenRows
 
     hidden = torch.randn(8, L, H).half()  # rows of 3, 1 and 4 tokens, back to back
     segments = torch.tensor([0, 0, 1, 0, 0, 1, 1, 1])
@@ -351,8 +351,8 @@ def test_heads_train_on_fine_tunings_subset_of_the_training_part(toy_stores):
     """--train-examples N: heads on every sentence store train on the N examples fine-tuning's
     --train-examples N trains on; the validation part stays as carved."""
     from bertvision.config import FinetuneConfig, HeadTrainConfig
-    from bertvision.finetune import SentenceTuning
     from bertvision.kinds import store_kind
+    from bertvision.sentences.tuning import SentenceTuning
     from bertvision.tasks import get_task
 
     root, task = toy_stores
@@ -378,7 +378,7 @@ def test_token_and_mean_heads_ensemble_on_their_own_stores(toy_stores, tmp_path)
     from dataclasses import asdict
 
     from bertvision.config import EnsembleConfig, HeadTrainConfig, Optimisation
-    from bertvision.ensemble import sentence_ensemble
+    from bertvision.sentences.ensemble import sentence_ensemble
     from bertvision.train import train_heads
 
     root, _ = toy_stores

@@ -1,25 +1,17 @@
-"""AdapterPooler: a small head on the hidden states of every encoder layer.
+"""AdapterPooler: a small head on the hidden states of every encoder layer, (..., L, H) -> (..., C):
 
-Input is the stack of hidden states (..., L, H): L = embedding output + one per encoder layer,
-H = hidden size. The pipeline is
+    adapter (Linear H -> A and an activation; shared, or per layer)                (..., L, A)
+    combine: "flatten" (the original LayerWeightShare) or "scalar_mix"             (..., L*A | A)
+    residual: the last layer's H-vector concatenated (the best model's skip), dropout, Linear -> C
 
-    adapter (Linear H -> A, then GELU or another activation; shared, or per layer)  (..., L, A)
-    combine: "flatten" (concatenate the layers, as the original LayerWeightShare)   (..., L*A)
-          or "scalar_mix" (softmax-weighted sum of layers times a scale gamma)      (..., A)
-    residual: concatenate the last layer's H-vector (the skip of the best model)    (..., F+H)
-    dropout, then Linear -> num_outputs                                             (..., C)
-
-Leading dims are free, so the same head runs per example (B, L, H) or per token (B, T, L, H).
-
-`SpanAdapterPooler` is the span head (SQuAD): the same pipeline per token and layer of a window,
-with two outputs per token (start and end logits), padding positions masked out of both, and
-the CLS position (token 0) standing for "no answer". Tokens never interact, so a token's logits
-depend on its own hidden states only.
+Leading dims are free: per example (B, L, H), or per token (`SpanAdapterPooler`: start/end
+logits per token of a SQuAD window; `TokenAdapterPooler`: a sentence head pooling its tokens).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -30,7 +22,6 @@ from torch import nn
 from bertvision.config import HeadArchitecture
 from bertvision.errors import ConfigError
 
-TASK_KINDS = ("classification", "regression", "span")
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
 
@@ -43,17 +34,13 @@ class AdapterPoolerConfig(HeadArchitecture):
     hidden_size: int
     """H: width of each hidden state."""
     num_outputs: int
-    """Number of labels (at least 2) for classification; exactly 1 for regression; 2 for spans
-    (start and end logits per token)."""
+    """C: the labels (classification, at least 2), 1 (regression), or 2 per token (span)."""
     task_kind: str = "classification"
-    """"classification" (logits, cross-entropy), "regression" (one value, MSE) or "span"
-    (per-token start/end logits, cross-entropy over a window's tokens)."""
+    """"classification", "regression" or "span" (`HEAD_TASKS`: its loss and outputs)."""
     token_states: bool = False
-    """The input is every token of a sentence (or pair) from a token store, pooled by
-    ``pooling`` (`TokenAdapterPooler`); false: one vector per layer (cls/mean stores)."""
+    """Every token of a sentence (or pair) is the input, pooled by ``pooling`` (`TokenAdapterPooler`)."""
     num_segments: int = 1
-    """Token stores: 1 for single sentences, 2 for pairs (mean and attention pooling pool each
-    sentence apart and concatenate, first sentence first)."""
+    """Token stores: 1 for single sentences, 2 for pairs (mean and attention pool each apart)."""
 
     def __post_init__(self) -> None:
         for name in ("num_hidden_states", "hidden_size", "num_outputs"):
@@ -66,21 +53,14 @@ class AdapterPoolerConfig(HeadArchitecture):
                               f"got {self.first_layer}")  # fmt: skip
         if self.num_segments not in (1, 2) or isinstance(self.num_segments, bool):
             raise ConfigError(f"num_segments must be 1 or 2, got {self.num_segments!r}")
-        if self.token_states and self.task_kind == "span":
+        task = head_task(self.task_kind)
+        if self.token_states and task.windows:
             raise ConfigError("token_states is for sentence tasks; span heads read windows of tokens")
-        if self.task_kind not in TASK_KINDS:
-            raise ConfigError(f"task_kind must be one of {TASK_KINDS}, got {self.task_kind!r}")
-        if self.task_kind == "regression" and self.num_outputs != 1:
-            raise ConfigError(f"num_outputs must be 1 for regression, got {self.num_outputs}")
-        if self.task_kind == "span" and self.num_outputs != 2:
-            raise ConfigError(f"num_outputs must be 2 (start, end) for spans, got {self.num_outputs}")
-        if self.task_kind == "classification" and self.num_outputs < 2:
-            raise ConfigError(
-                f"num_outputs must be at least 2 for classification, got {self.num_outputs}"
-            )
+        low, high = task.outputs
+        if not low <= self.num_outputs <= (high or self.num_outputs):
+            raise ConfigError(f"num_outputs must be {task.wording}, got {self.num_outputs}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict; `from_dict` inverts it."""
         return asdict(self)
 
     @classmethod
@@ -180,10 +160,8 @@ class AdapterPooler(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # hidden: (..., L, H)
         c = self.config
         if tuple(hidden.shape[-2:]) != (c.num_hidden_states, c.hidden_size):
-            raise ValueError(
-                f"hidden states have shape {tuple(hidden.shape)}, expected (..., "
-                f"{c.num_hidden_states}, {c.hidden_size}) (num_hidden_states, hidden_size)"
-            )
+            raise ValueError(f"hidden states have shape {tuple(hidden.shape)}, expected (..., {c.num_hidden_states}, "
+                             f"{c.hidden_size}) (num_hidden_states, hidden_size)")  # fmt: skip
         # Stored states are float16; compute in the module's dtype (float32 unless converted).
         x = hidden.to(self.out.weight.dtype)  # (..., L, H)
         z = self.combined(x)  # (..., F)
@@ -200,20 +178,11 @@ class AdapterPooler(nn.Module):
 
 class TokenAdapterPooler(AdapterPooler):
     """The sentence head over token states: (B, T, L, H) tokens, (B, T) mask and (B, T) segments
-    (0: first sentence, 1: second) -> (B, num_outputs).
-
-    Every token goes through the adapter and the layer combination (F features per token),
-    padding is zeroed, then ``pooling`` turns the tokens into one vector:
-
-    - flatten (the original GLUE head): the first ``positions`` tokens' features side by side,
-      zero-padded, (positions * F); with the residual skip also their last-layer states;
-    - mean: the masked mean over each sentence's tokens, (S * F) for S sentences;
-    - attention: a learned score per token (a Linear F -> 1), softmax over each sentence's real
-      tokens, the weighted sum, (S * F); the skip uses the same weights on the last layer.
-
-    Padded positions never change an output: they are zeroed before flatten and mean, and get
-    no attention weight.
-    """
+    (0: first sentence, 1: second) -> (B, C). Each real token's F features are pooled by
+    ``pooling``: flatten (the original GLUE head: the first ``positions`` tokens side by side,
+    zero-padded), mean over each sentence's tokens, or attention (a learned score per token,
+    softmax over each sentence's tokens); the residual skip pools the last layer alike. Padding
+    never changes an output."""
 
     def __init__(self, config: AdapterPoolerConfig):
         if not config.token_states:
@@ -282,16 +251,11 @@ class TokenAdapterPooler(AdapterPooler):
 
 
 class SpanAdapterPooler(AdapterPooler):
-    """The span head: (B, T, L, H) token states + (B, T) mask -> (B, T, 2) start/end logits.
-
-    Every token goes through the AdapterPooler pipeline (shared adapter per token and layer,
-    layer combination, residual skip from the last layer's token output, projection to 2);
-    positions where ``mask`` is False (padding) get the lowest float, so they never win a
-    softmax and their values cannot matter.
-    """
+    """The span head: (B, T, L, H) token states + (B, T) mask -> (B, T, 2) start/end logits, each
+    token on its own; padding gets the lowest float, so it never wins a softmax."""
 
     def __init__(self, config: AdapterPoolerConfig):
-        if config.task_kind != "span":
+        if not head_task(config.task_kind).windows:
             raise ConfigError(f"SpanAdapterPooler needs task_kind 'span', got {config.task_kind!r}")
         super().__init__(config)
 
@@ -307,27 +271,53 @@ class SpanAdapterPooler(AdapterPooler):
 
 
 def span_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean of the start and end cross-entropies over each window's tokens.
-
-    logits: (B, T, 2) masked start/end logits; targets: (B, 2) token positions (0 = no answer).
-    """
+    """Mean of the start and end cross-entropies over each window's tokens: logits (B, T, 2),
+    targets (B, 2) token positions (0 = no answer)."""
     start = F.cross_entropy(logits[..., 0], targets[:, 0].long())
     end = F.cross_entropy(logits[..., 1], targets[:, 1].long())
     return (start + end) / 2
 
 
+def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """outputs (..., C) logits, targets (...) class ids (-100 is ignored)."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1).long())
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """outputs (..., 1), targets (...) or (..., 1) of any numeric dtype."""
+    # Flatten both sides so (B, 1) vs (B,) cannot silently broadcast to (B, B).
+    if outputs.numel() != targets.numel():
+        raise ValueError(f"outputs {tuple(outputs.shape)} vs targets {tuple(targets.shape)}")
+    return F.mse_loss(outputs.reshape(-1), targets.reshape(-1).to(outputs.dtype))
+
+
+@dataclass(frozen=True)
+class HeadTask:
+    """What a task kind fixes about a head: its loss and how many outputs it has."""
+
+    loss: Callable
+    outputs: tuple[int, int | None]
+    """(fewest, most) outputs; None: no upper bound."""
+    wording: str
+    """The rule in words, for messages."""
+    windows: bool = False
+    """Per-token outputs over windows of tokens (`SpanAdapterPooler`)."""
+
+
+HEAD_TASKS = {
+    "classification": HeadTask(_cross_entropy, (2, None), "at least 2 for classification"),
+    "regression": HeadTask(_mse, (1, 1), "1 for regression"),
+    "span": HeadTask(span_loss, (2, 2), "2 (start, end) for spans", windows=True),
+}  # fmt: skip
+"""Task kind (`AdapterPoolerConfig.task_kind`) -> its `HeadTask`."""
+
+
+def head_task(kind: str) -> HeadTask:
+    if kind not in HEAD_TASKS:
+        raise ConfigError(f"task_kind must be one of {tuple(HEAD_TASKS)}, got {kind!r}")
+    return HEAD_TASKS[kind]
+
+
 def head_loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean loss over all leading dims. Classification: outputs (..., C) logits, targets (...)
-    class ids (cross-entropy; -100 is ignored). Regression: outputs (..., 1), targets (...) or
-    (..., 1), any numeric dtype (MSE)."""
-    if kind == "classification":
-        logits = outputs.reshape(-1, outputs.shape[-1])  # (N, C)
-        return F.cross_entropy(logits, targets.reshape(-1).long())  # targets (N,)
-    if kind == "regression":
-        # Flatten both sides so (B, 1) vs (B,) cannot silently broadcast to (B, B).
-        if outputs.numel() != targets.numel():
-            raise ValueError(f"outputs {tuple(outputs.shape)} vs targets {tuple(targets.shape)}")
-        return F.mse_loss(outputs.reshape(-1), targets.reshape(-1).to(outputs.dtype))  # (N,)
-    if kind == "span":
-        return span_loss(outputs, targets)
-    raise ConfigError(f"task_kind must be one of {TASK_KINDS}, got {kind!r}")
+    """The mean loss of a ``kind`` head over all leading dims."""
+    return head_task(kind).loss(outputs, targets)

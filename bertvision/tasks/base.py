@@ -18,7 +18,26 @@ import numpy as np
 
 from bertvision.errors import ConfigError, DataError
 
-KINDS = ("classification", "regression", "span")
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What a task kind fixes about its data, so that no stage compares kind names."""
+
+    label_dtype: Any
+    """The labels' numpy dtype (None: span answers, no label column)."""
+    named_labels: bool = False
+    """Labels are class names (at least two; ids in the data); otherwise scores or spans."""
+    problem_type: str | None = None
+    """transformers' ``problem_type`` of a sequence head fine-tuned on it."""
+    windows: bool = False
+    """Questions over contexts, cut into windows of tokens (SQuAD); otherwise 1 or 2 texts."""
+
+
+KINDS = {
+    "classification": TaskKind(np.int64, named_labels=True, problem_type="single_label_classification"),
+    "regression": TaskKind(np.float32, problem_type="regression"),
+    "span": TaskKind(None, windows=True),
+}  # fmt: skip
 
 #: Environment variable naming the local data folder (the `glue/` + `squad2/` layout).
 DATA_ENV = "BERTVISION_DATA"
@@ -49,12 +68,12 @@ class TaskSpec:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ConfigError(f"task {self.name!r}: kind must be one of {KINDS}, not {self.kind!r}")
-        if not 1 <= len(self.text_fields) <= 2 and self.kind != "span":
+            raise ConfigError(f"task {self.name!r}: kind must be one of {tuple(KINDS)}, not {self.kind!r}")
+        if not 1 <= len(self.text_fields) <= 2 and not self.traits.windows:
             raise ConfigError(f"task {self.name!r}: text_fields must name 1 or 2 fields")
-        if self.kind == "classification" and (not self.labels or len(self.labels) < 2):
+        if self.traits.named_labels and (not self.labels or len(self.labels) < 2):
             raise ConfigError(f"task {self.name!r}: a classification task needs >= 2 labels")
-        if self.kind != "classification" and self.labels:
+        if not self.traits.named_labels and self.labels:
             raise ConfigError(f"task {self.name!r}: only classification tasks have labels")
         if len(set(self.labels or ())) != len(self.labels or ()):
             raise ConfigError(f"task {self.name!r}: labels must be unique")
@@ -64,6 +83,11 @@ class TaskSpec:
                 raise ConfigError(
                     f"task {self.name!r}: {group} names unknown splits {sorted(unknown)}"
                 )
+
+    @property
+    def traits(self) -> TaskKind:
+        """What the task's kind fixes (`KINDS`)."""
+        return KINDS[self.kind]
 
     @property
     def num_outputs(self) -> int:

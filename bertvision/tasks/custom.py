@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from bertvision.errors import ConfigError, DataError, decode_error, json_error
-from bertvision.tasks.base import SentenceSplit, Task, TaskSpec, require_file
+from bertvision.tasks.base import KINDS, SentenceSplit, Task, TaskSpec, require_file
 from bertvision.tasks.readers import Columns, build_split, check_header, label_key, read_rows
 
 try:
@@ -108,7 +108,7 @@ class UserTask(Task):
         self.columns = Columns(text, self._field("label_field", str), cfg.get("id_field"))
         self.ignore = tuple(cfg.get("ignore_columns", ()))
         labels = None
-        if kind == "classification":
+        if KINDS[kind].named_labels:
             labels = cfg.get("labels")
             labels = tuple(str(x) for x in labels) if labels else self._infer_labels()
         evals = cfg.get("eval_splits") or [s for s in ("dev", "validation") if s in splits][:1]

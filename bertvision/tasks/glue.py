@@ -247,8 +247,7 @@ class GlueTask(Task):
                 check_text(t, source, field, key=str(ds["idx"][i]))
         labels = None
         if split not in self.spec.unlabelled_splits:
-            dtype = np.int64 if self.spec.kind == "classification" else np.float32
-            labels = np.asarray(ds["label"], dtype=dtype)
+            labels = np.asarray(ds["label"], dtype=self.spec.traits.label_dtype)
         return SentenceSplit(self.spec, split, source, [str(i) for i in ds["idx"]], texts, labels)
 
 

@@ -231,9 +231,7 @@ def build_split(
         raise DataError(path, "no examples (the file holds a header only)")
     label_array = None
     if columns.label is not None:
-        label_array = np.asarray(
-            labels, dtype=np.int64 if spec.kind == "classification" else np.float32
-        )
+        label_array = np.asarray(labels, dtype=spec.traits.label_dtype)
     return SentenceSplit(spec, split, str(path), ids, texts, label_array)
 
 
@@ -244,7 +242,7 @@ def _field(path, row: dict, col: str, lineno: int):
 
 
 def _parse_label(spec: TaskSpec, path, lineno: int, raw, label_map) -> int | float:
-    if spec.kind == "regression":
+    if not spec.traits.named_labels:  # a score
         try:
             value = float(raw)
         except (TypeError, ValueError):

@@ -1,13 +1,7 @@
-"""Span heads' data: token-level stores of SQuAD windows, in memory and streamed.
-
-Training (`bertvision.train`, with the span kind of `bertvision.kinds`) reads ``STORE/train``
-shard by shard (shuffled shards, shuffled within a shard, batches of windows of similar length,
-padded per batch and masked), so a store larger than memory trains too. Selection is honest:
-the validation part is ``STORE/validation`` for the article split, otherwise whole articles
-carved from ``STORE/train`` with the seed fine-tuning used (`bertvision.qa.span_parts`); the
-eval split (``test`` or ``dev``) is scored once, after selection, by the official SQuAD 2.0
-scorer. Ensembles of span heads are in `bertvision.ensemble`.
-"""
+"""Span heads' data: token stores of SQuAD windows, in memory (`WindowSet`) and streamed for
+training (`train_batches`, so a store larger than memory trains too). The validation part is
+``STORE/validation`` for the article split, else whole articles carved from ``STORE/train`` with
+the seed fine-tuning used (`span_parts`); the eval split is scored once, after selection."""
 
 from __future__ import annotations
 
@@ -19,12 +13,10 @@ import numpy as np
 
 from bertvision import store as st
 from bertvision.distributed import ONE, World
+from bertvision.encoders import length_batches
 from bertvision.errors import ConfigError, DataError
-from bertvision.qa import span_parts
+from bertvision.heads import same_source
 from bertvision.tasks import get_task
-
-# ---------------------------------------------------------------------------------------------
-# Windows in memory
 
 
 @dataclass
@@ -99,17 +91,6 @@ def pad_batch(hidden: Sequence, device=None):
     return x.to(device or "cpu"), mask.to(device or "cpu")
 
 
-def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-    """Batches of windows of similar length (sorted, cut); shuffled batch order when ``rng``."""
-    if rng is not None:
-        order = rng.permutation(len(lengths))
-        order = order[np.argsort(-lengths[order], kind="stable")]
-    else:
-        order = np.argsort(-lengths, kind="stable")
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))] if rng is not None else batches
-
-
 def head_logits(model, windows: WindowSet, device=None, batch_size: int = 64) -> tuple[list, list]:
     """Start and end logits of every window, (T,) float32 each (padding dropped)."""
     import torch
@@ -119,7 +100,7 @@ def head_logits(model, windows: WindowSet, device=None, batch_size: int = 64) ->
     ends: list = [None] * len(windows)
     model.eval()
     with torch.inference_mode():
-        for idx in length_batches(lengths, batch_size, None):
+        for idx in length_batches(lengths, batch_size):
             x, mask = pad_batch([windows.hidden[i] for i in idx], device)
             out = model(x, mask).float().cpu().numpy()
             for row, i in enumerate(idx):
@@ -127,8 +108,26 @@ def head_logits(model, windows: WindowSet, device=None, batch_size: int = 64) ->
     return starts, ends
 
 
-# ---------------------------------------------------------------------------------------------
-# Store + task -> parts
+def span_parts(task, validation_fraction: float = 0.1, validation_seed: int = 0) -> dict:
+    """{"train": SquadSplit, "validation": SquadSplit} of a span task: its own validation split
+    (the article split), else whole articles carved from train (seeded), so no paragraph is in
+    both. Fine-tuning, span heads and ensembles all call this with the same arguments."""
+    from bertvision.tasks.squad import SquadSplit
+
+    if "validation" in task.spec.splits:
+        return {"train": task.load("train"), "validation": task.load("validation")}
+    full = task.load("train")
+    titles = sorted({ex.title for ex in full.examples})
+    if len(titles) < 2:
+        raise ConfigError(f"{full.source}: cannot carve a validation part from {len(titles)} article(s)")
+    rng = np.random.default_rng(validation_seed)
+    n_val = max(1, round(len(titles) * validation_fraction))
+    held = {titles[i] for i in rng.permutation(len(titles))[:n_val]}
+    parts = {
+        "train": [ex for ex in full.examples if ex.title not in held],
+        "validation": [ex for ex in full.examples if ex.title in held],
+    }
+    return {k: SquadSplit(task.spec, k, full.source, v) for k, v in parts.items()}
 
 
 @dataclass
@@ -146,28 +145,19 @@ class SpanParts:
     """Part name -> SquadSplit (contexts and gold answers) for validation and eval splits."""
 
 
-def load_parts(store: str | Path, data_dir: str | None, validation_fraction: float, validation_seed: int,
-               eval_names: Sequence[str] | None = None) -> SpanParts:  # fmt: skip
-    """The train store, the validation windows and eval windows, with their questions' text."""
-    root = Path(store)
-    if not (root / "train").is_dir():
-        raise DataError(root, "no 'train' split in this store; run 'bertvision embed' on a span task first")
-    manifest = st.read_manifest(root / "train")
-    if manifest.get("selection") != "tokens":
-        raise ConfigError(f"{root / 'train'}: a {manifest.get('selection')!r} store; span heads need 'tokens'")
+def load_parts(root: Path, manifest: dict, spec: dict, data_dir: str | None, validation_fraction: float,
+               validation_seed: int, eval_names: Sequence[str] | None = None) -> SpanParts:  # fmt: skip
+    """The validation and eval windows of a span store (``manifest``, ``spec``: its train split's,
+    `bertvision.kinds.store_kind`'s), with their questions' text."""
     if manifest["status"] != "complete":
         st.load_split(root / "train")  # raises the store's own "incomplete" error
-    spec = manifest.get("extra", {}).get("task_spec")
-    if not spec:
-        raise DataError(st.manifest_path(root / "train"), "manifest has no task_spec; re-embed with this version")
     task = get_task(spec["name"], data_dir)
     parts = span_parts(task, validation_fraction, validation_seed)
     questions = {"validation": parts["validation"]}
 
     def load(name: str, keep: set[str] | None = None) -> WindowSet:
         split = st.load_split(root / name)
-        st.check_compatible(split, num_hidden_states=manifest["num_hidden_states"], hidden_size=manifest["hidden_size"],
-                            encoder=manifest["encoder"], checkpoint=manifest.get("checkpoint"))  # fmt: skip
+        st.check_compatible(split, **same_source(manifest))
         return WindowSet.from_split(split, keep)
 
     if (root / "validation").is_dir():
@@ -204,20 +194,13 @@ def check_ids(where: Path, window_qids: Sequence[str], split) -> None:
                         "was it embedded from other data?")  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------
-# Training batches
-
-
 def train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator,
                   world: World = ONE) -> Iterator[WindowSet]:  # fmt: skip
-    """One epoch of training batches, streamed shard by shard (shuffled shards, shuffled within a
-    shard, batches of windows of similar length).
+    """One epoch of batches of windows of similar length: shuffled shards, shuffled within a shard.
 
-    With several ranks (``world``), the epoch's shuffled shard order is the same on every rank
-    and each rank reads only every ``size``-th shard of it, from its own (``rank``), in batches
-    of ``batch_size / size`` windows: it never reads the others' shards. ``rng`` then draws only
-    the epoch's seed, the same on every rank (a resumed run continues in step); the shuffles
-    within this rank's shards come from a generator of that seed and the rank.
+    With several ranks, every rank draws the same epoch seed from ``rng`` (a resumed run stays in
+    step) and reads only its own shards of the epoch's shard order (every ``size``-th), in
+    batches of ``batch_size / size``, shuffled by a generator of that seed and its rank.
     """
     seed = int(rng.integers(2**31))
     local = rng if world.size == 1 else np.random.default_rng([seed, world.rank])
