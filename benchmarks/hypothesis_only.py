@@ -55,7 +55,7 @@ def in_pair(store: str, head: HeadArchitecture, seeds: list[int]) -> dict:
     cfg = HeadTrainConfig(store=store, head=head).resolved("sentence")
     data = kind.load(cfg, Path(store), spec, ["dev"])
     data.train = second_sentence(data.train)
-    data.parts = {name: (second_sentence(rows), y) for name, (rows, y) in data.parts.items()}
+    data.parts = {name: (second_sentence(part[0]), part[1]) for name, part in data.parts.items()}
     runs = []
     for seed in seeds:
         fit = fit_head(cfg.for_seed(seed), data, kind)

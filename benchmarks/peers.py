@@ -142,14 +142,15 @@ def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dic
     from bertvision.config import FinetuneConfig
     from bertvision.io import atomic_write_json
     from bertvision.kinds import KINDS
+    from bertvision.sentences.tuning import SentenceTuning
 
     pipeline = json.loads((run / "pipeline.json").read_text())
     cfg, spec = pipeline["config"], pipeline["task"]
     if spec["kind"] == "span":
         raise SystemExit("lora: sentence tasks only here")
-    original = ft.SentenceTuning.load
+    original = SentenceTuning.load
     trainable = {}
-    ft.SentenceTuning.load = lora_loader(original, rank, trainable)
+    SentenceTuning.load = lora_loader(original, rank, trainable)
     t0 = time.perf_counter()
     metrics = {}
     try:
@@ -161,7 +162,7 @@ def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dic
                                   max_length=cfg["max_length"], device="cpu")  # fmt: skip
             metrics[seed] = ft.finetune(fcfg, run / "peers" / "lora" / f"seed-{seed}").checkpoints
     finally:
-        ft.SentenceTuning.load = original
+        SentenceTuning.load = original
     select = KINDS[spec["kind"]].selection
     names = list(next(iter(metrics.values())))
     mean_val = {n: float(np.mean([select(m[n]["validation"]) for m in metrics.values()])) for n in names}

@@ -12,7 +12,7 @@ starts the ranks, sets up the process group (gloo on CPU, NCCL on GPU) and passe
 * each global batch of ``batch_size`` rows is cut into ``size`` pieces, one per rank
   (`piece`), so the global batch, the learning-rate schedule and the number of steps stay
   those of one process (gradients of equal pieces, averaged, are the global batch's gradient);
-* token stores are read by shard, each rank its own shards (`bertvision.span_heads.
+* token stores are read by shard, each rank its own shards (`bertvision.spans.data.
   train_batches`); ranks may then hold different numbers of batches, and `zip_shortest` ends
   every rank's epoch when the first runs out (the rest of that epoch's batches are dropped, and
   counted);

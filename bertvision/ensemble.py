@@ -1,10 +1,7 @@
 """Ensembles of heads (a search's best trials, or seed folders) and the fine-tuned encoder, each
-combined by its kind's way (`bertvision.sentences.ensemble`: greedy weights on validation;
-`bertvision.spans.ensemble`: max / mean of probabilities).
+combined by its family's ensemble.
 
     bertvision ensemble --from-tune runs/rte/tune --top-k 5 --encoder --out runs/rte/ensemble
-    bertvision ensemble --store runs/squad/emb/e1 --heads runs/squad/heads/e1/seed-* --encoder \\
-        --method max --out runs/squad/ensemble/e1-max
 """
 
 from __future__ import annotations

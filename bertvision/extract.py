@@ -1,20 +1,14 @@
 """Hidden states of every layer (embedding output included) for a batch of examples.
 
-`HiddenStateExtractor` is a callable class, so Ray Data maps it over a dataset
-(``ds.map_batches(HiddenStateExtractor, fn_constructor_kwargs=...)``) and a plain loop runs it
-here. Selections: ``cls`` (the first position) or ``mean`` (over real tokens) give (L, H) per
-example; ``tokens`` every real token, (T, L, H), of SQuAD windows (tokenised by
-`bertvision.spans.windows.make_windows`) or, with ``sentence_tokens``, of sentence examples. A
-checkpoint's own task head comes along (``encoder_logits``): a question-answering head's
-start/end logits per token, or a sequence head's outputs per example.
-
-Why it is fast: inference mode; batches of similar length padded only to their own longest;
-SDPA attention; bf16 autocast on CUDA; float16 output, the store's dtype.
-"""
+`HiddenStateExtractor` is a callable class, so Ray Data maps it over a dataset and a plain loop
+runs it here: ``cls`` / ``mean`` give (L, H) per example, ``tokens`` every real token (T, L, H)
+of SQuAD windows or sentence examples, and a checkpoint's own task head comes along. Fast by
+batches of similar length padded to their own longest, SDPA, bf16 autocast on CUDA, float16 out."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -52,21 +46,12 @@ _SELECT = {"cls": _select_cls, "mean": _select_mean}
 
 
 class HiddenStateExtractor:
-    """Turns a batch of examples into every layer's hidden states for one checkpoint.
-
-    Args:
-      checkpoint: a fine-tuning checkpoint folder, an encoder folder, a Hub id, or None for the
-        bundled all-MiniLM-L6-v2.
-      text_fields: the batch columns holding the text(s), in tokenizer order (1 or 2).
-      selection: one of `SELECTIONS`; ``sentence_tokens``: ``tokens`` of sentence examples
-        rather than span windows.
-      batch_size: examples per forward pass (batches of similar length).
-      device: "cpu", "cuda", ...; None picks CUDA when available.
-      autocast: bf16 autocast on CUDA (ignored on CPU, where bf16 is slow without AMX).
-      quantize: ``"int8"``: dynamic int8 quantisation of the Linear layers, CPU only; about 3x
-        faster on a 2-core AVX2 machine, at a measured accuracy cost (docs/RESULTS.md).
-      task_head: give a sequence checkpoint's own head outputs, where the store should hold them.
-    """
+    """Every layer's hidden states of a batch of examples under one checkpoint (a fine-tuning
+    checkpoint, an encoder folder, a Hub id; None: the bundled encoder). ``text_fields``: the
+    batch's text columns in tokenizer order; ``sentence_tokens``: ``tokens`` of sentence examples
+    rather than span windows; ``autocast``: bf16 on CUDA only (slow on CPUs without AMX);
+    ``quantize="int8"``: about 3x faster on a 2-core AVX2 CPU, at a measured accuracy cost
+    (docs/RESULTS.md); ``task_head``: also a sequence checkpoint's own outputs."""
 
     def __init__(self, checkpoint: str | None, text_fields: Sequence[str], *, selection: str = "cls",
                  max_length: int = 128, batch_size: int = 16, device: str | None = None, autocast: bool = True,
@@ -97,7 +82,7 @@ class HiddenStateExtractor:
 
     @property
     def output_shape(self) -> tuple[int, int]:
-        """(L, H): hidden states per example (embedding output + each layer) and their width."""
+        """(L, H): the hidden states (embedding output + each layer) and their width."""
         return self.info.num_hidden_states, self.info.hidden_size
 
     @property
@@ -106,15 +91,11 @@ class HiddenStateExtractor:
         return self.qa_head is not None or self.task_head is not None
 
     def __call__(self, batch: Mapping[str, Sequence]) -> dict:
-        """``{"id", text fields..., ["label"]}`` -> ``{"id", "hidden", ["label"], ["encoder_logits"]}``:
-        hidden (N, L, H) float16 (cls/mean) or a list of (T_i, L, H) (tokens), encoder_logits
-        (N, C) float32 (a sequence head) or a list of (T_i, 2) (a question-answering head).
-
-        Windows come tokenised: ``{"id", "example_id", "input_ids", ["token_type_ids"],
-        "offsets", ["label"]}``, and keep their example ids and offsets; sentence tokens add
-        ``segments``, each token's sentence (0 or 1). Sentence examples may come tokenised too
-        (a Ray Data CPU task: `tokenize_batch`).
-        """
+        """``{"id", text fields (or tokenised: "input_ids"...), ["label"]}`` -> ``{"id", "hidden",
+        ["label"], ["encoder_logits"]}``: hidden (N, L, H) float16, or a list of (T_i, L, H);
+        encoder_logits (N, C) float32, or a list of (T_i, 2) from a question-answering head.
+        Windows come tokenised and keep "example_id" and "offsets"; sentence tokens add
+        "segments" (each token's sentence, 0 or 1)."""
         if "input_ids" in batch:
             keys = ("input_ids", "token_type_ids", "segments")
             encoded = {k: [list(x) for x in batch[k]] for k in keys if k in batch}
@@ -188,35 +169,36 @@ class HiddenStateExtractor:
         return batch
 
 
-def has_qa_head(location: str) -> bool:
-    """True when the checkpoint folder's safetensors hold a question-answering output layer."""
+def _qa_weights(location: str):
+    """(weight, bias) of the checkpoint's question-answering layer (``qa_outputs``), or None."""
     from safetensors import safe_open
 
     weights = Path(location) / "model.safetensors"
     if not weights.is_file():
-        return False
+        return None
     with safe_open(str(weights), framework="pt") as f:
-        return {"qa_outputs.weight", "qa_outputs.bias"} <= set(f.keys())
+        if {"qa_outputs.weight", "qa_outputs.bias"} <= set(f.keys()):
+            return f.get_tensor("qa_outputs.weight"), f.get_tensor("qa_outputs.bias")
+    return None
+
+
+def has_qa_head(location: str) -> bool:
+    return _qa_weights(location) is not None
 
 
 def _qa_head(location: str, device):
-    """The checkpoint's question-answering layer (H -> 2), or None: `AutoModelForQuestionAnswering`'s
-    one Linear on the last hidden state, which the extractor computes anyway (no second pass)."""
+    """`AutoModelForQuestionAnswering`'s one Linear (H -> 2), applied to the last hidden state the
+    extractor computes anyway (no second pass); None when the checkpoint has none."""
     import torch
-    from safetensors import safe_open
 
-    if not has_qa_head(location):
+    if (found := _qa_weights(location)) is None:
         return None
-    with safe_open(str(Path(location) / "model.safetensors"), framework="pt") as f:
-        w, b = f.get_tensor("qa_outputs.weight"), f.get_tensor("qa_outputs.bias")
+    w, b = found
     layer = torch.nn.Linear(w.shape[1], w.shape[0])
     with torch.no_grad():
         layer.weight.copy_(w.float())
         layer.bias.copy_(b.float())
     return layer.to(device).eval()
-
-
-SEQUENCE_HEADS = ("ForSequenceClassification",)
 
 
 def has_task_head(location: str) -> bool:
@@ -232,7 +214,7 @@ def has_task_head(location: str) -> bool:
         architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return False
-    if not any(a.endswith(SEQUENCE_HEADS) for a in architectures):
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
         return False
     with safe_open(str(weights), framework="pt") as f:
         return any(k.startswith("classifier.") for k in f.keys())
@@ -278,8 +260,6 @@ def _task_head(location: str, device) -> _TaskHead | None:
 
 
 def _quantize(model, kind: str, device):
-    import warnings
-
     import torch
 
     if kind != "int8":

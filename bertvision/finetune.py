@@ -1,17 +1,11 @@
-"""Fine-tuning an encoder with a task head, in fractions of an epoch, for every task kind.
+"""Fine-tuning an encoder with a task head, in fractions of an epoch, for every task family.
 
     bertvision finetune --task rte --epochs 1 --save-at 0.1 0.3 1 --out runs/rte/ft-seed0
 
-BERTVision's premise is that a *partially* fine-tuned encoder already holds most of what full
-fine-tuning learns: the schedule of ``epochs`` runs (0.3 stops after 30% of one epoch) and a
-checkpoint is saved at each fraction in ``save_at``; run to convergence, it is the baseline.
-One loop serves every task family; what differs comes from `TUNING`. Validation is carved from
-train and scores every checkpoint; the eval split is scored once per checkpoint, at the end.
-
-Output: config.json (the resolved config, task, encoder, sizes), checkpoint-e<f>/ (weights,
-transformers config, tokenizer, bertvision.json: fraction, step, seconds, validation metrics),
-metrics.json (per checkpoint: validation and eval metrics, wall times).
-"""
+A *partially* fine-tuned encoder (0.3: 30% of one epoch's schedule) is BERTVision's premise; run
+to convergence, the same loop is the baseline. One loop; what a family does differently comes
+from `TUNING`. Validation (carved from train) scores every checkpoint, the eval split is scored
+once per checkpoint at the end."""
 
 from __future__ import annotations
 
@@ -30,7 +24,6 @@ from bertvision.encoders import (
     encoder_info,
     length_batches,
     load_tokenizer,
-    resolve_encoder,
 )
 from bertvision.errors import RunError
 from bertvision.fingerprint import splits_fingerprint
@@ -49,16 +42,14 @@ from bertvision.sentences.tuning import SentenceTuning
 from bertvision.spans.tuning import SpanTuning
 
 CHECKPOINT_META = "bertvision.json"
-# What a fine-tuning run writes besides config.json and metrics.json (a killed run's are removed
-# before it starts over).
+# What a run writes besides config.json and metrics.json (a killed run's go before it starts over).
 CHECKPOINT_GLOBS = ("checkpoint-e*", ".checkpoint-e*.tmp")
 
 
 @dataclass
 class FinetuneResult:
     out_dir: Path
-    checkpoints: dict[str, dict] = field(default_factory=dict)
-    """checkpoint folder name -> its metadata (fraction, step, seconds, metrics)."""
+    checkpoints: dict[str, dict] = field(default_factory=dict)  # folder name -> its metadata
 
 
 def checkpoint_name(fraction: float) -> str:
@@ -71,10 +62,9 @@ def fraction_step(fraction: float, steps_per_epoch: int) -> int:
 
 
 TUNING = {"sentence": SentenceTuning, "span": SpanTuning}
-"""Task family (`bertvision.config.FAMILIES`) -> its kind of fine-tuning: it reads the parts
-(`read`), encodes a split (`encode`, `training_inputs`, `counts` for config.json), loads the model
-with its head (`load`), gives a batch's loss, scores validation into a checkpoint's metadata
-(`validate`; spans choose their no-answer threshold there) and an eval split at the end (`score`)."""
+"""Task family -> its fine-tuning: the parts (`read`), a split encoded (`encode`, `training_inputs`,
+`counts` for config.json), the model with its head (`load`), a batch's `loss`, validation scored
+into a checkpoint's metadata (`validate`; spans choose their threshold there), an eval `score`."""
 
 
 def eval_splits(task) -> dict:
@@ -82,25 +72,24 @@ def eval_splits(task) -> dict:
     return {s: task.load(s) for s in task.spec.eval_splits if task.exists(s)}
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
+def _tuning(cfg: FinetuneConfig):
+    """(task, its kind of fine-tuning with the config resolved for the task)."""
+    from bertvision.tasks import get_task
+
+    device = pick_device(cfg.device)
+    task = get_task(cfg.task, cfg.data_dir)
+    return task, TUNING[FAMILY[task.spec.kind]](task, cfg.resolved(task.spec.kind), device)
 
 
 def finetune(cfg: FinetuneConfig, out_dir: str | Path, runner: Callable | None = None,
              settings: dict | None = None) -> FinetuneResult:  # fmt: skip
-    """Fine-tune ``cfg.encoder`` on ``cfg.task`` and save checkpoints; see the module docstring.
-
-    ``runner(cfg, out_dir, inputs)``, when given, runs the loop elsewhere (Ray Train:
-    `ray_jobs/finetune.py`, which calls `run_loop` on every worker) once every split has been
-    read and checked here, and returns the checkpoints' metadata. ``settings``: what else a
-    finished run must match to be reused (e.g. the number of workers)."""
-    from bertvision.tasks import get_task
-
+    """Fine-tune ``cfg.encoder`` on ``cfg.task`` and save checkpoints. ``runner(cfg, out_dir,
+    inputs)``, when given, runs the loop elsewhere (Ray Train: `run_loop` on every worker) once
+    every split has been read and checked here; ``settings``: what else a finished run must
+    match to be reused (e.g. the number of workers)."""
     out_dir = check_out_dir(out_dir)
-    device = pick_device(cfg.device)
-    task = get_task(cfg.task, cfg.data_dir)
-    cfg = cfg.resolved(task.spec.kind)
-    kind = TUNING[FAMILY[task.spec.kind]](task, cfg, device)
+    task, kind = _tuning(cfg)
+    cfg = kind.cfg
     # ---- every split read and checked before anything is written: train, validation, and the
     # eval split(s) scored at the end (a bad dev line must not surface after the training time)
     parts, fingerprinted = kind.read()
@@ -117,13 +106,9 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, runner: Callable | None =
 
 def run_loop(cfg: FinetuneConfig, out_dir: Path, inputs: dict, world: World, resume: dict | None = None,
              on_save: Callable | None = None, settings: dict | None = None) -> FinetuneResult:  # fmt: skip
-    """The fine-tuning loop on one of ``world``'s ranks (a Ray Train worker): the task read
-    again here, then `_finetune`. ``cfg`` is the resolved config the driver checked."""
-    from bertvision.tasks import get_task
-
-    device = pick_device(cfg.device)
-    task = get_task(cfg.task, cfg.data_dir)
-    kind = TUNING[FAMILY[task.spec.kind]](task, cfg, device)
+    """The loop on one of ``world``'s ranks (a Ray Train worker), the task read again here;
+    ``cfg`` is the resolved config the driver checked."""
+    task, kind = _tuning(cfg)
     parts, _ = kind.read()
     evals = eval_splits(task) if cfg.score_dev and world.main else {}
     return _finetune(kind, out_dir, parts, evals, inputs, world, resume, on_save, settings)
@@ -132,27 +117,22 @@ def run_loop(cfg: FinetuneConfig, out_dir: Path, inputs: dict, world: World, res
 def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world: World = ONE,
               resume: dict | None = None, on_save: Callable | None = None,
               settings: dict | None = None) -> FinetuneResult:  # fmt: skip
-    """The loop. With several ranks (``world``) each takes its piece of every global batch and
-    trains in `DistributedDataParallel`; rank 0 alone validates, saves checkpoints and scores
-    the eval splits. ``on_save(fraction, meta, state)`` is called on every rank after each
-    checkpoint (``meta`` None on other ranks; ``state()`` the whole training state, tensors and plain
-    values: `torch.save` it, read it back with ``weights_only=True``); ``resume=state``
-    continues from there as the uninterrupted run would. ``settings`` go into config.json's
-    "finetune" beside the config."""
+    """The loop. With several ranks each trains on its piece of every global batch (DDP); rank 0
+    alone validates, saves and scores the eval splits. ``on_save(fraction, meta, state)`` runs on
+    every rank after each checkpoint (``state()``: the whole training state, tensors and plain
+    values, for `torch.save`); ``resume=state`` continues as the uninterrupted run would."""
     import torch
 
     cfg, spec, device = kind.cfg, kind.task.spec, kind.device
     world.check_batch(cfg.batch_size)
     set_seed(cfg.seed)
-    _, location = resolve_encoder(cfg.encoder)
     info = encoder_info(cfg.encoder)
     tokenizer = load_tokenizer(cfg.encoder)
     encoded = {name: kind.encode(tokenizer, data) for name, data in parts.items()}
     feats, targets = kind.training_inputs(encoded["train"], parts["train"])
     lengths = np.array([len(x) for x in feats["input_ids"]])
 
-    # ---- model and optimizer
-    model = kind.load(location)
+    model = kind.load(info.location)
     trained = world.wrap(model, device)  # DDP for several ranks; the model itself for one
     steps_per_epoch = math.ceil(len(targets) / cfg.batch_size)
     # A checkpoint "after 0.3 epochs" comes after the step that completes 30% of the batches.
@@ -162,14 +142,11 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world
     scheduler = linear_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            out_dir / "config.json",
-            {"finetune": {**asdict(cfg), **(settings or {})}, "inputs": inputs, "task": spec.to_dict(),
-             "encoder": info.to_dict(), **kind.counts(parts, encoded), "steps_per_epoch": steps_per_epoch,
-             "total_steps": total_steps},
-        )  # fmt: skip
+        atomic_write_json(out_dir / "config.json", {
+            "finetune": {**asdict(cfg), **(settings or {})}, "inputs": inputs, "task": spec.to_dict(),
+            "encoder": info.to_dict(), **kind.counts(parts, encoded), "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps})  # fmt: skip
 
-    # ---- loop
     result = FinetuneResult(out_dir)
     rng = np.random.default_rng(cfg.seed)
     step, train_seconds, loss_sum, loss_n, in_epoch = 0, 0.0, 0.0, 0, 0
@@ -240,12 +217,8 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world
 
 
 def _save_checkpoint(model, tokenizer, path: Path, meta: dict) -> None:
-    """Weights as safetensors, the transformers config, the tokenizer, and our metadata.
-
-    The folder appears whole or not at all (`io.atomic_folder`); a failure (a full disk, a
-    permission) leaves nothing and raises a RunError naming the checkpoint. Non-finite weights
-    (a diverged run) are never saved.
-    """
+    """Weights (safetensors), the transformers config, the tokenizer and our metadata, in a folder
+    that appears whole or not at all; never non-finite weights (a diverged run)."""
     check_finite_state(model.state_dict(), path)
     try:
         with atomic_folder(path, f"saving checkpoint {path}") as tmp:

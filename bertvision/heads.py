@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from bertvision import store as st
 from bertvision.errors import ConfigError
 
@@ -17,13 +19,10 @@ class HeadData:
     (selection) and the eval splits; `bertvision.train.fit_head` reads only ``train`` and
     ``parts["validation"]``."""
 
-    spec: dict
-    """The task spec recorded in the store's manifest."""
-    manifest: dict
-    """The train split's manifest (encoder, checkpoint, shapes)."""
+    spec: dict  # the task spec recorded in the store's manifest
+    manifest: dict  # the train split's (encoder, checkpoint, shapes)
     train: Any
-    train_rows: int
-    """Examples (span stores: windows) trained on."""
+    train_rows: int  # examples (span stores: windows) trained on
     parts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -45,16 +44,22 @@ class HeadKind:
     and scoring a saved head on one split (`evaluate`). The loop, saving and loading are
     `bertvision.train`'s, one for every kind."""
 
-    name: str
-    """The task kind it trains for (a head config's ``task_kind``)."""
-    family: str
-    """Its task family (`bertvision.config.FAMILIES`): the defaults its configs take."""
+    name: str  # the task kind it trains for (a head config's ``task_kind``)
+    family: str  # its task family (`bertvision.config.FAMILIES`): the defaults its configs take
     module: type
-    layout: str
-    """The store layout it reads (`bertvision.store.LAYOUTS`)."""
+    layout: str  # the store layout it reads (`bertvision.store.LAYOUTS`)
     store: str
-    reads: str
-    """Those stores and their states, in messages."""
+    reads: str  # those stores and their states, in messages
+
+    def rng(self, seed: int):
+        """The generator of a seed's batches; its state is part of a resumable training state."""
+        return np.random.default_rng(seed)
+
+    def rng_state(self, rng) -> dict:
+        return rng.bit_generator.state
+
+    def set_rng_state(self, rng, state: dict) -> None:
+        rng.bit_generator.state = state
 
     def model_fields(self, data: HeadData) -> dict:
         """What the store adds to the head's config beyond its shape (`AdapterPoolerConfig`)."""

@@ -1,13 +1,5 @@
 """Which head kind a store or a trained head is: the registry the kinds plug into. A new kind is
-one class (a `bertvision.heads.HeadKind`) and an entry in these tables.
-
-    kind            store layout (selection)     model               loss            selection metric
-    classification  vectors (cls, mean)          AdapterPooler       cross-entropy   mean of the task's metrics
-    regression      vectors (cls, mean)          AdapterPooler       MSE             mean of the task's metrics
-    classification  sentences (tokens)           TokenAdapterPooler  cross-entropy   mean of the task's metrics
-    regression      sentences (tokens)           TokenAdapterPooler  MSE             mean of the task's metrics
-    span            windows (tokens)             SpanAdapterPooler   start/end CE    validation F1 (threshold there)
-"""
+one class (a `bertvision.heads.HeadKind`) and an entry in these tables."""
 
 from __future__ import annotations
 
@@ -18,14 +10,13 @@ from bertvision.errors import ConfigError, DataError
 from bertvision.sentences.heads import SentenceHeads, SentenceTokenHeads
 from bertvision.spans.heads import SpanHeads
 
+# Task kind (a task spec's ``kind``, a head config's ``task_kind``) -> head kind; on sentence token
+# stores (a head config's ``token_states``) -> TOKEN_KINDS; and both by (task kind, store layout).
 KINDS = {"classification": SentenceHeads("classification", probabilities=True),
          "regression": SentenceHeads("regression"), "span": SpanHeads()}  # fmt: skip
-"""Task kind (the task spec's ``kind``, the head config's ``task_kind``) -> head kind."""
 TOKEN_KINDS = {"classification": SentenceTokenHeads("classification", probabilities=True),
                "regression": SentenceTokenHeads("regression")}  # fmt: skip
-"""Sentence task kind -> the head kind on a sentence token store."""
 BY_LAYOUT = {(k.name, k.layout): k for k in (*KINDS.values(), *TOKEN_KINDS.values())}
-"""(task kind, store layout) -> head kind."""
 
 
 def store_kind(root: str | Path):
@@ -47,5 +38,4 @@ def store_kind(root: str | Path):
 def head_kind(meta: dict):
     """The kind of a trained head, from its head_config.json (`bertvision.train.read_head_config`)."""
     config = meta["adapter_pooler"]
-    task_kind = config.get("task_kind", "classification")
-    return TOKEN_KINDS[task_kind] if config.get("token_states") else KINDS[task_kind]
+    return (TOKEN_KINDS if config.get("token_states") else KINDS)[config.get("task_kind", "classification")]

@@ -1,7 +1,7 @@
 """What every training loop shares: seeds, devices, the learning-rate schedule, AdamW's
 parameter groups, and the checks that stop a run going wrong (bad optimisation settings, a
-diverging loss, non-finite weights). Fine-tuning (`finetune`, `qa`) and heads (`train`,
-`span_heads`) all use these, so a change here changes them alike.
+diverging loss, non-finite weights). Fine-tuning (`finetune`) and heads (`train`, with
+`spans.data`) all use these, so a change here changes them alike.
 """
 
 from __future__ import annotations

@@ -352,8 +352,8 @@ def test_the_lora_peer_scores_dev_with_the_adapter_it_saved(tiny_run, tiny_bert_
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    import bertvision.finetune as ft
     from bertvision.config import FinetuneConfig
+    from bertvision.sentences.tuning import SentenceTuning
     from bertvision.tasks import get_task
 
     task, out, _ = tiny_run
@@ -366,8 +366,8 @@ def test_the_lora_peer_scores_dev_with_the_adapter_it_saved(tiny_run, tiny_bert_
     peers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(peers)
     toy = get_task(str(task))
-    kind = ft.SentenceTuning(toy, FinetuneConfig(task=str(task), encoder=str(tiny_bert_dir), device="cpu"), "cpu")
-    load = peers.lora_loader(ft.SentenceTuning.load, 8, {"base": str(tiny_bert_dir)})
+    kind = SentenceTuning(toy, FinetuneConfig(task=str(task), encoder=str(tiny_bert_dir), device="cpu"), "cpu")
+    load = peers.lora_loader(SentenceTuning.load, 8, {"base": str(tiny_bert_dir)})
     dev = toy.load("dev")
     for folder in sorted((out / "peers" / "lora" / "seed-0").glob("checkpoint-*")):
         tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -1,12 +1,8 @@
 """AdapterPooler: a small head on the hidden states of every encoder layer, (..., L, H) -> (..., C):
-
-    adapter (Linear H -> A and an activation; shared, or per layer)                (..., L, A)
-    combine: "flatten" (the original LayerWeightShare) or "scalar_mix"             (..., L*A | A)
-    residual: the last layer's H-vector concatenated (the best model's skip), dropout, Linear -> C
-
-Leading dims are free: per example (B, L, H), or per token (`SpanAdapterPooler`: start/end
-logits per token of a SQuAD window; `TokenAdapterPooler`: a sentence head pooling its tokens).
-"""
+an adapter (Linear H -> A and an activation, shared or per layer), the layers combined
+("flatten", the original LayerWeightShare, or "scalar_mix"), the last layer's state concatenated
+(the residual skip), dropout, Linear -> C; per example, or per token (`SpanAdapterPooler`,
+`TokenAdapterPooler`)."""
 
 from __future__ import annotations
 
@@ -77,9 +73,7 @@ class AdapterPoolerConfig(HeadArchitecture):
         return cls(**data)
 
 
-ORIGINAL_INIT_STD = 1e-3
-"""The original's adapter initialisation: truncated normal of this std (cut at 2 std, as Keras'
-TruncatedNormal), zero bias."""
+ORIGINAL_INIT_STD = 1e-3  # the original's adapter init: truncated normal (at 2 std, as Keras'), zero bias
 
 
 class LayerAdapter(nn.Module):
@@ -211,8 +205,7 @@ class TokenAdapterPooler(AdapterPooler):
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} {tuple(t.shape)} does not match tokens {(B, T)}")
         # Only the real tokens go through the adapter (a short sentence in a batch padded to a
-        # long one costs its own length), then their features are put back in place; padding
-        # stays zero.
+        # long one costs its own length), then back in place; padding stays zero.
         keep = mask.bool()  # (B, T)
         real = keep.flatten().nonzero().squeeze(1)  # (N,) positions of the real tokens in B * T
         x = hidden.flatten(0, 1).index_select(0, real).to(self.out.weight.dtype)  # (N, L, H)
@@ -243,9 +236,8 @@ class TokenAdapterPooler(AdapterPooler):
 
     @staticmethod
     def _placed(values: torch.Tensor, real: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """(N, D) values of the real tokens at flat positions ``real`` -> (B, T, D), zeros at
-        padding (index_copy: its backward is an index_select, where masked_scatter's is a slow
-        masked_select on CPU)."""
+        """(N, D) values of the real tokens at flat positions ``real`` -> (B, T, D), zero padding
+        (index_copy: its backward is an index_select; masked_scatter's is slow on CPU)."""
         out = values.new_zeros((shape[0] * shape[1], values.shape[-1]))  # (B * T, D)
         return out.index_copy(0, real, values).view(*shape, values.shape[-1])  # (B, T, D)
 
@@ -296,20 +288,16 @@ class HeadTask:
     """What a task kind fixes about a head: its loss and how many outputs it has."""
 
     loss: Callable
-    outputs: tuple[int, int | None]
-    """(fewest, most) outputs; None: no upper bound."""
+    outputs: tuple[int, int | None]  # (fewest, most; None: no bound), and the rule in words
     wording: str
-    """The rule in words, for messages."""
-    windows: bool = False
-    """Per-token outputs over windows of tokens (`SpanAdapterPooler`)."""
+    windows: bool = False  # per-token outputs over windows of tokens (`SpanAdapterPooler`)
 
 
-HEAD_TASKS = {
+HEAD_TASKS = {  # task kind (`AdapterPoolerConfig.task_kind`) -> its `HeadTask`
     "classification": HeadTask(_cross_entropy, (2, None), "at least 2 for classification"),
     "regression": HeadTask(_mse, (1, 1), "1 for regression"),
     "span": HeadTask(span_loss, (2, 2), "2 (start, end) for spans", windows=True),
 }  # fmt: skip
-"""Task kind (`AdapterPoolerConfig.task_kind`) -> its `HeadTask`."""
 
 
 def head_task(kind: str) -> HeadTask:

@@ -1,13 +1,7 @@
-"""Sentence ensembles: a search's best trials or ``--heads`` seed folders and, with ``--encoder``,
-the fine-tuned encoder's stored outputs (``encoder_logits``), averaged (classification: softmax
-probabilities; regression: predictions) with greedy weights chosen on validation only, then every
-member, the uniform mean and the greedy ensemble scored once on each eval split.
-
-Members may come from different stores of one task (cls, mean and token states of one
-checkpoint): each is predicted on its own store's validation carve, and all must give the same
-examples in the same order (checked by id). Greedy selection with replacement (Caruana et al.,
-2004) is never worse on validation than the best member, and a lucky round cannot give one
-member a large weight the way a plain search over weights can."""
+"""Sentence ensembles: a search's best trials or seed folders and the fine-tuned encoder's stored
+outputs, averaged (classification: probabilities) with greedy weights chosen on validation only
+(Caruana et al., 2004: never worse there than the best member), each member predicted on its own
+store's validation carve (the same examples, checked by id); the eval splits scored once."""
 
 from __future__ import annotations
 
@@ -20,30 +14,17 @@ import numpy as np
 
 from bertvision import store as st
 from bertvision.config import EnsembleConfig, HeadTrainConfig, from_dict
-from bertvision.errors import ConfigError, DataError
+from bertvision.errors import ConfigError
 from bertvision.heads import same_source
 from bertvision.io import atomic_write_json
 from bertvision.kinds import head_kind, store_kind
 from bertvision.metrics import compute_metrics
 from bertvision.outdir import claim
 from bertvision.runtime import pick_device
-from bertvision.sentences.heads import SentenceHeads, carve_rows, selection_score
+from bertvision.sentences.heads import Part, SentenceHeads, selection_score
 from bertvision.train import load_head, read_head_config
 
-ROUNDS_PER_MEMBER = 2
-"""Greedy selection runs this many rounds per member (Caruana et al. use a fixed count too)."""
-
-
-@dataclass
-class Part:
-    """One part (validation, or an eval split) of a sentence store, in the store's order."""
-
-    ids: list[str]
-    hidden: object
-    """Its states in the store kind's form (`SentenceHeads.states`)."""
-    labels: np.ndarray
-    encoder: np.ndarray | None
-    """(N, C) float32: the fine-tuned encoder's own outputs, when the store has them."""
+ROUNDS_PER_MEMBER = 2  # greedy selection's rounds per member (Caruana et al. use a fixed count too)
 
 
 @dataclass
@@ -52,38 +33,19 @@ class Member:
 
     name: str
     store: Path
-    folder: Path | None = None
-    """The trial or seed folder; None for the encoder."""
-    params: dict | None = None
-    """A trial's hyperparameters."""
-    carve: tuple[float, int] = (0.1, 0)
-    """(validation_fraction, validation_seed) of its training."""
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
-    """Part -> (N, C) logits (classification) or (N, 1) predictions (regression)."""
+    folder: Path | None = None  # the trial or seed folder; None for the encoder
+    params: dict | None = None  # a trial's hyperparameters
+    carve: tuple[float, int] = (0.1, 0)  # (validation_fraction, validation_seed) of its training
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # part -> (N, C) outputs
 
 
 def load_parts_of(store: Path, carve: tuple[float, int]) -> tuple:
-    """(store kind, train manifest, task spec, part -> `Part`) of a sentence store: the
-    validation part carved as its heads' training carved it (`carve_rows`), and the task's
-    labelled eval splits, with ids and stored encoder outputs."""
+    """(store kind, train manifest, task spec, part -> `Part`) of a sentence store, carved as its
+    heads' training carved it, with the task's labelled eval splits."""
     kind, manifest, spec = store_kind(store)
     if not isinstance(kind, SentenceHeads):
         raise ConfigError(f"{store}: a {kind.name} store; sentence members need cls, mean or sentence token stores")
-    train = st.load_split(store / "train")  # every shard read is checked (sha256, finite)
-    if train.labels is None:
-        raise DataError(store / "train", "the train split carries no labels")
-    labels = train.labels.numpy()
-    _, va = carve_rows(manifest, labels, *carve, None, store / "train")
-    enc = train.encoder_logits
-    parts = {"validation": Part([train.ids[i] for i in va], kind.states(train, va), labels[va],
-                                None if enc is None else enc[va])}  # fmt: skip
-    for name in spec["eval_splits"]:
-        if not (store / name).is_dir():
-            continue
-        split = st.load_split(store / name)
-        st.check_compatible(split, **same_source(train.manifest))
-        if split.labels is not None:
-            parts[name] = Part(split.ids, kind.states(split), split.labels.numpy(), split.encoder_logits)
+    train, _, parts = kind.parts(store, carve, None, [s for s in spec["eval_splits"] if (store / s).is_dir()])
     return kind, train.manifest, spec, parts
 
 
@@ -122,9 +84,9 @@ def sentence_ensemble(cfg: EnsembleConfig, trials: list[dict], out_dir: Path) ->
         key = (m.store.resolve(), m.carve)
         if key not in loaded:
             loaded[key] = load_parts_of(m.store, m.carve)
-        store, manifest, m_spec, parts = loaded[key]
+        of_store, manifest, m_spec, parts = loaded[key]
         if ref is None:
-            ref, ref_parts, spec, kind = m, parts, m_spec, store
+            ref, ref_parts, spec, kind = m, parts, m_spec, of_store
         _check_same_examples(m, parts, ref, ref_parts, m_spec, spec)
         if m.folder is None:  # the encoder: its outputs were stored at embedding time
             if not manifest.get("encoder_logits"):
@@ -134,13 +96,12 @@ def sentence_ensemble(cfg: EnsembleConfig, trials: list[dict], out_dir: Path) ->
             continue
         model, meta = load_head(m.folder, span=False)
         st.check_compatible(manifest, **same_source({**meta["adapter_pooler"], **meta}))
-        if meta["adapter_pooler"].get("task_kind") != m_spec["kind"]:
-            raise ConfigError(f"{m.folder}: a {meta['adapter_pooler'].get('task_kind')} head, but {m.store} holds "
-                              f"a {m_spec['kind']} task")  # fmt: skip
         head = head_kind(meta)
-        head.check_store(manifest, f"{m.folder} on {m.store}")
+        if head is not of_store:
+            raise ConfigError(f"{m.folder}: a head on {head.reads} states for {head.name}, but {m.store} is a "
+                              f"{manifest.get('selection')} store of a {m_spec['kind']} task")  # fmt: skip
         model.to(dev)
-        m.outputs = {p: head.outputs(model, part.hidden, device=dev) for p, part in parts.items()}
+        m.outputs = {p: head.outputs(model, part.states, device=dev) for p, part in parts.items()}
     loaded.clear()  # the hidden states are no longer needed
     labels = {p: part.labels for p, part in ref_parts.items()}
     evals = [p for p in labels if p != "validation"]

@@ -1,16 +1,15 @@
-"""Sentence head kinds: classification or regression on one vector per layer and example (cls
-or mean stores, `SentenceHeads`) or on every token of it (sentence token stores,
-`SentenceTokenHeads`, which reads `TokenRows`). Both carve the validation part from STORE/train
-as fine-tuning carves it, so they select on the same examples."""
+"""Sentence head kinds: classification or regression on one vector per layer (cls or mean stores)
+or on every token (sentence token stores), validated on the examples fine-tuning held out."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from bertvision import store as st
 from bertvision.distributed import ONE, World
@@ -53,6 +52,15 @@ def softmax_rows(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
+class Part(NamedTuple):
+    """One part (validation, or an eval split) of a sentence store, in the store's order."""
+
+    states: Any  # in the kind's form (`SentenceHeads.states`)
+    labels: np.ndarray
+    ids: list[str]
+    encoder: np.ndarray | None  # (N, C) float32: the fine-tuned encoder's own outputs, if stored
+
+
 class SentenceHeads(HeadKind):
     """Classification or regression on one vector per example and layer (cls or mean stores)."""
 
@@ -62,43 +70,48 @@ class SentenceHeads(HeadKind):
 
     def __init__(self, name: str, probabilities: bool = False):
         self.name = name
-        self.probabilities = probabilities
-        """Members' outputs are logits, averaged as softmax probabilities in ensembles."""
+        self.probabilities = probabilities  # outputs are logits: ensembles average probabilities
 
     def num_outputs(self, spec: dict) -> int:
         return len(spec["labels"]) if spec["labels"] else 1
 
     def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
+        carve = (cfg.validation_fraction, cfg.validation_seed)
+        train, rows, parts = self.parts(root, carve, cfg.train_examples, eval_names)
+        data = HeadData(spec, train.manifest, self.train_part(train, rows), len(rows))
+        data.parts.update(parts)
+        return data
+
+    def parts(self, root: Path, carve: tuple[float, int], train_examples: int | None, eval_names: list[str]):
+        """(STORE/train, its training rows, part -> `Part`): the validation part carved as
+        fine-tuning carves it (`carve_rows`), and the labelled eval splits."""
         train = st.load_split(root / "train")  # every shard read is checked (sha256, finite)
         if train.labels is None:
             raise DataError(root / "train", "the train split carries no labels")
-        labels = train.labels.numpy()
-        tr_idx, va_idx = carve_rows(train.manifest, labels, cfg.validation_fraction, cfg.validation_seed,
-                                    cfg.train_examples, root / "train")  # fmt: skip
-        data = HeadData(spec, train.manifest, self.train_part(train, tr_idx), len(tr_idx))
-        data.parts["validation"] = (self.states(train, va_idx), labels[va_idx])
+        labels, enc = train.labels.numpy(), train.encoder_logits
+        tr, va = carve_rows(train.manifest, labels, *carve, train_examples, root / "train")
+        parts = {"validation": Part(self.states(train, va), labels[va], [train.ids[i] for i in va],
+                                    None if enc is None else enc[va])}  # fmt: skip
         for name in eval_names:
             split = st.load_split(root / name)
             st.check_compatible(split, **same_source(train.manifest))
             if split.labels is not None:
-                data.parts[name] = (self.states(split), split.labels.numpy())
-        return data
+                parts[name] = Part(self.states(split), split.labels.numpy(), split.ids, split.encoder_logits)
+        return train, tr, parts
 
     def states(self, split, rows=None):
-        """The states a part is scored on: (N, L, H) of ``rows`` (default: all) of a split."""
+        """A part's states, in the form `outputs` reads: (N, L, H) of ``rows`` (default: all)."""
         return split.hidden if rows is None else split.hidden[rows]
 
     def train_part(self, train, rows):
-        """What `batches` draws from: (states, labels) of the training rows."""
+        """What `batch` draws from: (states, labels) of the training rows."""
         return train.hidden[rows], train.labels[rows]
 
     def batch(self, train, idx):
         x, y = train
         return x[idx], y[idx]
 
-    def rng(self, seed: int):
-        import torch
-
+    def rng(self, seed: int):  # torch's: batches come from torch.randperm
         return torch.Generator().manual_seed(seed)
 
     def rng_state(self, rng):
@@ -111,10 +124,8 @@ class SentenceHeads(HeadKind):
         return math.ceil(data.train_rows / batch_size)
 
     def batches(self, data: HeadData, batch_size: int, rng, world: World = ONE):
-        """One epoch of batches (inputs..., labels) in a seeded random order; with several ranks,
-        this rank's piece of each global batch (a last batch smaller than the ranks is skipped)."""
-        import torch
-
+        """One epoch of (inputs..., labels) in a seeded random order; with several ranks, this
+        rank's piece of each global batch (a last batch smaller than the ranks is skipped)."""
         for idx in torch.randperm(data.train_rows, generator=rng).split(batch_size):
             if len(idx) >= world.size:
                 yield self.batch(data.train, world.piece(idx))
@@ -126,8 +137,6 @@ class SentenceHeads(HeadKind):
 
     def outputs(self, model, states, device=None, batch_size: int = 1024) -> np.ndarray:
         """The head's (N, C) float32 outputs on a part's states."""
-        import torch
-
         model.eval()
         outs = []
         with torch.inference_mode():
@@ -136,7 +145,7 @@ class SentenceHeads(HeadKind):
         return torch.cat(outs).numpy()
 
     def score(self, model, part, data: HeadData, cfg, device, threshold=None) -> tuple[dict, None]:
-        states, y = part
+        states, y = part[0], part[1]  # a `Part`, or (states, labels)
         return compute_metrics(data.spec["metrics"], self.outputs(model, states, device), y), None
 
     def selection(self, scores: dict) -> float:
@@ -160,8 +169,8 @@ class SentenceHeads(HeadKind):
 
 @dataclass
 class TokenRows:
-    """Examples of a sentence token store in memory (a `TokenSplit`, or rows of one): example
-    i's tokens are ``hidden[starts[i]:starts[i] + lengths[i]]``."""
+    """Rows of a sentence token store in memory: example i's tokens are
+    ``hidden[starts[i]:starts[i] + lengths[i]]``."""
 
     hidden: Any  # torch (sum T, L, H) float16
     segments: Any  # torch (sum T,) int64
@@ -171,8 +180,6 @@ class TokenRows:
 
     @classmethod
     def from_split(cls, split, rows: np.ndarray | None = None) -> TokenRows:
-        import torch
-
         rows = np.arange(len(split.ids)) if rows is None else np.asarray(rows)
         return cls(split.hidden, torch.from_numpy(split.segments.astype(np.int64)), split.row_starts[:-1][rows],
                    np.diff(split.row_starts)[rows], None if split.labels is None else split.labels[rows])  # fmt: skip
@@ -185,8 +192,6 @@ class TokenRows:
         converts its real tokens), (B, T) mask, (B, T) segments. One gather of every row's
         positions, padding reading token 0 and then zeroed: faster on long pairs than a copy per
         row (docs/BENCHMARKS.md, "Token heads: batches and steps")."""
-        import torch
-
         idx = np.asarray(idx)
         lengths = self.lengths[idx]  # (B,)
         positions = np.arange(int(lengths.max()))  # (T,)
@@ -221,8 +226,6 @@ class SentenceTokenHeads(SentenceHeads):
 
     def outputs(self, model, rows: TokenRows, device=None, batch_size: int = 64) -> np.ndarray:
         """The head's (N, C) float32 outputs in row order, batched by length (little padding)."""
-        import torch
-
         model.eval()
         out = np.empty((len(rows), model.config.num_outputs), dtype=np.float32)
         with torch.inference_mode():

@@ -15,10 +15,8 @@ from bertvision.spans.windows import NO_ANSWER, offsets_array
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets, *,
               max_answer_tokens: int = 30) -> tuple[int, int, float]:  # fmt: skip
     """The best (start, end, start + end score) of one window's real tokens: context tokens only,
-    end >= start, at most ``max_answer_tokens`` long; (0, 0, -inf) when no span qualifies.
-
-    An exact search over the band of allowed pairs, vectorised: about 0.1 ms a 384-token window.
-    """
+    end >= start, at most ``max_answer_tokens`` long; (0, 0, -inf) when none qualifies. An exact
+    search over the band of allowed pairs, vectorised: about 0.1 ms a 384-token window."""
     if max_answer_tokens < 1:
         raise ConfigError(f"--max-answer-tokens must be positive, not {max_answer_tokens}")
     offs = offsets_array(offsets)
@@ -81,11 +79,9 @@ def postprocess(example_ids: Sequence[str], offsets: Sequence, start_logits: Seq
 
 
 def choose_threshold(gold: dict[str, list[str]], preds: SpanPredictions) -> float:
-    """The no-answer threshold with the best F1 on ``gold`` (a validation part, never test).
-
-    Every cut between sorted ``null_diff`` values is tried (ties move together), including "all
-    no answer", which the official script's search cannot return.
-    """
+    """The no-answer threshold with the best F1 on ``gold`` (a validation part, never test): every
+    cut between sorted ``null_diff`` values (ties move together), "all no answer" included, which
+    the official script's search cannot return."""
     from bertvision.metrics.squad_v2 import _raw_scores
 
     qids = list(gold)

@@ -1,7 +1,6 @@
-"""Span heads' data: token stores of SQuAD windows, in memory (`WindowSet`) and streamed for
-training (`train_batches`, so a store larger than memory trains too). The validation part is
-``STORE/validation`` for the article split, else whole articles carved from ``STORE/train`` with
-the seed fine-tuning used (`span_parts`); the eval split is scored once, after selection."""
+"""Span heads' data: token stores of SQuAD windows in memory (`WindowSet`) and streamed for
+training (`train_batches`, so a store larger than memory trains too), with the validation part
+fine-tuning used (`span_parts`)."""
 
 from __future__ import annotations
 
@@ -109,9 +108,8 @@ def head_logits(model, windows: WindowSet, device=None, batch_size: int = 64) ->
 
 
 def span_parts(task, validation_fraction: float = 0.1, validation_seed: int = 0) -> dict:
-    """{"train": SquadSplit, "validation": SquadSplit} of a span task: its own validation split
-    (the article split), else whole articles carved from train (seeded), so no paragraph is in
-    both. Fine-tuning, span heads and ensembles all call this with the same arguments."""
+    """{"train", "validation"} SquadSplits of a span task: its own validation split, else whole
+    articles carved from train (seeded). Every span stage calls this with the same arguments."""
     from bertvision.tasks.squad import SquadSplit
 
     if "validation" in task.spec.splits:
@@ -135,20 +133,17 @@ class SpanParts:
     spec: dict
     manifest: dict
     train_path: Path
-    train_keep: set[str] | None
-    """Question ids of train windows to train on (None: all of STORE/train)."""
+    train_keep: set[str] | None  # question ids of the train windows trained on (None: all)
     train_windows: int
-    """How many windows of STORE/train are trained on."""
     validation: WindowSet
     evals: dict[str, WindowSet]
-    questions: dict[str, object]
-    """Part name -> SquadSplit (contexts and gold answers) for validation and eval splits."""
+    questions: dict[str, object]  # part name -> SquadSplit (contexts and gold answers)
 
 
 def load_parts(root: Path, manifest: dict, spec: dict, data_dir: str | None, validation_fraction: float,
                validation_seed: int, eval_names: Sequence[str] | None = None) -> SpanParts:  # fmt: skip
-    """The validation and eval windows of a span store (``manifest``, ``spec``: its train split's,
-    `bertvision.kinds.store_kind`'s), with their questions' text."""
+    """The validation and eval windows of a span store (``manifest``, ``spec``: `store_kind`'s),
+    with their questions' text."""
     if manifest["status"] != "complete":
         st.load_split(root / "train")  # raises the store's own "incomplete" error
     task = get_task(spec["name"], data_dir)
@@ -163,15 +158,11 @@ def load_parts(root: Path, manifest: dict, spec: dict, data_dir: str | None, val
     if (root / "validation").is_dir():
         validation, train_keep = load("validation"), None
         check_ids(root / "validation", validation.example_ids, parts["validation"])
-    else:  # carve whole articles out of STORE/train, as fine-tuning did
+    else:  # carve whole articles out of STORE/train, as fine-tuning did: one pass over its shards
         held = {ex.id for ex in parts["validation"].examples}
-        validation = None
-        for shard in st.iter_token_shards(root / "train"):  # one pass: validation windows out
-            piece = WindowSet.from_split(shard, held)
-            if validation is None:
-                validation = piece
-            else:
-                validation.extend(piece)
+        validation, *rest = [WindowSet.from_split(shard, held) for shard in st.iter_token_shards(root / "train")]
+        for piece in rest:
+            validation.extend(piece)
         train_keep = {ex.id for ex in parts["train"].examples}
         check_ids(root / "train", validation.example_ids, parts["validation"])
     n_train = manifest["rows"] - (len(validation) if train_keep is not None else 0)
@@ -196,12 +187,10 @@ def check_ids(where: Path, window_qids: Sequence[str], split) -> None:
 
 def train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator,
                   world: World = ONE) -> Iterator[WindowSet]:  # fmt: skip
-    """One epoch of batches of windows of similar length: shuffled shards, shuffled within a shard.
-
-    With several ranks, every rank draws the same epoch seed from ``rng`` (a resumed run stays in
-    step) and reads only its own shards of the epoch's shard order (every ``size``-th), in
-    batches of ``batch_size / size``, shuffled by a generator of that seed and its rank.
-    """
+    """One epoch of batches of windows of similar length: shuffled shards, shuffled within a
+    shard. Several ranks draw the same epoch seed (a resumed run stays in step) and each reads
+    its own shards (every ``size``-th) in batches of ``batch_size / size``, shuffled by a
+    generator of that seed and its rank."""
     seed = int(rng.integers(2**31))
     local = rng if world.size == 1 else np.random.default_rng([seed, world.rank])
     size = batch_size // world.size

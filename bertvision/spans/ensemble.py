@@ -1,12 +1,9 @@
-"""Span ensembles, as the original study: each member's start and end probabilities (softmax over
-a window's real tokens) combined position by position by their maximum (``max``) or mean
-(``mean``), then the usual post-processing with a threshold chosen on validation; every member
-and ensemble scored once on the eval split. The fine-tuned encoder's stored logits may join."""
+"""Span ensembles, as the original study: members' start and end probabilities per token combined
+by their maximum or mean, then the usual post-processing with a threshold chosen on validation."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from bertvision.kinds import store_kind
 from bertvision.outdir import claim
 from bertvision.runtime import pick_device
 from bertvision.spans.answers import evaluate
-from bertvision.spans.data import SpanParts, head_logits, load_parts
+from bertvision.spans.data import head_logits, load_parts
 from bertvision.spans.heads import SpanHeads
 from bertvision.train import load_head
 
@@ -84,21 +81,16 @@ def span_ensemble(cfg: EnsembleConfig, trials: list[dict], out_dir: Path) -> dic
         return out
 
     with claim(out_dir, "ensemble"):
-        return _ensemble(logits, run, sets, parts, cfg.methods, cfg.store, out_dir)
-
-
-def _ensemble(logits: dict, run, sets: dict, parts: SpanParts, methods: Sequence[str], store, out_dir: Path) -> dict:
-    t0 = time.perf_counter()
-    result: dict = {"kind": "span", "members": {}, "ensembles": {}, "store": str(store)}
-    for name, by_part in logits.items():
-        result["members"][name] = {k: v for k, v in run(by_part).items() if not k.startswith("_")}
-    probs = {name: {p: member_probs(*se) for p, se in by_part.items()} for name, by_part in logits.items()}
-    for method in methods:
-        combined = {p: combine([probs[m][p] for m in probs], method) for p in sets}
-        scored = run(combined)
-        for name in parts.evals:
-            atomic_write_json(out_dir / f"predictions-{method}-{name}.json", scored.pop(f"_predictions_{name}"))
-        result["ensembles"][method] = scored
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(out_dir / "ensemble.json", result)
+        t0 = time.perf_counter()
+        result: dict = {"kind": "span", "members": {}, "ensembles": {}, "store": str(cfg.store)}
+        for name, by_part in logits.items():
+            result["members"][name] = {k: v for k, v in run(by_part).items() if not k.startswith("_")}
+        probs = {name: {p: member_probs(*se) for p, se in by_part.items()} for name, by_part in logits.items()}
+        for method in cfg.methods:
+            scored = run({p: combine([probs[m][p] for m in probs], method) for p in sets})
+            for name in parts.evals:
+                atomic_write_json(out_dir / f"predictions-{method}-{name}.json", scored.pop(f"_predictions_{name}"))
+            result["ensembles"][method] = scored
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        atomic_write_json(out_dir / "ensemble.json", result)
     return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
+import torch
 
 from bertvision import store as st
 from bertvision.distributed import ONE, World
@@ -43,15 +43,6 @@ class SpanHeads(HeadKind):
             data.parts[name] = (parts.validation if name == "validation" else parts.evals[name], parts.questions[name])
         return data
 
-    def rng(self, seed: int):
-        return np.random.default_rng(seed)
-
-    def rng_state(self, rng) -> dict:
-        return rng.bit_generator.state
-
-    def set_rng_state(self, rng, state: dict) -> None:
-        rng.bit_generator.state = state
-
     def steps_per_epoch(self, data: HeadData, batch_size: int, world: World = ONE) -> int:
         shards = len(data.manifest["shards"])
         if shards < world.size:
@@ -66,16 +57,12 @@ class SpanHeads(HeadKind):
         return train_batches(data.train, batch_size, rng, world)
 
     def loss(self, trained, model, batch: WindowSet, device):
-        import torch
-
         x, mask = pad_batch(batch.hidden, device)
         return span_loss(trained(x, mask), torch.as_tensor(batch.labels, device=device))
 
     def score(self, model, part, data: HeadData, cfg, device, threshold=None):
         windows, questions = part
-        s, e = head_logits(model, windows, device)
-        scores, preds, _ = evaluate(questions, windows, s, e, cfg.max_answer_tokens, threshold)
-        return scores, preds
+        return evaluate(questions, windows, *head_logits(model, windows, device), cfg.max_answer_tokens, threshold)[:2]
 
     def selection(self, scores: dict) -> float:
         return scores["f1"]

@@ -1,8 +1,5 @@
-"""Fine-tuning's span kind (`bertvision.finetune.TUNING`): SQuAD windows, a linear layer giving
-start and end logits per token (`AutoModelForQuestionAnswering`), the CLS position for "no
-answer", and the no-answer threshold of every checkpoint chosen on the validation part. Each
-checkpoint also gets ``predictions-<split>.json`` and ``null-diff-<split>.json`` for
-``bertvision squad-eval``."""
+"""Fine-tuning's span kind: SQuAD windows, start and end logits per token, the CLS position for
+"no answer", and each checkpoint's no-answer threshold chosen on the validation part."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """SQuAD windows: ``[CLS] question [SEP] context chunk [SEP]``, overlapping by ``doc_stride``
-tokens, each context token keeping its character offsets so a span of tokens maps back to text.
-A window's target is the gold answer's first and last token when the whole answer lies inside,
-else the CLS position (`NO_ANSWER`)."""
+tokens; each context token keeps its character offsets, so a span of tokens maps back to text."""
 
 from __future__ import annotations
 
@@ -45,19 +43,12 @@ def make_windows(tokenizer, examples: Sequence, *, max_length: int = 384, doc_st
     enc = tokenizer(questions, [ex.context for ex in examples], truncation="only_second", max_length=max_length,
                     stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
                     return_token_type_ids=True)  # fmt: skip
-    owner = enc["overflow_to_sample_mapping"]
-    ids, offsets, starts, ends = [], [], [], []
-    for w in range(len(enc["input_ids"])):
-        seq = enc.sequence_ids(w)
-        offs = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w], seq, strict=True)]
-        ex = examples[owner[w]]
-        start, end = _target(ex, offs)
-        ids.append(ex.id)
-        offsets.append(offs)
-        starts.append(start)
-        ends.append(end)
-    return Windows(ids, [list(x) for x in enc["input_ids"]], [list(x) for x in enc["token_type_ids"]], offsets,
-                   np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64))  # fmt: skip
+    owners = [examples[k] for k in enc["overflow_to_sample_mapping"]]
+    offsets = [[tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w], enc.sequence_ids(w), strict=True)]
+               for w in range(len(owners))]  # fmt: skip
+    targets = np.asarray([_target(ex, o) for ex, o in zip(owners, offsets, strict=True)], np.int64).reshape(-1, 2)
+    return Windows([ex.id for ex in owners], [list(x) for x in enc["input_ids"]],
+                   [list(x) for x in enc["token_type_ids"]], offsets, targets[:, 0], targets[:, 1])  # fmt: skip
 
 
 def _cut_question(tokenizer, question: str, max_tokens: int) -> str:
