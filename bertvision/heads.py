@@ -48,8 +48,8 @@ class HeadKind:
     family: str  # its task family (`bertvision.config.FAMILIES`): the defaults its configs take
     module: type
     layout: str  # the store layout it reads (`bertvision.store.LAYOUTS`)
-    store: str
-    reads: str  # those stores and their states, in messages
+    store: str  # in messages: "not a <store> store"
+    reads: str  # in messages: "a head on <reads> states"
 
     def rng(self, seed: int):
         """The generator of a seed's batches; its state is part of a resumable training state."""

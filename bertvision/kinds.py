@@ -10,8 +10,8 @@ from bertvision.errors import ConfigError, DataError
 from bertvision.sentences.heads import SentenceHeads, SentenceTokenHeads
 from bertvision.spans.heads import SpanHeads
 
-# Task kind (a task spec's ``kind``, a head config's ``task_kind``) -> head kind; on sentence token
-# stores (a head config's ``token_states``) -> TOKEN_KINDS; and both by (task kind, store layout).
+# Task kind (a task spec's ``kind``, a head config's ``task_kind``) -> head kind; TOKEN_KINDS: on
+# sentence token stores (a head config's ``token_states``); BY_LAYOUT: by (task kind, store layout).
 KINDS = {"classification": SentenceHeads("classification", probabilities=True),
          "regression": SentenceHeads("regression"), "span": SpanHeads()}  # fmt: skip
 TOKEN_KINDS = {"classification": SentenceTokenHeads("classification", probabilities=True),
