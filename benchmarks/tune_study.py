@@ -103,7 +103,7 @@ def main() -> None:
     import ray
 
     from ray_jobs import baseline
-    from ray_jobs.local import init_ray
+    from ray_jobs.common import init_ray
 
     # one local Ray for every stage; 5 logical CPUs so that the 5 fine-tuning seeds (one torch
     # thread each) run at once rather than 4 and then 1 alone on a 2-core machine

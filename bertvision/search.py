@@ -14,7 +14,7 @@ never loaded by a search. Each trial folder holds::
                         its own events beside it, with the trial's hyperparameters
 
 `leaderboard(folder)` ranks the trials of a search folder (its sub-folders with a trial.json) by
-their best validation score; `bertvision tune show DIR` prints it. A trial that a killed search
+their best validation score; `bertvision tune show DIR` prints it (`bertvision.printing`). A trial that a killed search
 had started but not yet recorded is set aside under ``ORPHANS`` when the search resumes (its
 point is proposed again), and is not on the leaderboard.
 """
@@ -25,11 +25,11 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 
-from bertvision.config import HeadArchitecture, HeadTrainConfig, Optimisation, SearchConfig
+from bertvision.config import HeadArchitecture, HeadTrainConfig, Optimisation, SearchConfig, derive
 from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError
 from bertvision.io import atomic_write_json
@@ -86,14 +86,11 @@ def default_point(search: SearchConfig, family: str, token_stores: bool = False)
 
 def trial_config(search: SearchConfig, params: dict) -> HeadTrainConfig:
     """The `HeadTrainConfig` of one trial: the search's settings, the proposed hyperparameters."""
-    head = {f: params[f] for f in ("adapter_size", "shared", "combine", "residual", "first_layer", "dropout", "pooling")
-            if f in params}  # fmt: skip
-    optim = {f: params[f] for f in ("lr", "weight_decay", "batch_size")}
-    base = HeadTrainConfig(store=params["store"], seeds=(search.seed,), validation_fraction=search.validation_fraction,
-                           validation_seed=search.validation_seed, data_dir=search.data_dir, device=search.device)  # fmt: skip
-    return replace(base, head=HeadArchitecture(**{k: _plain(v) for k, v in head.items()}),
-                   optim=Optimisation(epochs=search.epochs, patience=search.patience,
-                                      **{k: _plain(v) for k, v in optim.items()}))  # fmt: skip
+    plain = {k: _plain(v) for k, v in params.items()}
+    head = HeadArchitecture(**{f: plain[f] for f in ("adapter_size", "shared", "combine", "residual", "first_layer",
+                                                     "dropout", "pooling") if f in plain})  # fmt: skip
+    optim = derive(Optimisation, search, **{f: plain[f] for f in ("lr", "weight_decay", "batch_size")})
+    return derive(HeadTrainConfig, search, store=params["store"], seeds=(search.seed,), head=head, optim=optim)
 
 
 def _plain(value):
@@ -113,9 +110,7 @@ def load_stores(search: SearchConfig) -> dict[str, tuple]:
             raise ConfigError(f"store {store}: task {spec['name']} ({kind.name}, {manifest['num_hidden_states']} hidden "
                               f"states), but {search.stores[0]} holds {first[0]} ({first[1]}, {first[2]}); one search "
                               "compares stores of one task and encoder depth")  # fmt: skip
-        cfg = HeadTrainConfig(store=store, validation_fraction=search.validation_fraction,
-                              validation_seed=search.validation_seed, data_dir=search.data_dir)  # fmt: skip
-        loaded[store] = (kind, kind.load(cfg, Path(store), spec, []))  # no eval parts: dev is not a search's
+        loaded[store] = (kind, kind.load(derive(HeadTrainConfig, search, store=store), Path(store), spec, []))  # no eval parts: dev is not a search's
     return loaded
 
 
@@ -195,6 +190,37 @@ def _scores(h: dict) -> dict:
     return {k: v for k, v in h.items() if k != "epoch"}
 
 
+def set_aside_orphans(out: Path, known: set[str]) -> list[Path]:
+    """Move the trial folders of ``out`` that the search's results do not hold (``known``) into
+    ``out/orphaned/``; returns their new paths. A search killed after starting a trial but
+    before Tune next saved its experiment state leaves such a folder: the resumed search does
+    not know it and runs a trial of its own in its place (HyperOpt, restored, proposes the same
+    point again), so on the leaderboard it would be a trial too many, half-trained, and
+    perhaps a point twice."""
+    moved = []
+    for record in sorted(out.glob(f"*/{TRIAL_FILE}")):
+        trial = record.parent
+        if trial.name not in known:
+            target = out / ORPHANS / trial.name
+            target.parent.mkdir(exist_ok=True)
+            trial.rename(target)
+            moved.append(target)
+    if moved:
+        print(f"{len(moved)} trial folder(s) that a killed search started after Tune last saved its state "
+              f"(the resumed search ran trials of its own in their place) moved to {out / ORPHANS}",
+              flush=True)  # fmt: skip
+    return moved
+
+
+def finish_search(out: Path, known: set[str]) -> list[dict]:
+    """After a search whose results hold the trial folders ``known``: any other set aside
+    (`set_aside_orphans`), the leaderboard written to leaderboard.json and returned."""
+    set_aside_orphans(out, known)
+    board = leaderboard(out)
+    atomic_write_json(out / "leaderboard.json", board)
+    return board
+
+
 def leaderboard(folder: str | Path) -> list[dict]:
     """Every trial of a search folder (a sub-folder with a trial.json; not those set aside under
     ``ORPHANS``), best validation score first."""
@@ -212,13 +238,3 @@ def leaderboard(folder: str | Path) -> list[dict]:
     if not rows:
         raise DataError(folder, f"no finished epoch of any trial here (no {TRIAL_FILE} with a score)")
     return sorted(rows, key=lambda r: -r["score"])
-
-
-def format_leaderboard(board: list[dict], top: int | None = None) -> str:
-    """The leaderboard as text: rank, validation score, epochs run, store, hyperparameters."""
-    lines = [f"{'rank':>4} {'score':>8} {'epochs':>6}  store / hyperparameters"]
-    for rank, row in enumerate(board[:top] if top else board, 1):
-        p = row["params"]
-        rest = ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in p.items() if k != "store")
-        lines.append(f"{rank:>4} {row['score']:>8.4f} {len(row['history']):>6}  {p['store']}  {rest}")
-    return "\n".join(lines)

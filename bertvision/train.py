@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,6 +43,7 @@ from bertvision.fingerprint import store_fingerprint
 from bertvision.heads import HeadData, same_source
 from bertvision.io import atomic_folder, atomic_write_bytes, atomic_write_json
 from bertvision.kinds import head_kind, store_kind
+from bertvision.metrics import mean_std
 from bertvision.models.adapter_pooler import AdapterPoolerConfig
 from bertvision.outdir import check_out_dir, claim, previous_run
 from bertvision.runtime import (
@@ -175,14 +177,13 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
 
 def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | None = None,
                 settings: dict | None = None) -> dict:  # fmt: skip
-    """Train one head per seed in ``cfg.seeds``; score the eval splits once each; returns (and
-    writes) the summary (mean and standard deviation over seeds, and "kind").
+    """Train one head per seed in ``cfg.seeds`` (`train_seed`); returns (and writes) the summary
+    (mean and standard deviation over seeds, and "kind").
 
     ``runner(seed_cfg, out_dir, eval_names)``, when given, trains one seed elsewhere (Ray Train:
-    `ray_jobs/train.py`): it writes ``seed-<k>`` as `_train_seed` does and returns its metrics
-    (with "train_rows"); this process then never reads the store's shards. ``settings``: what
-    else a finished run must match to be reused (e.g. the number of workers), stored with the
-    config.
+    `ray_jobs/train.py`, whose workers call `train_seed`) and returns its metrics (with
+    "train_rows"); this process then never reads the store's shards. ``settings``: what else a
+    finished run must match to be reused (e.g. the number of workers), stored with the config.
     """
     out_dir = check_out_dir(out_dir)
     pick_device(cfg.device)  # a bad --device fails before the store is read
@@ -208,8 +209,7 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
         data = kind.load(cfg, root, spec, eval_names)
         atomic_write_json(out_dir / "config.json", {**about, "train_rows": data.train_rows,
                                                     "store": _manifest_summary(data.manifest)})  # fmt: skip
-        runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: _train_seed(cfg.for_seed(seed), data, kind, d))
-                for seed in cfg.seeds]  # fmt: skip
+        runs = [train_seed(cfg.for_seed(seed), data, kind, out_dir) for seed in cfg.seeds]
         return _write_summary(out_dir, runs, data.evals, kind.name)
 
 
@@ -223,14 +223,40 @@ def _upgrade_config(stored: dict) -> dict:
     return stored
 
 
-def _train_seed(cfg: HeadTrainConfig, data: HeadData, kind, folder: Path) -> dict:
-    """`fit_head`, then the eval splits scored once with the selected epoch; TensorBoard events,
-    weights, head config and metrics written into ``folder``."""
+def train_seed(cfg: HeadTrainConfig, data: HeadData, kind, out_dir: Path, world: World = ONE,
+               resume: dict | None = None, report: Callable | None = None, extra: Callable | None = None) -> dict | None:  # fmt: skip
+    """One head seed, in this process or as one rank of a Ray Train run: `fit_head` (TensorBoard
+    events, then ``report(epoch report)`` after every epoch), then on rank 0 the eval splits
+    scored once and ``seed-<k>`` written whole (`in_seed_folder`, metrics.json with ``extra(fit)``,
+    called on every rank); returns the metrics (None on other ranks). The events go to
+    ``.seed-<k>.tb`` while training (a resumed worker appends to them), then into the folder; a
+    failed seed leaves them only where a run will resume from a checkpoint (``report``)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(folder / "tb"))
-    fit = fit_head(cfg, data, kind, on_epoch=lambda report: log_epoch(tb, kind, report))
-    return finish_seed(cfg, data, kind, fit, folder, tb)
+    seed = cfg.seeds[0]
+    events = out_dir / f".seed-{seed}.tb"
+    tb = SummaryWriter(str(events)) if world.main else None
+
+    def on_epoch(r: dict) -> None:
+        if tb is not None:
+            log_epoch(tb, kind, r)
+            tb.flush()
+        if report is not None:
+            report(r)
+
+    def write(folder: Path) -> dict:
+        result = finish_seed(cfg, data, kind, fit, folder, tb, more)
+        shutil.move(str(events), str(folder / "tb"))
+        return result
+
+    try:
+        fit = fit_head(cfg, data, kind, on_epoch=on_epoch, resume=resume, world=world)
+        more = extra(fit) if extra is not None else None
+        return in_seed_folder(out_dir, seed, write) if world.main else None
+    except BaseException:
+        if report is None:  # nothing resumes from these events
+            shutil.rmtree(events, ignore_errors=True)
+        raise
 
 
 def finish_seed(cfg: HeadTrainConfig, data: HeadData, kind, fit: FitResult, folder: Path, tb,
@@ -283,7 +309,7 @@ def head_meta(pooler: dict, data: HeadData, kind, chosen: dict, cfg: HeadTrainCo
 
 # What a head run writes besides config.json, metrics.json and summary.json (a killed run's are
 # removed before it starts over).
-SEED_GLOBS = ("seed-*", ".seed-*.tmp", ".seed-*.tb")  # 2nd: `io.atomic_folder`'s temporary name; 3rd: Ray Train's TensorBoard events
+SEED_GLOBS = ("seed-*", ".seed-*.tmp", ".seed-*.tb")  # 2nd: `io.atomic_folder`'s temporary name; 3rd: a seed's TensorBoard events in training
 
 
 def in_seed_folder(out_dir: Path, seed: int, train_fn):
@@ -302,18 +328,13 @@ def _write_summary(out_dir: Path, runs: list[dict], evals: list[str], kind: str)
 
 
 def summarize(runs: list[dict], splits: list[str]) -> dict:
-    """Mean and sample standard deviation over seeds of every metric of every split."""
+    """Mean and sample standard deviation over seeds (`metrics.mean_std`) of every metric of
+    every split."""
     out = {"seeds": [r["seed"] for r in runs], "runs": runs}
     for split in splits:
         metrics = [r[split] for r in runs if split in r]
-        if not metrics:
-            continue
-        names = [k for k in metrics[0] if k != "epoch"]
-        out[split] = {
-            name: {"mean": float(np.mean([m[name] for m in metrics])),
-                   "std": float(np.std([m[name] for m in metrics], ddof=1)) if len(metrics) > 1 else 0.0}
-            for name in names
-        }  # fmt: skip
+        if metrics:
+            out[split] = {name: mean_std([m[name] for m in metrics]) for name in metrics[0] if name != "epoch"}
     out["epoch_seconds"] = float(np.mean([r["epoch_seconds"] for r in runs]))
     out["train_seconds"] = float(np.sum([r["train_seconds"] for r in runs]))
     return out
