@@ -1,18 +1,14 @@
 """The full fine-tuning baseline, tuned as fairly as the heads: what it runs and what it chooses.
 
-A grid of learning rates (one `bertvision.finetune` run each, a checkpoint after every whole
-epoch); the learning rate and the number of epochs are chosen on the validation part carved
-from train (the checkpoints' validation scores, the task's selection metric), never on dev. Then
-``--seeds`` runs at that setting, each scored once on dev at its chosen epoch (and at each whole
-epoch before it, a row of its own). With one learning rate no grid runs: the seeds run
-``--max-epochs`` with a checkpoint after each epoch, and the epoch with the best mean validation
-score over the seeds is chosen. The runs themselves are the caller's (`ray_jobs/baseline.py`:
-Ray Tune trials). Output::
+A grid of learning rates (a checkpoint after every whole epoch) chooses the rate and the epochs
+on the validation part carved from train, never on dev; then ``--seeds`` runs at that setting,
+each scored once on dev at the chosen epoch (and at each whole epoch before it, a row of its
+own). With one rate no grid runs: the seeds' mean validation score picks the epoch. The caller
+runs the fine-tuning runs (`ray_jobs/baseline.py`: Tune trials). Output::
 
-    grid/lr-<lr>/       fine-tuning runs of the grid (validation only; none with one rate)
-    seed-<k>/           the seeds' runs at the chosen setting (with dev scores; checkpoint-e1 is
-                        the 1-epoch fine-tuning a store can be extracted from)
-    baseline.json       the grid's validation scores, the choice, and dev mean / std over seeds
+    grid/lr-<lr>/       the grid's runs (validation only; none with one rate)
+    seed-<k>/           the seeds' runs (checkpoint-e1: the 1-epoch fine-tuning stores embed)
+    baseline.json       the grid's validation scores, the choice, dev mean / std over seeds
 """
 
 from __future__ import annotations

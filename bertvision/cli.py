@@ -10,22 +10,21 @@
     bertvision run --task T               all of it, resumable, ending in RUN/report.html
     bertvision report RUN / show STORE    the report of a run; one stored example as an image
 
-A stage's command (`Command` with a ``config``) takes its options from the config's fields and,
-with a ``job``, the Ray job's (`bertvision.config`): ``--ray`` (or always, for tune and run) runs
-the job registered under the ``bertvision.runners`` entry points (pyproject.toml), so the
-library never imports ``ray_jobs``; the result goes to the command's printer
-(`bertvision.printing`). Errors print one line (``bertvision: error: FILE:LINE: problem``, no
-traceback). Exit status: 0 done, 1 the input is wrong (a data file, a store, a head, an option),
-2 the command line is malformed, 3 something failed while running (disk full, permissions, a
-folder held by another process, training diverged), 130 interrupted.
+A stage's command takes its options from its config's fields and its Ray job's (`bertvision.
+config`); ``--ray`` (always, for tune and run) runs the job registered in the ``bertvision.runners``
+entry points (pyproject.toml: the library never imports ``ray_jobs``); a printer
+(`bertvision.printing`) prints the result. Errors print one line (``bertvision: error: FILE:LINE:
+problem``). Exit status: 0 done, 1 the input is wrong, 2 the command line is malformed, 3 something
+failed while running (disk full, permissions, a folder held elsewhere, training diverged), 130
+interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -37,8 +36,9 @@ from bertvision.errors import EXIT_INTERRUPTED, EXIT_RUN, BertVisionError, Confi
 
 @dataclass(frozen=True)
 class Command:
-    """One command: its help, and either a stage (``config``, a library function ``run`` as
-    "module:name" called as run(cfg, out), a ``printer``) or a function of the parsed ``args``."""
+    """One command: its help; its config and Ray job (a stage: flags from their fields), its
+    library function ``run`` ("module:name": run(cfg, out), or run(*given)) and ``printer``; or,
+    for what is neither, ``run`` a function of the parsed arguments."""
 
     help: str
     description: str
@@ -55,6 +55,8 @@ class Command:
     default_out: Callable | None = None
     args: tuple = ()
     """More options: (flags, argparse keyword arguments), or (a config, a field name) for a field's flag."""
+    given: tuple[str, ...] = ()
+    """A command that is no stage: the options handed to ``run`` (printed by ``printer(result, args)``)."""
     flags: dict = field(default_factory=dict)
     sub: dict = field(default_factory=dict)
 
@@ -87,7 +89,8 @@ def commands() -> dict[str, Command]:
             sub={"show": Command(
                 "print a task's spec, a few examples and its label distribution",
                 "Print a task's spec (kind, text fields, labels, metrics, splits), the first examples of one split "
-                "and that split's label (or score) distribution.", cmd_tasks_show, args=(
+                "and that split's label (or score) distribution.", "bertvision.tasks:get_task",
+                lambda task, a: pr.print_task(task, a.split, a.num_examples), given=("task", "data_dir"), args=(
                     (("task",), {"help": "task name (see 'bertvision tasks') or a user task config file"}),
                     (("--split",), {"default": None, "help": "split to show (default: the task's first split found)"}),
                     (("-n", "--num-examples"), {**n, "default": 3, "help": "examples to print (default: 3)"}), data_dir))}),
@@ -143,7 +146,8 @@ def commands() -> dict[str, Command]:
             "the leaderboard again.", None, pr.print_leaderboard, SearchConfig, TuneJobConfig, out="search folder",
             default_out=_tune_needs_out, sub={"show": Command(
                 "print a search's leaderboard from its folder",
-                "Print the trials of a search folder, best validation score first.", cmd_tune_show, args=(
+                "Print the trials of a search folder, best validation score first.", "bertvision.search:leaderboard",
+                lambda board, a: print(pr.format_leaderboard(board, a.top)), given=("path",), args=(
                     (("path",), {"help": "a folder written by 'bertvision tune'"}),
                     (("--top",), {**n, "default": None, "help": "only the N best trials"})))}),
         "ensemble": Command(
@@ -163,7 +167,8 @@ def commands() -> dict[str, Command]:
             "Score a head written by 'bertvision train' (a seed-<k> folder) on a store split. The store must come "
             "from the same encoder and checkpoint as the head's training store. Span heads are scored by the "
             "official SQuAD 2.0 scorer with the no-answer threshold chosen on validation at training (the questions' "
-            "text is read from the task's data).", cmd_evaluate, args=(
+            "text is read from the task's data).", "bertvision.train:evaluate_head",
+            lambda scores, a: print(json.dumps(scores, indent=2)), given=("head", "store", "data_dir"), args=(
                 (("--head",), {"required": True, "help": "a seed-<k> folder written by 'bertvision train'"}),
                 (("--store",), {"required": True, "help": "a split folder of a store (e.g. STORE/dev)"}),
                 (HeadTrainConfig, "data_dir"))),
@@ -185,13 +190,14 @@ def commands() -> dict[str, Command]:
             "(majority class, full fine-tuning, the best head, the ensemble, peers, the original study's figures) "
             "with mean and spread over seeds and each result's cost, learning curves, the heads' layer weights, "
             "stored examples drawn as images, the search trials and the data-efficiency plot. Figures are embedded: "
-            "the page needs no network.", cmd_report, args=(
+            "the page needs no network.", "bertvision.report:write_report", pr.print_report, given=("run_dir", "out"), args=(
                 (("run_dir",), {"metavar": "RUN_DIR", "help": "a folder written by 'bertvision run'"}),
                 (("--out",), {"default": None, "help": "HTML file to write (default: RUN_DIR/report.html)"}))),
         "show": Command(
             "draw one stored example's states as an image",
             "Draw one example of a store as a PNG, as the report does: a cls or mean store's (layers x hidden) "
-            "states as one image, a token store's (tokens x hidden) states one panel per layer.", cmd_show, args=(
+            "states as one image, a token store's (tokens x hidden) states one panel per layer.",
+            "bertvision.report:show_example", lambda path, a: print(path), given=("store", "example_id", "out"), args=(
                 (("store",), {"metavar": "STORE", "help": "a store split folder (with _manifest.json), or a store of "
                               "split folders"}),
                 (("--id",), {"required": True, "dest": "example_id", "help": "the example's id (e.g. dev-12)"}),
@@ -251,8 +257,8 @@ def _add_commands(parser, commands: dict[str, Command], dest: str, metavar: str,
             p.add_argument("--ray", action="store_true", help=cmd.ray)
         if cmd.job is not None:  # where --ray is optional, its options must be told apart from defaults
             add_arguments(p.add_argument_group(f"the Ray job ({'with --ray' if cmd.ray else 'always'})"), cmd.job,
-                          given=cmd.ray is not None)  # fmt: skip
-        p.set_defaults(func=partial(_stage, name, cmd) if cmd.config is not None else cmd.run)
+                          unset=cmd.ray is not None)  # fmt: skip
+        p.set_defaults(func=partial(_stage, name, cmd) if cmd.config is not None else partial(_call, cmd) if cmd.given else cmd.run)
         if cmd.sub:
             _add_commands(p, cmd.sub, f"{name}_command", "SUBCOMMAND", required=cmd.run is None and cmd.config is None)
 
@@ -278,8 +284,6 @@ def main(argv: list[str] | None = None) -> int:
 def _stage(name: str, cmd: Command, args) -> int:
     """A stage's command: its config from the options (a bad one is refused before torch is
     imported), the library function or, with --ray (or always), the Ray job; then the printer."""
-    import importlib
-
     from bertvision.config import from_arguments
     from bertvision.outdir import absolute_out
 
@@ -294,10 +298,21 @@ def _stage(name: str, cmd: Command, args) -> int:
         given = [f.name for f in fields(cmd.job) if f.name in vars(args)] if cmd.job else []
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} is an option of the Ray job: it needs --ray")
-        module, function = cmd.run.split(":")
-        result = getattr(importlib.import_module(module), function)(cfg, out)
+        result = _function(cmd.run)(cfg, out)
     cmd.printer(result, cfg, out)
     return 0
+
+
+def _call(cmd: Command, args) -> int:
+    """A command that is no stage: its library function on the options it names, then its printer."""
+    cmd.printer(_function(cmd.run)(*(getattr(args, name) for name in cmd.given)), args)
+    return 0
+
+
+def _function(path: str):
+    """The library function "module:name", imported when a command runs (the tests replace some)."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _tune_needs_out(cfg) -> str:
@@ -328,14 +343,6 @@ def cmd_tasks(args) -> int:
     return print_tasks(data_dir, "--data-dir" if args.data_dir else DATA_ENV, args.task_config)
 
 
-def cmd_tasks_show(args) -> int:
-    from bertvision.printing import print_task
-    from bertvision.tasks import get_task
-
-    print_task(get_task(args.task, args.data_dir), args.split, args.num_examples)
-    return 0
-
-
 def cmd_encoder(args) -> int:
     from bertvision.encoders import encoder_info, load_tokenizer
 
@@ -343,37 +350,6 @@ def cmd_encoder(args) -> int:
     facts = encoder_info(args.name, revision=args.revision).to_dict() | {
         "tokenizer": type(tokenizer).__name__, "tokenizer_vocab": len(tokenizer)}  # fmt: skip
     print(json.dumps(facts, indent=2) if args.json else "\n".join(f"{k:>24}: {v}" for k, v in facts.items()))
-    return 0
-
-
-def cmd_tune_show(args) -> int:
-    from bertvision.printing import format_leaderboard
-    from bertvision.search import leaderboard
-
-    print(format_leaderboard(leaderboard(args.path), args.top))
-    return 0
-
-
-def cmd_report(args) -> int:
-    from bertvision.report import headline, write_report
-
-    path = write_report(args.run_dir, args.out)
-    print(textwrap.fill(headline(args.run_dir), width=100))
-    print(f"report: {path}")
-    return 0
-
-
-def cmd_show(args) -> int:
-    from bertvision.report import show_example
-
-    print(show_example(args.store, args.example_id, args.out))
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from bertvision.train import evaluate_head
-
-    print(json.dumps(evaluate_head(args.head, args.store, args.data_dir), indent=2))
     return 0
 
 

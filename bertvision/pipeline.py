@@ -1,16 +1,11 @@
 """The method end to end, stage by stage, resumable: `bertvision run` and `ray_jobs/pipeline.py`.
 
-    bertvision run --task mrpc --out runs/mrpc                # an in-process Ray
-    ray job submit --working-dir . -- python -m ray_jobs.pipeline --task mrpc --out /mnt/runs/mrpc
-
 Stages, in order, each into a folder of the run (``RUN``)::
 
     majority/        the majority class (regression: the training mean) scored on the eval split(s)
-    finetune/        the full fine-tuning baseline (`bertvision.baseline`): the --lrs grid and
-                     1..--max-epochs chosen on validation, then --seeds runs scored on dev; each
-                     seed keeps its 1-epoch checkpoint
-    store/<sel>/     every layer's states from seed <first>'s 1-epoch checkpoint, one store per
-                     --selections (train and the eval splits)
+    finetune/        the full fine-tuning baseline (`bertvision.baseline`); each seed keeps its
+                     1-epoch checkpoint, and the first seed's is what the stores embed
+    store/<sel>/     every layer's states, one store per --selections (train and the eval splits)
     tune/            the Ray Tune + HyperOpt search over heads on those stores (validation only)
     heads/           the best trial's configuration trained again with every seed, dev scored once
     ensemble/        the best --top-k trials and the fine-tuned encoder, weights on validation
@@ -18,18 +13,13 @@ Stages, in order, each into a folder of the run (``RUN``)::
                      training part (its own 1-epoch checkpoint and store)
     report.html      `bertvision report RUN` (rewritten at the end of every run)
 
-Each stage's config is the run's `PipelineConfig` taken over by `derive` (the fields of the same
-name, a few set here). ``RUN/stages/<stage>.json`` records what each stage was run with: its
-settings and the keys of the stages it reads (so its key changes when theirs do), whether it
-finished, its wall time and a short result. A rerun skips a finished stage whose key is
-unchanged, resumes an unfinished one (the stages' own resumption: finished fine-tuning runs and
-heads are reused, complete store shards kept, a search resumed), and redoes, from scratch, a
-stage whose settings changed and every stage after it that reads it, saying which settings
-changed. The task's data is part of the fine-tuning stage's settings (content fingerprints): new
-data redoes everything.
-
-The fine-tuning grid and the search run on Ray: the caller hands those in (`Runners`), so this
-module imports no Ray. Extraction runs in this process unless a runner is given.
+Each stage's config is the run's `PipelineConfig` taken over by `derive` (fields of the same
+name, a few set here). ``RUN/stages/<stage>.json`` records a stage's settings, the keys of the
+stages it reads, whether it finished, its wall time and a short result: a rerun reuses a finished
+stage whose key is unchanged, resumes an unfinished one (the stages' own resumption), and redoes
+a stage whose settings changed, and every stage that reads it, saying why. The task's data is in
+the fine-tuning stage's settings (content fingerprints). The fine-tuning grid and the search run
+on Ray: the caller hands them in (`Runners`), so this module imports no Ray.
 """
 
 from __future__ import annotations
@@ -42,6 +32,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from bertvision.config import (
     BaselineGrid,
@@ -70,10 +62,9 @@ __all__ = ["PipelineConfig", "Runners", "Stages", "run_pipeline", "store_splits"
 
 @dataclass(frozen=True)
 class Runners:
-    """The stages that run on Ray, handed in by the caller (`ray_jobs/pipeline.py`): the
-    fine-tuning baseline ``finetune_grid(base, out, grid) -> baseline.json`` (`ray_jobs.baseline.
-    run`), the search ``tune(search, out, job) -> leaderboard`` (`ray_jobs.tune.run`) and
-    extraction ``embed(cfg, out) -> manifests`` (default: `bertvision.embed.embed` here)."""
+    """The stages run on Ray, handed in by `ray_jobs/pipeline.py`: ``finetune_grid(base, out, grid)``
+    (`ray_jobs.baseline.run`), ``tune(search, out, job)`` (`ray_jobs.tune.run`) and extraction,
+    ``embed(cfg, out)`` (default: `bertvision.embed.embed` in this process)."""
 
     finetune_grid: Callable | None = None
     tune: Callable | None = None
@@ -264,24 +255,20 @@ def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, log: Cal
 # The stages
 
 
-def _floor(task, evals: list[str], cfg: PipelineConfig, value, rule: str, dtype) -> dict:
-    """A constant prediction ``value`` scored on each eval split with the task's metrics."""
-    import numpy as np
-
+def _constant(task, evals: list[str], value, rule: str) -> dict:
+    """Always ``value``, scored on each eval split with the task's metrics (an undefined one None)."""
     from bertvision.metrics import compute_metrics
 
     out = {}
     for s in evals:
         gold = np.asarray(task.load(s).labels)
-        scores = compute_metrics(task.spec.metrics, np.full(len(gold), value, dtype=dtype), gold)
+        scores = compute_metrics(task.spec.metrics, np.full(len(gold), value), gold)
         out[s] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}
     return {"rule": rule, "scores": out}
 
 
-def _training_labels(task, cfg: PipelineConfig, stratify: bool):
+def _training_labels(task, cfg: PipelineConfig, stratify: bool) -> np.ndarray:
     """The labels of the training part (the validation carve and --train-examples applied)."""
-    import numpy as np
-
     from bertvision.tasks.base import carve_validation, training_subset
 
     labels = np.asarray(task.load("train").labels)
@@ -290,18 +277,9 @@ def _training_labels(task, cfg: PipelineConfig, stratify: bool):
 
 
 def _majority_class(task, evals: list[str], cfg: PipelineConfig) -> dict:
-    import numpy as np
-
-    labels = task.spec.labels
-    value = int(np.bincount(_training_labels(task, cfg, True), minlength=len(labels)).argmax())
-    return _floor(task, evals, cfg, value, f"always {labels[value]!r} (the training part's most frequent label)", np.int64)
-
-
-def _mean_score(task, evals: list[str], cfg: PipelineConfig) -> dict:
-    import numpy as np
-
-    value = float(_training_labels(task, cfg, False).mean())
-    return _floor(task, evals, cfg, value, "always the training part's mean score", np.float64)
+    names = task.spec.labels
+    value = int(np.bincount(_training_labels(task, cfg, True), minlength=len(names)).argmax())
+    return _constant(task, evals, value, f"always {names[value]!r} (the training part's most frequent label)")
 
 
 def _no_answer(task, evals: list[str], cfg: PipelineConfig) -> dict:
@@ -315,9 +293,11 @@ def _no_answer(task, evals: list[str], cfg: PipelineConfig) -> dict:
     return {"rule": "always no answer", "scores": out}
 
 
-FLOORS = {"classification": _majority_class, "regression": _mean_score, "span": _no_answer}
-"""Task kind -> the majority stage: always the training part's majority class (regression: its
-mean score; span tasks: no answer), scored on each eval split."""
+FLOORS = {"classification": _majority_class, "span": _no_answer,
+          "regression": lambda task, evals, cfg: _constant(task, evals, float(_training_labels(task, cfg, False).mean()),
+                                                           "always the training part's mean score")}  # fmt: skip
+"""Task kind -> the majority stage: the training part's majority class (regression: its mean
+score; span tasks: no answer) predicted everywhere."""
 
 
 def _finetune_stage(runners: Runners, base: FinetuneConfig, grid: BaselineGrid, out: Path) -> dict:

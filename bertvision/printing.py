@@ -119,6 +119,14 @@ def print_run(summary: dict, cfg=None, out=None) -> None:
           f"{summary['wall_seconds']:.0f} s)")  # fmt: skip
 
 
+def print_report(path, args) -> None:
+    """'bertvision report': the run's headline and where its report is."""
+    from bertvision.report import headline
+
+    print(textwrap.fill(headline(args.run_dir), width=100))
+    print(f"report: {path}")
+
+
 def print_tasks(data_dir, origin: str, task_configs: list[str]) -> int:
     """'bertvision tasks': every task's split sizes found in ``data_dir`` (or where it looked);
     returns 1 where a split could not be read."""

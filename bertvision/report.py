@@ -65,17 +65,13 @@ def collect(run_dir: str | os.PathLike) -> dict:
     stages = {p.stem: _read(p) for p in sorted((run / "stages").glob("*.json"))}
     spec, finished = pipeline["task"], {k: v for k, v in stages.items() if v and v.get("done")}
     fam = family(spec["kind"])
-    c = {"run": run, "pipeline": pipeline, "config": pipeline["config"], "spec": spec, "family": fam,
-         "metrics": list(fam.metrics or spec["metrics"]), "stages": stages, "finished": finished}  # fmt: skip
-    c["evals"] = list(finished.get("majority", {}).get("result", {}).get("scores", {})) or list(spec["eval_splits"])
-    c["baseline"] = _read(run / "finetune" / "baseline.json")
-    c["heads"] = _read(run / "heads" / "summary.json")
-    c["heads_config"] = _read(run / "heads" / "config.json")
-    c["ensemble"] = _read(run / "ensemble" / "ensemble.json")
-    c["trials"] = _trials(run / "tune")
-    c["peers"] = [_read(p) for p in sorted((run / PEERS_DIR).glob("*.json"))]
-    c["efficiency"] = [v["result"] for k, v in sorted(finished.items()) if k.startswith("efficiency-")]
-    return c
+    return {"run": run, "pipeline": pipeline, "config": pipeline["config"], "spec": spec, "family": fam,
+            "metrics": list(fam.metrics or spec["metrics"]), "stages": stages, "finished": finished,
+            "evals": list(finished.get("majority", {}).get("result", {}).get("scores", {})) or list(spec["eval_splits"]),
+            "baseline": _read(run / "finetune" / "baseline.json"), "heads": _read(run / "heads" / "summary.json"),
+            "heads_config": _read(run / "heads" / "config.json"), "ensemble": _read(run / "ensemble" / "ensemble.json"),
+            "trials": _trials(run / "tune"), "peers": [_read(p) for p in sorted((run / PEERS_DIR).glob("*.json"))],
+            "efficiency": [v["result"] for k, v in sorted(finished.items()) if k.startswith("efficiency-")]}  # fmt: skip
 
 
 def _trials(folder: Path) -> list[dict]:
@@ -121,8 +117,7 @@ def _cell(scores: dict | None, metric: str, scale: float) -> dict:
 
 
 def results_rows(c: dict) -> list[dict]:
-    """The results table: one row per method, each eval split's metrics (mean, spread, n) and
-    its cost. Scores are in percent (SQuAD's are percent already)."""
+    """The results table: a row per method, each eval split's metrics in percent and its cost."""
     scale, rows, run = 100.0 if c["family"].percent else 1.0, [], c["run"]
 
     def row(name, how, per_split, n, wall=None, device=None, stored=None, params=None, kind="ours", key=None):
@@ -194,9 +189,8 @@ FLOORS = {"classification": ("Majority class", "the majority class"),
 
 
 def _selection(cells: dict) -> tuple[float | None, float]:
-    """(mean over the metrics, mean spread) of one split's cells: the score heads select on (the
-    mean of the task's metrics, as GLUE scores a task). An undefined metric (a constant
-    prediction's correlation) counts as 0; None when nothing is defined."""
+    """(mean over the metrics, mean spread) of a split's cells, the score heads select on (GLUE's);
+    an undefined metric (a constant prediction's correlation) counts as 0, None if none is defined."""
     means = [c["mean"] for c in cells.values()]
     if all(m is None for m in means):
         return None, 0.0
@@ -204,9 +198,8 @@ def _selection(cells: dict) -> tuple[float | None, float]:
 
 
 def headline(run_dir: str | os.PathLike) -> str:
-    """The run's result in plain words: the best head against full fine-tuning and the
-    majority class on the first eval split (every metric), and the verdict on the mean of the
-    task's metrics: no better than the majority class, or above, within or below fine-tuning."""
+    """The run's result in words: the best head against full fine-tuning and the majority class on
+    the first eval split, and the verdict: no better than the floor, or above, within or below."""
     c = collect(run_dir)
     rows = {r["key"]: r for r in results_rows(c)}
     split, metrics = c["evals"][0], c["metrics"]
@@ -269,8 +262,8 @@ def _plt():
 
 
 def learning_curves(c: dict) -> str | None:
-    """Validation score per epoch: the search's trials (grey, the best in colour) and the best
-    configuration's seeds; fine-tuning's validation score per checkpoint beside them."""
+    """Validation score per epoch: the trials (grey, the best in colour), the best configuration's
+    seeds, and beside them fine-tuning's per checkpoint."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ax, runs = axes[0], (c["heads"] or {}).get("runs", [])
@@ -325,10 +318,8 @@ def _score(scores: dict) -> float:
 
 
 def layer_weights(folder: Path) -> np.ndarray | None:
-    """A head's weight on each hidden state (NaN for states it does not read): the softmax layer
-    weights of a scalar mix, else each layer's share of the output layer's weight norm over the
-    flattened adapter features. None for heads whose output layer mixes positions (flatten
-    pooling of tokens)."""
+    """A head's weight on each hidden state (NaN where it reads none): a scalar mix's softmax weights,
+    else each layer's share of the output layer's weight norm (None where it mixes positions)."""
     from safetensors.numpy import load_file
 
     meta = _read(folder / "head_config.json")
@@ -445,10 +436,9 @@ def efficiency_plot(c: dict) -> str | None:
 
 def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = None, max_layers: int = 13,
                 span: tuple[int, int] | None = None):  # fmt: skip
-    """A figure of one example's stored states: (L, H) -> one image, layers x hidden, each layer
-    divided by its own 99th-percentile magnitude; (T, L, H) -> one panel per layer, tokens x
-    hidden, on one symmetric scale clipped at the 99th percentile of the magnitudes (a few
-    outlier dimensions would wash the rest out)."""
+    """One example's stored states: (L, H) -> layers x hidden, each layer over its own 99th-percentile
+    magnitude; (T, L, H) -> a panel per layer, tokens x hidden, on one scale clipped at the 99th
+    percentile (a few outlier dimensions would wash the rest out)."""
     plt = _plt()
     x = np.asarray(hidden, dtype=np.float32)
     if x.ndim == 2:  # (L, H): each layer scaled by its own magnitude (the last layers' are larger)
@@ -489,12 +479,9 @@ def example_images(c: dict, n: int = 3) -> list[dict]:
     """A few dev examples of the best store drawn as images, with their text and label."""
     from bertvision.store import first_ids, has_manifest, read_example
 
-    sel = c["finished"].get("tune", {}).get("result", {}).get("selection")
-    if sel is None:
-        return []
-    split = c["evals"][0]
-    folder = c["run"] / "store" / sel / split
-    if not has_manifest(folder):
+    sel, split = c["finished"].get("tune", {}).get("result", {}).get("selection"), c["evals"][0]
+    folder = c["run"] / "store" / str(sel) / split
+    if sel is None or not has_manifest(folder):
         return []
     texts = _texts(c, split)
     out, seen = [], set()
@@ -505,8 +492,7 @@ def example_images(c: dict, n: int = 3) -> list[dict]:
     chosen = {e["id"] for e in picked}
     picked += [e for e in candidates if e["id"] not in chosen][: n - len(picked)]
     for ex in picked:
-        i = ex["id"]
-        label = _label_name(c["spec"], ex["label"])
+        i, label = ex["id"], _label_name(c["spec"], ex["label"])
         fig = draw_states(ex["hidden"], f"{split} {i}: {sel} states, label {label}", ex["segments"], span=_span(ex))
         out.append({"id": i, "label": label, "text": texts.get(i, texts.get(i.split("#")[0], "")), "image": _png(fig)})
     return out
@@ -593,8 +579,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
 
 def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLike) -> Path:
-    """Draw one stored example (``store``: a split folder, or a store of split folders, searched
-    in order) into the PNG ``out``, as the report draws its examples."""
+    """Draw one stored example (from a split folder, or the first split of a store holding it) into
+    the PNG ``out``, as the report draws its examples."""
     from bertvision.io import atomic_write_bytes
     from bertvision.store import read_example, read_manifest, split_folders
 

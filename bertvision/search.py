@@ -1,22 +1,13 @@
 """Head searches over stored states, the library side: the search space, one trial, the
-leaderboard. Ray Tune drives them (`ray_jobs/tune.py`, `bertvision tune`); nothing here imports
-Ray, so a trial runs the same with or without it.
+leaderboard. Ray Tune drives them (`ray_jobs/tune.py`); nothing here imports Ray.
 
-A trial is one `fit_head` (`bertvision.train`) on one store with the hyperparameters HyperOpt
-proposed: it trains on train, reports the selection metric on the validation part after every
-epoch (ASHA stops the weak ones early), and keeps its best epoch's weights. Dev and test are
-never loaded by a search. Each trial folder holds::
-
-    trial.json          the hyperparameters, the resolved HeadTrainConfig, the validation
-                        history, the best epoch and score (rewritten after every epoch)
-    head.safetensors    the best epoch's weights so far, with head_config.json (`load_head`)
-    tb/                 TensorBoard events (loss, learning rate, validation metrics); Tune adds
-                        its own events beside it, with the trial's hyperparameters
-
-`leaderboard(folder)` ranks the trials of a search folder (its sub-folders with a trial.json) by
-their best validation score; `bertvision tune show DIR` prints it (`bertvision.printing`). A trial that a killed search
-had started but not yet recorded is set aside under ``ORPHANS`` when the search resumes (its
-point is proposed again), and is not on the leaderboard.
+A trial is one `fit_head` on one store with the hyperparameters HyperOpt proposed, reporting the
+validation score after every epoch (ASHA stops the weak ones early); dev and test are never
+loaded. Each trial folder holds trial.json (the hyperparameters, the resolved HeadTrainConfig,
+the validation history, the best epoch and score, rewritten every epoch), the best weights so
+far (head.safetensors, head_config.json: `load_head`) and tb/. `leaderboard` ranks a search
+folder's trials; one a killed search started but never recorded is set aside under ``ORPHANS``
+when it resumes (its point is proposed again).
 """
 
 from __future__ import annotations
@@ -45,17 +36,13 @@ BATCH_SIZES = (16, 32, 64, 128)
 LR_RANGE = (1e-4, 1e-2)
 WEIGHT_DECAY_RANGE = (1e-4, 1e-1)
 DROPOUT_RANGE = (0.0, 0.5)
-
-
-POOLINGS = ("mean", "attention", "flatten")
+POOLINGS = ("mean", "attention", "flatten")  # token stores only
 
 
 def space(search: SearchConfig, num_hidden_states: int, token_stores: bool = False) -> dict:
-    """The hyperopt search space: store, adapter width, shared or per-layer adapters, layer
-    combination, residual skip, the first hidden state used, dropout, learning rate, weight
-    decay and batch size; with a sentence token store among the stores (``token_stores``) also
-    how the tokens are pooled (moot for a trial on a cls/mean store). Without one the space is
-    what it was before token stores, so a search of cls/mean stores proposes the same points."""
+    """The hyperopt search space: the store and every head and optimisation choice; with a
+    sentence token store among them (``token_stores``) also the pooling (moot on a cls/mean
+    store). Without one the space is what it was before token stores: the same points."""
     from hyperopt import hp
 
     pooling = {"pooling": hp.choice("pooling", list(POOLINGS))} if token_stores else {}
@@ -117,22 +104,17 @@ def load_stores(search: SearchConfig) -> dict[str, tuple]:
 def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], folder: Path,
               report: Callable[[dict, Callable[[], dict]], None], resume: dict | None = None,
               extra: dict | None = None, world: World = ONE) -> dict:  # fmt: skip
-    """One trial: `fit_head` with ``params``; after every epoch ``report(metrics, state)`` (the
-    epoch, the selection ``score``, the validation metrics; ``state()`` the resumable training
-    state), trial.json and the best weights so far written into ``folder``. Returns trial.json's
-    content.
+    """One trial: `fit_head` with ``params``; after every epoch trial.json and the best weights so
+    far written into ``folder``, then ``report(metrics, state)`` (the epoch, the selection
+    ``score``, the validation metrics; ``state()`` the resumable training state). Returns
+    trial.json's content. ``world``: this rank when a Ray Train run trains the trial (every rank
+    reports, rank 0 alone writes).
 
-    ``extra`` comes from the caller (Ray's side, which this module does not import):
-    ``"entered"``, the wall-clock time (`time.time()`) the trial function was entered (default:
-    now), and ``"node"``, the Ray node the trial runs on (trial.json's ``node``). trial.json's
-    ``timing`` (this attempt's; a retried trial starts it again) is rewritten every epoch:
-    ``entered``; ``first_step``, when epoch 1's training steps began (the first report's time
-    less the epoch's training seconds: it counts epoch 1's validation scoring as start-up);
-    ``to_first_step_s``; ``train_seconds``, the training steps' seconds summed over epochs
-    (``seconds`` of each report); ``wall_seconds``, from ``entered`` to the last report.
-
-    ``world``: this process's rank when the trial is itself trained by several workers (a Ray
-    Train run inside the trial): every rank trains and reports, rank 0 alone writes files."""
+    ``extra`` is Ray's side: "entered", when the trial function was entered (default: now), and
+    "node", the trial's Ray node. trial.json's ``timing`` (this attempt's) holds ``entered``;
+    ``first_step`` (the first report's time less its training seconds: epoch 1's validation
+    counts as start-up) and ``to_first_step_s``; ``train_seconds``, the reports' seconds summed;
+    ``wall_seconds``, from ``entered`` to the last report."""
     from torch.utils.tensorboard import SummaryWriter
 
     extra = dict(extra or {})
@@ -192,11 +174,9 @@ def _scores(h: dict) -> dict:
 
 def set_aside_orphans(out: Path, known: set[str]) -> list[Path]:
     """Move the trial folders of ``out`` that the search's results do not hold (``known``) into
-    ``out/orphaned/``; returns their new paths. A search killed after starting a trial but
-    before Tune next saved its experiment state leaves such a folder: the resumed search does
-    not know it and runs a trial of its own in its place (HyperOpt, restored, proposes the same
-    point again), so on the leaderboard it would be a trial too many, half-trained, and
-    perhaps a point twice."""
+    ``out/orphaned/``; returns their new paths. A search killed after starting a trial, before
+    Tune saved its state, leaves one: the resumed search runs a trial in its place (the same
+    point, proposed again), so on the leaderboard it would be a half-trained trial too many."""
     moved = []
     for record in sorted(out.glob(f"*/{TRIAL_FILE}")):
         trial = record.parent

@@ -2,14 +2,12 @@
 
     bertvision train --store runs/rte/emb/e0.3 --seeds 0 1 2 --out runs/rte/heads/e0.3
 
-The store's manifest says the head kind (`bertvision.kinds`: sentence classification or
-regression on cls/mean stores, spans on token stores), and the kind supplies the data, the
-model, the loss, the scoring and the selection metric. `fit_head` trains one head: AdamW (no
-decay on biases), warmup and linear decay, every epoch scored on the validation part (carved
-from train with the seed fine-tuning used, so the encoder never saw it), the best epoch kept,
-early stopping after ``patience`` epochs without improvement. It never reads dev or test:
-`train_heads` scores those once per seed, with the selected epoch (and, for spans, the
-no-answer threshold chosen on validation). ``on_epoch`` is how a caller watches training
+The store's manifest says the head kind (`bertvision.kinds`), which supplies the data, model,
+loss, scoring and selection metric. `fit_head` trains one head (AdamW, warmup and linear decay),
+scores every epoch on the validation part (carved from train as fine-tuning carved it, so the
+encoder never saw it), keeps the best epoch and stops after ``patience`` epochs without a better
+one; it never reads dev or test, which `train_seed` scores once with the selected epoch (and,
+for spans, the no-answer threshold chosen on validation). ``on_epoch`` is how a caller watches
 (TensorBoard here; a Tune trial or a Ray Train worker reports through it).
 
 Output folder::
@@ -83,20 +81,16 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     """Train one head (``cfg.seeds`` must hold one seed) on ``data.train``, select the epoch on
     ``data.parts["validation"]``, and return it. Reads nothing else.
 
-    ``on_epoch(report)`` is called after each epoch with {"epoch", "step", "losses" (this
-    epoch's, per step), "lr", "validation" (scores), "score" (the selection metric),
-    "best_epoch", "seconds", "config" (the AdapterPoolerConfig as a dict), "state"}: ``state()``
-    gives the whole training state (weights, optimizer, schedule, random generators, history,
-    the best epoch's weights), tensors and plain values only (`torch.save` it; read it back
-    with ``weights_only=True``). ``fit_head(..., resume=state)`` continues from there and ends
-    exactly as the uninterrupted run would.
+    ``on_epoch(report)`` after each epoch gets {"epoch", "step", "losses" (this epoch's), "lr",
+    "validation" (scores), "score" (the selection metric), "best_epoch", "seconds", "config"
+    (the AdapterPoolerConfig), "dropped", "state"}: ``state()`` is the whole training state,
+    tensors and plain values (`torch.save` it, read it with ``weights_only=True``), and
+    ``resume=state`` continues from there to the end the uninterrupted run reaches.
 
-    ``world`` (`bertvision.distributed.World`): this process's rank when several train the head
-    together (Ray Train). Each rank trains on its piece of every global batch (token stores: on
-    its own shards) in `DistributedDataParallel`; rank 0 scores validation and every rank gets
-    its scores, so all select the same epoch. The report's "dropped" counts the batches left
-    over on the ranks when the first ran out, summed over ranks (always 0 for one rank). Every
-    rank returns the same result.
+    ``world``: this process's rank when several train the head (Ray Train, DDP): each trains on
+    its piece of every global batch (token stores: its own shards); rank 0 scores validation
+    and shares the scores, so all select the same epoch. "dropped" counts the batches left over
+    when the first rank ran out, summed over ranks. Every rank returns the same result.
     """
     import torch
     from tqdm.auto import tqdm
@@ -178,13 +172,10 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
 def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | None = None,
                 settings: dict | None = None) -> dict:  # fmt: skip
     """Train one head per seed in ``cfg.seeds`` (`train_seed`); returns (and writes) the summary
-    (mean and standard deviation over seeds, and "kind").
-
-    ``runner(seed_cfg, out_dir, eval_names)``, when given, trains one seed elsewhere (Ray Train:
-    `ray_jobs/train.py`, whose workers call `train_seed`) and returns its metrics (with
-    "train_rows"); this process then never reads the store's shards. ``settings``: what else a
-    finished run must match to be reused (e.g. the number of workers), stored with the config.
-    """
+    (mean and standard deviation over seeds, and "kind"). ``runner(seed_cfg, out_dir, evals)``
+    trains a seed elsewhere instead (Ray Train: `ray_jobs/train.py`, whose workers call
+    `train_seed`), so this process never reads the shards. ``settings``: what else a finished
+    run must match to be reused (e.g. the number of workers), stored with the config."""
     out_dir = check_out_dir(out_dir)
     pick_device(cfg.device)  # a bad --device fails before the store is read
     root = Path(cfg.store)
@@ -225,12 +216,12 @@ def _upgrade_config(stored: dict) -> dict:
 
 def train_seed(cfg: HeadTrainConfig, data: HeadData, kind, out_dir: Path, world: World = ONE,
                resume: dict | None = None, report: Callable | None = None, extra: Callable | None = None) -> dict | None:  # fmt: skip
-    """One head seed, in this process or as one rank of a Ray Train run: `fit_head` (TensorBoard
-    events, then ``report(epoch report)`` after every epoch), then on rank 0 the eval splits
-    scored once and ``seed-<k>`` written whole (`in_seed_folder`, metrics.json with ``extra(fit)``,
-    called on every rank); returns the metrics (None on other ranks). The events go to
-    ``.seed-<k>.tb`` while training (a resumed worker appends to them), then into the folder; a
-    failed seed leaves them only where a run will resume from a checkpoint (``report``)."""
+    """One head seed, in this process or as a rank of a Ray Train run: `fit_head` (each epoch to
+    TensorBoard, then to ``report``); then, on rank 0, the eval splits scored once with the
+    selected epoch (and threshold) and ``seed-<k>`` written whole (`io.atomic_folder`: a failed
+    seed leaves none) with the head, its metrics (and ``extra(fit)``, called on every rank) and
+    events; returns the metrics (None on other ranks). The events lie in ``.seed-<k>.tb`` while
+    training, where a resumed worker appends to them."""
     from torch.utils.tensorboard import SummaryWriter
 
     seed = cfg.seeds[0]
@@ -244,49 +235,37 @@ def train_seed(cfg: HeadTrainConfig, data: HeadData, kind, out_dir: Path, world:
         if report is not None:
             report(r)
 
-    def write(folder: Path) -> dict:
-        result = finish_seed(cfg, data, kind, fit, folder, tb, more)
-        shutil.move(str(events), str(folder / "tb"))
-        return result
-
     try:
         fit = fit_head(cfg, data, kind, on_epoch=on_epoch, resume=resume, world=world)
-        more = extra(fit) if extra is not None else None
-        return in_seed_folder(out_dir, seed, write) if world.main else None
+        more = extra(fit) if extra is not None else {}
+        if not world.main:
+            return None
+        device, chosen = pick_device(cfg.device), fit.chosen
+        result = {
+            "seed": seed, "best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
+            "validation_history": fit.history, "validation": chosen,
+            **({"threshold": chosen["threshold"]} if "threshold" in chosen else {}),
+            "epoch_seconds": float(np.mean(fit.epoch_seconds)), "train_seconds": float(np.sum(fit.epoch_seconds)),
+            "parameters": fit.model.num_parameters(), "peak_rss_mb": peak_rss_mb(), **more,
+        }  # fmt: skip
+        with atomic_folder(out_dir / f"seed-{seed}", f"writing head seed {seed} under {out_dir}") as folder:
+            for name in data.evals:  # the held-out splits, once, with the selected epoch (and threshold)
+                t0 = time.perf_counter()
+                scores, preds = kind.score(fit.model, data.parts[name], data, cfg, device, chosen.get("threshold"))
+                result[name], result[f"{name}_seconds"] = scores, round(time.perf_counter() - t0, 2)
+                if preds is not None:
+                    atomic_write_json(folder / f"predictions-{name}.json", preds.predictions(chosen["threshold"]))
+                for metric, value in kind.logged(scores).items():
+                    tb.add_scalar(f"{name}/{metric}", value, fit.best_epoch)
+            tb.close()
+            save_head(folder, fit.state, head_meta(fit.config.to_dict(), data, kind, chosen, cfg))
+            atomic_write_json(folder / "metrics.json", result)
+            shutil.move(str(events), str(folder / "tb"))
+        return result
     except BaseException:
         if report is None:  # nothing resumes from these events
             shutil.rmtree(events, ignore_errors=True)
         raise
-
-
-def finish_seed(cfg: HeadTrainConfig, data: HeadData, kind, fit: FitResult, folder: Path, tb,
-                extra: dict | None = None) -> dict:  # fmt: skip
-    """After `fit_head`: the eval splits scored once with the selected epoch (and threshold),
-    their scores logged to ``tb`` (a SummaryWriter, closed here), the head (weights and
-    head_config.json) and metrics.json (with ``extra``) written into ``folder``; returns the
-    metrics."""
-    tb.flush()
-    device = pick_device(cfg.device)
-    chosen = fit.chosen
-    result = {
-        "seed": cfg.seeds[0], "best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
-        "validation_history": fit.history, "validation": chosen,
-        **({"threshold": chosen["threshold"]} if "threshold" in chosen else {}),
-        "epoch_seconds": float(np.mean(fit.epoch_seconds)), "train_seconds": float(np.sum(fit.epoch_seconds)),
-        "parameters": fit.model.num_parameters(), "peak_rss_mb": peak_rss_mb(), **(extra or {}),
-    }  # fmt: skip
-    for name in data.evals:  # the held-out splits, once, with the selected epoch (and threshold)
-        t0 = time.perf_counter()
-        scores, preds = kind.score(fit.model, data.parts[name], data, cfg, device, chosen.get("threshold"))
-        result[name], result[f"{name}_seconds"] = scores, round(time.perf_counter() - t0, 2)
-        if preds is not None:
-            atomic_write_json(folder / f"predictions-{name}.json", preds.predictions(chosen["threshold"]))
-        for metric, value in kind.logged(scores).items():
-            tb.add_scalar(f"{name}/{metric}", value, fit.best_epoch)
-    tb.close()
-    save_head(folder, fit.state, head_meta(fit.config.to_dict(), data, kind, chosen, cfg))
-    atomic_write_json(folder / "metrics.json", result)
-    return result
 
 
 def log_epoch(tb, kind, report: dict) -> None:
@@ -310,14 +289,6 @@ def head_meta(pooler: dict, data: HeadData, kind, chosen: dict, cfg: HeadTrainCo
 # What a head run writes besides config.json, metrics.json and summary.json (a killed run's are
 # removed before it starts over).
 SEED_GLOBS = ("seed-*", ".seed-*.tmp", ".seed-*.tb")  # 2nd: `io.atomic_folder`'s temporary name; 3rd: a seed's TensorBoard events in training
-
-
-def in_seed_folder(out_dir: Path, seed: int, train_fn):
-    """Run ``train_fn(folder)`` on a temporary folder that becomes ``seed-<k>`` when it
-    returns (`io.atomic_folder`): a seed folder appears whole, and a failed seed (a diverged
-    loss, a full disk) leaves no folder behind."""
-    with atomic_folder(out_dir / f"seed-{seed}", f"writing head seed {seed} under {out_dir}") as tmp:
-        return train_fn(tmp)
 
 
 def _write_summary(out_dir: Path, runs: list[dict], evals: list[str], kind: str) -> dict:

@@ -1,18 +1,10 @@
-"""Every setting in one place: frozen dataclasses, one docstring per field.
-
-    stages   FinetuneConfig, EmbedConfig, HeadTrainConfig (a `HeadArchitecture`, an
-             `Optimisation`, seeds, the validation carve), SearchConfig, EnsembleConfig, Windowing
-    runs     PipelineConfig (`bertvision run`), BaselineGrid, and the Ray jobs' own configs:
-             RayJobConfig (extraction), TrainJobConfig, TuneJobConfig, PipelineJobConfig
-    fields   the task families, `KindDefaults`, `from_dict`, `field_docs`, `derive`
-    flags    the command line: `add_arguments`, `from_arguments`
-
-A field's flag is its name (``--adapter-size``), its help its docstring, its default the field's.
-A field left unset (None) where the task family decides (``max_length``: 128 tokens per sentence
-example, 384 per SQuAD window) is filled by `resolved` from ``kind_defaults``, and the resolved
-config is what a run records. A stage's config is composed from a run's by `derive`; a search
-trial changes one with `dataclasses.replace`; `from_dict` reads one back from a config.json.
-Nothing here imports torch, transformers or Ray.
+"""Every setting in one place: frozen dataclasses, one docstring per field (`stages`: each stage's;
+`runs`: a whole run's, the fine-tuning baseline's and the Ray jobs' own; `fields`: what they share;
+`flags`: the command line). A field's flag is its name (``--adapter-size``), its help its docstring,
+its default the field's. A field left unset (None) where the task family decides (``max_length``:
+128 per sentence example, 384 per SQuAD window) is filled by `resolved` from ``kind_defaults``, and
+runs record the resolved config. A stage's config is composed from a run's by `derive`; `from_dict`
+reads one back from a config.json. Nothing here imports torch, transformers or Ray.
 """
 
 from bertvision.config.fields import (

@@ -13,11 +13,11 @@ from bertvision.config.fields import dataclass_of, field_docs, hints, unwrap
 
 
 def add_arguments(parser, cls, *, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = (),
-                  required: bool = True, flags: dict[str, str] | None = None, given: bool = False) -> None:  # fmt: skip
+                  required: bool = True, flags: dict[str, str] | None = None, unset: bool = False) -> None:  # fmt: skip
     """One option per field of ``cls`` (nested configs flattened), named ``--field-name``
     (``flags`` renames), with the field's docstring and default as its help. A field without a
-    default is a required option (unless not ``required``). ``given``: options left out are
-    absent from the parsed namespace, so the caller can tell which were given."""
+    default is a required option (unless not ``required``). ``unset``: options left out stay out
+    of the parsed namespace, so the caller can tell which were given."""
     flags = flags or {}
     for path, f, owner in _leaves(cls):
         name = path[-1]
@@ -35,7 +35,7 @@ def add_arguments(parser, cls, *, only: tuple[str, ...] | None = None, skip: tup
         if f.default is dataclasses.MISSING and required:
             kw["required"] = True
         else:
-            kw["default"] = argparse.SUPPRESS if given else None if f.default is dataclasses.MISSING else f.default
+            kw["default"] = argparse.SUPPRESS if unset else None if f.default is dataclasses.MISSING else f.default
         # as given: Python 3.10's BooleanOptionalAction appends its own "(default: True)"
         parser.add_argument(flags.get(name, "--" + name.replace("_", "-")), **kw).help = kw["help"]
 
