@@ -223,6 +223,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, log: Cal
 
     encoder_member = _has_encoder_logits(stores[0])
     if cfg.top_k + encoder_member >= 2:
+        # (EnsembleConfig's encoder is a member, the run's a model: set here, never taken over)
         ens = derive(EnsembleConfig, cfg, store=stores[0] if fam.ensemble_store else None, from_tune=str(out / "tune"),
                      encoder=encoder_member)  # fmt: skip
         stages.run("ensemble", {"ensemble": asdict(ens)}, ("tune",),
