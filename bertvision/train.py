@@ -342,21 +342,17 @@ def read_head_config(path: str | Path) -> dict:
     return meta
 
 
-def load_head(path: str | Path, *, span: bool | None = None):
+def load_head(path: str | Path, *, family: str | None = None):
     """A trained head of any kind and its config dict, from a ``seed-<k>`` folder: the kind's
-    module (`AdapterPooler`, or `SpanAdapterPooler` for spans) chosen by the config's task kind.
-
-    Args:
-      span: True or False to require a span head or a sentence head (ConfigError otherwise).
-    """
+    module (`AdapterPooler`, or `SpanAdapterPooler` for spans) chosen by the config's task kind;
+    with ``family`` ("sentence" or "span"), a head of another family is refused (ConfigError)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     meta = read_head_config(path)
     kind = head_kind(meta)
-    if span is not None and (kind.family == "span") != span:
-        want, got = ("a span head", "a sentence head") if span else ("a sentence head", "a span head")
-        raise ConfigError(f"{path}: {got}, but {want} is needed here")
+    if family not in (None, kind.family):
+        raise ConfigError(f"{path}: a {kind.family} head, but a {family} head is needed here")
     model = kind.module(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
     try:
         model.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))

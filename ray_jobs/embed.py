@@ -119,8 +119,8 @@ def _run(cfg: EmbedConfig, job: RayJobConfig, plan) -> dict[str, dict]:
         done = ray.data.from_items([{"split": s, "shard": k} for s, k in pending], override_num_blocks=len(pending)).map_batches(
             _shard_rows, batch_format="pyarrow", batch_size=1, num_cpus=0.25, compute=TaskPoolStrategy(size=2 * pool["size"]),
             fn_kwargs={"splits": splits, "tokenizer": x["checkpoint"], "max_length": x["max_length"], "segments": x["sentence_tokens"],
-                       # sentence examples have text to tokenise; span windows come tokenised
-                       "text_fields": list(x["text_fields"]) if x["selection"] != "tokens" or x["sentence_tokens"] else None},
+                       # sentence examples hold their text to tokenise; span windows come tokenised
+                       "text_fields": [f for f in x["text_fields"] if f in plan.splits[0].columns] or None},
         ).map_batches(
             ShardExtractor, compute=ActorPoolStrategy(size=pool["size"]), batch_format="pyarrow", batch_size=1,
             num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None,

@@ -94,7 +94,7 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
         return tune.Tuner.restore(str(out), trainable=fn, resume_errored=True)
     if (out / "tuner.pkl").exists():
         raise ConfigError(f"{out} holds a search already; add --resume to finish it, or give another --out")
-    tokens = any(d.manifest.get("token_layout") == "sentences" for _, d in stores.values())  # pooling to choose
+    tokens = any(k.model_fields(d).get("token_states") for k, d in stores.values())  # heads pooling tokens: a choice
     searcher = HyperOptSearch(space(search, data.manifest["num_hidden_states"], tokens), metric=METRIC, mode="max", n_initial_points=search.initial_points,
                               points_to_evaluate=[default_point(search, kind.family, tokens)], random_state_seed=search.seed)  # fmt: skip
     return tune.Tuner(fn, tune_config=tune.TuneConfig(
