@@ -15,6 +15,7 @@ import numpy as np
 
 from bertvision.config import HeadTrainConfig
 from bertvision.embed import EmbedConfig, embed
+from bertvision.metrics import mean_std
 from bertvision.train import train_heads
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +39,6 @@ for seed in args.seeds:
     fp32 += [r["dev"][metric] for r in ref["runs"]]
 diff = np.array(int8) - np.array(fp32)
 print(json.dumps({"task": args.task, "metric": metric, "runs": len(diff),
-                  "fp32_dev": [float(np.mean(fp32)), float(np.std(fp32, ddof=1))],
-                  "int8_dev": [float(np.mean(int8)), float(np.std(int8, ddof=1))],
-                  "paired_difference": [float(diff.mean()), float(diff.std(ddof=1))],
+                  "fp32_dev": list(mean_std(fp32).values()), "int8_dev": list(mean_std(int8).values()),
+                  "paired_difference": list(mean_std(diff).values()),
                   "int8_embed_seconds_per_store": float(np.mean(seconds))}, indent=2))  # fmt: skip

@@ -142,6 +142,7 @@ def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dic
     from bertvision.config import FinetuneConfig
     from bertvision.io import atomic_write_json
     from bertvision.kinds import KINDS
+    from bertvision.metrics import mean_std
     from bertvision.sentences.tuning import SentenceTuning
 
     pipeline = json.loads((run / "pipeline.json").read_text())
@@ -168,9 +169,8 @@ def lora(run: Path, rank: int = 8, lr: float = 5e-4, max_epochs: int = 3) -> dic
     mean_val = {n: float(np.mean([select(m[n]["validation"]) for m in metrics.values()])) for n in names}
     best = max(names, key=lambda n: mean_val[n])
     evals = [k for k in metrics[cfg["seeds"][0]][best] if k.startswith(("dev", "test")) and not k.endswith("_seconds")]
-    scores = {e: {m: {"mean": float(np.mean([ms[best][e][m] for ms in metrics.values()])),
-                      "std": float(np.std([ms[best][e][m] for ms in metrics.values()], ddof=1)) if len(metrics) > 1 else 0.0}
-                  for m in metrics[cfg["seeds"][0]][best][e]} for e in evals}  # fmt: skip
+    scores = {e: {m: mean_std([ms[best][e][m] for ms in metrics.values()]) for m in metrics[cfg["seeds"][0]][best][e]}
+              for e in evals}  # fmt: skip
     epochs = metrics[cfg["seeds"][0]][best]["fraction"]
     result = {
         "name": f"LoRA (peft), rank {rank}",
@@ -196,7 +196,7 @@ def setfit(run: Path, max_steps: int = 300, batch_size: int = 16) -> dict:
 
     from bertvision.encoders import resolve_encoder
     from bertvision.io import atomic_write_json
-    from bertvision.metrics import compute_metrics
+    from bertvision.metrics import compute_metrics, mean_std
     pipeline = json.loads((run / "pipeline.json").read_text())
     cfg, spec = pipeline["config"], pipeline["task"]
     if spec["kind"] != "classification":
@@ -226,9 +226,7 @@ def setfit(run: Path, max_steps: int = 300, batch_size: int = 16) -> dict:
         params = sum(p.numel() for p in model.model_body.parameters()) + int(np.size(model.model_head.coef_)) + len(spec["labels"])
         runs.append({name: compute_metrics(spec["metrics"], np.asarray(model.predict_proba(x)), y)
                      for name, (x, y) in parts.items()})  # fmt: skip
-    scores = {name: {m: {"mean": float(np.mean([r[name][m] for r in runs])),
-                         "std": float(np.std([r[name][m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0}
-                     for m in spec["metrics"]} for name in parts}  # fmt: skip
+    scores = {name: {m: mean_std([r[name][m] for r in runs]) for m in spec["metrics"]} for name in parts}
     result = {
         "name": "SetFit", "task": spec["name"],
         "how": f"contrastive tuning of the encoder, {max_steps} steps of {batch_size} pairs, then logistic regression; "

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from bertvision.metrics import mean_std as spread
 
 CLI = [str(Path(sys.executable).parent / "bertvision")]
 ORIGINAL_POSITIONS = 386  # the original study stored every window at 386 positions, float32
@@ -45,7 +45,7 @@ def run(args: list[str], log: Path) -> float:
 
 def mean_std(values) -> tuple[float, float, int]:
     values = list(values)
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
+    return (*spread(values).values(), len(values))
 
 
 def fmt(ms) -> str:

@@ -14,10 +14,9 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from bertvision.config import HeadTrainConfig
 from bertvision.embed import EmbedConfig, embed
+from bertvision.metrics import mean_std as spread
 from bertvision.train import train_heads
 
 
@@ -34,7 +33,7 @@ def heads_once(store: Path, out: Path, head_seeds) -> dict:
 
 def mean_std(values):
     values = [v for v in values if v is not None]
-    return (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values))
+    return (*spread(values).values(), len(values))
 
 
 def main():

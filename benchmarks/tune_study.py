@@ -49,6 +49,7 @@ from bertvision.config import (
 from bertvision.embed import embed
 from bertvision.ensemble import ensemble
 from bertvision.io import atomic_write_json
+from bertvision.metrics import mean_std
 from bertvision.search import leaderboard, trial_config
 from bertvision.train import train_heads
 
@@ -103,7 +104,7 @@ def main() -> None:
     import ray
 
     from ray_jobs import baseline
-    from ray_jobs.local import init_ray
+    from ray_jobs.common import init_ray
 
     # one local Ray for every stage; 5 logical CPUs so that the 5 fine-tuning seeds (one torch
     # thread each) run at once rather than 4 and then 1 alone on a 2-core machine
@@ -247,9 +248,8 @@ def table(folder: Path) -> str:
                      ["" for _ in metrics], "", ""))  # fmt: skip
         if enc == "ft" and "across-ft" in study:
             a = study["across-ft"]
-            heads = {k: {"mean": np.mean([h[k] for h in a["heads"]]), "std": np.std([h[k] for h in a["heads"]], ddof=1)} for k in metrics}
-            diff = {k: {"mean": np.mean([h[k] - x[k] for h, x in zip(a["heads"], a["encoders"], strict=True)]),
-                        "std": np.std([h[k] - x[k] for h, x in zip(a["heads"], a["encoders"], strict=True)], ddof=1)} for k in metrics}
+            heads = {k: mean_std([h[k] for h in a["heads"]]) for k in metrics}
+            diff = {k: mean_std([h[k] - x[k] for h, x in zip(a["heads"], a["encoders"], strict=True)]) for k in metrics}
             rows.append(("1-epoch encoders of all 5 fine-tuning seeds + the best configuration above, one head seed each",
                          [f"{_pm(heads[k])} (vs its encoder {'+' if diff[k]['mean'] >= 0 else ''}{_pm(diff[k])})" for k in metrics],
                          "", f"{sum(times.get(f'embed-ft{k}-' + n, 0) for k in SEEDS[1:] for n in ('cls', 'mean')) + sum(times.get(f'across-ft{k}', 0) for k in SEEDS[1:]):.0f} (seeds 1-4)"))  # fmt: skip

@@ -4,12 +4,10 @@ drawn as an image.
     bertvision report runs/mrpc                 # writes runs/mrpc/report.html
     bertvision show runs/mrpc/store/cls --id dev-12 --out dev-12.png
 
-`collect` reads what a run's stages wrote (nothing is recomputed but the figures): the stage
-records (wall times), the majority class, the fine-tuning baseline's baseline.json, the stores'
-manifests, the search's trials, the heads' seeds, the ensemble, the data-efficiency stages, and
-any peers' results a benchmark left in ``RUN/peers/*.json`` (`benchmarks/peers.py`). `write_report`
-renders them with a Jinja2 template (``templates/report.html.j2``) and matplotlib figures
-embedded as PNG data URIs: the page needs no network and no other file.
+`collect` reads what a run's stages wrote (stage records, baseline.json, the search's trials, the
+heads, the ensemble, any peers' results in ``RUN/peers/*.json``); nothing is recomputed but the
+figures. `write_report` renders them with ``templates/report.html.j2``, figures embedded as PNG
+data URIs: the page needs no network and no other file.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bertvision.config import family
 from bertvision.errors import DataError
 
 PEERS_DIR = "peers"
@@ -64,29 +63,22 @@ def collect(run_dir: str | os.PathLike) -> dict:
     if pipeline is None:
         raise DataError(run, "no pipeline.json: not a run folder written by 'bertvision run'")
     stages = {p.stem: _read(p) for p in sorted((run / "stages").glob("*.json"))}
-    spec = pipeline["task"]
-    metrics = ["exact", "f1"] if spec["kind"] == "span" else list(spec["metrics"])
-    finished = {k: v for k, v in stages.items() if v and v.get("done")}
-    c = {"run": run, "pipeline": pipeline, "config": pipeline["config"], "spec": spec, "metrics": metrics,
-         "stages": stages, "finished": finished}  # fmt: skip
-    c["evals"] = list(finished.get("majority", {}).get("result", {}).get("scores", {})) or list(spec["eval_splits"])
-    c["baseline"] = _read(run / "finetune" / "baseline.json")
-    c["heads"] = _read(run / "heads" / "summary.json")
-    c["heads_config"] = _read(run / "heads" / "config.json")
-    c["ensemble"] = _read(run / "ensemble" / "ensemble.json")
-    c["trials"] = _trials(run / "tune")
-    c["peers"] = [_read(p) for p in sorted((run / PEERS_DIR).glob("*.json"))]
-    c["efficiency"] = [v["result"] for k, v in sorted(finished.items()) if k.startswith("efficiency-")]
-    return c
+    spec, finished = pipeline["task"], {k: v for k, v in stages.items() if v and v.get("done")}
+    fam = family(spec["kind"])
+    return {"run": run, "pipeline": pipeline, "config": pipeline["config"], "spec": spec, "family": fam,
+            "metrics": list(fam.metrics or spec["metrics"]), "stages": stages, "finished": finished,
+            "evals": list(finished.get("majority", {}).get("result", {}).get("scores", {})) or list(spec["eval_splits"]),
+            "baseline": _read(run / "finetune" / "baseline.json"), "heads": _read(run / "heads" / "summary.json"),
+            "heads_config": _read(run / "heads" / "config.json"), "ensemble": _read(run / "ensemble" / "ensemble.json"),
+            "trials": _trials(run / "tune"), "peers": [_read(p) for p in sorted((run / PEERS_DIR).glob("*.json"))],
+            "efficiency": [v["result"] for k, v in sorted(finished.items()) if k.startswith("efficiency-")]}  # fmt: skip
 
 
 def _trials(folder: Path) -> list[dict]:
-    if not folder.is_dir():
-        return []
     from bertvision.search import leaderboard
 
     try:
-        return leaderboard(folder)
+        return leaderboard(folder) if folder.is_dir() else []
     except DataError:
         return []
 
@@ -100,12 +92,9 @@ def _store_stages(c: dict) -> list[str]:
     return [k for k in c["finished"] if k.startswith("store-")]
 
 
-def _store_bytes(c: dict) -> int:
-    return int(sum(s["bytes"] for k in _store_stages(c) for s in c["finished"][k]["result"].values()))
-
-
-def _embed_seconds(c: dict) -> float:
-    return float(sum(s.get("seconds") or 0 for k in _store_stages(c) for s in c["finished"][k]["result"].values()))
+def _stored(c: dict, what: str) -> float:
+    """The store stages' bytes or extraction seconds, summed over their splits."""
+    return sum(s.get(what) or 0 for k in _store_stages(c) for s in c["finished"][k]["result"].values())
 
 
 def encoder_parameters(checkpoint: Path) -> int | None:
@@ -120,21 +109,16 @@ def encoder_parameters(checkpoint: Path) -> int | None:
 
 
 def _cell(scores: dict | None, metric: str, scale: float) -> dict:
-    """{"mean", "std", "n"} of one metric from {metric: {"mean", "std"}} or {metric: value}."""
-    if not scores or metric not in scores or scores[metric] is None:
+    """{"mean", "std"} of one metric from {metric: {"mean", "std"}} (over runs) or {metric: value}."""
+    v = (scores or {}).get(metric)
+    if v is None:
         return {"mean": None, "std": None}
-    v = scores[metric]
-    if isinstance(v, dict):
-        return {"mean": v["mean"] * scale, "std": v.get("std", 0.0) * scale}
-    return {"mean": v * scale, "std": None}
+    return {"mean": v["mean"] * scale, "std": v.get("std", 0.0) * scale} if isinstance(v, dict) else {"mean": v * scale, "std": None}
 
 
 def results_rows(c: dict) -> list[dict]:
-    """The results table: one row per method, each eval split's metrics (mean, spread, n) and
-    its cost. Scores are in percent (SQuAD's are percent already)."""
-    scale = 1.0 if c["spec"]["kind"] == "span" else 100.0
-    rows = []
-    run = c["run"]
+    """The results table: a row per method, each eval split's metrics in percent and its cost."""
+    scale, rows, run = 100.0 if c["family"].percent else 1.0, [], c["run"]
 
     def row(name, how, per_split, n, wall=None, device=None, stored=None, params=None, kind="ours", key=None):
         cells = {s: {m: _cell(per_split.get(s), m, scale) for m in c["metrics"]} for s in c["evals"]}
@@ -143,9 +127,7 @@ def results_rows(c: dict) -> list[dict]:
 
     maj = c["finished"].get("majority", {}).get("result")
     if maj:
-        floor = {"classification": "Majority class", "regression": "Constant prediction",
-                 "span": "Always no answer"}[c["spec"]["kind"]]  # fmt: skip
-        row(floor, maj["rule"], maj["scores"], "–", kind="floor", key="floor")
+        row(FLOORS[c["spec"]["kind"]][0], maj["rule"], maj["scores"], "–", kind="floor", key="floor")
     b = c["baseline"]
     first = run / "finetune" / f"seed-{c['config']['seeds'][0]}"
     enc_params = encoder_parameters(first / "checkpoint-e1")
@@ -167,22 +149,11 @@ def results_rows(c: dict) -> list[dict]:
         how = (f"AdapterPooler on the {store} store of the 1-epoch checkpoint: adapter {head.get('adapter_size')}, "
                f"{'shared' if head.get('shared') else 'per-layer'}, {head.get('combine')}, lr {cfg.get('optim', {}).get('lr', 0):.2g} "
                f"(the search's best trial, retrained per seed)")  # fmt: skip
-        device = _embed_seconds(c) + (c["finished"].get("tune", {}).get("result", {}).get("train_seconds") or 0) + h["train_seconds"]
+        device = float(_stored(c, "seconds")) + (c["finished"].get("tune", {}).get("result", {}).get("train_seconds") or 0) + h["train_seconds"]
         row("Best head", how, {s: h.get(s) for s in c["evals"]}, len(h["seeds"]), _wall(c, *_store_stages(c), "tune", "heads"),
-            device, _store_bytes(c), h["runs"][0]["parameters"] if h.get("runs") else None, key="head")  # fmt: skip
-    e = c["ensemble"]
-    if e and e.get("kind") != "span":
-        chosen = e["ensembles"][e["chosen"]]
-        used = ", ".join(f"{k if k == 'encoder' else Path(k).name} ×{w}" for k, w in e["weights"].items() if w)
-        heads_n = len([k for k in e["weights"] if k != "encoder"])
-        offered = f"the best {heads_n} trials" + (" and the encoder" if "encoder" in e["weights"] else "")
-        rule = "greedy selection on validation" if e["chosen"] == "greedy" else "a uniform average (it beat greedy on validation)"
-        row("Ensemble", f"{offered} offered; {rule} kept {used}", {s: chosen.get(s) for s in c["evals"]}, 1,
-            _wall(c, *_store_stages(c), "tune", "ensemble"))  # fmt: skip
-    elif e:
-        for method, r in e["ensembles"].items():
-            row(f"Ensemble ({method})", f"element-wise {method} of start/end probabilities, threshold on validation",
-                {s: r.get(s) for s in c["evals"]}, 1, _wall(c, "ensemble"))  # fmt: skip
+            device, int(_stored(c, "bytes")), h["runs"][0]["parameters"] if h.get("runs") else None, key="head")  # fmt: skip
+    if c["ensemble"]:
+        ENSEMBLE_ROWS[c["family"].name](c, c["ensemble"], row)
     for p in c["peers"]:
         if p and p.get("task") == c["spec"]["name"]:
             row(p["name"], p["how"], p["scores"], p.get("n", "–"), p.get("wall_seconds"), p.get("device_seconds"),
@@ -194,10 +165,32 @@ def results_rows(c: dict) -> list[dict]:
     return rows
 
 
+def _sentence_ensemble(c: dict, e: dict, row) -> None:
+    chosen = e["ensembles"][e["chosen"]]
+    used = ", ".join(f"{k if k == 'encoder' else Path(k).name} ×{w}" for k, w in e["weights"].items() if w)
+    offered = f"the best {len([k for k in e['weights'] if k != 'encoder'])} trials" + (" and the encoder" if "encoder" in e["weights"] else "")
+    rule = "greedy selection on validation" if e["chosen"] == "greedy" else "a uniform average (it beat greedy on validation)"
+    row("Ensemble", f"{offered} offered; {rule} kept {used}", {s: chosen.get(s) for s in c["evals"]}, 1,
+        _wall(c, *_store_stages(c), "tune", "ensemble"))  # fmt: skip
+
+
+def _span_ensembles(c: dict, e: dict, row) -> None:
+    for method, r in e["ensembles"].items():
+        row(f"Ensemble ({method})", f"element-wise {method} of start/end probabilities, threshold on validation",
+            {s: r.get(s) for s in c["evals"]}, 1, _wall(c, "ensemble"))  # fmt: skip
+
+
+ENSEMBLE_ROWS = {"sentence": _sentence_ensemble, "span": _span_ensembles}
+"""Task family -> the results table's rows of its ensemble."""
+FLOORS = {"classification": ("Majority class", "the majority class"),
+          "regression": ("Constant prediction", "a constant prediction (correlation 0)"),
+          "span": ("Always no answer", "always answering 'no answer'")}  # fmt: skip
+"""Task kind -> the floor's row name and its name in the headline."""
+
+
 def _selection(cells: dict) -> tuple[float | None, float]:
-    """(mean over the metrics, mean spread) of one split's cells: the score heads select on (the
-    mean of the task's metrics, as GLUE scores a task). An undefined metric (a constant
-    prediction's correlation) counts as 0; None when nothing is defined."""
+    """(mean over the metrics, mean spread) of a split's cells, the score heads select on (GLUE's);
+    an undefined metric (a constant prediction's correlation) counts as 0, None if none is defined."""
     means = [c["mean"] for c in cells.values()]
     if all(m is None for m in means):
         return None, 0.0
@@ -205,23 +198,17 @@ def _selection(cells: dict) -> tuple[float | None, float]:
 
 
 def headline(run_dir: str | os.PathLike) -> str:
-    """The run's result in plain words: the best head against full fine-tuning and the
-    majority class on the first eval split (every metric), and the verdict on the mean of the
-    task's metrics: no better than the majority class, or above, within or below fine-tuning."""
+    """The run's result in words: the best head against full fine-tuning and the majority class on
+    the first eval split, and the verdict: no better than the floor, or above, within or below."""
     c = collect(run_dir)
     rows = {r["key"]: r for r in results_rows(c)}
     split, metrics = c["evals"][0], c["metrics"]
     title = c["spec"].get("title", c["spec"]["name"])
 
     def fmt(r):
-        out = []
-        for m in metrics:
-            cell = r["cells"][split][m]
-            if cell["mean"] is None:
-                out.append("undefined")
-            else:
-                out.append(f"{cell['mean']:.1f}" + (f" ± {cell['std']:.1f}" if cell["std"] is not None and r["n"] != 1 else ""))
-        return " / ".join(out)
+        cells = [r["cells"][split][m] for m in metrics]
+        return " / ".join("undefined" if x["mean"] is None else f"{x['mean']:.1f}" + (
+            f" ± {x['std']:.1f}" if x["std"] is not None and r["n"] != 1 else "") for x in cells)  # fmt: skip
 
     head, full, maj = rows.get("head"), rows.get("full"), rows.get("floor")
     if head is None:
@@ -237,8 +224,7 @@ def headline(run_dir: str | os.PathLike) -> str:
     floor = _selection(maj["cells"][split])[0] if maj else None
     floor = 0.0 if floor is None else floor  # a constant prediction: correlation / MCC 0
     both = " on the mean of the metrics" if len(metrics) > 1 else ""
-    floor_name = {"classification": "the majority class", "regression": "a constant prediction (correlation 0)",
-                  "span": "always answering 'no answer'"}[c["spec"]["kind"]]  # fmt: skip
+    floor_name = FLOORS[c["spec"]["kind"]][1]
     if h is None:
         return text
     if h - h_std <= floor:
@@ -258,13 +244,12 @@ def headline(run_dir: str | os.PathLike) -> str:
 # Figures
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
+def _png(fig, uri: bool = True) -> str | bytes:
+    """A figure (closed here) as PNG bytes, or as a data URI for the page."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    _plt().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii") if uri else buf.getvalue()
 
 
 def _plt():
@@ -277,25 +262,20 @@ def _plt():
 
 
 def learning_curves(c: dict) -> str | None:
-    """Validation score per epoch: the search's trials (grey, the best in colour) and the best
-    configuration's seeds; fine-tuning's validation score per checkpoint beside them."""
+    """Validation score per epoch: the trials (grey, the best in colour), the best configuration's
+    seeds, and beside them fine-tuning's per checkpoint."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax = axes[0]
-    drawn = False
+    ax, runs = axes[0], (c["heads"] or {}).get("runs", [])
     for i, t in enumerate(reversed(c["trials"])):
-        xs = [h["epoch"] for h in t["history"]]
-        ys = [h["score"] for h in t["history"]]
         best = i == len(c["trials"]) - 1
-        ax.plot(xs, ys, color="C3" if best else "0.7", lw=2 if best else 0.8, zorder=3 if best else 1,
-                label="best trial" if best else None)  # fmt: skip
-        drawn = True
-    if c["heads"]:
-        for k, r in enumerate(c["heads"]["runs"]):
-            hist = r.get("validation_history", [])
-            ax.plot([h["epoch"] for h in hist], [_score(h) for h in hist], color="C0", lw=1.2, ls="--",
-                    label="best configuration, each seed" if k == 0 else None)  # fmt: skip
-            drawn = True
+        ax.plot([h["epoch"] for h in t["history"]], [h["score"] for h in t["history"]], color="C3" if best else "0.7",
+                lw=2 if best else 0.8, zorder=3 if best else 1, label="best trial" if best else None)  # fmt: skip
+    for k, r in enumerate(runs):
+        hist = r.get("validation_history", [])
+        ax.plot([h["epoch"] for h in hist], [_score(h) for h in hist], color="C0", lw=1.2, ls="--",
+                label="best configuration, each seed" if k == 0 else None)  # fmt: skip
+    drawn = bool(c["trials"] or runs)
     ax.set(xlabel="epoch", ylabel="validation selection score", title="Heads: search trials and seeds")
     if drawn:
         ax.legend(fontsize=8)
@@ -338,10 +318,8 @@ def _score(scores: dict) -> float:
 
 
 def layer_weights(folder: Path) -> np.ndarray | None:
-    """A head's weight on each hidden state (NaN for states it does not read): the softmax layer
-    weights of a scalar mix, else each layer's share of the output layer's weight norm over the
-    flattened adapter features. None for heads whose output layer mixes positions (flatten
-    pooling of tokens)."""
+    """A head's weight on each hidden state (NaN where it reads none): a scalar mix's softmax weights,
+    else each layer's share of the output layer's weight norm (None where it mixes positions)."""
     from safetensors.numpy import load_file
 
     meta = _read(folder / "head_config.json")
@@ -369,20 +347,13 @@ def layer_weights(folder: Path) -> np.ndarray | None:
 
 def layer_heatmap(c: dict) -> str | None:
     """The learned layer weights of the best trials and the seeds' heads, as a heat map."""
-    rows, labels = [], []
-    for t in c["trials"][: c["config"]["top_k"]]:
-        w = layer_weights(Path(t["trial"]))
-        if w is not None:
-            rows.append(w)
-            labels.append(f"trial {Path(t['trial']).name[-5:]} ({t['params'].get('combine')})")
-    if c["heads"]:
-        for s in c["heads"]["seeds"]:
-            w = layer_weights(c["run"] / "heads" / f"seed-{s}")
-            if w is not None:
-                rows.append(w)
-                labels.append(f"best config, seed {s}")
-    if not rows:
+    heads = [(f"trial {Path(t['trial']).name[-5:]} ({t['params'].get('combine')})", Path(t["trial"]))
+             for t in c["trials"][: c["config"]["top_k"]]]  # fmt: skip
+    heads += [(f"best config, seed {s}", c["run"] / "heads" / f"seed-{s}") for s in (c["heads"] or {}).get("seeds", [])]
+    drawn = [(label, w) for label, folder in heads if (w := layer_weights(folder)) is not None]
+    if not drawn:
         return None
+    labels, rows = zip(*drawn, strict=True)
     plt = _plt()
     m = np.vstack(rows)
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * m.shape[1], 0.8 + 0.32 * len(rows)))
@@ -465,10 +436,9 @@ def efficiency_plot(c: dict) -> str | None:
 
 def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = None, max_layers: int = 13,
                 span: tuple[int, int] | None = None):  # fmt: skip
-    """A figure of one example's stored states: (L, H) -> one image, layers x hidden, each layer
-    divided by its own 99th-percentile magnitude; (T, L, H) -> one panel per layer, tokens x
-    hidden, on one symmetric scale clipped at the 99th percentile of the magnitudes (a few
-    outlier dimensions would wash the rest out)."""
+    """One example's stored states: (L, H) -> layers x hidden, each layer over its own 99th-percentile
+    magnitude; (T, L, H) -> a panel per layer, tokens x hidden, on one scale clipped at the 99th
+    percentile (a few outlier dimensions would wash the rest out)."""
     plt = _plt()
     x = np.asarray(hidden, dtype=np.float32)
     if x.ndim == 2:  # (L, H): each layer scaled by its own magnitude (the last layers' are larger)
@@ -509,12 +479,9 @@ def example_images(c: dict, n: int = 3) -> list[dict]:
     """A few dev examples of the best store drawn as images, with their text and label."""
     from bertvision.store import first_ids, has_manifest, read_example
 
-    sel = c["finished"].get("tune", {}).get("result", {}).get("selection")
-    if sel is None:
-        return []
-    split = c["evals"][0]
-    folder = c["run"] / "store" / sel / split
-    if not has_manifest(folder):
+    sel, split = c["finished"].get("tune", {}).get("result", {}).get("selection"), c["evals"][0]
+    folder = c["run"] / "store" / str(sel) / split
+    if sel is None or not has_manifest(folder):
         return []
     texts = _texts(c, split)
     out, seen = [], set()
@@ -525,8 +492,7 @@ def example_images(c: dict, n: int = 3) -> list[dict]:
     chosen = {e["id"] for e in picked}
     picked += [e for e in candidates if e["id"] not in chosen][: n - len(picked)]
     for ex in picked:
-        i = ex["id"]
-        label = _label_name(c["spec"], ex["label"])
+        i, label = ex["id"], _label_name(c["spec"], ex["label"])
         fig = draw_states(ex["hidden"], f"{split} {i}: {sel} states, label {label}", ex["segments"], span=_span(ex))
         out.append({"id": i, "label": label, "text": texts.get(i, texts.get(i.split("#")[0], "")), "image": _png(fig)})
     return out
@@ -538,14 +504,11 @@ def _span(ex: dict) -> tuple[int, int] | None:
 
 
 def _label_name(spec: dict, label) -> str:
+    """A stored label in words: a class name, a score, a span's tokens, or none."""
     if label is None:
         return "none"
     label = np.asarray(label)
-    if label.ndim:
-        return f"span {label.tolist()}"
-    if spec.get("labels"):
-        return str(spec["labels"][int(label)])
-    return f"{float(label):.2f}"
+    return f"span {label.tolist()}" if label.ndim else str(spec["labels"][int(label)]) if spec.get("labels") else f"{float(label):.2f}"
 
 
 def _texts(c: dict, split: str) -> dict[str, str]:
@@ -568,33 +531,20 @@ def _texts(c: dict, split: str) -> dict[str, str]:
 
 
 def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
+    return "–" if s is None else f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
 def _fmt_bytes(b: int | None) -> str:
     if b is None:
         return "–"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if b < 1000 or unit == "TB":
-            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
-        b /= 1000
-    return ""
+    k = 0
+    while b >= 1000 and k < 4:
+        b, k = b / 1000, k + 1
+    return f"{b:.0f} B" if k == 0 else f"{b:.1f} {('KB', 'MB', 'GB', 'TB')[k - 1]}"
 
 
 def _fmt_count(n: int | None) -> str:
-    if n is None:
-        return "–"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.0f}k"
-    return str(n)
+    return "–" if n is None else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
 
 
 def render(c: dict) -> str:
@@ -614,7 +564,7 @@ def render(c: dict) -> str:
         curves=learning_curves(c), heatmap=layer_heatmap(c), scatter=trials_scatter(c),
         efficiency=efficiency_plot(c), examples=example_images(c), trials=c["trials"][:10],
         n_trials=len(c["trials"]), run_dir=str(c["run"]), pipeline=c["pipeline"],
-        percent=c["spec"]["kind"] != "span",
+        percent=c["family"].percent,
     )  # fmt: skip
 
 
@@ -629,8 +579,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
 
 def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLike) -> Path:
-    """Draw one stored example (``store``: a split folder, or a store of split folders, searched
-    in order) into the PNG ``out``, as the report draws its examples."""
+    """Draw one stored example (from a split folder, or the first split of a store holding it) into
+    the PNG ``out``, as the report draws its examples."""
     from bertvision.io import atomic_write_bytes
     from bertvision.store import read_example, read_manifest, split_folders
 
@@ -645,8 +595,5 @@ def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLi
         fig = draw_states(ex["hidden"], f"{folder.name} {example_id}: {m['selection']} states of "
                           f"{Path(str(m.get('checkpoint') or 'pretrained')).name}, label {label}", ex["segments"],
                           span=_span(ex))  # fmt: skip
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        _plt().close(fig)
-        return atomic_write_bytes(out, buf.getvalue())
+        return atomic_write_bytes(out, _png(fig, uri=False))
     raise DataError(root, f"no example with id {example_id!r} in {', '.join(f.name for f in folders)}")

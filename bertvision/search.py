@@ -1,22 +1,13 @@
 """Head searches over stored states, the library side: the search space, one trial, the
-leaderboard. Ray Tune drives them (`ray_jobs/tune.py`, `bertvision tune`); nothing here imports
-Ray, so a trial runs the same with or without it.
+leaderboard. Ray Tune drives them (`ray_jobs/tune.py`); nothing here imports Ray.
 
-A trial is one `fit_head` (`bertvision.train`) on one store with the hyperparameters HyperOpt
-proposed: it trains on train, reports the selection metric on the validation part after every
-epoch (ASHA stops the weak ones early), and keeps its best epoch's weights. Dev and test are
-never loaded by a search. Each trial folder holds::
-
-    trial.json          the hyperparameters, the resolved HeadTrainConfig, the validation
-                        history, the best epoch and score (rewritten after every epoch)
-    head.safetensors    the best epoch's weights so far, with head_config.json (`load_head`)
-    tb/                 TensorBoard events (loss, learning rate, validation metrics); Tune adds
-                        its own events beside it, with the trial's hyperparameters
-
-`leaderboard(folder)` ranks the trials of a search folder (its sub-folders with a trial.json) by
-their best validation score; `bertvision tune show DIR` prints it. A trial that a killed search
-had started but not yet recorded is set aside under ``ORPHANS`` when the search resumes (its
-point is proposed again), and is not on the leaderboard.
+A trial is one `fit_head` on one store with the hyperparameters HyperOpt proposed, reporting the
+validation score after every epoch (ASHA stops the weak ones early); dev and test are never
+loaded. Each trial folder holds trial.json (the hyperparameters, the resolved HeadTrainConfig,
+the validation history, the best epoch and score, rewritten every epoch), the best weights so
+far (head.safetensors, head_config.json: `load_head`) and tb/. `leaderboard` ranks a search
+folder's trials; one a killed search started but never recorded is set aside under ``ORPHANS``
+when it resumes (its point is proposed again).
 """
 
 from __future__ import annotations
@@ -25,11 +16,11 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 
-from bertvision.config import HeadArchitecture, HeadTrainConfig, Optimisation, SearchConfig
+from bertvision.config import HeadArchitecture, HeadTrainConfig, Optimisation, SearchConfig, derive
 from bertvision.distributed import ONE, World
 from bertvision.errors import ConfigError, DataError
 from bertvision.io import atomic_write_json
@@ -45,17 +36,13 @@ BATCH_SIZES = (16, 32, 64, 128)
 LR_RANGE = (1e-4, 1e-2)
 WEIGHT_DECAY_RANGE = (1e-4, 1e-1)
 DROPOUT_RANGE = (0.0, 0.5)
-
-
-POOLINGS = ("mean", "attention", "flatten")
+POOLINGS = ("mean", "attention", "flatten")  # token stores only
 
 
 def space(search: SearchConfig, num_hidden_states: int, token_stores: bool = False) -> dict:
-    """The hyperopt search space: store, adapter width, shared or per-layer adapters, layer
-    combination, residual skip, the first hidden state used, dropout, learning rate, weight
-    decay and batch size; with a sentence token store among the stores (``token_stores``) also
-    how the tokens are pooled (moot for a trial on a cls/mean store). Without one the space is
-    what it was before token stores, so a search of cls/mean stores proposes the same points."""
+    """The hyperopt search space: the store and every head and optimisation choice; with a
+    sentence token store among them (``token_stores``) also the pooling (moot on a cls/mean
+    store). Without one the space is what it was before token stores: the same points."""
     from hyperopt import hp
 
     pooling = {"pooling": hp.choice("pooling", list(POOLINGS))} if token_stores else {}
@@ -86,14 +73,11 @@ def default_point(search: SearchConfig, family: str, token_stores: bool = False)
 
 def trial_config(search: SearchConfig, params: dict) -> HeadTrainConfig:
     """The `HeadTrainConfig` of one trial: the search's settings, the proposed hyperparameters."""
-    head = {f: params[f] for f in ("adapter_size", "shared", "combine", "residual", "first_layer", "dropout", "pooling")
-            if f in params}  # fmt: skip
-    optim = {f: params[f] for f in ("lr", "weight_decay", "batch_size")}
-    base = HeadTrainConfig(store=params["store"], seeds=(search.seed,), validation_fraction=search.validation_fraction,
-                           validation_seed=search.validation_seed, data_dir=search.data_dir, device=search.device)  # fmt: skip
-    return replace(base, head=HeadArchitecture(**{k: _plain(v) for k, v in head.items()}),
-                   optim=Optimisation(epochs=search.epochs, patience=search.patience,
-                                      **{k: _plain(v) for k, v in optim.items()}))  # fmt: skip
+    plain = {k: _plain(v) for k, v in params.items()}
+    head = HeadArchitecture(**{f: plain[f] for f in ("adapter_size", "shared", "combine", "residual", "first_layer",
+                                                     "dropout", "pooling") if f in plain})  # fmt: skip
+    optim = derive(Optimisation, search, **{f: plain[f] for f in ("lr", "weight_decay", "batch_size")})
+    return derive(HeadTrainConfig, search, store=params["store"], seeds=(search.seed,), head=head, optim=optim)
 
 
 def _plain(value):
@@ -113,31 +97,24 @@ def load_stores(search: SearchConfig) -> dict[str, tuple]:
             raise ConfigError(f"store {store}: task {spec['name']} ({kind.name}, {manifest['num_hidden_states']} hidden "
                               f"states), but {search.stores[0]} holds {first[0]} ({first[1]}, {first[2]}); one search "
                               "compares stores of one task and encoder depth")  # fmt: skip
-        cfg = HeadTrainConfig(store=store, validation_fraction=search.validation_fraction,
-                              validation_seed=search.validation_seed, data_dir=search.data_dir)  # fmt: skip
-        loaded[store] = (kind, kind.load(cfg, Path(store), spec, []))  # no eval parts: dev is not a search's
+        loaded[store] = (kind, kind.load(derive(HeadTrainConfig, search, store=store), Path(store), spec, []))  # no eval parts: dev is not a search's
     return loaded
 
 
 def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], folder: Path,
               report: Callable[[dict, Callable[[], dict]], None], resume: dict | None = None,
               extra: dict | None = None, world: World = ONE) -> dict:  # fmt: skip
-    """One trial: `fit_head` with ``params``; after every epoch ``report(metrics, state)`` (the
-    epoch, the selection ``score``, the validation metrics; ``state()`` the resumable training
-    state), trial.json and the best weights so far written into ``folder``. Returns trial.json's
-    content.
+    """One trial: `fit_head` with ``params``; after every epoch trial.json and the best weights so
+    far written into ``folder``, then ``report(metrics, state)`` (the epoch, the selection
+    ``score``, the validation metrics; ``state()`` the resumable training state). Returns
+    trial.json's content. ``world``: this rank when a Ray Train run trains the trial (every rank
+    reports, rank 0 alone writes).
 
-    ``extra`` comes from the caller (Ray's side, which this module does not import):
-    ``"entered"``, the wall-clock time (`time.time()`) the trial function was entered (default:
-    now), and ``"node"``, the Ray node the trial runs on (trial.json's ``node``). trial.json's
-    ``timing`` (this attempt's; a retried trial starts it again) is rewritten every epoch:
-    ``entered``; ``first_step``, when epoch 1's training steps began (the first report's time
-    less the epoch's training seconds: it counts epoch 1's validation scoring as start-up);
-    ``to_first_step_s``; ``train_seconds``, the training steps' seconds summed over epochs
-    (``seconds`` of each report); ``wall_seconds``, from ``entered`` to the last report.
-
-    ``world``: this process's rank when the trial is itself trained by several workers (a Ray
-    Train run inside the trial): every rank trains and reports, rank 0 alone writes files."""
+    ``extra`` is Ray's side: "entered", when the trial function was entered (default: now), and
+    "node", the trial's Ray node. trial.json's ``timing`` (this attempt's) holds ``entered``;
+    ``first_step`` (the first report's time less its training seconds: epoch 1's validation
+    counts as start-up) and ``to_first_step_s``; ``train_seconds``, the reports' seconds summed;
+    ``wall_seconds``, from ``entered`` to the last report."""
     from torch.utils.tensorboard import SummaryWriter
 
     extra = dict(extra or {})
@@ -195,6 +172,35 @@ def _scores(h: dict) -> dict:
     return {k: v for k, v in h.items() if k != "epoch"}
 
 
+def set_aside_orphans(out: Path, known: set[str]) -> list[Path]:
+    """Move the trial folders of ``out`` that the search's results do not hold (``known``) into
+    ``out/orphaned/``; returns their new paths. A search killed after starting a trial, before
+    Tune saved its state, leaves one: the resumed search runs a trial in its place (the same
+    point, proposed again), so on the leaderboard it would be a half-trained trial too many."""
+    moved = []
+    for record in sorted(out.glob(f"*/{TRIAL_FILE}")):
+        trial = record.parent
+        if trial.name not in known:
+            target = out / ORPHANS / trial.name
+            target.parent.mkdir(exist_ok=True)
+            trial.rename(target)
+            moved.append(target)
+    if moved:
+        print(f"{len(moved)} trial folder(s) that a killed search started after Tune last saved its state "
+              f"(the resumed search ran trials of its own in their place) moved to {out / ORPHANS}",
+              flush=True)  # fmt: skip
+    return moved
+
+
+def finish_search(out: Path, known: set[str]) -> list[dict]:
+    """After a search whose results hold the trial folders ``known``: any other set aside
+    (`set_aside_orphans`), the leaderboard written to leaderboard.json and returned."""
+    set_aside_orphans(out, known)
+    board = leaderboard(out)
+    atomic_write_json(out / "leaderboard.json", board)
+    return board
+
+
 def leaderboard(folder: str | Path) -> list[dict]:
     """Every trial of a search folder (a sub-folder with a trial.json; not those set aside under
     ``ORPHANS``), best validation score first."""
@@ -212,13 +218,3 @@ def leaderboard(folder: str | Path) -> list[dict]:
     if not rows:
         raise DataError(folder, f"no finished epoch of any trial here (no {TRIAL_FILE} with a score)")
     return sorted(rows, key=lambda r: -r["score"])
-
-
-def format_leaderboard(board: list[dict], top: int | None = None) -> str:
-    """The leaderboard as text: rank, validation score, epochs run, store, hyperparameters."""
-    lines = [f"{'rank':>4} {'score':>8} {'epochs':>6}  store / hyperparameters"]
-    for rank, row in enumerate(board[:top] if top else board, 1):
-        p = row["params"]
-        rest = ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in p.items() if k != "store")
-        lines.append(f"{rank:>4} {row['score']:>8.4f} {len(row['history']):>6}  {p['store']}  {rest}")
-    return "\n".join(lines)

@@ -2,14 +2,12 @@
 
     bertvision train --store runs/rte/emb/e0.3 --seeds 0 1 2 --out runs/rte/heads/e0.3
 
-The store's manifest says the head kind (`bertvision.kinds`: sentence classification or
-regression on cls/mean stores, spans on token stores), and the kind supplies the data, the
-model, the loss, the scoring and the selection metric. `fit_head` trains one head: AdamW (no
-decay on biases), warmup and linear decay, every epoch scored on the validation part (carved
-from train with the seed fine-tuning used, so the encoder never saw it), the best epoch kept,
-early stopping after ``patience`` epochs without improvement. It never reads dev or test:
-`train_heads` scores those once per seed, with the selected epoch (and, for spans, the
-no-answer threshold chosen on validation). ``on_epoch`` is how a caller watches training
+The store's manifest says the head kind (`bertvision.kinds`), which supplies the data, model,
+loss, scoring and selection metric. `fit_head` trains one head (AdamW, warmup and linear decay),
+scores every epoch on the validation part (carved from train as fine-tuning carved it, so the
+encoder never saw it), keeps the best epoch and stops after ``patience`` epochs without a better
+one; it never reads dev or test, which `train_seed` scores once with the selected epoch (and,
+for spans, the no-answer threshold chosen on validation). ``on_epoch`` is how a caller watches
 (TensorBoard here; a Tune trial or a Ray Train worker reports through it).
 
 Output folder::
@@ -27,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from bertvision.fingerprint import store_fingerprint
 from bertvision.heads import HeadData, same_source
 from bertvision.io import atomic_folder, atomic_write_bytes, atomic_write_json
 from bertvision.kinds import head_kind, store_kind
+from bertvision.metrics import mean_std
 from bertvision.models.adapter_pooler import AdapterPoolerConfig
 from bertvision.outdir import check_out_dir, claim, previous_run
 from bertvision.runtime import (
@@ -81,20 +81,16 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     """Train one head (``cfg.seeds`` must hold one seed) on ``data.train``, select the epoch on
     ``data.parts["validation"]``, and return it. Reads nothing else.
 
-    ``on_epoch(report)`` is called after each epoch with {"epoch", "step", "losses" (this
-    epoch's, per step), "lr", "validation" (scores), "score" (the selection metric),
-    "best_epoch", "seconds", "config" (the AdapterPoolerConfig as a dict), "state"}: ``state()``
-    gives the whole training state (weights, optimizer, schedule, random generators, history,
-    the best epoch's weights), tensors and plain values only (`torch.save` it; read it back
-    with ``weights_only=True``). ``fit_head(..., resume=state)`` continues from there and ends
-    exactly as the uninterrupted run would.
+    ``on_epoch(report)`` after each epoch gets {"epoch", "step", "losses" (this epoch's), "lr",
+    "validation" (scores), "score" (the selection metric), "best_epoch", "seconds", "config"
+    (the AdapterPoolerConfig), "dropped", "state"}: ``state()`` is the whole training state,
+    tensors and plain values (`torch.save` it, read it with ``weights_only=True``), and
+    ``resume=state`` continues from there to the end the uninterrupted run reaches.
 
-    ``world`` (`bertvision.distributed.World`): this process's rank when several train the head
-    together (Ray Train). Each rank trains on its piece of every global batch (token stores: on
-    its own shards) in `DistributedDataParallel`; rank 0 scores validation and every rank gets
-    its scores, so all select the same epoch. The report's "dropped" counts the batches left
-    over on the ranks when the first ran out, summed over ranks (always 0 for one rank). Every
-    rank returns the same result.
+    ``world``: this process's rank when several train the head (Ray Train, DDP): each trains on
+    its piece of every global batch (token stores: its own shards); rank 0 scores validation
+    and shares the scores, so all select the same epoch. "dropped" counts the batches left over
+    when the first rank ran out, summed over ranks. Every rank returns the same result.
     """
     import torch
     from tqdm.auto import tqdm
@@ -175,15 +171,11 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
 
 def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | None = None,
                 settings: dict | None = None) -> dict:  # fmt: skip
-    """Train one head per seed in ``cfg.seeds``; score the eval splits once each; returns (and
-    writes) the summary (mean and standard deviation over seeds, and "kind").
-
-    ``runner(seed_cfg, out_dir, eval_names)``, when given, trains one seed elsewhere (Ray Train:
-    `ray_jobs/train.py`): it writes ``seed-<k>`` as `_train_seed` does and returns its metrics
-    (with "train_rows"); this process then never reads the store's shards. ``settings``: what
-    else a finished run must match to be reused (e.g. the number of workers), stored with the
-    config.
-    """
+    """Train one head per seed in ``cfg.seeds`` (`train_seed`); returns (and writes) the summary
+    (mean and standard deviation over seeds, and "kind"). ``runner(seed_cfg, out_dir, evals)``
+    trains a seed elsewhere instead (Ray Train: `ray_jobs/train.py`, whose workers call
+    `train_seed`), so this process never reads the shards. ``settings``: what else a finished
+    run must match to be reused (e.g. the number of workers), stored with the config."""
     out_dir = check_out_dir(out_dir)
     pick_device(cfg.device)  # a bad --device fails before the store is read
     root = Path(cfg.store)
@@ -208,8 +200,7 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
         data = kind.load(cfg, root, spec, eval_names)
         atomic_write_json(out_dir / "config.json", {**about, "train_rows": data.train_rows,
                                                     "store": _manifest_summary(data.manifest)})  # fmt: skip
-        runs = [in_seed_folder(out_dir, seed, lambda d, seed=seed: _train_seed(cfg.for_seed(seed), data, kind, d))
-                for seed in cfg.seeds]  # fmt: skip
+        runs = [train_seed(cfg.for_seed(seed), data, kind, out_dir) for seed in cfg.seeds]
         return _write_summary(out_dir, runs, data.evals, kind.name)
 
 
@@ -223,44 +214,58 @@ def _upgrade_config(stored: dict) -> dict:
     return stored
 
 
-def _train_seed(cfg: HeadTrainConfig, data: HeadData, kind, folder: Path) -> dict:
-    """`fit_head`, then the eval splits scored once with the selected epoch; TensorBoard events,
-    weights, head config and metrics written into ``folder``."""
+def train_seed(cfg: HeadTrainConfig, data: HeadData, kind, out_dir: Path, world: World = ONE,
+               resume: dict | None = None, report: Callable | None = None, extra: Callable | None = None) -> dict | None:  # fmt: skip
+    """One head seed, in this process or as a rank of a Ray Train run: `fit_head` (each epoch to
+    TensorBoard, then to ``report``); then, on rank 0, the eval splits scored once with the
+    selected epoch (and threshold) and ``seed-<k>`` written whole (`io.atomic_folder`: a failed
+    seed leaves none) with the head, its metrics (and ``extra(fit)``, called on every rank) and
+    events; returns the metrics (None on other ranks). The events lie in ``.seed-<k>.tb`` while
+    training, where a resumed worker appends to them."""
     from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(folder / "tb"))
-    fit = fit_head(cfg, data, kind, on_epoch=lambda report: log_epoch(tb, kind, report))
-    return finish_seed(cfg, data, kind, fit, folder, tb)
+    seed = cfg.seeds[0]
+    events = out_dir / f".seed-{seed}.tb"
+    tb = SummaryWriter(str(events)) if world.main else None
 
+    def on_epoch(r: dict) -> None:
+        if tb is not None:
+            log_epoch(tb, kind, r)
+            tb.flush()
+        if report is not None:
+            report(r)
 
-def finish_seed(cfg: HeadTrainConfig, data: HeadData, kind, fit: FitResult, folder: Path, tb,
-                extra: dict | None = None) -> dict:  # fmt: skip
-    """After `fit_head`: the eval splits scored once with the selected epoch (and threshold),
-    their scores logged to ``tb`` (a SummaryWriter, closed here), the head (weights and
-    head_config.json) and metrics.json (with ``extra``) written into ``folder``; returns the
-    metrics."""
-    tb.flush()
-    device = pick_device(cfg.device)
-    chosen = fit.chosen
-    result = {
-        "seed": cfg.seeds[0], "best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
-        "validation_history": fit.history, "validation": chosen,
-        **({"threshold": chosen["threshold"]} if "threshold" in chosen else {}),
-        "epoch_seconds": float(np.mean(fit.epoch_seconds)), "train_seconds": float(np.sum(fit.epoch_seconds)),
-        "parameters": fit.model.num_parameters(), "peak_rss_mb": peak_rss_mb(), **(extra or {}),
-    }  # fmt: skip
-    for name in data.evals:  # the held-out splits, once, with the selected epoch (and threshold)
-        t0 = time.perf_counter()
-        scores, preds = kind.score(fit.model, data.parts[name], data, cfg, device, chosen.get("threshold"))
-        result[name], result[f"{name}_seconds"] = scores, round(time.perf_counter() - t0, 2)
-        if preds is not None:
-            atomic_write_json(folder / f"predictions-{name}.json", preds.predictions(chosen["threshold"]))
-        for metric, value in kind.logged(scores).items():
-            tb.add_scalar(f"{name}/{metric}", value, fit.best_epoch)
-    tb.close()
-    save_head(folder, fit.state, head_meta(fit.config.to_dict(), data, kind, chosen, cfg))
-    atomic_write_json(folder / "metrics.json", result)
-    return result
+    try:
+        fit = fit_head(cfg, data, kind, on_epoch=on_epoch, resume=resume, world=world)
+        more = extra(fit) if extra is not None else {}
+        if not world.main:
+            return None
+        device, chosen = pick_device(cfg.device), fit.chosen
+        result = {
+            "seed": seed, "best_epoch": fit.best_epoch, "epochs_run": len(fit.history),
+            "validation_history": fit.history, "validation": chosen,
+            **({"threshold": chosen["threshold"]} if "threshold" in chosen else {}),
+            "epoch_seconds": float(np.mean(fit.epoch_seconds)), "train_seconds": float(np.sum(fit.epoch_seconds)),
+            "parameters": fit.model.num_parameters(), "peak_rss_mb": peak_rss_mb(), **more,
+        }  # fmt: skip
+        with atomic_folder(out_dir / f"seed-{seed}", f"writing head seed {seed} under {out_dir}") as folder:
+            for name in data.evals:  # the held-out splits, once, with the selected epoch (and threshold)
+                t0 = time.perf_counter()
+                scores, preds = kind.score(fit.model, data.parts[name], data, cfg, device, chosen.get("threshold"))
+                result[name], result[f"{name}_seconds"] = scores, round(time.perf_counter() - t0, 2)
+                if preds is not None:
+                    atomic_write_json(folder / f"predictions-{name}.json", preds.predictions(chosen["threshold"]))
+                for metric, value in kind.logged(scores).items():
+                    tb.add_scalar(f"{name}/{metric}", value, fit.best_epoch)
+            tb.close()
+            save_head(folder, fit.state, head_meta(fit.config.to_dict(), data, kind, chosen, cfg))
+            atomic_write_json(folder / "metrics.json", result)
+            shutil.move(str(events), str(folder / "tb"))
+        return result
+    except BaseException:
+        if report is None:  # nothing resumes from these events
+            shutil.rmtree(events, ignore_errors=True)
+        raise
 
 
 def log_epoch(tb, kind, report: dict) -> None:
@@ -283,15 +288,7 @@ def head_meta(pooler: dict, data: HeadData, kind, chosen: dict, cfg: HeadTrainCo
 
 # What a head run writes besides config.json, metrics.json and summary.json (a killed run's are
 # removed before it starts over).
-SEED_GLOBS = ("seed-*", ".seed-*.tmp", ".seed-*.tb")  # 2nd: `io.atomic_folder`'s temporary name; 3rd: Ray Train's TensorBoard events
-
-
-def in_seed_folder(out_dir: Path, seed: int, train_fn):
-    """Run ``train_fn(folder)`` on a temporary folder that becomes ``seed-<k>`` when it
-    returns (`io.atomic_folder`): a seed folder appears whole, and a failed seed (a diverged
-    loss, a full disk) leaves no folder behind."""
-    with atomic_folder(out_dir / f"seed-{seed}", f"writing head seed {seed} under {out_dir}") as tmp:
-        return train_fn(tmp)
+SEED_GLOBS = ("seed-*", ".seed-*.tmp", ".seed-*.tb")  # 2nd: `io.atomic_folder`'s temporary name; 3rd: a seed's TensorBoard events in training
 
 
 def _write_summary(out_dir: Path, runs: list[dict], evals: list[str], kind: str) -> dict:
@@ -302,18 +299,13 @@ def _write_summary(out_dir: Path, runs: list[dict], evals: list[str], kind: str)
 
 
 def summarize(runs: list[dict], splits: list[str]) -> dict:
-    """Mean and sample standard deviation over seeds of every metric of every split."""
+    """Mean and sample standard deviation over seeds (`metrics.mean_std`) of every metric of
+    every split."""
     out = {"seeds": [r["seed"] for r in runs], "runs": runs}
     for split in splits:
         metrics = [r[split] for r in runs if split in r]
-        if not metrics:
-            continue
-        names = [k for k in metrics[0] if k != "epoch"]
-        out[split] = {
-            name: {"mean": float(np.mean([m[name] for m in metrics])),
-                   "std": float(np.std([m[name] for m in metrics], ddof=1)) if len(metrics) > 1 else 0.0}
-            for name in names
-        }  # fmt: skip
+        if metrics:
+            out[split] = {name: mean_std([m[name] for m in metrics]) for name in metrics[0] if name != "epoch"}
     out["epoch_seconds"] = float(np.mean([r["epoch_seconds"] for r in runs]))
     out["train_seconds"] = float(np.sum([r["train_seconds"] for r in runs]))
     return out
@@ -350,21 +342,17 @@ def read_head_config(path: str | Path) -> dict:
     return meta
 
 
-def load_head(path: str | Path, *, span: bool | None = None):
+def load_head(path: str | Path, *, family: str | None = None):
     """A trained head of any kind and its config dict, from a ``seed-<k>`` folder: the kind's
-    module (`AdapterPooler`, or `SpanAdapterPooler` for spans) chosen by the config's task kind.
-
-    Args:
-      span: True or False to require a span head or a sentence head (ConfigError otherwise).
-    """
+    module (`AdapterPooler`, or `SpanAdapterPooler` for spans) chosen by the config's task kind;
+    with ``family`` ("sentence" or "span"), a head of another family is refused (ConfigError)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     meta = read_head_config(path)
     kind = head_kind(meta)
-    if span is not None and (kind.family == "span") != span:
-        want, got = ("a span head", "a sentence head") if span else ("a sentence head", "a span head")
-        raise ConfigError(f"{path}: {got}, but {want} is needed here")
+    if family not in (None, kind.family):
+        raise ConfigError(f"{path}: a {kind.family} head, but a {family} head is needed here")
     model = kind.module(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
     try:
         model.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))

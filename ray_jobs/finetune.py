@@ -17,24 +17,19 @@ Fault tolerance: at every ``--save-at`` point rank 0 also reports the whole trai
 checkpoint under ``OUT/ray-train/finetune/``; with ``--max-failures N`` a dead worker is
 replaced and every worker continues from the last such point, ending as the uninterrupted run
 would. Add save points (``--save-at 0.25 0.5 0.75 1``) for finer recovery. A driver that died
-starts the run over.
-
-One worker computes what the single-process loop computes (no DDP wrapper for one rank).
+starts the run over. One worker computes what the single-process loop computes.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from bertvision.config import FinetuneConfig, add_arguments, from_arguments
-from bertvision.errors import BertVisionError
-from ray_jobs.local import absolute_inputs, on_ray
-from ray_jobs.train import STATE, TrainJobConfig, check_out, fit, trainer
+from bertvision.config import FinetuneConfig, TrainJobConfig
+from bertvision.outdir import absolute_inputs
+from bertvision.printing import print_finetune_result
+from ray_jobs import common
 
 
 def _worker(config: dict) -> None:
@@ -49,34 +44,15 @@ def _worker(config: dict) -> None:
     cfg: FinetuneConfig = config["cfg"]
     if config["gpus"] and cfg.device is None:
         cfg = replace(cfg, device="cuda")  # the GPU Ray gave this worker
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / STATE, weights_only=True)
-        print(f"finetune, rank {world.rank}: resuming after step {resume['step']} from {checkpoint.path}", flush=True)
+    resume, where = common.resumed(ray.train)
+    if resume is not None:
+        print(f"finetune, rank {world.rank}: resuming after step {resume['step']} from {where}", flush=True)
 
     def on_save(fraction: float, meta: dict | None, state) -> None:
         metrics = {"fraction": fraction, **({"validation": meta["validation"]} if meta else {})}
-        if not world.main:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state(), Path(d) / STATE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        common.report(ray.train, metrics, state if world.main else None)
 
     run_loop(cfg, Path(config["out"]), config["inputs"], world, resume, on_save, config["settings"])
-
-
-def _runner(job: TrainJobConfig, settings: dict):
-    def run(cfg: FinetuneConfig, out: Path, inputs: dict) -> dict:
-        config = {"cfg": cfg, "out": str(out), "inputs": inputs, "settings": settings}
-        metrics = fit(trainer(job, _worker, config, out / "ray-train", "finetune", keep=1), "fine-tuning",
-                      out / "metrics.json")  # fmt: skip
-        shutil.rmtree(out / "ray-train", ignore_errors=True)  # the training states: the checkpoints remain
-        return metrics
-
-    return run
 
 
 def run(cfg: FinetuneConfig, out_dir: str, job: TrainJobConfig | None = None):
@@ -89,36 +65,20 @@ def run(cfg: FinetuneConfig, out_dir: str, job: TrainJobConfig | None = None):
     if not (out / "metrics.json").is_file():
         shutil.rmtree(out / "ray-train", ignore_errors=True)  # a dead driver's run starts over
     settings = {"ray_workers": job.workers}
-    return on_ray(job.address, lambda: finetune(cfg, out, runner=_runner(job, settings), settings=settings),
-                  dashboard=True)  # Ray Train's state queries
 
+    def runner(cfg: FinetuneConfig, out: Path, inputs: dict) -> dict:
+        config = {"cfg": cfg, "out": str(out), "inputs": inputs, "settings": settings}
+        metrics = common.fit(common.trainer(job, _worker, config, out / "ray-train", "finetune", keep=1), "fine-tuning",
+                             out / "metrics.json")  # fmt: skip
+        shutil.rmtree(out / "ray-train", ignore_errors=True)  # the training states: the checkpoints remain
+        return metrics
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ray_jobs.finetune",
-        description="Fine-tune an encoder with Ray Train: --workers workers (DDP), the global batch "
-        "split between them, a Ray Train checkpoint at every --save-at point, a dead worker replaced "
-        "and training continued from the last one. Same options and output as 'bertvision finetune'.",
-    )
-    add_arguments(p, FinetuneConfig, required=("task",))
-    p.add_argument("--out", required=True, help="output folder (absolute, on shared storage for a cluster)")
-    add_arguments(p, TrainJobConfig)
-    return p
+    return common.on_ray(job.address, lambda: finetune(cfg, out, runner=runner, settings=settings),
+                         dashboard=True)  # Ray Train's state queries
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg, job = from_arguments(FinetuneConfig, args), from_arguments(TrainJobConfig, args)
-        check_out(args.out, job)
-        result = run(cfg, args.out, job)
-    except BertVisionError as e:
-        print(f"ray_jobs.finetune: error: {e}", file=sys.stderr)
-        return e.exit_code
-    from bertvision.cli import print_finetune_result
-
-    print_finetune_result(result)
-    return 0
+    return common.main(argv, FinetuneConfig, TrainJobConfig, run, print_finetune_result, __doc__, "ray_jobs.finetune")
 
 
 if __name__ == "__main__":

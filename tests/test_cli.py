@@ -6,13 +6,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from bertvision.cli import build_parser, main
+from bertvision.cli import build_parser, commands, main
 from bertvision.config import (
     EmbedConfig,
     EnsembleConfig,
@@ -20,6 +19,12 @@ from bertvision.config import (
     HeadArchitecture,
     HeadTrainConfig,
     Optimisation,
+    PipelineConfig,
+    PipelineJobConfig,
+    RayJobConfig,
+    SearchConfig,
+    TrainJobConfig,
+    TuneJobConfig,
     field_docs,
     from_arguments,
 )
@@ -179,18 +184,22 @@ def test_every_option_at_every_level_is_explained():
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["tasks"], ["tasks", "show"], ["encoder"], ["squad-eval"], ["finetune"], ["embed"], ["train"],
-     ["evaluate"], ["ensemble"], ["store"], ["store", "verify"]],
+    [[], ["tasks"], ["tasks", "show"], ["encoder"], ["squad-eval"], ["finetune"], ["embed"], ["train"], ["tune"],
+     ["tune", "show"], ["evaluate"], ["ensemble"], ["run"], ["report"], ["show"], ["store"], ["store", "verify"]],
 )
 def test_help_runs_at_every_level(args):
+    """Each level's help is its own: its usage line and its description."""
     out = run(*args, "--help").stdout
-    assert out.startswith("usage: bertvision")
+    assert out.startswith(" ".join(["usage: bertvision", *args]) + " ")
+    description = dict(_parsers(build_parser()))[tuple(args)].description
+    assert "".join(description.split()) in "".join(out.split())  # as wrapped at any width
 
 
 # ---------------------------------------------------------------------------------------------
-# The method commands' options are their configs' fields (bertvision.config)
+# The stage commands' options are their configs' fields (bertvision.config), the --ray ones the
+# Ray job's
 
-METHOD_CONFIGS = {"finetune": FinetuneConfig, "embed": EmbedConfig, "train": HeadTrainConfig, "ensemble": EnsembleConfig}
+STAGES = {name: cmd for name, cmd in commands().items() if cmd.config is not None}
 RENAMED = {"methods": "--method"}
 
 
@@ -207,15 +216,24 @@ def _field_leaves(cls):
             yield cls, f
 
 
-@pytest.mark.parametrize("command", METHOD_CONFIGS)
+def test_the_stage_commands_are_the_table():
+    assert {name: (cmd.config, cmd.job) for name, cmd in STAGES.items()} == {
+        "finetune": (FinetuneConfig, TrainJobConfig), "embed": (EmbedConfig, RayJobConfig),
+        "train": (HeadTrainConfig, TrainJobConfig), "tune": (SearchConfig, TuneJobConfig),
+        "ensemble": (EnsembleConfig, None), "run": (PipelineConfig, PipelineJobConfig)}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", STAGES)
 def test_every_config_field_is_a_flag_with_its_docstring(command):
-    cls = METHOD_CONFIGS[command]
-    actions = {s: a for a in _command(command)._actions for s in a.option_strings}
-    leaves = list(_field_leaves(cls))
-    if cls is HeadTrainConfig:  # the nested configs are covered, field by field
+    cmd = STAGES[command]
+    parser = _command(command)
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    leaves = list(_field_leaves(cmd.config))
+    if cmd.config is HeadTrainConfig:  # the nested configs are covered, field by field
         owners = {(owner, f.name) for owner, f in leaves}
         assert owners >= {(c, f.name) for c in (HeadArchitecture, Optimisation) for f in dataclasses.fields(c)}
-    for owner, f in leaves:
+    jobs = list(_field_leaves(cmd.job)) if cmd.job else []
+    for owner, f in leaves + jobs:
         flag = RENAMED.get(f.name, "--" + f.name.replace("_", "-"))
         assert flag in actions, (command, flag)
         action = actions[flag]
@@ -229,8 +247,13 @@ def test_every_config_field_is_a_flag_with_its_docstring(command):
             assert all(f"{v} for {k} tasks" in action.help for k, v in by_kind.items()), action.help
         elif f.default not in (None, dataclasses.MISSING):
             assert "(default: " in action.help, action.help
+    # where --ray is optional, a job option left out is absent, so one given without --ray is seen
+    assert ("--ray" in actions) == (cmd.ray is not None)
+    for _, f in jobs:
+        assert (actions["--" + f.name.replace("_", "-")].default is argparse.SUPPRESS) == (cmd.ray is not None)
     out = run(command, "--help").stdout
-    assert all(RENAMED.get(f.name, "--" + f.name.replace("_", "-")) in out for _, f in leaves)
+    assert all(RENAMED.get(f.name, "--" + f.name.replace("_", "-")) in out for _, f in leaves + jobs)
+    assert ("--out OUT" in out) and (command not in ("tune", "run")) == ("[--out OUT]" not in out)
 
 
 def _parse(*argv):
@@ -338,24 +361,34 @@ def test_finetune_and_evaluate_call_the_library(monkeypatch, capsys, tmp_path):
     assert json.loads(capsys.readouterr().out) == {"args": ["H", "S", "D"]}
 
 
-def test_embed_ray_hands_the_config_and_job_to_the_runner(monkeypatch, tmp_path):
+def test_embed_ray_hands_the_config_and_job_to_the_runner(monkeypatch, tmp_path, capsys):
+    """The job config comes from the table, the runner from the `bertvision.runners` entry
+    points; --out goes absolute (against --storage-root where given); the printer prints."""
     import bertvision.cli as cli
 
-    module = types.ModuleType("fake_ray_job")
-
-    @dataclasses.dataclass(frozen=True)
-    class RayJobConfig:
-        actors: int | None = None
-        address: str | None = None
-
     calls = []
+    results = {"embed": {}, "tune": [], "pipeline": {"report": str(tmp_path / "nowhere" / "report.html")}}
 
-    def fake_run(cfg, out_dir, job):
-        calls.append((cfg, out_dir, job))
+    def runner(name):
+        def fake_run(cfg, out_dir, job):
+            calls.append((name, cfg, out_dir, job))
+            return results[name]
 
-    module.RayJobConfig, fake_run.__module__ = RayJobConfig, module.__name__
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(cli, "_ray_runner", lambda name: fake_run)
+        return fake_run
+
+    monkeypatch.setattr(cli, "_ray_runner", runner)
     monkeypatch.chdir(tmp_path)
     assert main(["embed", "--task", "rte", "--out", "store", "--ray", "--actors", "3", "--splits", "train"]) == 0
-    assert calls == [(EmbedConfig(task="rte", splits=("train",)), str(tmp_path / "store"), RayJobConfig(actors=3))]
+    assert calls == [("embed", EmbedConfig(task="rte", splits=("train",)), str(tmp_path / "store"), RayJobConfig(actors=3))]
+    assert main(["embed", "--task", "rte", "--out", "s", "--ray", "--storage-root", "/mnt/runs", "--gpus-per-actor", "0"]) == 0
+    assert calls[-1][2:] == ("/mnt/runs/s", RayJobConfig(gpus_per_actor=0.0, storage_root="/mnt/runs"))
+    assert main(["tune", "--stores", "a", "--out", "t", "--checkpoint-every", "2", "--address", "ray://h:1"]) == 0
+    assert calls[-1][0] == "tune" and calls[-1][3] == TuneJobConfig(address="ray://h:1", checkpoint_every=2)
+    assert capsys.readouterr().out.splitlines() == [f"{'rank':>4} {'score':>8} {'epochs':>6}  store / hyperparameters"]
+    # the run's printer reads the run folder for its headline: none here, one line and exit status 1
+    assert main(["run", "--task", "rte", "--embed-with", "local"]) == 1
+    assert calls[-1][0] == "pipeline" and calls[-1][2:] == (str(tmp_path / "runs" / "rte"), PipelineJobConfig(embed_with="local"))
+    assert "no pipeline.json" in capsys.readouterr().err
+    for argv in (["train", "--store", "S", "--out", "O", "--address", "x"], ["finetune", "--task", "rte", "--out", "O", "--workers", "2"]):
+        assert main(argv) == 1  # a job's option, without --ray
+        assert "needs --ray" in capsys.readouterr().err

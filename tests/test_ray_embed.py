@@ -103,21 +103,30 @@ def test_job_refuses_a_relative_out_and_writes_nothing(task, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # no runs/, no store, no lock file
 
 
-def _job_paths(job, argv: list[str]):
-    """`job_paths` on the configs that the job's command line makes of ``argv``."""
-    from bertvision.config import EmbedConfig, from_arguments
+def _job_parser():
+    from bertvision.config import EmbedConfig, RayJobConfig
+    from ray_jobs.common import parser
 
-    args = job.build_parser().parse_args(argv)
-    return job.job_paths(from_arguments(EmbedConfig, args), args.out, from_arguments(job.RayJobConfig, args))
+    return parser(EmbedConfig, RayJobConfig)
+
+
+def _job_paths(argv: list[str]):
+    """(the config, `job_paths`) of what the job's command line makes of ``argv``."""
+    from bertvision.config import EmbedConfig, RayJobConfig, from_arguments
+    from bertvision.outdir import job_paths
+
+    args = _job_parser().parse_args(argv)
+    cfg = from_arguments(EmbedConfig, args)
+    return cfg, job_paths(cfg, args.out, from_arguments(RayJobConfig, args))
 
 
 def test_storage_root_resolves_a_relative_out_and_must_be_absolute(tmp_path, monkeypatch, capsys):
     from ray_jobs import embed as job
 
     monkeypatch.chdir(tmp_path)
-    cfg, out = _job_paths(job, ["--task", "rte", "--out", "rte/store", "--storage-root", str(tmp_path / "runs")])
+    cfg, out = _job_paths(["--task", "rte", "--out", "rte/store", "--storage-root", str(tmp_path / "runs")])
     assert out == str(tmp_path / "runs" / "rte" / "store") and cfg.task == "rte"
-    _, out = _job_paths(job, ["--task", "rte", "--out", str(tmp_path / "abs"), "--storage-root", str(tmp_path / "r")])
+    _, out = _job_paths(["--task", "rte", "--out", str(tmp_path / "abs"), "--storage-root", str(tmp_path / "r")])
     assert out == str(tmp_path / "abs")  # an absolute --out stays
     assert job.main(["--task", "rte", "--out", "x", "--storage-root", "runs"]) == 1
     assert "--storage-root runs is relative" in capsys.readouterr().err
@@ -137,7 +146,7 @@ def test_job_refuses_relative_inputs_missing_from_the_working_directory(task, tm
     assert not out.exists()
     # One that is in the working directory (an uploaded file) is read from there.
     (tmp_path / "data").mkdir()
-    cfg, _ = _job_paths(job, ["--task", str(task), "--out", str(out), "--data-dir", "data"])
+    cfg, _ = _job_paths(["--task", str(task), "--out", str(out), "--data-dir", "data"])
     assert cfg.data_dir == "data"
 
 
@@ -147,7 +156,7 @@ def test_job_options_are_the_configs_fields(tmp_path, capsys):
     from bertvision.config import EmbedConfig, Windowing, from_arguments
     from ray_jobs import embed as job
 
-    args = job.build_parser().parse_args(["--task", "rte", "--out", str(tmp_path / "o"), "--splits", "dev", "--doc-stride", "64",
+    args = _job_parser().parse_args(["--task", "rte", "--out", str(tmp_path / "o"), "--splits", "dev", "--doc-stride", "64",
                                           "--batch-size", "8", "--actors", "2", "--gpus-per-actor", "0.5"])  # fmt: skip
     assert from_arguments(EmbedConfig, args) == EmbedConfig(task="rte", splits=("dev",), windowing=Windowing(doc_stride=64), batch_size=8)
     assert from_arguments(job.RayJobConfig, args) == job.RayJobConfig(actors=2, gpus_per_actor=0.5)

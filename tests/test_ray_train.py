@@ -37,13 +37,13 @@ def sentence_store(tmp_path_factory, tiny_bert_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """An in-process Ray of this module's own (`ray_jobs.local.init_ray`, with the dashboard
+    """An in-process Ray of this module's own (`ray_jobs.common.init_ray`, with the dashboard
     that Ray Train's state queries need, as the jobs start it), shut down after."""
     import shutil
 
     import ray
 
-    from ray_jobs.local import init_ray
+    from ray_jobs.common import init_ray
 
     folder = init_ray(None, dashboard=True)
     yield

@@ -191,7 +191,7 @@ def test_span_heads_and_ensembles(token_store, squad_dir, tmp_path):
     model, meta = load_head(seed_dir)
     assert isinstance(model, SpanAdapterPooler) and meta["selection"] == "tokens"
     with pytest.raises(ConfigError, match="a span head, but a sentence head is needed here"):
-        load_head(seed_dir, span=False)
+        load_head(seed_dir, family="sentence")
     assert evaluate_head(seed_dir, out / "dev", str(squad_dir))["f1"] == pytest.approx(summary["runs"][0]["dev"]["f1"])
 
     heads = [tmp_path / "heads" / "seed-0", tmp_path / "heads" / "seed-1"]

@@ -146,14 +146,14 @@ def _finished(out: Path) -> list[Path]:
 
 @pytest.fixture(scope="class")
 def local_ray():
-    """One in-process Ray for this class's searches (`ray_jobs.local.init_ray`, with
+    """One in-process Ray for this class's searches (`ray_jobs.common.init_ray`, with
     the dashboard that Ray Train trials' state queries need), shut down when the class
     ends (before the module's real head starts)."""
     import shutil
 
     import ray
 
-    from ray_jobs.local import init_ray
+    from ray_jobs.common import init_ray
 
     folder = init_ray(None, dashboard=True)
     yield

@@ -22,7 +22,7 @@ from bertvision.metrics.classification import (
     spearman,
 )
 
-__all__ = ["METRICS", "compute_metrics", "main_metric"]
+__all__ = ["METRICS", "compute_metrics", "main_metric", "mean_std"]
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy,
@@ -39,6 +39,12 @@ def main_metric(names: Sequence[str]) -> str:
     if not names:
         raise ConfigError("metrics: name at least one metric")
     return names[0]
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value): how every run reports a score over
+    its seeds."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
 def compute_metrics(names: Sequence[str], predictions, references) -> dict[str, float]:

@@ -94,7 +94,7 @@ def sentence_ensemble(cfg: EnsembleConfig, trials: list[dict], out_dir: Path) ->
                                   "classification or regression checkpoint from 'bertvision finetune')")  # fmt: skip
             m.outputs = {p: part.encoder for p, part in parts.items()}
             continue
-        model, meta = load_head(m.folder, span=False)
+        model, meta = load_head(m.folder, family="sentence")
         st.check_compatible(manifest, **same_source({**meta["adapter_pooler"], **meta}))
         head = head_kind(meta)
         if head is not of_store:

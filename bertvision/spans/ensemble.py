@@ -59,7 +59,7 @@ def span_ensemble(cfg: EnsembleConfig, trials: list[dict], out_dir: Path) -> dic
     sets = {"validation": parts.validation, **parts.evals}
     logits: dict[str, dict[str, tuple[list, list]]] = {}  # member -> part -> (starts, ends)
     for head in [*(t["trial"] for t in trials), *cfg.heads]:
-        model, meta = load_head(head, span=True)
+        model, meta = load_head(head, family="span")
         st.check_compatible(parts.manifest, **same_source({**meta["adapter_pooler"], **meta}))
         model.to(dev)
         logits[str(head)] = {p: head_logits(model, ws, dev) for p, ws in sets.items()}

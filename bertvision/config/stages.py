@@ -1,89 +1,14 @@
-"""Every stage's settings: frozen dataclasses, one docstring per field.
-
-    FinetuneConfig    encoder fine-tuning (sentence and span tasks alike)
-    EmbedConfig       hidden-state extraction into a store
-    HeadTrainConfig   AdapterPooler heads: a `HeadArchitecture` (the model file's), an
-                      `Optimisation`, seeds and the validation carve
-    SearchConfig      a Ray Tune + HyperOpt search over heads on stored states
-    EnsembleConfig    ensembles of heads (a search's best trials) and the encoder
-
-The command line is derived from these (`add_arguments`, `from_arguments`): a field's flag is its
-name (``--adapter-size``), its help is its docstring, its default is the field's. A field left
-unset (None) where the task kind decides (``max_length``: 128 tokens per sentence example, 384
-per SQuAD window) is filled by `resolved` from ``kind_defaults``, and the resolved config is what
-a run records. A search trial changes a config with `dataclasses.replace`; `from_dict` reads one
-back from a run's config.json.
-"""
+"""Every stage's settings: frozen dataclasses, one docstring per field (see the package doc)."""
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
 import math
-import textwrap
-import types
-import typing
-from dataclasses import dataclass, fields, is_dataclass, replace
-from functools import cache
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, fields, replace
+from typing import ClassVar, Literal
 
+from bertvision.config.fields import KindDefaults, check_choices, positive
 from bertvision.errors import ConfigError
 from bertvision.runtime import check_optimisation
-
-FAMILIES = ("sentence", "span")
-"""Task families whose defaults differ: sentence (classification, regression) and span tasks."""
-FAMILY = {"classification": "sentence", "regression": "sentence", "span": "span"}
-"""Task kind (a task spec's ``kind``) -> its family."""
-
-
-def check_choices(cfg) -> None:
-    """ConfigError for a field typed ``Literal[...]`` (or a tuple of them) holding another value."""
-    for name, hint in _hints(type(cfg)).items():
-        base, _ = _unwrap(hint)
-        value = getattr(cfg, name)
-        if typing.get_origin(base) is tuple:
-            base, values = typing.get_args(base)[0], value or ()
-        else:
-            values = () if value is None else (value,)
-        if typing.get_origin(base) is Literal:
-            choices = typing.get_args(base)
-            bad = [v for v in values if v not in choices]
-            if bad:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, not {bad[0]!r}")
-
-
-@cache
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls, globals())
-
-
-def _unwrap(hint):
-    """(type, optional) of ``X | None``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
-    return hint, False
-
-
-class KindDefaults:
-    """A config whose fields left as None take their task family's value (``kind_defaults``)."""
-
-    kind_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    def resolved(self, family: str):
-        """This config with every unset field that the family (or a task kind of it) decides
-        filled in (recursively)."""
-        family = FAMILY.get(family, family)
-        if family not in FAMILIES:
-            raise ConfigError(f"task family must be one of {FAMILIES}, not {family!r}")
-        changes = {name: by[family] for name, by in self.kind_defaults.items() if getattr(self, name) is None}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, KindDefaults):
-                changes[f.name] = value.resolved(family)
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -124,16 +49,12 @@ class HeadArchitecture:
     examples are cut to their first ones, shorter ones padded with zeros)."""
 
     def __post_init__(self) -> None:
-        value = self.adapter_size
-        # bool is an int subclass; True as a size is a mistake, not 1.
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"adapter_size must be a positive integer, got {value!r}")
-        value = self.first_layer
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"first_layer must be an integer >= 0, got {value!r}")
-        value = self.positions
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"positions must be a positive integer, got {value!r}")
+        for name, what, low in (("adapter_size", "a positive integer", 1), ("first_layer", "an integer >= 0", 0),
+                                ("positions", "a positive integer", 1)):  # fmt: skip
+            value = getattr(self, name)
+            # bool is an int subclass; True as a size is a mistake, not 1.
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{name} must be {what}, got {value!r}")
         for name in ("shared", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -150,13 +71,6 @@ class HeadArchitecture:
         return HeadArchitecture(**{f.name: getattr(self, f.name) for f in fields(HeadArchitecture)})
 
 
-def _positive(cfg, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-
-
 @dataclass(frozen=True)
 class Windowing:
     """How span tasks' questions and contexts are cut into windows (fine-tuning and embedding
@@ -168,7 +82,7 @@ class Windowing:
     """Span tasks: questions are cut to this many tokens."""
 
     def __post_init__(self):
-        _positive(self, ("doc_stride", "max_query_length"))
+        positive(self, ("doc_stride", "max_query_length"))
 
 
 MAX_ANSWER_TOKENS = 30
@@ -232,7 +146,7 @@ class FinetuneConfig(KindDefaults):
                 raise ConfigError(f"--save-at fractions must be in (0, inf), not {f}")
             if f > self.epochs + 1e-9:
                 raise ConfigError(f"--save-at {f} lies beyond --epochs {self.epochs}")
-        _positive(self, ("lr", "batch_size", "max_length", "max_answer_tokens", "eval_batch_size", "train_examples"))
+        positive(self, ("lr", "batch_size", "max_length", "max_answer_tokens", "eval_batch_size", "train_examples"))
 
     def checkpoint_fractions(self) -> list[float]:
         return sorted({*self.save_at, self.epochs})
@@ -280,7 +194,7 @@ class EmbedConfig(KindDefaults):
 
     def __post_init__(self):
         check_choices(self)
-        _positive(self, ("max_length", "batch_size", "shard_rows", "train_examples"))
+        positive(self, ("max_length", "batch_size", "shard_rows", "train_examples"))
 
 
 @dataclass(frozen=True)
@@ -305,7 +219,7 @@ class Optimisation(KindDefaults):
 
     def __post_init__(self):
         check_optimisation(self)
-        _positive(self, ("batch_size", "epochs", "patience"))
+        positive(self, ("batch_size", "epochs", "patience"))
 
 
 @dataclass(frozen=True)
@@ -339,7 +253,7 @@ class HeadTrainConfig(KindDefaults):
 
     def __post_init__(self):
         check_optimisation(self)
-        _positive(self, ("max_answer_tokens", "train_examples"))
+        positive(self, ("max_answer_tokens", "train_examples"))
 
     def for_seed(self, seed: int) -> HeadTrainConfig:
         return replace(self, seeds=(seed,))
@@ -391,7 +305,7 @@ class SearchConfig(KindDefaults):
         if len(set(self.stores)) != len(self.stores):
             raise ConfigError("--stores: a store is given twice")
         check_optimisation(self)
-        _positive(self, ("trials", "initial_points", "max_concurrent", "cpus_per_trial", "grace_period",
+        positive(self, ("trials", "initial_points", "max_concurrent", "cpus_per_trial", "grace_period",
                          "epochs", "patience", "top_k"))  # fmt: skip
         if self.gpus_per_trial < 0:
             raise ConfigError(f"--gpus-per-trial must be >= 0, not {self.gpus_per_trial}")
@@ -430,7 +344,7 @@ class EnsembleConfig:
     def __post_init__(self):
         if not self.heads and not self.encoder and self.from_tune is None:
             raise ConfigError("an ensemble needs members: --from-tune, --heads and/or --encoder")
-        _positive(self, ("top_k",))
+        positive(self, ("top_k",))
         if len(self.heads) + self.encoder + (self.top_k if self.from_tune is not None else 0) < 2:
             raise ConfigError("an ensemble needs at least two members")
         if self.store is None and self.from_tune is None:  # span ensembles always need it
@@ -438,153 +352,4 @@ class EnsembleConfig:
         if not self.methods:
             raise ConfigError("--method: give at least one of max, mean")
         check_choices(self)
-        _positive(self, ("max_answer_tokens",))
-
-
-# ---------------------------------------------------------------------------------------------
-# From and to JSON
-
-
-def from_dict(cls, data: dict):
-    """A config from its `dataclasses.asdict` form (a run's config.json): nested configs and
-    tuples restored, unknown keys refused."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = _hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known: {sorted(known)}")
-    values = {}
-    for name, value in data.items():
-        inner = _dataclass_of(hints[name])
-        if inner is not None and isinstance(value, dict):
-            value = from_dict(inner, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line, derived from the configs
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (),
-                  required: tuple[str, ...] = (), flags: dict[str, str] | None = None) -> None:  # fmt: skip
-    """One option per field of ``cls`` (nested configs flattened), named ``--field-name``
-    (``flags`` renames), with the field's docstring and default as its help."""
-    flags = flags or {}
-    for path, f, owner in _leaves(cls):
-        name = path[-1]
-        if name in skip:
-            continue
-        hint = _hints(owner)[name]
-        flag = flags.get(name, "--" + name.replace("_", "-"))
-        kw: dict[str, Any] = {"dest": "__".join(path), "help": _help(owner, f)}
-        base, _ = _unwrap(hint)
-        origin = typing.get_origin(base)
-        if base is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif origin is tuple:
-            item = typing.get_args(base)[0]
-            kw["nargs"] = "*" if f.default == () else "+"
-            kw.update(_scalar(item, name.removesuffix("s")))
-        else:
-            kw.update(_scalar(base, name))
-        if name in required:
-            kw["required"] = True
-        else:
-            kw["default"] = None if f.default is dataclasses.MISSING else f.default
-        # as given: Python 3.10's BooleanOptionalAction appends its own "(default: True)"
-        parser.add_argument(flag, **kw).help = kw["help"]
-
-
-def from_arguments(cls, args: argparse.Namespace, **given):
-    """The config ``cls`` from options made by `add_arguments` (``given`` overrides)."""
-    return _build(cls, vars(args), (), given)
-
-
-def _build(cls, values: dict, prefix: tuple[str, ...], given: dict):
-    kwargs = {}
-    for f in fields(cls):
-        path = (*prefix, f.name)
-        inner = _dataclass_of(_hints(cls)[f.name])
-        if not prefix and f.name in given:
-            kwargs[f.name] = given[f.name]
-        elif inner is not None:
-            kwargs[f.name] = _build(inner, values, path, {})
-        elif "__".join(path) in values:
-            value = values["__".join(path)]
-            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**kwargs)
-
-
-def _leaves(cls, prefix: tuple[str, ...] = ()):
-    for f in fields(cls):
-        inner = _dataclass_of(_hints(cls)[f.name])
-        if inner is not None:
-            yield from _leaves(inner, (*prefix, f.name))
-        else:
-            yield (*prefix, f.name), f, cls
-
-
-def _scalar(tp, name: str) -> dict:
-    """type (or choices, shown as {a,b}) and metavar of one value of type ``tp``: N for a
-    count, X for a number, else the field name's last word (DIR, DEVICE, SPLIT...)."""
-    if typing.get_origin(tp) is Literal:
-        return {"choices": list(typing.get_args(tp))}
-    metavar = {int: "N", float: "X"}.get(tp, name.split("_")[-1].upper())
-    return {"type": {float: _float, int: int}.get(tp, str), "metavar": metavar}
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def _dataclass_of(hint):
-    base, _ = _unwrap(hint)
-    return base if isinstance(base, type) and is_dataclass(base) else None
-
-
-def _help(owner, f) -> str:
-    text = field_docs(owner).get(f.name, "")
-    by = getattr(owner, "kind_defaults", {}).get(f.name)
-    if by:
-        default = ", ".join(f"{v} for {k} tasks" for k, v in by.items())
-    elif f.default is dataclasses.MISSING or f.default is None:
-        return text.replace("%", "%%")
-    elif isinstance(f.default, bool):
-        default = "on" if f.default else "off"
-    elif isinstance(f.default, tuple):
-        default = " ".join(map(str, f.default)) or "none"
-    else:
-        default = str(f.default)
-    text = text[:-1] if text.endswith(".") else text
-    return f"{text} (default: {default})".replace("%", "%%")
-
-
-@cache
-def field_docs(cls) -> dict[str, str]:
-    """Field name -> the docstring under it in the class body (one line of text)."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not is_dataclass(klass):
-            continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body
-        for node, nxt in zip(body, body[1:], strict=False):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                    and isinstance(nxt.value.value, str)):  # fmt: skip
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-__all__ = [
-    "EmbedConfig", "EnsembleConfig", "FinetuneConfig", "HeadArchitecture", "HeadTrainConfig",
-    "Optimisation", "SearchConfig", "Windowing", "add_arguments", "field_docs", "from_arguments", "from_dict",
-]  # fmt: skip
+        positive(self, ("max_answer_tokens",))

@@ -1,0 +1,123 @@
+"""The full fine-tuning baseline, tuned as fairly as the heads: what it runs and what it chooses.
+
+A grid of learning rates (a checkpoint after every whole epoch) chooses the rate and the epochs
+on the validation part carved from train, never on dev; then ``--seeds`` runs at that setting,
+each scored once on dev at the chosen epoch (and at each whole epoch before it, a row of its
+own). With one rate no grid runs: the seeds' mean validation score picks the epoch. The caller
+runs the fine-tuning runs (`ray_jobs/baseline.py`: Tune trials). Output::
+
+    grid/lr-<lr>/       the grid's runs (validation only; none with one rate)
+    seed-<k>/           the seeds' runs (checkpoint-e1: the 1-epoch fine-tuning stores embed)
+    baseline.json       the grid's validation scores, the choice, dev mean / std over seeds
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from bertvision.config import BaselineGrid, FinetuneConfig
+from bertvision.io import atomic_write_json
+from bertvision.metrics import mean_std
+
+
+def one_rate(grid: BaselineGrid) -> bool:
+    """One learning rate (and no grid subset): no grid runs; the seeds run --max-epochs with a
+    checkpoint after every epoch, and the epoch with the best mean validation score over the
+    seeds is chosen (the grid would choose it from one seed's run)."""
+    return len(grid.lrs) == 1 and grid.grid_train_examples is None
+
+
+def run_baseline(base: FinetuneConfig, out_dir: str | Path, grid: BaselineGrid, run_points: Callable) -> dict:
+    """Choose the learning rate and epochs on validation from the grid, then run the seeds;
+    returns (and writes) baseline.json. ``run_points(points, cfg, out, name)`` fine-tunes
+    ``cfg`` with each point's fields into ``out/<the point's folder>``; it is given only the
+    points whose run has not finished with the same config (an interrupted baseline run again)."""
+    from bertvision.kinds import KINDS
+    from bertvision.tasks import get_task
+
+    out = Path(out_dir).expanduser().absolute()
+    kind = get_task(base.task, base.data_dir).spec.kind  # read once, here
+    select = KINDS[kind].selection  # the heads' metric
+
+    def run(cfg: FinetuneConfig, name: str, points: list[dict]) -> None:
+        points = [pt for pt in points if not _finished(out / pt["folder"], replace(cfg, **_point(pt)).resolved(kind))]
+        if points:
+            run_points(points, cfg, out, name)
+
+    seeds = [{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds]
+    t0, table = time.perf_counter(), []
+    if one_rate(grid):  # nothing for a grid to choose but epochs: the seeds' own validation scores do
+        every = tuple(float(e) for e in range(1, grid.max_epochs))
+        run(replace(base, lr=grid.lrs[0], epochs=float(grid.max_epochs), score_dev=True, save_at=every), "seeds", seeds)
+        per_seed = [_metrics(out / f"seed-{s}") for s in grid.seeds]
+        for name, meta in per_seed[0].items():
+            scores = [select(ms[name]["validation"]) for ms in per_seed]
+            table.append({"lr": grid.lrs[0], "epochs": meta["fraction"], "score": float(np.mean(scores)),
+                          "seed_scores": scores})  # fmt: skip
+        best = max(table, key=lambda r: r["score"])
+        if grid.max_epochs == 1:
+            best = {**best, "score": None}  # one rate, one epoch: nothing was chosen
+    else:
+        search = replace(base, epochs=float(grid.max_epochs), save_at=tuple(float(e) for e in range(1, grid.max_epochs)),
+                         score_dev=False, train_examples=grid.grid_train_examples or base.train_examples)  # fmt: skip
+        run(search, "grid", [{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs])
+        for lr in grid.lrs:
+            for meta in _metrics(out / f"grid/lr-{lr:g}").values():
+                table.append({"lr": lr, "epochs": meta["fraction"], "validation": meta["validation"],
+                              "score": select(meta["validation"])})  # fmt: skip
+        best = max(table, key=lambda r: r["score"])
+    grid_seconds = time.perf_counter() - t0
+    # every whole epoch before the chosen one is kept too: its 1-epoch checkpoint is the brief
+    # fine-tuning that stores are extracted from, and it is scored on dev as a row of its own
+    t0 = time.perf_counter()
+    if not one_rate(grid):
+        run(replace(base, lr=best["lr"], epochs=best["epochs"], score_dev=True,
+                    save_at=tuple(float(e) for e in range(1, int(best["epochs"])))), "seeds", seeds)  # fmt: skip
+    seeds_seconds = time.perf_counter() - t0
+    return _summary(out, grid, base, table, best, grid_seconds, seeds_seconds)
+
+
+def _summary(out: Path, grid: BaselineGrid, base: FinetuneConfig, table: list[dict], best: dict,
+             grid_seconds: float, seeds_seconds: float) -> dict:  # fmt: skip
+    metrics = {s: _metrics(out / f"seed-{s}") for s in grid.seeds}
+    runs = {s: next(m for m in ms.values() if m["fraction"] == best["epochs"]) for s, ms in metrics.items()}
+    dev = [k for k in next(iter(runs.values())) if k.startswith(("dev", "test")) and not k.endswith("_seconds")]
+
+    def over_seeds(metas: list[dict], split: str) -> dict:
+        return {name: mean_std([m[split][name] for m in metas]) for name in metas[0][split]}
+
+    summary = {
+        "grid": table, "chosen": {"lr": best["lr"], "epochs": best["epochs"], "validation_score": best["score"]},
+        "grid_train_examples": grid.grid_train_examples or base.train_examples, "train_examples": base.train_examples,
+        "seeds": list(grid.seeds), "runs": {str(s): {k: m[k] for k in ("validation", *dev)} for s, m in runs.items()},
+        **{split: over_seeds(list(runs.values()), split) for split in dev},
+        "by_epoch": {f"{m['fraction']:g}": {split: over_seeds([ms[name] for ms in metrics.values()], split)
+                                            for split in ("validation", *dev)}
+                     for name, m in metrics[grid.seeds[0]].items()},
+        "train_seconds": float(sum(m["train_seconds"] for m in runs.values())),
+        "wall_seconds": {"grid": round(grid_seconds, 1), "seeds": round(seeds_seconds, 1)},
+    }  # fmt: skip
+    atomic_write_json(out / "baseline.json", summary)
+    return summary
+
+
+def _point(point: dict) -> dict:
+    """A point's config fields (its folder aside)."""
+    return {k: v for k, v in point.items() if k != "folder"}
+
+
+def _finished(folder: Path, cfg: FinetuneConfig) -> bool:
+    """Whether ``folder`` holds a finished fine-tuning run of ``cfg``."""
+    if not (folder / "metrics.json").is_file():
+        return False
+    return json.loads((folder / "config.json").read_text()).get("finetune") == json.loads(json.dumps(asdict(cfg)))
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())

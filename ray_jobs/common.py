@@ -1,0 +1,149 @@
+"""What the Ray jobs share: the Ray they run on (a cluster's, or a local one of their own), one
+`TorchTrainer` builder, one checkpoint-and-report helper, and one `main`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from bertvision.config import add_arguments, from_arguments
+from bertvision.errors import BertVisionError, RunError
+from bertvision.outdir import job_paths
+
+STATE = "state.pt"
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> str | None:
+    """Attach to ``address`` (or $RAY_ADDRESS: a submitted job's cluster), else start a local Ray
+    of this process's own in a fresh temporary folder (returned): a plain ``ray.init()`` would
+    attach to the head the last ``ray start`` here recorded, someone else's perhaps. ``dashboard``:
+    Ray Train's placement-group cleaner asks its state API every second if the controller lives."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+        return None
+    # Unix socket paths (<temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, up
+    # to 64 bytes after the temp dir) are limited to 107 bytes; mkdtemp adds 15.
+    base = tempfile.gettempdir()
+    temp_dir = tempfile.mkdtemp(prefix="bvray-", dir=base if len(base) + 15 + 64 <= 107 else "/tmp")
+    # On a small machine more logical CPUs than cores, so an actor and the tasks feeding it all fit.
+    try:
+        ray.init(address="local", _temp_dir=temp_dir, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+                 include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)  # fmt: skip
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    print(f"local Ray of this process in {temp_dir} (removed at the end)", flush=True)
+    return temp_dir
+
+
+class JobRay(contextlib.AbstractContextManager):
+    """The Ray a job runs on, as a context: this process's, ``address`` / $RAY_ADDRESS's, or a local
+    one of its own (`init_ray`) started on the first `need` (if any) and removed on exit."""
+
+    def __init__(self, address: str | None = None, dashboard: bool = False):
+        self.address, self.dashboard, self._local_dir = address, dashboard, None
+
+    def need(self) -> None:
+        if not ray.is_initialized():
+            self._local_dir = init_ray(self.address, dashboard=self.dashboard)
+
+    def __exit__(self, *exc) -> None:
+        if self._local_dir:  # the job's own local Ray: stop it and drop its session folder
+            ray.shutdown()
+            shutil.rmtree(self._local_dir, ignore_errors=True)
+            self._local_dir = None
+
+
+def on_ray(address: str | None, fn, dashboard: bool = False):
+    """``fn()`` on a `JobRay` (``dashboard``: for Ray Train's state queries)."""
+    with JobRay(address, dashboard) as job_ray:
+        job_ray.need()
+        return fn()
+
+
+def trainer(job, loop, config: dict, storage: Path, name: str, keep: int, callbacks=()):
+    """The `TorchTrainer` (Ray Train V2) of a `TrainJobConfig`'s workers running ``loop(config)``
+    (with "threads" and "gpus" added): gloo or NCCL, ``keep`` checkpoints under ``storage/name``."""
+    gpu = job.gpus_per_worker > 0
+    return TorchTrainer(
+        loop, train_loop_config={**config, "threads": max(1, int(job.cpus_per_worker)), "gpus": gpu},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=gpu, resources_per_worker={
+            "CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if gpu else {})}),
+        run_config=RunConfig(name=name, storage_path=str(storage), callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=job.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep)),
+    )  # fmt: skip
+
+
+def fit(run, what: str, written: Path) -> dict:
+    """``run.fit()``, the library's errors unwrapped from Ray's; then ``written`` (a metrics file), read."""
+    try:
+        run.fit()
+    except Exception as e:  # Ray's TrainingFailedError wraps the worker's own error
+        stack, seen = [e], set()
+        while stack:
+            c = stack.pop()
+            if isinstance(c, BertVisionError):
+                raise c from None
+            if id(c) not in seen:
+                seen.add(id(c))
+                stack += [x for x in (c.__cause__, c.__context__, *getattr(c, "worker_failures", {}).values(),
+                                      getattr(c, "error", None)) if isinstance(x, BaseException)]  # fmt: skip
+        raise RunError(f"Ray Train run of {what} failed: {e}") from e
+    if not written.is_file():
+        raise RunError(f"Ray Train run of {what} ended without writing {written}")
+    return json.loads(written.read_text())
+
+
+def report(api, metrics: dict, state=None) -> None:
+    """``api.report(metrics)`` (`ray.train`, or `ray.tune` in a trial), with ``state()`` (the
+    training state: tensors and plain values) saved as its checkpoint when ``state`` is given."""
+    if state is None:
+        return api.report(metrics)
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state(), Path(d) / STATE)
+        api.report(metrics, checkpoint=api.Checkpoint.from_directory(d))
+
+
+def resumed(api) -> tuple[dict | None, str | None]:
+    """The state `report` saved in the run's last checkpoint, and where; (None, None) at first."""
+    if (checkpoint := api.get_checkpoint()) is None:
+        return None, None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE, weights_only=True), checkpoint.path
+
+
+def parser(config, job, doc: str = "", prog: str = "job", **options) -> argparse.ArgumentParser:
+    """A job's command line: ``config``'s options (its `bertvision` command's), --out, ``job``'s."""
+    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p, config, **options)
+    p.add_argument("--out", required=True, help="output folder: an absolute path, on shared storage for a cluster")
+    add_arguments(p, job)
+    return p
+
+
+def main(argv, config, job, run, printer=None, doc: str = "", prog: str = "job", **options) -> int:
+    """Parse a job's command line, check its paths (`job_paths`), ``run(cfg, out, job)``, print the
+    result; an error prints one line and returns its exit status (1: the input, 3: running)."""
+    args = parser(config, job, doc, prog, **options).parse_args(argv)
+    try:
+        cfg, job_cfg = from_arguments(config, args), from_arguments(job, args)
+        result = run(cfg, job_paths(cfg, args.out, job_cfg), job_cfg)
+    except BertVisionError as e:
+        print(f"bertvision: error: {e}", file=sys.stderr)
+        return e.exit_code
+    if printer is not None:
+        printer(result, cfg, args.out)
+    return 0
