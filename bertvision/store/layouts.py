@@ -144,7 +144,7 @@ class Column:
                 raise ValueError(f"{where}: {self.arg} shape expected {_tuple(['rows', *filter(None, [self.dims])])} = "
                                  f"{expected}, got {array.shape}")  # fmt: skip
             self._check_dtype(array, where)
-            return self._convert(array, place, where, n)
+            return self._convert(array, place, where)
         if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
             raise ValueError(f"{where}: {self.arg} must be a sequence of (T, {self.dims}) arrays, one per {unit}, "
                              f"got {type(value).__name__}")  # fmt: skip
@@ -163,7 +163,7 @@ class Column:
             if not 1 <= length <= max_length:
                 raise ValueError(f"{at}: expected 1 to max_length = {max_length} tokens, got {length}")
             self._check_dtype(array, at)
-        flat = self._convert(np.concatenate(arrays) if arrays else np.empty((0, *self.shape)), place, where, None)
+        flat = self._convert(np.concatenate(arrays) if arrays else np.empty((0, *self.shape)), place, where)
         return (flat, lengths) if self.name == "hidden" else flat
 
     def _array(self, value: Any, where: str) -> np.ndarray:
@@ -180,7 +180,7 @@ class Column:
             words = {"float": "floats", "int": "integers", "number": "numbers"}[self.accepts]
             raise ValueError(f"{where}: {self.arg} must be {words}, got dtype {kind}")
 
-    def _convert(self, array: np.ndarray, place: Path, where: str, rows: int | None) -> np.ndarray:
+    def _convert(self, array: np.ndarray, place: Path, where: str) -> np.ndarray:
         if self.accepts == "int" and array.size:  # a narrower stored integer must hold every value
             info = np.iinfo(self.dtype)
             if array.min() < info.min or array.max() > info.max:

@@ -67,12 +67,8 @@ def new_manifest(spec: StoreSpec, rows: int) -> dict[str, Any]:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of the store in folder `path`, checked for shape.
-
-    Raises:
-      DataError: naming the manifest, when it is missing, not JSON, of another format version,
-        or its fields do not add up (a complete store's shards must match its rows).
-    """
+    """The manifest of the store in folder `path`, checked for shape (a DataError naming it when
+    it is missing, not JSON, of another version, or its fields do not add up)."""
     file = manifest_path(path)
     try:
         data = file.read_bytes()
@@ -143,11 +139,7 @@ def split_folders(root: str | os.PathLike) -> list[Path]:
 
 
 def is_complete(path: str | os.PathLike) -> bool:
-    """True when folder `path` holds a finished store; False when it has no manifest yet.
-
-    Raises:
-      DataError: the manifest exists but is malformed.
-    """
+    """True when folder `path` holds a finished store; False when it has no manifest yet."""
     return has_manifest(path) and read_manifest(path)["status"] == "complete"
 
 

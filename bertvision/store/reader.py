@@ -88,7 +88,6 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def to_split(shard: Shard, manifest: dict, folder: Path) -> EmbeddingSplit | TokenSplit:
-    """The public form of a store's (or a shard's) arrays."""
     import torch
 
     v = {k: (_writable(x) if isinstance(x, np.ndarray) else x) for k, x in shard.values.items()}
@@ -103,8 +102,7 @@ def to_split(shard: Shard, manifest: dict, folder: Path) -> EmbeddingSplit | Tok
 
 
 def read_shard(file: Path, manifest: Mapping[str, Any], expected_rows: int) -> Shard:
-    """Read one shard and check it against the manifest: rows, column types, no nulls, each
-    row's token counts and the layout's value rules."""
+    """One shard, checked against the manifest: rows, columns, nulls, token counts, value rules."""
     if not file.is_file():
         raise DataError(file, MISSING_SHARD)
     try:
@@ -173,15 +171,9 @@ def _in_order(folder: Path, manifest: Mapping[str, Any], rng: np.random.Generato
 
 
 def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSplit | TokenSplit:
-    """Read a whole complete store into memory: an `EmbeddingSplit` (cls/mean) or a `TokenSplit`.
-
-    The result is allocated once and filled shard by shard (peak memory: the result plus one
-    shard); a token store's size comes from each shard's small offsets/segments column.
-    ``verify`` also runs `verify` first (ids across shards; reads every shard twice).
-
-    Raises:
-      DataError: the store is incomplete, or a shard is missing, unreadable or off the manifest.
-    """
+    """A whole complete store in memory: an `EmbeddingSplit` (cls/mean) or a `TokenSplit`,
+    allocated once and filled shard by shard (peak memory: the result plus one shard).
+    ``verify`` runs `verify` first."""
     folder = Path(path)
     manifest = complete_manifest(folder)
     if verify:
@@ -225,15 +217,10 @@ def _token_count(file: Path, manifest: Mapping[str, Any], rows: int) -> int:
 
 def iter_token_shards(path: str | os.PathLike, *, shuffle: bool = False, seed: int = 0,
                       part: tuple[int, int] | None = None) -> Iterator[TokenSplit]:  # fmt: skip
-    """Stream a complete token store shard by shard (one in memory at a time), each a
-    `TokenSplit` whose `row_starts` count from 0. With `shuffle`, shards come in a random order
-    and rows are shuffled within each (a row's tokens stay together), reproducibly for `seed`.
-    ``part = (k, n)``: only every n-th shard of that order from the k-th (one training rank's).
-
-    Raises:
-      ConfigError: (when called) a vectors store; use `iter_batches`.
-      DataError: (when called) the store is incomplete; (iterating) a shard is missing or bad.
-    """
+    """A complete token store shard by shard (one in memory at a time), each a `TokenSplit`.
+    With `shuffle`, shards come in a random order and rows are shuffled within each (a row's
+    tokens together), reproducibly for `seed`; ``part = (k, n)``: every n-th shard of that order
+    from the k-th only (one training rank's)."""
     folder = Path(path)
     manifest = complete_manifest(folder)
     if not layout_of(manifest).per_token:
@@ -250,18 +237,9 @@ def iter_token_shards(path: str | os.PathLike, *, shuffle: bool = False, seed: i
 
 def iter_batches(path: str | os.PathLike, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:  # fmt: skip
-    """Stream a complete vectors store in batches of `batch_size` rows (batches run across shards;
-    the last may be short unless `drop_last`), one shard in memory at a time. With `shuffle`,
-    shards come in a random order and rows are shuffled within each shard (reproducibly for
-    `seed`): not a global shuffle, but enough for heads at the memory of one shard.
-
-    Yields:
-      (ids, hidden (b, L, H) float16, labels (b,) or None).
-
-    Raises:
-      ConfigError: a bad batch_size, or a token store (its rows have no common shape; stream it
-        with `iter_token_shards`).
-    """
+    """A complete vectors store in batches of (ids, hidden (b, L, H), labels or None), one shard
+    in memory at a time; batches run across shards. With `shuffle`, shards come in a random
+    order and rows are shuffled within each: not a global shuffle, but enough for heads."""
     if not is_positive_int(batch_size):
         raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
     folder = Path(path)
@@ -298,18 +276,9 @@ def _batch(shard: Shard):
 
 
 def verify(path: str | os.PathLike) -> dict[str, Any]:
-    """Check a store end to end, stopping at the first problem: a complete manifest consistent
-    with its plan; every shard present, readable, of its sha256, with the planned rows, the
-    manifest's first and last id, the layout's columns, token counts and value rules, finite
-    values; ids unique across shards.
-
-    Returns:
-      {"rows", "shards", "bytes", "bytes_per_row"}; a token store adds "tokens" and
-      "bytes_per_token".
-
-    Raises:
-      DataError: naming the shard file (or the manifest) and the problem.
-    """
+    """Check a store end to end (every read's checks, plus each shard's first/last id and ids
+    unique across shards); a DataError names the first problem. Returns {"rows", "shards",
+    "bytes", "bytes_per_row"} (token stores: and "tokens", "bytes_per_token")."""
     return _verify(path)
 
 
@@ -339,13 +308,9 @@ def _verify(path: str | os.PathLike) -> dict[str, Any]:
 def check_compatible(store: str | os.PathLike | EmbeddingSplit | TokenSplit | Mapping[str, Any], *,
                      num_hidden_states: int | None = None, hidden_size: int | None = None,
                      encoder: str | Mapping[str, Any] | Any | None = None, checkpoint: Any = ...) -> None:  # fmt: skip
-    """Check a store fits a head: its shape [L, H], and the encoder (a name, a {name, revision}
-    mapping or an `EncoderInfo`; a revision of None is not compared) and checkpoint ("pretrained"
-    or a folder; left out, not compared) that made it. Arguments left None are not compared.
-
-    Raises:
-      ConfigError: naming the store, the expected and the found values.
-    """
+    """ConfigError unless a store (a folder, a loaded split or a manifest) fits a head: its shape
+    [L, H], the encoder (a name, {name, revision} or an `EncoderInfo`) and the checkpoint that
+    made it. What is left None (the checkpoint: left out) is not compared."""
     if isinstance(store, (EmbeddingSplit, TokenSplit)):
         manifest, where = store.manifest, str(store.path)
     elif isinstance(store, Mapping):
@@ -373,9 +338,8 @@ def check_compatible(store: str | os.PathLike | EmbeddingSplit | TokenSplit | Ma
 
 
 def read_example(path: str | os.PathLike, example_id: str) -> dict[str, Any] | None:
-    """One row of a complete store, or None when it has no such id: {"id", "hidden" ((L, H), or
-    (T, L, H) for token stores), "label", "segments" (sentence token stores, else None)}. Only
-    the shard holding it is read (and checked)."""
+    """One row of a complete store ({"id", "hidden", "label", "segments"}), or None; only the
+    shard holding it is read."""
     folder = Path(path)
     manifest = complete_manifest(folder)
     for entry in manifest["shards"]:

@@ -52,29 +52,13 @@ def suggest_window_rows(num_hidden_states: int, hidden_size: int, max_length: in
 @dataclass(frozen=True)
 class StoreSpec:
     """What a store holds; two writers with different specs must not share a folder. The fields
-    are the manifest's (the encoder nested as {name, revision}); docs/ARCHITECTURE.md describes
-    each layout's columns.
-
-    Attributes:
-      task, split: the task and split names.
-      encoder_name, encoder_revision: the encoder, as `EncoderInfo` names it.
-      checkpoint: the fine-tuned checkpoint's path, or "pretrained".
-      num_hidden_states: L, the embedding output plus one per layer. hidden_size: H.
-      selection: "cls" or "mean" (one vector per layer and example), or "tokens" (every real
-        token: windows of a span task, or with token_layout "sentences" a sentence task's rows).
-      max_length: the tokenizer's max_length; a row's most tokens in a token store.
-      checkpoint_sha256: the checkpoint weights' sha256, or None.
-      label_kind: "classification", "regression", "span" (windows: (start, end) token
-        positions), or None for an unlabelled split.
-      shard_rows: rows per shard; None picks the layout's suggestion.
-      dtype: the stored dtype; only "float16".
-      encoder_logits: whether rows carry the fine-tuned encoder's own outputs.
-      source_sha256: the split's data fingerprint (`bertvision.fingerprint`), so a rerun over
-        changed data is refused instead of mixing old and new shards; None where unknown.
-      encoder_outputs: C, the width of per-row encoder outputs (absent from the manifest
-        otherwise, so older manifests keep their fields).
-      token_layout: "sentences" for a sentence task's token store; None otherwise (absent then).
-    """
+    are the manifest's (the encoder nested as {name, revision}; encoder_outputs and token_layout
+    only where set, so older manifests keep their fields); docs/ARCHITECTURE.md says what each
+    layout stores. ``selection`` is "cls" or "mean" (a vector per layer and example) or "tokens"
+    (windows of a span task, or with ``token_layout`` "sentences" a sentence task's rows);
+    ``label_kind`` None is an unlabelled split; ``shard_rows`` None takes the layout's
+    suggestion; ``source_sha256`` fingerprints the split's data (`bertvision.fingerprint`), so
+    a rerun over changed data is refused instead of mixing old and new shards."""
 
     task: str
     split: str
@@ -130,12 +114,8 @@ class StoreSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoreSpec:
-        """The spec from manifest fields (other keys ignored); a manifest from before
-        encoder_logits, source_sha256, encoder_outputs or token_layout reads them as unset.
-
-        Raises:
-          ConfigError: a field is missing or has a bad value.
-        """
+        """The spec from manifest fields (others ignored); fields newer than the manifest read as
+        unset, a missing or bad one is a ConfigError."""
         encoder = data.get("encoder")
         if not isinstance(encoder, Mapping):
             raise ConfigError("encoder: expected {name, revision}")

@@ -40,16 +40,9 @@ COMPRESSION = "none"
 
 
 class StoreWriter:
-    """Writes the shards of one store, resuming a store that a killed run left incomplete.
-
-    Shard k holds rows [k * shard_rows, (k + 1) * shard_rows) of the split, in order. Write the
-    shards `pending_shards` lists (any order), then call `finish`.
-
-    Raises:
-      ConfigError: the folder holds a store made with another spec or another row count.
-      DataError: the split is empty, the folder's manifest is malformed, or the folder has shard
-        files but no manifest.
-    """
+    """Writes the shards of one store (shard k: rows [k * shard_rows, (k + 1) * shard_rows)),
+    resuming one a killed run left: write what `pending_shards` lists, in any order, then
+    `finish`. A folder holding another spec's store, or shards without a manifest, is refused."""
 
     attached = False
 
@@ -77,12 +70,7 @@ class StoreWriter:
     @classmethod
     def attach(cls, path: str | os.PathLike, spec: StoreSpec, total_rows: int) -> StoreWriter:
         """A shard-only writer for a store another process opened (a Ray actor's view): it
-        neither creates the manifest nor removes temporary files, and must not `finish`.
-
-        Raises:
-          DataError: the folder has no readable manifest (the store was never opened).
-          ConfigError: the manifest describes another spec or row count.
-        """
+        neither creates the manifest nor removes temporary files, and must not `finish`."""
         self = cls.__new__(cls)
         self._setup(path, spec, total_rows)
         manifest = read_manifest(self.path)
@@ -159,21 +147,10 @@ class StoreWriter:
                     labels: np.ndarray | None = None, *, example_ids: Sequence[str] | None = None,
                     offsets: Sequence[np.ndarray] | None = None, encoder_logits: Any = None,
                     segments: Sequence[np.ndarray] | None = None) -> None:  # fmt: skip
-        """Write shard `index` atomically; nothing is written unless every check passes.
-
-        `hidden` is (n, L, H) for a vectors store, else one (T_i, L, H) array per row; float16
-        is stored (float32/float64 are converted and must stay finite). `labels` are (n,)
-        (windows: (n, 2) token positions), or None for an unlabelled split. Windows take
-        `example_ids` and `offsets` ((T_i, 2) character offsets, (-1, -1) outside the
-        context), sentence token stores `segments` ((T_i,) 0 or 1); `encoder_logits` exactly
-        when the spec says so ((n, C), or (T_i, 2) per window).
-
-        Raises:
-          ValueError: the store is complete, or shapes, dtypes, lengths, the row count or the
-            inputs given do not match the layout (naming the shard and the row).
-          DataError: duplicate ids, NaN/inf values, or offsets, segments or labels out of range
-            (naming the id).
-        """
+        """Write shard `index` atomically, once every check passed (`Layout.table`): `hidden`
+        (n, L, H), or per row (T_i, L, H); the other columns as the layout has them. A
+        ValueError names a shape, dtype or input that does not fit; a DataError the id of a
+        duplicate, a NaN or a value out of range."""
         if self.complete:
             raise ValueError(f"{self.path}: the store is complete; nothing to write")
         start, stop = self.shard_range(index)
@@ -196,13 +173,8 @@ class StoreWriter:
         self._checksums[index] = hashlib.sha256(data).hexdigest()
 
     def finish(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Check every planned shard is on disk and mark the store complete, recording each
-        shard's rows, sha256, first and last id (an already complete store: its manifest).
-
-        Raises:
-          DataError: shards are missing, hold the wrong rows, or repeat an id.
-          ConfigError: `extra` (facts recorded under "extra") is not JSON-serialisable.
-        """
+        """Mark the store complete once every planned shard is on disk, recording each shard's
+        rows, sha256 and first/last id, and `extra` facts; returns the manifest."""
         if self.attached:
             raise ValueError(f"{self.path}: an attached (shard-only) writer cannot finish the store")
         if self.complete:
