@@ -4,7 +4,8 @@
         --out /mnt/bertvision/runs/mrpc
     bertvision run --task mrpc --out runs/mrpc          # the same job on an in-process Ray
 
-One Ray for the whole run (the cluster's, or a local one started once): the fine-tuning
+One Ray for the whole run (the cluster's, or a local one started by the first stage that needs it,
+so a rerun with every stage finished starts none): the fine-tuning
 baseline's runs as Tune trials (`ray_jobs.baseline`), the search as a Tune experiment with
 HyperOpt (`ray_jobs.tune`), extraction as the Ray Data job (`ray_jobs.embed`) where it pays,
 heads and the ensemble in this process. A rerun finds finished stages and skips them; see
@@ -25,14 +26,21 @@ from bertvision.printing import print_run
 from ray_jobs import baseline, common, embed, tune
 
 
-def _ray_data(job: PipelineJobConfig, log=print) -> bool:
+def _ray_data(job: PipelineJobConfig, job_ray: common.JobRay, log=print) -> bool:
     """Whether extraction runs as the Ray Data job: asked for, or (auto) on a cluster of several
-    nodes or with GPUs; the local loop is faster on one CPU machine (docs/BENCHMARKS.md)."""
+    nodes or with GPUs; the local loop is faster on one CPU machine (docs/BENCHMARKS.md). A local
+    Ray would be this machine alone: its GPUs are torch's, and no Ray starts to count them."""
     if job.embed_with != "auto":
         return job.embed_with == "ray"
-    nodes, gpus = [n for n in ray.nodes() if n.get("Alive")], ray.cluster_resources().get("GPU", 0)
-    use = len(nodes) > 1 or gpus > 0
-    log(f"extraction: {'the Ray Data job' if use else 'the local loop'} ({len(nodes)} node(s), {gpus:g} GPU(s))")
+    if job.address or os.environ.get("RAY_ADDRESS"):
+        job_ray.need()
+        nodes, gpus = len([n for n in ray.nodes() if n.get("Alive")]), ray.cluster_resources().get("GPU", 0)
+    else:
+        import torch
+
+        nodes, gpus = 1, torch.cuda.device_count()
+    use = nodes > 1 or gpus > 0
+    log(f"extraction: {'the Ray Data job' if use else 'the local loop'} ({nodes} node(s), {gpus:g} GPU(s))")
     return use
 
 
@@ -43,9 +51,17 @@ def run(cfg: PipelineConfig, out_dir: str, job: PipelineJobConfig | None = None)
     # Trials checkpoint every epoch, so Tune's experiment-state snapshots come often; its warning
     # about them would repeat dozens of times in a search of short trials.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    with common.JobRay(job.address) as job_ray:
-        job_ray.need()
-        runners = Runners(finetune_grid=baseline.run, tune=tune.run, embed=embed.run if _ray_data(job) else None)
+    with common.JobRay(job.address) as job_ray:  # started by the first stage that runs on it
+
+        def on_ray(fn):
+            def run_on_ray(*args):
+                job_ray.need()
+                return fn(*args)
+
+            return run_on_ray
+
+        extract = on_ray(embed.run) if _ray_data(job, job_ray) else None  # None: this process's loop
+        runners = Runners(finetune_grid=on_ray(baseline.run), tune=on_ray(tune.run), embed=extract)
         return run_pipeline(cfg, str(Path(out_dir).expanduser().absolute()), runners)
 
 

@@ -136,6 +136,7 @@ def test_a_rerun_reuses_every_stage_and_a_changed_setting_redoes_only_what_reads
     proc = _cli("run", "--task", task, "--encoder", tiny_bert_dir, *RUN_ARGS, "--out", out)
     assert "ran: nothing; every stage was finished" in proc.stdout
     assert proc.stdout.count("finished earlier with these settings; reused") == len(before)
+    assert "local Ray of this process" not in proc.stdout  # nothing to run on Ray: no Ray started
     # the ensemble's size is the ensemble's alone: the search, heads and stores stay
     args = list(RUN_ARGS)
     args[args.index("--top-k") + 1] = 1
