@@ -34,6 +34,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+# The tests also run the peers of benchmarks/peers.py (LoRA through peft, SetFit): the `peers`
+# extra, installed for `make test` only; `make run` does not need it.
+PEERS_STAMP := $(VENV)/.bertvision-peers-installed
+$(PEERS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,peers]'
+	@touch $(PEERS_STAMP)
+
 lint: setup
 	$(BIN)/ruff check bertvision ray_jobs tests benchmarks cluster
 
@@ -41,7 +48,7 @@ lint: setup
 # a file): the suite is CPU-bound and this halves its wall time on a 2-core machine. Files are
 # handed out in the order tests/conftest.py sorts them (the longest first).
 TEST_WORKERS ?= 2
-test: lint
+test: lint $(PEERS_STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The method end to end on STS-B with the bundled encoder, on an in-process Ray (about 7 minutes
