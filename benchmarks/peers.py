@@ -250,8 +250,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("peer", choices=sorted(PEERS))
     p.add_argument("--run", required=True, help="a run folder written by 'bertvision run'")
+    p.add_argument("--max-epochs", type=int, default=3, help="lora: epochs per seed, one checkpoint each (default 3)")
+    p.add_argument("--max-steps", type=int, default=300, help="setfit: contrastive steps per seed (default 300)")
     args = p.parse_args()
-    result = PEERS[args.peer](Path(args.run))
+    options = {"lora": {"max_epochs": args.max_epochs}, "setfit": {"max_steps": args.max_steps}}.get(args.peer, {})
+    result = PEERS[args.peer](Path(args.run), **options)
     print(json.dumps({k: result[k] for k in ("name", "scores", "wall_seconds", "device_seconds")}, indent=1))
     from bertvision.report import write_report
 

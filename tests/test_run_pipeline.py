@@ -310,6 +310,9 @@ def test_the_store_holds_a_span_tasks_own_validation_split():
     assert store_splits(rte, ("dev",)) == ("train", "dev")
 
 
+PEER_ARGS = ("--max-epochs", "2", "--max-steps", "20")
+
+
 def test_peers_join_the_reports_results_table(tiny_run):
     """benchmarks/peers.py: a logistic regression on the pretrained encoder's sentence embeddings (and
     LoRA and SetFit where the 'peers' extra is installed), on the run's carve, become rows of
@@ -319,9 +322,9 @@ def test_peers_join_the_reports_results_table(tiny_run):
     _, out, _ = tiny_run
     script = Path(__file__).parents[1] / "benchmarks" / "peers.py"
     peers = ["logreg"] + (["lora"] if _has("peft") else []) + (["setfit"] if _has("setfit") else [])
-    for peer in peers:
-        proc = subprocess.run([sys.executable, str(script), peer, "--run", str(out)], capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+    for peer in peers:  # short runs: the rows and files are what is checked here
+        proc = subprocess.run([sys.executable, str(script), peer, "--run", str(out), *PEER_ARGS], capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         result = json.loads((out / "peers" / f"{peer}.json").read_text())
         assert set(result["scores"]) == {"dev"} and result["task"] == "toy"
@@ -360,8 +363,8 @@ def test_the_lora_peer_scores_dev_with_the_adapter_it_saved(tiny_run, tiny_bert_
     task, out, _ = tiny_run
     script = Path(__file__).parents[1] / "benchmarks" / "peers.py"
     if not (out / "peers" / "lora.json").exists():
-        proc = subprocess.run([sys.executable, str(script), "lora", "--run", str(out)], capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        proc = subprocess.run([sys.executable, str(script), "lora", "--run", str(out), *PEER_ARGS], capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
     spec = importlib.util.spec_from_file_location("peers", script)
     peers = importlib.util.module_from_spec(spec)
