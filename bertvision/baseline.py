@@ -1,14 +1,8 @@
-"""The full fine-tuning baseline, tuned as fairly as the heads: what it runs and what it chooses.
-
-A grid of learning rates (a checkpoint after every whole epoch) chooses the rate and the epochs
-on the validation part carved from train, never on dev; then ``--seeds`` runs at that setting,
-each scored once on dev at the chosen epoch (and at each whole epoch before it, a row of its
-own). With one rate no grid runs: the seeds' mean validation score picks the epoch. The caller
-runs the fine-tuning runs (`ray_jobs/baseline.py`: Tune trials). Output::
-
-    grid/lr-<lr>/       the grid's runs (validation only; none with one rate)
-    seed-<k>/           the seeds' runs (checkpoint-e1: the 1-epoch fine-tuning stores embed)
-    baseline.json       the grid's validation scores, the choice, dev mean / std over seeds
+"""The full fine-tuning baseline, tuned as fairly as the heads: a grid of learning rates (a
+checkpoint every whole epoch) chooses the rate and the epochs on the validation part, never on dev;
+then ``--seeds`` runs at that setting, each scored once on dev (and at each whole epoch before the
+chosen one). The caller runs the fine-tuning (`ray_jobs/baseline.py`: Tune trials). Output:
+grid/lr-<lr>/, seed-<k>/ (checkpoint-e1: what the stores embed), baseline.json.
 """
 
 from __future__ import annotations
@@ -27,9 +21,8 @@ from bertvision.metrics import mean_std
 
 
 def one_rate(grid: BaselineGrid) -> bool:
-    """One learning rate (and no grid subset): no grid runs; the seeds run --max-epochs with a
-    checkpoint after every epoch, and the epoch with the best mean validation score over the
-    seeds is chosen (the grid would choose it from one seed's run)."""
+    """One learning rate (and no grid subset): no grid runs; the seeds' mean validation score
+    picks the epoch (a grid would pick it from one seed's run)."""
     return len(grid.lrs) == 1 and grid.grid_train_examples is None
 
 
@@ -46,7 +39,8 @@ def run_baseline(base: FinetuneConfig, out_dir: str | Path, grid: BaselineGrid, 
     select = KINDS[kind].selection  # the heads' metric
 
     def run(cfg: FinetuneConfig, name: str, points: list[dict]) -> None:
-        points = [pt for pt in points if not _finished(out / pt["folder"], replace(cfg, **_point(pt)).resolved(kind))]
+        points = [pt for pt in points if not _finished(
+            out / pt["folder"], replace(cfg, **{k: v for k, v in pt.items() if k != "folder"}).resolved(kind))]  # fmt: skip
         if points:
             run_points(points, cfg, out, name)
 
@@ -105,11 +99,6 @@ def _summary(out: Path, grid: BaselineGrid, base: FinetuneConfig, table: list[di
     }  # fmt: skip
     atomic_write_json(out / "baseline.json", summary)
     return summary
-
-
-def _point(point: dict) -> dict:
-    """A point's config fields (its folder aside)."""
-    return {k: v for k, v in point.items() if k != "folder"}
 
 
 def _finished(folder: Path, cfg: FinetuneConfig) -> bool:

@@ -1,22 +1,8 @@
-"""The `bertvision` command line: a table of commands, each a thin layer over a library function.
-
-    bertvision tasks                      every task, with the split sizes found
-    bertvision tasks show rte             a few examples and the label distribution
-    bertvision encoder                    what an encoder reports (hidden states, width)
-    bertvision squad-eval DATA PRED       the official SQuAD 2.0 scores of a predictions file
-    bertvision finetune / embed / train / evaluate / store verify    the method, stage by stage
-    bertvision tune / tune show DIR       a Ray Tune + HyperOpt search over heads; its leaderboard
-    bertvision ensemble                   heads (a search's best trials) and the fine-tuned encoder combined
-    bertvision run --task T               all of it, resumable, ending in RUN/report.html
-    bertvision report RUN / show STORE    the report of a run; one stored example as an image
-
-A stage's command takes its options from its config's fields and its Ray job's (`bertvision.
-config`); ``--ray`` (always, for tune and run) runs the job registered in the ``bertvision.runners``
-entry points (pyproject.toml: the library never imports ``ray_jobs``); a printer
-(`bertvision.printing`) prints the result. Errors print one line (``bertvision: error: FILE:LINE:
-problem``). Exit status: 0 done, 1 the input is wrong, 2 the command line is malformed, 3 something
-failed while running (disk full, permissions, a folder held elsewhere, training diverged), 130
-interrupted.
+"""The `bertvision` command line: a table of commands (`commands`), each a thin layer over a library
+function. A stage's options come from its config's fields and its Ray job's; ``--ray`` (always, for
+tune and run) runs the job registered in the ``bertvision.runners`` entry points, so the library
+never imports ``ray_jobs``; a printer (`bertvision.printing`) prints the result. Errors print one
+line; the exit statuses are `bertvision.errors`' (see the parser's epilog).
 """
 
 from __future__ import annotations
@@ -138,12 +124,10 @@ def commands() -> dict[str, Command]:
         "tune": Command(
             "search head hyperparameters on stored states (Ray Tune, HyperOpt, ASHA); 'tune show' prints a leaderboard",
             "Search AdapterPooler head hyperparameters on one or more stores of a task with Ray Tune: HyperOpt's TPE "
-            "(the default head configuration first, then random points, then TPE), a limit on concurrent trials so "
-            "that it learns from finished ones, and ASHA stopping on the per-epoch validation score. Trials select "
-            "on the validation part carved from train; dev and test are never read. Runs on an in-process Ray, or on "
-            "$RAY_ADDRESS's cluster. Writes one folder per trial (its config and validation history in trial.json, "
-            "the best weights, TensorBoard events) and leaderboard.json under OUT. 'bertvision tune show OUT' prints "
-            "the leaderboard again.", None, pr.print_leaderboard, SearchConfig, TuneJobConfig, out="search folder",
+            "and ASHA stopping on the per-epoch validation score. Trials select on the validation part carved from "
+            "train; dev and test are never read. Writes one folder per trial (its config and validation history in "
+            "trial.json, the best weights, TensorBoard events) and leaderboard.json under OUT. 'bertvision tune show "
+            "OUT' prints the leaderboard again.", None, pr.print_leaderboard, SearchConfig, TuneJobConfig, out="search folder",
             default_out=_tune_needs_out, sub={"show": Command(
                 "print a search's leaderboard from its folder",
                 "Print the trials of a search folder, best validation score first.", "bertvision.search:leaderboard",
@@ -152,15 +136,12 @@ def commands() -> dict[str, Command]:
                     (("--top",), {**n, "default": None, "help": "only the N best trials"})))}),
         "ensemble": Command(
             "ensemble heads (a search's best trials) and the fine-tuned encoder",
-            "Combine heads (the best --top-k trials of a 'bertvision tune' search, or seed-<k> folders from "
-            "'bertvision train') and, with --encoder, the fine-tuned encoder's own logits stored beside the hidden "
-            "states. Sentence tasks: members' probabilities (regression: predictions) are averaged with weights "
-            "chosen on the validation part by greedy selection with replacement; every member, the uniform and the "
-            "greedy ensemble are then scored once on the eval split, and the one better on validation is marked "
-            "chosen (greedy on a tie). Span tasks: each member's start and end probabilities are combined by "
-            "element-wise max or mean, with the no-answer threshold chosen on validation, and scored once on the "
-            "eval split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json (span tasks: and predictions per "
-            "method).", "bertvision.ensemble:ensemble", pr.print_ensemble, EnsembleConfig, out="output folder",
+            "Combine heads (--from-tune, --heads) and the fine-tuned encoder (--encoder). Sentence tasks: members' "
+            "probabilities (regression: predictions) are averaged with weights chosen on the validation part by "
+            "greedy selection with replacement; every member, the uniform and the greedy ensemble are then scored "
+            "once on the eval split, and the one better on validation is marked chosen (greedy on a tie). Span tasks: "
+            "members combined by --method, the no-answer threshold chosen on validation, scored once on the eval "
+            "split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json (span tasks: and predictions per method).", "bertvision.ensemble:ensemble", pr.print_ensemble, EnsembleConfig, out="output folder",
             flags={"methods": "--method"}),
         "evaluate": Command(
             "score a trained head on a stored split",
@@ -174,14 +155,12 @@ def commands() -> dict[str, Command]:
                 (HeadTrainConfig, "data_dir"))),
         "run": Command(
             "the method end to end for one task, resumable: fine-tuning baseline, stores, search, heads, ensemble, report",
-            "Run the method for one task on Ray (an in-process Ray, or $RAY_ADDRESS's cluster): the majority class; "
-            "the full fine-tuning baseline (--lrs and 1..--max-epochs chosen on validation, then --seeds runs); "
-            "every layer's states of the first seed's 1-epoch checkpoint (--selections); a HyperOpt search over "
-            "AdapterPooler heads (--trials); the best configuration trained with every seed; the ensemble of the best "
-            "--top-k trials and the encoder; with --fractions, fine-tuning and the best head on shares of the "
-            "training data; then OUT/report.html. Every choice is made on the validation part carved from train; dev "
-            "is scored once. A rerun skips finished stages and resumes an unfinished one; a changed option redoes the "
-            "stages that depend on it, and says so. Prints the headline and where the report is.",
+            "Run the method for one task on Ray: the majority class; the full fine-tuning baseline (--lrs, "
+            "--max-epochs, --seeds); every layer's states (--selections); a HyperOpt search over AdapterPooler heads "
+            "(--trials); the best configuration trained with every seed; the ensemble (--top-k); the data-efficiency "
+            "runs (--fractions); then OUT/report.html. Dev is scored once. A rerun skips finished stages and resumes "
+            "an unfinished one; a changed option redoes the stages that depend on it, and says so. Prints the "
+            "headline and where the report is.",
             None, pr.print_run, PipelineConfig, PipelineJobConfig, runner="pipeline",
             out="run folder (default: runs/<task>)", default_out=lambda cfg: str(Path("runs") / Path(cfg.task).stem)),
         "report": Command(
@@ -264,9 +243,7 @@ def _add_commands(parser, commands: dict[str, Command], dest: str, metavar: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; the exit status says what happened (see `bertvision.errors`): 0 done,
-    1 the input is wrong, 2 the command line is malformed, 3 something failed while running,
-    130 interrupted."""
+    """Run one command; the exit status says what happened (the epilog, `bertvision.errors`)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

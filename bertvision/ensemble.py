@@ -1,7 +1,5 @@
 """Ensembles of heads (a search's best trials, or seed folders) and the fine-tuned encoder, each
-combined by its family's ensemble.
-
-    bertvision ensemble --from-tune runs/rte/tune --top-k 5 --encoder --out runs/rte/ensemble
+combined by its family's ensemble (`bertvision.sentences.ensemble`, `bertvision.spans.ensemble`).
 """
 
 from __future__ import annotations

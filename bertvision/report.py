@@ -1,13 +1,6 @@
-"""The experiment report of a pipeline run: one self-contained HTML page, and one stored example
-drawn as an image.
-
-    bertvision report runs/mrpc                 # writes runs/mrpc/report.html
-    bertvision show runs/mrpc/store/cls --id dev-12 --out dev-12.png
-
-`collect` reads what a run's stages wrote (stage records, baseline.json, the search's trials, the
-heads, the ensemble, any peers' results in ``RUN/peers/*.json``); nothing is recomputed but the
-figures. `write_report` renders them with ``templates/report.html.j2``, figures embedded as PNG
-data URIs: the page needs no network and no other file.
+"""The experiment report of a pipeline run: one self-contained HTML page (figures embedded as PNG
+data URIs, rendered with ``templates/report.html.j2``) from what the run's stages wrote, nothing
+recomputed but the figures; and one stored example drawn as an image (`show_example`).
 """
 
 from __future__ import annotations
@@ -221,8 +214,7 @@ def headline(run_dir: str | os.PathLike) -> str:
         words.append(f"{maj['how'].split(' (')[0]}, {fmt(maj)}")
     text = "; ".join(words) + "."
     h, h_std = _selection(head["cells"][split])
-    floor = _selection(maj["cells"][split])[0] if maj else None
-    floor = 0.0 if floor is None else floor  # a constant prediction: correlation / MCC 0
+    floor = (_selection(maj["cells"][split])[0] if maj else None) or 0.0  # a constant prediction: correlation / MCC 0
     both = " on the mean of the metrics" if len(metrics) > 1 else ""
     floor_name = FLOORS[c["spec"]["kind"]][1]
     if h is None:

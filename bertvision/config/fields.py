@@ -95,17 +95,13 @@ class KindDefaults:
     kind_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def resolved(self, family: str):
-        """This config with every unset field that the family (or a task kind of it) decides
-        filled in (recursively)."""
+        """This config with every unset field that the family (or a kind of it) decides filled in."""
         family = FAMILY.get(family, family)
         if family not in FAMILIES:
             raise ConfigError(f"task family must be one of {tuple(FAMILIES)}, not {family!r}")
         changes = {name: by[family] for name, by in self.kind_defaults.items() if getattr(self, name) is None}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, KindDefaults):
-                changes[f.name] = value.resolved(family)
-        return replace(self, **changes)
+        nested = {f.name: v.resolved(family) for f in fields(self) if isinstance(v := getattr(self, f.name), KindDefaults)}
+        return replace(self, **changes, **nested)
 
 
 def derive(cls, source, **given):

@@ -1,6 +1,6 @@
-"""A whole run's settings (`PipelineConfig`, the fine-tuning baseline's `BaselineGrid`) and the Ray
-jobs' own (how a job runs, not what it computes). The jobs live in ``ray_jobs/``; their configs
-live here so that the command line derives their flags like every other config's."""
+"""A whole run's settings (`PipelineConfig`, the baseline's `BaselineGrid`) and the Ray jobs' own
+(how a job runs, not what it computes), here so that their flags are derived like every other's.
+"""
 
 from __future__ import annotations
 
@@ -102,10 +102,7 @@ class BaselineGrid:
     def __post_init__(self):
         if not self.lrs or not self.seeds:
             raise ConfigError("--lrs and --seeds: give at least one each")
-        if self.max_epochs < 1:
-            raise ConfigError("--max-epochs must be positive")
-        if self.grid_train_examples is not None and self.grid_train_examples < 1:
-            raise ConfigError("--grid-train-examples must be positive")
+        positive(self, ("max_epochs", "grid_train_examples"))
 
 
 @dataclass(frozen=True)
@@ -123,8 +120,7 @@ class RayJobConfig:
     """Absolute folder that a relative --out is resolved against, e.g. /mnt/bertvision/runs."""
 
     def __post_init__(self):
-        if self.actors is not None and self.actors <= 0:
-            raise ConfigError("--actors must be positive")
+        positive(self, ("actors",))
         if self.gpus_per_actor is not None and not self.gpus_per_actor >= 0:
             raise ConfigError("--gpus-per-actor must be 0 or more")
 

@@ -159,7 +159,6 @@ class SentenceHeads(HeadKind):
         return softmax_rows(outputs.astype(np.float64)) if self.probabilities else outputs.astype(np.float64)
 
     def evaluate(self, model, meta: dict, split, store_dir: Path, data_dir: str | None) -> dict:
-        self.check_store(split.manifest, store_dir)
         if split.labels is None:
             raise DataError(store_dir, "this split carries no labels to score against")
         outputs = self.outputs(model, self.states(split))

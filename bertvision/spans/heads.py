@@ -75,7 +75,6 @@ class SpanHeads(HeadKind):
                 "windowing": data.manifest.get("extra", {}).get("windowing")}  # fmt: skip
 
     def evaluate(self, model, meta: dict, split, store_dir: Path, data_dir: str | None) -> dict:
-        self.check_store(split.manifest, store_dir)
         questions = get_task(meta["task"]["name"], data_dir).load(split.manifest["split"])
         windows = WindowSet.from_split(split)
         check_ids(Path(store_dir), windows.example_ids, questions)
