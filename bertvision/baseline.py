@@ -27,10 +27,9 @@ def one_rate(grid: BaselineGrid) -> bool:
 
 
 def run_baseline(base: FinetuneConfig, out_dir: str | Path, grid: BaselineGrid, run_points: Callable) -> dict:
-    """Choose the learning rate and epochs on validation from the grid, then run the seeds;
-    returns (and writes) baseline.json. ``run_points(points, cfg, out, name)`` fine-tunes
-    ``cfg`` with each point's fields into ``out/<the point's folder>``; it is given only the
-    points whose run has not finished with the same config (an interrupted baseline run again)."""
+    """Choose the learning rate and epochs from the grid, then run the seeds; returns (and writes)
+    baseline.json. ``run_points(points, cfg, out, name)`` fine-tunes ``cfg`` with each point's
+    fields into its folder; it gets only the points not yet finished with the same config."""
     from bertvision.kinds import KINDS
     from bertvision.tasks import get_task
 

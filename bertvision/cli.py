@@ -49,21 +49,10 @@ class Command:
 
 def commands() -> dict[str, Command]:
     """The command table (built on each call: the tests replace a `cmd_*` function before `main`)."""
+    from bertvision import config as cf
     from bertvision import printing as pr
-    from bertvision.config import (
-        EmbedConfig,
-        EnsembleConfig,
-        FinetuneConfig,
-        HeadTrainConfig,
-        PipelineConfig,
-        PipelineJobConfig,
-        RayJobConfig,
-        SearchConfig,
-        TrainJobConfig,
-        TuneJobConfig,
-    )
 
-    data_dir = (FinetuneConfig, "data_dir")
+    data_dir = (cf.FinetuneConfig, "data_dir")
     n = {"type": int, "metavar": "N"}
     return {
         "tasks": Command(
@@ -91,11 +80,10 @@ def commands() -> dict[str, Command]:
         "finetune": Command(
             "fine-tune an encoder with a task head, for fractions of an epoch or several epochs",
             "Fine-tune an encoder with a classification / regression head, or for span answers (SQuAD 2.0: windows "
-            "with a document stride, start/end logits, CLS = no answer). A validation part is carved from train "
-            "(seeded, stratified; whole articles for SQuAD, or the task's own validation split) and scores every "
-            "checkpoint (and sets the no-answer threshold of span tasks); the dev/test split is scored once at the "
-            "end. Checkpoints (safetensors + config) go to OUT/checkpoint-e<fraction>.",
-            "bertvision.finetune:finetune", pr.print_finetune_result, FinetuneConfig, TrainJobConfig,
+            "with a document stride, start/end logits, CLS = no answer). A validation part (seeded, stratified) "
+            "scores every checkpoint (and sets the no-answer threshold of span tasks); the dev/test split is scored "
+            "once at the end. Checkpoints (safetensors + config) go to OUT/checkpoint-e<fraction>.",
+            "bertvision.finetune:finetune", pr.print_finetune_result, cf.FinetuneConfig, cf.TrainJobConfig,
             "fine-tune through Ray Train (python -m ray_jobs.finetune) on an in-process Ray, or on $RAY_ADDRESS's "
             "cluster: --workers workers (DDP, the global batch split between them), a Ray Train checkpoint at every "
             "--save-at point, a dead worker replaced; same output", out="output folder"),
@@ -105,19 +93,18 @@ def commands() -> dict[str, Command]:
             "included) as float16 Parquet shards with a manifest, one folder per split under OUT. Span tasks (SQuAD) "
             "are cut into windows and stored token by token without padding, with character offsets, targets and "
             "(from a span checkpoint) the encoder's own start/end logits. A rerun skips complete shards.",
-            "bertvision.embed:embed", pr.print_embed, EmbedConfig, RayJobConfig,
+            "bertvision.embed:embed", pr.print_embed, cf.EmbedConfig, cf.RayJobConfig,
             "run the Ray Data job (python -m ray_jobs.embed) on an in-process Ray, or on $RAY_ADDRESS's cluster: an "
             "actor pool of extractors, same store", out="store folder; each split goes to OUT/<split>"),
         "train": Command(
             "train AdapterPooler heads on a store, several seeds, mean and standard deviation",
-            "Train AdapterPooler heads on STORE/train. Selection (early stopping) uses a validation part carved from "
-            "train with the same seed as fine-tuning; the dev split is scored once with the selected epoch. A "
-            "token-level store (from 'embed' on a span task) trains span heads: start/end logits per token, padding "
-            "masked, CLS = no answer; epochs are selected on validation F1 with the no-answer threshold chosen there "
-            "(STORE/validation, or whole articles carved from train), then test/dev is scored once. Defaults marked "
-            "'for span tasks' apply to token-level stores. Writes TensorBoard events, weights (safetensors), configs "
-            "and metrics per seed, and summary.json with mean and standard deviation.",
-            "bertvision.train:train_heads", pr.print_train_summary, HeadTrainConfig, TrainJobConfig,
+            "Train AdapterPooler heads on STORE/train, selecting the epoch (early stopping) on the validation part; "
+            "the dev split is scored once with the selected epoch. A token-level store (from 'embed' on a span task) "
+            "trains span heads: start/end logits per token, padding masked, CLS = no answer; epochs are selected on "
+            "validation F1 with the no-answer threshold chosen there. Defaults marked 'for span tasks' apply to "
+            "token-level stores. Writes TensorBoard events, weights (safetensors), configs and metrics per seed, and "
+            "summary.json with mean and standard deviation.",
+            "bertvision.train:train_heads", pr.print_train_summary, cf.HeadTrainConfig, cf.TrainJobConfig,
             "train through Ray Train (python -m ray_jobs.train) on an in-process Ray, or on $RAY_ADDRESS's cluster: "
             "--workers workers per head (DDP), a checkpoint every epoch, a dead worker replaced; same output",
             out="output folder"),
@@ -127,7 +114,7 @@ def commands() -> dict[str, Command]:
             "and ASHA stopping on the per-epoch validation score. Trials select on the validation part carved from "
             "train; dev and test are never read. Writes one folder per trial (its config and validation history in "
             "trial.json, the best weights, TensorBoard events) and leaderboard.json under OUT. 'bertvision tune show "
-            "OUT' prints the leaderboard again.", None, pr.print_leaderboard, SearchConfig, TuneJobConfig, out="search folder",
+            "OUT' prints the leaderboard again.", None, pr.print_leaderboard, cf.SearchConfig, cf.TuneJobConfig, out="search folder",
             default_out=_tune_needs_out, sub={"show": Command(
                 "print a search's leaderboard from its folder",
                 "Print the trials of a search folder, best validation score first.", "bertvision.search:leaderboard",
@@ -141,8 +128,8 @@ def commands() -> dict[str, Command]:
             "greedy selection with replacement; every member, the uniform and the greedy ensemble are then scored "
             "once on the eval split, and the one better on validation is marked chosen (greedy on a tie). Span tasks: "
             "members combined by --method, the no-answer threshold chosen on validation, scored once on the eval "
-            "split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json (span tasks: and predictions per method).", "bertvision.ensemble:ensemble", pr.print_ensemble, EnsembleConfig, out="output folder",
-            flags={"methods": "--method"}),
+            "split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json (span tasks: and predictions per method).",
+            "bertvision.ensemble:ensemble", pr.print_ensemble, cf.EnsembleConfig, out="output folder", flags={"methods": "--method"}),
         "evaluate": Command(
             "score a trained head on a stored split",
             "Score a head written by 'bertvision train' (a seed-<k> folder) on a store split. The store must come "
@@ -152,7 +139,7 @@ def commands() -> dict[str, Command]:
             lambda scores, a: print(json.dumps(scores, indent=2)), given=("head", "store", "data_dir"), args=(
                 (("--head",), {"required": True, "help": "a seed-<k> folder written by 'bertvision train'"}),
                 (("--store",), {"required": True, "help": "a split folder of a store (e.g. STORE/dev)"}),
-                (HeadTrainConfig, "data_dir"))),
+                (cf.HeadTrainConfig, "data_dir"))),
         "run": Command(
             "the method end to end for one task, resumable: fine-tuning baseline, stores, search, heads, ensemble, report",
             "Run the method for one task on Ray: the majority class; the full fine-tuning baseline (--lrs, "
@@ -161,7 +148,7 @@ def commands() -> dict[str, Command]:
             "runs (--fractions); then OUT/report.html. Dev is scored once. A rerun skips finished stages and resumes "
             "an unfinished one; a changed option redoes the stages that depend on it, and says so. Prints the "
             "headline and where the report is.",
-            None, pr.print_run, PipelineConfig, PipelineJobConfig, runner="pipeline",
+            None, pr.print_run, cf.PipelineConfig, cf.PipelineJobConfig, runner="pipeline",
             out="run folder (default: runs/<task>)", default_out=lambda cfg: str(Path("runs") / Path(cfg.task).stem)),
         "report": Command(
             "write a run's report: one self-contained HTML page",

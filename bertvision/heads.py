@@ -25,8 +25,7 @@ class HeadData:
 
 
 def same_source(manifest: dict) -> dict:
-    """`store.check_compatible` arguments asking for the encoder, checkpoint and shape that
-    ``manifest`` (a train split's, or a head's) records."""
+    """`store.check_compatible` arguments for the encoder, checkpoint and shape of ``manifest``."""
     return {"num_hidden_states": manifest["num_hidden_states"], "hidden_size": manifest["hidden_size"],
             "encoder": manifest["encoder"], "checkpoint": manifest.get("checkpoint")}  # fmt: skip
 

@@ -39,6 +39,7 @@ from bertvision.io import atomic_write_json
 STAGES_DIR = "stages"
 PIPELINE_FILE = "pipeline.json"
 STAGE_VERSION = 1  # bump when a stage's outputs change meaning: every run's stages are redone
+SUBSET = ("train_examples", "validation_fraction", "validation_seed")  # EmbedConfig's training-subset fields
 FIRST = "finetune/seed-{}/checkpoint-e1"  # the checkpoint a run's stores embed: its first seed's, after 1 epoch
 
 __all__ = ["PipelineConfig", "Runners", "Stages", "run_pipeline", "store_splits"]
@@ -84,8 +85,7 @@ class Stages:
 
     def run(self, name: str, settings: dict, after: tuple[str, ...], fn: Callable[[Path], dict],
             folder: str | None = None) -> dict:  # fmt: skip
-        """Stage ``name``: reused, resumed or (re)done into ``RUN/<folder or name>`` by
-        ``fn(folder) -> result`` (small, JSON); returns the result."""
+        """Stage ``name``, reused, resumed or (re)done by ``fn(RUN/<folder or name>) -> result``."""
         settings = json.loads(json.dumps(settings, default=str))
         upstream = {a: self.keys[a] for a in after}
         key = stage_key(name, settings, upstream)
@@ -123,8 +123,7 @@ class Stages:
 
 def store_splits(spec, evals) -> tuple[str, ...]:
     """The splits a store of the main run holds: train (the validation part is carved from it),
-    the labelled eval splits, and a task's own validation split where it selects on it (the
-    article split of SQuAD dev: fine-tuning and span heads select on that split, not on a carve)."""
+    the labelled eval splits, and a task's own validation split where it selects on it."""
     own = family(spec.kind).own_validation and "validation" in spec.splits and "validation" not in evals
     return ("train", *(("validation",) if own else ()), *evals)
 
@@ -179,7 +178,9 @@ def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, log: Cal
     selections = fam.selections or cfg.selections
     for sel in selections:
         ecfg = replace(embedding, selection=sel)
-        stages.run(f"store-{sel}", {"embed": embed_settings(ecfg)}, ("finetune",),
+        # without the training-subset fields when no subset is asked for: older runs keep their keys
+        embedded = {k: v for k, v in asdict(ecfg).items() if ecfg.train_examples is not None or k not in SUBSET}
+        stages.run(f"store-{sel}", {"embed": embedded}, ("finetune",),
                    partial(_embed_stage, runners, ecfg), folder=f"store/{sel}")  # fmt: skip
     stores = [str(out / "store" / sel) for sel in selections]
 
@@ -273,13 +274,6 @@ def _finetune_stage(runners: Runners, base: FinetuneConfig, grid: BaselineGrid, 
     summary = runners.finetune_grid(base, str(out), grid)
     return {"chosen": summary["chosen"], **{k: v for k, v in summary.items() if k.startswith(("dev", "test"))},
             "train_seconds": summary["train_seconds"]}  # fmt: skip
-
-
-def embed_settings(ecfg: EmbedConfig) -> dict:
-    """A store stage's settings: the EmbedConfig, without the training-subset fields when no
-    subset is asked for (so runs from before those fields existed keep their keys)."""
-    drop = ("train_examples", "validation_fraction", "validation_seed") if ecfg.train_examples is None else ()
-    return {k: v for k, v in asdict(ecfg).items() if k not in drop}
 
 
 def _embed_stage(runners: Runners, ecfg: EmbedConfig, out: Path) -> dict:

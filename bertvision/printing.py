@@ -170,8 +170,7 @@ def print_tasks(data_dir, origin: str, task_configs: list[str]) -> int:
 
 
 def print_task(task, split: str | None, num_examples: int) -> None:
-    """'bertvision tasks show': a task's spec, the first examples of a split and its label (or
-    score) distribution."""
+    """'bertvision tasks show': a task's spec, a split's first examples and label distribution."""
     import numpy as np
 
     spec = task.spec

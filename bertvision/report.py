@@ -214,15 +214,15 @@ def headline(run_dir: str | os.PathLike) -> str:
         words.append(f"{maj['how'].split(' (')[0]}, {fmt(maj)}")
     text = "; ".join(words) + "."
     h, h_std = _selection(head["cells"][split])
-    floor = (_selection(maj["cells"][split])[0] if maj else None) or 0.0  # a constant prediction: correlation / MCC 0
+    floor = _selection(maj["cells"][split])[0] if maj else None
+    floor = 0.0 if floor is None else floor  # a constant prediction: correlation / MCC 0
     both = " on the mean of the metrics" if len(metrics) > 1 else ""
     floor_name = FLOORS[c["spec"]["kind"]][1]
     if h is None:
         return text
     if h - h_std <= floor:
-        text += (f" The head is NO BETTER than {floor_name}{both} ({h:.1f} ± {h_std:.1f} against {floor:.1f}): "
-                 "with this encoder and this much data the stored states give the head nothing it can use.")  # fmt: skip
-        return text
+        return text + (f" The head is NO BETTER than {floor_name}{both} ({h:.1f} ± {h_std:.1f} against {floor:.1f}): "
+                       "with this encoder and this much data the stored states give the head nothing it can use.")  # fmt: skip
     text += f" The head beats {floor_name} by {h - floor:.1f} points{both}"
     f, f_std = _selection(full["cells"][split]) if full else (None, 0.0)
     if f is not None:
@@ -271,8 +271,7 @@ def learning_curves(c: dict) -> str | None:
     ax.set(xlabel="epoch", ylabel="validation selection score", title="Heads: search trials and seeds")
     if drawn:
         ax.legend(fontsize=8)
-    ax = axes[1]
-    b = c["baseline"]
+    ax, b = axes[1], c["baseline"]
     if b and b.get("grid"):
         for lr in sorted({g["lr"] for g in b["grid"]}):
             pts = sorted((g["epochs"], g["score"]) for g in b["grid"] if g["lr"] == lr)
@@ -326,10 +325,8 @@ def layer_weights(folder: Path) -> np.ndarray | None:
         z = state["mix.logits"].astype(np.float64)
         out[first:] = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         return out
-    if cfg.get("token_states") and cfg.get("pooling") == "flatten":
-        return None
     w = state.get("out.weight")
-    if w is None:
+    if w is None or (cfg.get("token_states") and cfg.get("pooling") == "flatten"):
         return None
     layers, a = total - first, cfg["adapter_size"]
     norms = np.array([np.linalg.norm(w[:, i * a:(i + 1) * a]) for i in range(layers)])

@@ -56,8 +56,7 @@ def space(search: SearchConfig, num_hidden_states: int, token_stores: bool = Fal
 
 
 def default_point(search: SearchConfig, family: str, token_stores: bool = False) -> dict:
-    """The default head configuration, as the search's first point (so the search starts from
-    what `bertvision train` would do, and can only improve on it)."""
+    """The default head configuration: the search's first point, so it can only improve on it."""
     head, optim = HeadArchitecture(), Optimisation().resolved(family)
     return {"store": search.stores[0], **{f: getattr(head, f) for f in HEAD_PARAMS},
             **{f: getattr(optim, f) for f in OPTIM_PARAMS}, **({"pooling": head.pooling} if token_stores else {})}
@@ -142,8 +141,8 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
 
     if resume is not None:
         record["epochs_run"] = len(resume["history"])
-        record["history"] = [{"epoch": h["epoch"], "score": kind.selection(_scores(h)), **_scores(h)}
-                             for h in resume["history"]]  # fmt: skip
+        scores = [(h["epoch"], {k: v for k, v in h.items() if k != "epoch"}) for h in resume["history"]]
+        record["history"] = [{"epoch": epoch, "score": kind.selection(s), **s} for epoch, s in scores]
         record["best_epoch"] = resume["best_epoch"]
         record["score"] = record["history"][resume["best_epoch"] - 1]["score"] if resume["best_epoch"] else None
     # Under Tune the last report may end the trial (ASHA, or the last epoch): everything a
@@ -154,39 +153,25 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
     return record
 
 
-def _scores(h: dict) -> dict:
-    return {k: v for k, v in h.items() if k != "epoch"}
-
-
-def set_aside_orphans(out: Path, known: set[str]) -> list[Path]:
-    """Move the trial folders of ``out`` not in ``known`` (the search's results) into ``ORPHANS``:
-    a search killed after starting a trial, before Tune saved its state, leaves one, and the
-    resumed search runs the same point again in its place."""
-    moved = []
-    for record in sorted(out.glob(f"*/{TRIAL_FILE}")):
-        trial = record.parent
-        if trial.name not in known:
-            target = out / ORPHANS / trial.name
-            target.parent.mkdir(exist_ok=True)
-            trial.rename(target)
-            moved.append(target)
-    if moved:
-        print(f"{len(moved)} trial folder(s) that a killed search started after Tune last saved its state "
+def finish_search(out: Path, known: set[str]) -> list[dict]:
+    """After a search: the trial folders its results do not hold (``known``) moved to ``ORPHANS``
+    (a search killed after starting a trial, before Tune saved its state, leaves one; the resumed
+    search ran the same point again in its place), then the leaderboard written and returned."""
+    orphans = [record.parent for record in sorted(out.glob(f"*/{TRIAL_FILE}")) if record.parent.name not in known]
+    for trial in orphans:
+        (out / ORPHANS).mkdir(exist_ok=True)
+        trial.rename(out / ORPHANS / trial.name)
+    if orphans:
+        print(f"{len(orphans)} trial folder(s) that a killed search started after Tune last saved its state "
               f"(the resumed search ran trials of its own in their place) moved to {out / ORPHANS}",
               flush=True)  # fmt: skip
-    return moved
-
-
-def finish_search(out: Path, known: set[str]) -> list[dict]:
-    """After a search: orphans set aside, the leaderboard written to leaderboard.json and returned."""
-    set_aside_orphans(out, known)
     board = leaderboard(out)
     atomic_write_json(out / "leaderboard.json", board)
     return board
 
 
 def leaderboard(folder: str | Path) -> list[dict]:
-    """Every trial of a search folder (a sub-folder with a trial.json), best validation score first."""
+    """Every trial of a search folder (a sub-folder with a trial.json), best score first."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "no such search folder")

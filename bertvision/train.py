@@ -89,8 +89,7 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     optimizer = adamw(model, opt.lr, opt.weight_decay)  # no decay on biases, as fine-tuning
     scheduler = linear_schedule(optimizer, round(opt.warmup * total), total)
     rng = kind.rng(seed)
-    history, best, best_state, best_epoch, since_best, step = [], -math.inf, None, 0, 0, 0
-    epoch_seconds = []
+    history, epoch_seconds, best, best_state, best_epoch, since_best, step = [], [], -math.inf, None, 0, 0, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -258,7 +257,7 @@ def log_epoch(tb, kind, report: dict) -> None:
 
 
 def head_meta(pooler: dict, data: HeadData, kind, chosen: dict, cfg: HeadTrainConfig) -> dict:
-    """head_config.json of a head trained on ``data`` (spans: with the threshold chosen on validation)."""
+    """head_config.json of a head trained on ``data`` (spans: with the validation threshold)."""
     return {"adapter_pooler": pooler, "task": data.spec, "encoder": data.manifest["encoder"],
             "checkpoint": data.manifest.get("checkpoint"), **kind.config_extras(data, chosen), "train": asdict(cfg)}  # fmt: skip
 

@@ -17,8 +17,7 @@ from bertvision.errors import ConfigError
 
 @dataclass(frozen=True)
 class Family:
-    """What a task family changes beyond its fields' defaults (``kind_defaults``), asked by
-    whoever would otherwise branch on the family's name."""
+    """What a task family changes beyond ``kind_defaults``: asked, not branched on by name."""
 
     name: str
     """sentence or span."""
@@ -95,7 +94,7 @@ class KindDefaults:
     kind_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def resolved(self, family: str):
-        """This config with every unset field that the family (or a kind of it) decides filled in."""
+        """This config with every unset field the family (or a kind of it) decides filled in."""
         family = FAMILY.get(family, family)
         if family not in FAMILIES:
             raise ConfigError(f"task family must be one of {tuple(FAMILIES)}, not {family!r}")
@@ -113,8 +112,7 @@ def derive(cls, source, **given):
 
 
 def from_dict(cls, data: dict):
-    """A config from its `dataclasses.asdict` form (a run's config.json): nested configs and
-    tuples restored, unknown keys refused."""
+    """A config from config.json's dict: nested configs and tuples restored, unknown keys refused."""
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}

@@ -127,8 +127,7 @@ class RayJobConfig:
 
 @dataclass(frozen=True)
 class TrainJobConfig:
-    """How a Ray Train job runs (not what it trains): head training (`ray_jobs.train`) and
-    fine-tuning (`ray_jobs.finetune`)."""
+    """How a Ray Train job (head training, fine-tuning) runs, not what it trains."""
 
     address: str | None = None
     """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
@@ -139,8 +138,7 @@ class TrainJobConfig:
     gpus_per_worker: float = 0.0
     """GPUs each worker asks Ray for (NCCL when positive, gloo otherwise)."""
     max_failures: int = 2
-    """Times a run whose worker died is restarted from its last Ray Train checkpoint before it
-    fails."""
+    """Times a run whose worker died restarts from its last Ray Train checkpoint before it fails."""
 
     def __post_init__(self):
         if self.workers < 1:
@@ -183,8 +181,8 @@ class PipelineJobConfig:
     """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
     embed_with: Literal["auto", "ray", "local"] = "auto"
     """Extraction: the Ray Data job (ray), this process's loop (local), or auto: Ray Data on a
-    cluster of several nodes or with GPUs, the local loop on one CPU machine (where it is
-    faster: docs/BENCHMARKS.md)."""
+    cluster of several nodes or with GPUs, else the local loop (faster on one CPU machine:
+    docs/BENCHMARKS.md)."""
 
     def __post_init__(self):
         check_choices(self)

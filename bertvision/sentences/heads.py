@@ -76,11 +76,8 @@ class SentenceHeads(HeadKind):
         return len(spec["labels"]) if spec["labels"] else 1
 
     def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
-        carve = (cfg.validation_fraction, cfg.validation_seed)
-        train, rows, parts = self.parts(root, carve, cfg.train_examples, eval_names)
-        data = HeadData(spec, train.manifest, self.train_part(train, rows), len(rows))
-        data.parts.update(parts)
-        return data
+        train, rows, parts = self.parts(root, (cfg.validation_fraction, cfg.validation_seed), cfg.train_examples, eval_names)
+        return HeadData(spec, train.manifest, self.train_part(train, rows), len(rows), parts)
 
     def parts(self, root: Path, carve: tuple[float, int], train_examples: int | None, eval_names: list[str]):
         """(STORE/train, its training rows, part -> `Part`): the validation part carved as
@@ -168,8 +165,7 @@ class SentenceHeads(HeadKind):
 
 @dataclass
 class TokenRows:
-    """Rows of a sentence token store in memory: example i's tokens are
-    ``hidden[starts[i]:starts[i] + lengths[i]]``."""
+    """A sentence token store in memory (example i: ``lengths[i]`` tokens from ``starts[i]``)."""
 
     hidden: Any  # torch (sum T, L, H) float16
     segments: Any  # torch (sum T,) int64

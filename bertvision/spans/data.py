@@ -1,6 +1,5 @@
 """Span heads' data: token stores of SQuAD windows in memory (`WindowSet`) and streamed for
-training (`train_batches`, so a store larger than memory trains too), with the validation part
-fine-tuning used (`span_parts`)."""
+training (`train_batches`: larger than memory too); fine-tuning's parts (`span_parts`)."""
 
 from __future__ import annotations
 
@@ -95,8 +94,7 @@ def head_logits(model, windows: WindowSet, device=None, batch_size: int = 64) ->
     import torch
 
     lengths = np.array([len(h) for h in windows.hidden])
-    starts: list = [None] * len(windows)
-    ends: list = [None] * len(windows)
+    starts, ends = [None] * len(windows), [None] * len(windows)
     model.eval()
     with torch.inference_mode():
         for idx in length_batches(lengths, batch_size):
@@ -142,8 +140,7 @@ class SpanParts:
 
 def load_parts(root: Path, manifest: dict, spec: dict, data_dir: str | None, validation_fraction: float,
                validation_seed: int, eval_names: Sequence[str] | None = None) -> SpanParts:  # fmt: skip
-    """The validation and eval windows of a span store (``manifest``, ``spec``: `store_kind`'s),
-    with their questions' text."""
+    """The validation and eval windows of a span store, with their questions' text."""
     if manifest["status"] != "complete":
         st.load_split(root / "train")  # raises the store's own "incomplete" error
     task = get_task(spec["name"], data_dir)
@@ -187,10 +184,9 @@ def check_ids(where: Path, window_qids: Sequence[str], split) -> None:
 
 def train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator,
                   world: World = ONE) -> Iterator[WindowSet]:  # fmt: skip
-    """One epoch of batches of windows of similar length: shuffled shards, shuffled within a
-    shard. Several ranks draw the same epoch seed (a resumed run stays in step) and each reads
-    its own shards (every ``size``-th) in batches of ``batch_size / size``, shuffled by a
-    generator of that seed and its rank."""
+    """One epoch of batches of windows of similar length: shuffled shards, shuffled within a shard.
+    Ranks draw the same epoch seed (a resumed run stays in step); each reads its own shards in
+    batches of ``batch_size / size``, shuffled by a generator of that seed and its rank."""
     seed = int(rng.integers(2**31))
     local = rng if world.size == 1 else np.random.default_rng([seed, world.rank])
     size = batch_size // world.size
