@@ -328,12 +328,11 @@ def cmd_store_verify(args) -> int:
 
 
 def cmd_squad_eval(args) -> int:
+    from bertvision.io import atomic_write_text
     from bertvision.metrics.squad_v2 import evaluate_files
 
     text = json.dumps(evaluate_files(args.data_file, args.pred_file, args.na_prob_file, args.na_prob_thresh), indent=2)
     if args.out_file:
-        from bertvision.io import atomic_write_text
-
         atomic_write_text(args.out_file, text + "\n")
     print(text)
     return 0

@@ -47,9 +47,8 @@ __all__ = ["PipelineConfig", "Runners", "Stages", "run_pipeline", "store_splits"
 
 @dataclass(frozen=True)
 class Runners:
-    """The stages run on Ray, handed in by `ray_jobs/pipeline.py`: ``finetune_grid(base, out, grid)``
-    (`ray_jobs.baseline.run`), ``tune(search, out, job)`` (`ray_jobs.tune.run`) and extraction,
-    ``embed(cfg, out)`` (default: `bertvision.embed.embed` in this process)."""
+    """The stages run on Ray, handed in by `ray_jobs/pipeline.py`: ``finetune_grid(base, out, grid)``,
+    ``tune(search, out, job)`` and ``embed(cfg, out)`` (default: `bertvision.embed.embed` here)."""
 
     finetune_grid: Callable | None = None
     tune: Callable | None = None
@@ -106,10 +105,8 @@ class Stages:
         elif old is None and out.exists() and any(out.iterdir()):
             raise ConfigError(f"{out} holds files that no stage record of this run describes; "
                               "delete the folder, or give another --out")  # fmt: skip
-        elif old is not None:
-            self.log(f"{name}: resuming an unfinished run")
         else:
-            self.log(f"{name}: running")
+            self.log(f"{name}: {'running' if old is None else 'resuming an unfinished run'}")
         record = {"stage": name, "key": key, "settings": settings, "after": upstream, "done": False,
                   "started": time.time(), "folder": str(out.relative_to(self.run_dir))}  # fmt: skip
         atomic_write_json(self.record_file(name), record)

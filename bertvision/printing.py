@@ -67,10 +67,9 @@ def format_sentence_ensemble(result: dict) -> str:
     """A sentence ensemble as a table: each member and ensemble, its greedy weight, its
     validation selection score and each eval split's metrics."""
     evals, metrics = result["evals"], result["metrics"]
-    head = f"{'':<40} {'weight':>6} {'val score':>9}" + "".join(f" {f'{e} {m}':>16}" for e in evals for m in metrics)
     rows = [(f"member {k}", result["weights"][k], v) for k, v in result["members"].items()]
     rows += [(f"ensemble {k}{' (chosen)' if k == result['chosen'] else ''}", "", v) for k, v in result["ensembles"].items()]
-    lines = [head]
+    lines = [f"{'':<40} {'weight':>6} {'val score':>9}" + "".join(f" {f'{e} {m}':>16}" for e in evals for m in metrics)]
     for label, weight, r in rows:
         label = label if len(label) <= 40 else "..." + label[-37:]
         lines.append(f"{label:<40} {weight!s:>6} {r['validation']['score']:>9.4f}"

@@ -546,9 +546,8 @@ def render(c: dict) -> str:
     stages = [{"name": k, "wall": v.get("wall_seconds"), "done": v.get("done"), "folder": v.get("folder")}
               for k, v in c["stages"].items() if v]  # fmt: skip
     stages.sort(key=lambda s: c["stages"][s["name"]].get("started", 0))
-    cfg = c["config"]
     return env.get_template("report.html.j2").render(
-        title=c["spec"].get("title", c["spec"]["name"]), task=c["spec"], config=cfg, evals=c["evals"],
+        title=c["spec"].get("title", c["spec"]["name"]), task=c["spec"], config=c["config"], evals=c["evals"],
         metrics=c["metrics"], rows=results_rows(c), headline=headline(c["run"]), stages=stages,
         curves=learning_curves(c), heatmap=layer_heatmap(c), scatter=trials_scatter(c),
         efficiency=efficiency_plot(c), examples=example_images(c), trials=c["trials"][:10],
@@ -561,10 +560,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """Render the report of ``run_dir`` into ``out`` (default: RUN/report.html); returns its path."""
     from bertvision.io import atomic_write_text
 
-    c = collect(run_dir)
-    target = Path(out) if out is not None else Path(run_dir) / "report.html"
-    atomic_write_text(target, render(c))
-    return target
+    return atomic_write_text(Path(out) if out is not None else Path(run_dir) / "report.html", render(collect(run_dir)))
 
 
 def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLike) -> Path:

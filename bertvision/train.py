@@ -148,9 +148,8 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
 def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | None = None,
                 settings: dict | None = None) -> dict:  # fmt: skip
     """Train one head per seed (`train_seed`); returns (and writes) the summary. ``runner(seed_cfg,
-    out_dir, evals)`` trains a seed elsewhere instead (Ray Train: `ray_jobs/train.py`), so this
-    process never reads the shards. ``settings``: what else a finished run must match to be reused
-    (e.g. the number of workers)."""
+    out_dir, evals)`` trains a seed elsewhere (Ray Train), so this process never reads the shards;
+    ``settings``: what else a finished run must match to be reused (e.g. the number of workers)."""
     out_dir = check_out_dir(out_dir)
     pick_device(cfg.device)  # a bad --device fails before the store is read
     root = Path(cfg.store)
@@ -196,10 +195,9 @@ def _upgrade_config(stored: dict) -> dict:
 def train_seed(cfg: HeadTrainConfig, data: HeadData, kind, out_dir: Path, world: World = ONE,
                resume: dict | None = None, report: Callable | None = None, extra: Callable | None = None) -> dict | None:  # fmt: skip
     """One head seed, here or as a rank of a Ray Train run: `fit_head` (each epoch to TensorBoard,
-    then ``report``), then on rank 0 the eval splits scored once and ``seed-<k>`` written whole (a
-    failed seed leaves none) with the head, its metrics (and ``extra(fit)``, called on every rank)
-    and events, which lie in ``.seed-<k>.tb`` while training (a resumed worker appends to them).
-    Returns the metrics (None on other ranks)."""
+    then ``report``), then on rank 0 the eval splits scored once and ``seed-<k>`` written whole
+    with the head, its metrics (and ``extra(fit)``, called on every rank) and events (in
+    ``.seed-<k>.tb`` while training, where a resumed worker appends). None on other ranks."""
     from torch.utils.tensorboard import SummaryWriter
 
     seed = cfg.seeds[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from bertvision.config.fields import KindDefaults, check_choices, positive
@@ -62,10 +62,6 @@ class HeadArchitecture:
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
             raise ConfigError(f"dropout must be a number in [0, 1), got {d!r}")
         object.__setattr__(self, "dropout", float(d))  # an int 0 from JSON becomes 0.0
-
-    def architecture(self) -> HeadArchitecture:
-        """The architecture fields alone (of an `AdapterPoolerConfig`, or of this)."""
-        return HeadArchitecture(**{f.name: getattr(self, f.name) for f in fields(HeadArchitecture)})
 
 
 @dataclass(frozen=True)

@@ -135,10 +135,9 @@ class SentenceHeads(HeadKind):
     def outputs(self, model, states, device=None, batch_size: int = 1024) -> np.ndarray:
         """The head's (N, C) float32 outputs on a part's states."""
         model.eval()
-        outs = []
         with torch.inference_mode():
-            for start in range(0, len(states), batch_size):
-                outs.append(model(states[start : start + batch_size].to(device or "cpu")).float().cpu())
+            outs = [model(states[start : start + batch_size].to(device or "cpu")).float().cpu()
+                    for start in range(0, len(states), batch_size)]  # fmt: skip
         return torch.cat(outs).numpy()
 
     def score(self, model, part, data: HeadData, cfg, device, threshold=None) -> tuple[dict, None]:

@@ -53,16 +53,11 @@ class WindowSet:
     def from_split(cls, split, keep: set[str] | None = None) -> WindowSet:
         """The windows of a `TokenSplit` (or one shard of it), those of questions in ``keep`` only."""
         rows = [i for i, q in enumerate(split.example_ids) if keep is None or q in keep]
-        starts = split.row_starts
-        logits = split.encoder_logits
-        return cls(
-            [split.ids[i] for i in rows],
-            [split.example_ids[i] for i in rows],
-            [split.hidden[starts[i] : starts[i + 1]] for i in rows],
-            [split.offsets[starts[i] : starts[i + 1]] for i in rows],
-            None if split.labels is None else split.labels.numpy()[rows] if rows else np.zeros((0, 2), np.int64),
-            None if logits is None else [logits[starts[i] : starts[i + 1]] for i in rows],
-        )
+        spans, logits = [slice(split.row_starts[i], split.row_starts[i + 1]) for i in rows], split.encoder_logits
+        return cls([split.ids[i] for i in rows], [split.example_ids[i] for i in rows], [split.hidden[s] for s in spans],
+                   [split.offsets[s] for s in spans],
+                   None if split.labels is None else split.labels.numpy()[rows] if rows else np.zeros((0, 2), np.int64),
+                   None if logits is None else [logits[s] for s in spans])  # fmt: skip
 
     def extend(self, other: WindowSet) -> None:
         self.ids += other.ids
@@ -153,15 +148,14 @@ def load_parts(root: Path, manifest: dict, spec: dict, data_dir: str | None, val
         return WindowSet.from_split(split, keep)
 
     if (root / "validation").is_dir():
-        validation, train_keep = load("validation"), None
-        check_ids(root / "validation", validation.example_ids, parts["validation"])
+        validation, train_keep, where = load("validation"), None, root / "validation"
     else:  # carve whole articles out of STORE/train, as fine-tuning did: one pass over its shards
         held = {ex.id for ex in parts["validation"].examples}
         validation, *rest = [WindowSet.from_split(shard, held) for shard in st.iter_token_shards(root / "train")]
         for piece in rest:
             validation.extend(piece)
-        train_keep = {ex.id for ex in parts["train"].examples}
-        check_ids(root / "train", validation.example_ids, parts["validation"])
+        train_keep, where = {ex.id for ex in parts["train"].examples}, root / "train"
+    check_ids(where, validation.example_ids, parts["validation"])
     n_train = manifest["rows"] - (len(validation) if train_keep is not None else 0)
     names = list(eval_names) if eval_names is not None else [s for s in spec["eval_splits"] if (root / s).is_dir()]
     evals = {}
