@@ -2,8 +2,7 @@
 function. A stage's options come from its config's fields and its Ray job's; ``--ray`` (always, for
 tune and run) runs the job registered in the ``bertvision.runners`` entry points, so the library
 never imports ``ray_jobs``; a printer (`bertvision.printing`) prints the result. Errors print one
-line; the exit statuses are `bertvision.errors`' (see the parser's epilog).
-"""
+line; the exit statuses are `bertvision.errors`' (see the parser's epilog)."""
 
 from __future__ import annotations
 
@@ -22,9 +21,8 @@ from bertvision.errors import EXIT_INTERRUPTED, EXIT_RUN, BertVisionError, Confi
 
 @dataclass(frozen=True)
 class Command:
-    """One command: its help; its config and Ray job (a stage: flags from their fields), its
-    library function ``run`` ("module:name": run(cfg, out), or run(*given)) and ``printer``; or,
-    for what is neither, ``run`` a function of the parsed arguments."""
+    """One command: its help; its config and Ray job (a stage), its library function ``run``
+    ("module:name") and ``printer``; or ``run`` a function of the parsed arguments."""
 
     help: str
     description: str
@@ -284,8 +282,7 @@ def _tune_needs_out(cfg) -> str:
 
 
 def _ray_runner(name: str):
-    """The Ray entrypoint registered as ``name`` in the ``bertvision.runners`` entry points
-    (pyproject.toml: the project's ``ray_jobs``), loaded only when it is asked for."""
+    """The ``bertvision.runners`` entry point ``name`` (one of ``ray_jobs``), loaded when asked for."""
     from importlib.metadata import entry_points
 
     found = list(entry_points(group="bertvision.runners", name=name))

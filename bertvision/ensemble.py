@@ -1,6 +1,5 @@
 """Ensembles of heads (a search's best trials, or seed folders) and the fine-tuned encoder, each
-combined by its family's ensemble (`bertvision.sentences.ensemble`, `bertvision.spans.ensemble`).
-"""
+combined by its family's ensemble (`bertvision.sentences.ensemble`, `bertvision.spans.ensemble`)."""
 
 from __future__ import annotations
 

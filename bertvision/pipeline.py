@@ -3,8 +3,7 @@
 Each stage (majority, finetune, store-<sel>, tune, heads, ensemble, efficiency-<f>; then the report)
 writes a folder of the run, its config the run's `PipelineConfig` taken over by `derive`. `Stages`
 records each in ``RUN/stages/<stage>.json`` and reuses, resumes or redoes it (and every stage that
-reads it) as its settings say. The Ray stages are handed in (`Runners`): this module imports no Ray.
-"""
+reads it) as its settings say. The Ray stages are handed in (`Runners`): no Ray imported here."""
 
 from __future__ import annotations
 
@@ -263,8 +262,7 @@ def _no_answer(task, evals: list[str], cfg: PipelineConfig) -> dict:
 FLOORS = {"classification": _majority_class, "span": _no_answer,
           "regression": lambda task, evals, cfg: _constant(task, evals, float(_training_labels(task, cfg, False).mean()),
                                                            "always the training part's mean score")}  # fmt: skip
-"""Task kind -> the majority stage: the training part's majority class (regression: its mean
-score; span tasks: no answer) predicted everywhere."""
+"""Task kind -> the majority stage: the training part's majority class, mean score or no answer."""
 
 
 def _finetune_stage(runners: Runners, base: FinetuneConfig, grid: BaselineGrid, out: Path) -> dict:
@@ -307,9 +305,8 @@ ENSEMBLE_RESULT = {
 
 def _efficiency_stage(runners: Runners, fraction: float, fbase: FinetuneConfig, fgrid: BaselineGrid,
                       fembed: EmbedConfig, fhead: HeadTrainConfig, out: Path) -> dict:  # fmt: skip
-    """Fine-tuning (the main run's rate; epochs chosen on validation up to its) and the best head
-    configuration on ``fembed.train_examples`` examples, the head on this stage's own 1-epoch
-    checkpoint's store (the validation part and those examples): no stage saw more."""
+    """Fine-tuning (the main run's rate, epochs up to its) and the best head configuration on
+    ``fembed.train_examples`` examples, the head on this stage's own checkpoint: none saw more."""
     from bertvision.train import train_heads
 
     ft = _finetune_stage(runners, fbase, fgrid, out / "finetune")

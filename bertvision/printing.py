@@ -112,8 +112,7 @@ def print_run(summary: dict, cfg=None, out=None) -> None:
     """The run's headline in words, where its report is, and what ran."""
     from bertvision.report import headline
 
-    print()
-    print(textwrap.fill(headline(Path(summary["report"]).parent), width=100))
+    print("\n" + textwrap.fill(headline(Path(summary["report"]).parent), width=100))
     print(f"\nreport: {summary['report']}  (ran: {', '.join(summary['ran']) or 'nothing; every stage was finished'}; "
           f"{summary['wall_seconds']:.0f} s)")  # fmt: skip
 

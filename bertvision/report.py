@@ -1,7 +1,6 @@
 """The experiment report of a pipeline run: one self-contained HTML page (figures embedded as PNG
 data URIs, rendered with ``templates/report.html.j2``) from what the run's stages wrote, nothing
-recomputed but the figures; and one stored example drawn as an image (`show_example`).
-"""
+recomputed but the figures; and one stored example drawn as an image (`show_example`)."""
 
 from __future__ import annotations
 
@@ -256,9 +255,12 @@ def _plt():
 def learning_curves(c: dict) -> str | None:
     """Validation score per epoch: the trials (grey, the best in colour), the best configuration's
     seeds, and beside them fine-tuning's per checkpoint."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax, runs = axes[0], (c["heads"] or {}).get("runs", [])
+    runs, b = (c["heads"] or {}).get("runs", []), c["baseline"]
+    drawn = bool(c["trials"] or runs)
+    if not drawn and not b:
+        return None
+    fig, axes = _plt().subplots(1, 2, figsize=(10, 3.6))
+    ax = axes[0]
     for i, t in enumerate(reversed(c["trials"])):
         best = i == len(c["trials"]) - 1
         ax.plot([h["epoch"] for h in t["history"]], [h["score"] for h in t["history"]], color="C3" if best else "0.7",
@@ -267,11 +269,10 @@ def learning_curves(c: dict) -> str | None:
         hist = r.get("validation_history", [])
         ax.plot([h["epoch"] for h in hist], [_score(h) for h in hist], color="C0", lw=1.2, ls="--",
                 label="best configuration, each seed" if k == 0 else None)  # fmt: skip
-    drawn = bool(c["trials"] or runs)
     ax.set(xlabel="epoch", ylabel="validation selection score", title="Heads: search trials and seeds")
     if drawn:
         ax.legend(fontsize=8)
-    ax, b = axes[1], c["baseline"]
+    ax = axes[1]
     if b and b.get("grid"):
         for lr in sorted({g["lr"] for g in b["grid"]}):
             pts = sorted((g["epochs"], g["score"]) for g in b["grid"] if g["lr"] == lr)
@@ -287,9 +288,6 @@ def learning_curves(c: dict) -> str | None:
         ax.set_ylim(min(vals) - 0.05, max(vals) + 0.05)
     else:
         ax.set_axis_off()
-    if not drawn and not b:
-        plt.close(fig)
-        return None
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes[: 2 if b and b.get("grid") else 1]:  # epochs (not the seeds' bars)
@@ -343,9 +341,8 @@ def layer_heatmap(c: dict) -> str | None:
     if not drawn:
         return None
     labels, rows = zip(*drawn, strict=True)
-    plt = _plt()
     m = np.vstack(rows)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * m.shape[1], 0.8 + 0.32 * len(rows)))
+    fig, ax = _plt().subplots(figsize=(1.2 + 0.7 * m.shape[1], 0.8 + 0.32 * len(rows)))
     im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", aspect="auto", vmin=0)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xticks(range(m.shape[1]), ["emb"] + [str(i) for i in range(1, m.shape[1])])
@@ -366,8 +363,7 @@ def trials_scatter(c: dict) -> str | None:
     trials = c["trials"]
     if not trials:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6), sharey=True)
+    fig, axes = _plt().subplots(2, 3, figsize=(11, 6), sharey=True)
     stores = sorted({Path(t["params"]["store"]).name for t in trials})
     for ax, name in zip(axes.flat, NUMERIC, strict=True):
         for k, store in enumerate(stores):
@@ -401,8 +397,7 @@ def efficiency_plot(c: dict) -> str | None:
            for e in c["efficiency"]]  # fmt: skip
     pts.append((full_n, c["baseline"].get(split, {}).get(metric), c["heads"].get(split, {}).get(metric)))
     pts.sort(key=lambda p: p[0])
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _plt().subplots(figsize=(6.5, 4))
     for k, (label, color) in enumerate((("full fine-tuning", "C2"), ("best head", "C0")), start=1):
         xs = [p[0] for p in pts if p[k]]
         ys = [100 * p[k]["mean"] for p in pts if p[k]]

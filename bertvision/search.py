@@ -1,7 +1,6 @@
 """Head searches over stored states, the library side: the search space, one trial (a `fit_head`
 reporting its validation score every epoch; dev and test never loaded), the leaderboard. Ray Tune
-drives them (`ray_jobs/tune.py`); nothing here imports Ray.
-"""
+drives them (`ray_jobs/tune.py`); nothing here imports Ray."""
 
 from __future__ import annotations
 
@@ -95,11 +94,10 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
               report: Callable[[dict, Callable[[], dict]], None], resume: dict | None = None,
               extra: dict | None = None, world: World = ONE) -> dict:  # fmt: skip
     """One trial: `fit_head` with ``params``; after every epoch trial.json and the best weights so
-    far written into ``folder`` (by rank 0 alone), then ``report(metrics, state)``; returns
-    trial.json's content. ``extra`` is Ray's side: "entered" (when the trial function was
-    entered; default now) and "node". trial.json's ``timing`` (this attempt's): ``first_step`` is
-    the first report's time less its training seconds (epoch 1's validation counts as start-up),
-    ``wall_seconds`` runs from ``entered`` to the last report."""
+    far written into ``folder`` (by rank 0), then ``report(metrics, state)``; returns trial.json's
+    content. ``extra``: Ray's "entered" (default now) and "node". trial.json's ``timing`` (this
+    attempt's): ``first_step`` is the first report's time less its training seconds (epoch 1's
+    validation counts as start-up), ``wall_seconds`` runs from ``entered`` to the last report."""
     from torch.utils.tensorboard import SummaryWriter
 
     extra = dict(extra or {})
@@ -140,11 +138,10 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
         report(metrics, state)
 
     if resume is not None:
-        record["epochs_run"] = len(resume["history"])
         scores = [(h["epoch"], {k: v for k, v in h.items() if k != "epoch"}) for h in resume["history"]]
-        record["history"] = [{"epoch": epoch, "score": kind.selection(s), **s} for epoch, s in scores]
-        record["best_epoch"] = resume["best_epoch"]
-        record["score"] = record["history"][resume["best_epoch"] - 1]["score"] if resume["best_epoch"] else None
+        history = [{"epoch": epoch, "score": kind.selection(s), **s} for epoch, s in scores]
+        record.update(epochs_run=len(history), history=history, best_epoch=resume["best_epoch"],
+                      score=history[resume["best_epoch"] - 1]["score"] if resume["best_epoch"] else None)  # fmt: skip
     # Under Tune the last report may end the trial (ASHA, or the last epoch): everything a
     # trial leaves is written in on_epoch, before each report.
     fit_head(cfg, data, kind, on_epoch=on_epoch, resume=resume, world=world)
@@ -154,9 +151,8 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
 
 
 def finish_search(out: Path, known: set[str]) -> list[dict]:
-    """After a search: the trial folders its results do not hold (``known``) moved to ``ORPHANS``
-    (a search killed after starting a trial, before Tune saved its state, leaves one; the resumed
-    search ran the same point again in its place), then the leaderboard written and returned."""
+    """After a search: trial folders its results do not hold (``known``: a killed search's, rerun in
+    their place) moved to ``ORPHANS``, then the leaderboard written and returned."""
     orphans = [record.parent for record in sorted(out.glob(f"*/{TRIAL_FILE}")) if record.parent.name not in known]
     for trial in orphans:
         (out / ORPHANS).mkdir(exist_ok=True)

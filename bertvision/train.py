@@ -2,8 +2,7 @@
 store's manifest says which: `bertvision.kinds`). Selection reads only the validation part carved
 from train as fine-tuning carved it; dev and test are scored once, with the selected epoch.
 Output: config.json, seed-<k>/ (head.safetensors, head_config.json, metrics.json, tb/, span heads'
-predictions-<split>.json), summary.json (mean and standard deviation over seeds).
-"""
+predictions-<split>.json), summary.json (mean and standard deviation over seeds)."""
 
 from __future__ import annotations
 
@@ -62,13 +61,12 @@ class FitResult:
 
 def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dict], None] | None = None,
              resume: dict | None = None, world: World = ONE) -> FitResult:  # fmt: skip
-    """Train one head (``cfg.seeds`` holds one seed) on ``data.train``, select the epoch on
-    ``data.parts["validation"]`` (AdamW, warmup and linear decay, early stopping); reads nothing
-    else. ``on_epoch`` gets each epoch's report (the dict below); its ``state()`` is the whole
-    training state (`torch.save`-able, ``weights_only``), and ``resume=state`` continues to the
-    end the uninterrupted run reaches. ``world``: this rank when several train the head (DDP):
-    rank 0 scores validation and shares it, so every rank selects (and returns) the same epoch;
-    "dropped" counts the batches left over (all ranks) when the first rank ran out."""
+    """Train one head (``cfg.seeds`` holds one seed) on ``data.train`` (AdamW, warmup and linear
+    decay), select the epoch on ``data.parts["validation"]`` (early stopping); reads nothing else.
+    ``on_epoch`` gets each epoch's report (below); its ``state()`` is the whole training state
+    (`torch.save`-able), and ``resume=state`` continues to the end the uninterrupted run reaches.
+    ``world``: this rank of several (DDP); rank 0 scores validation and shares it, so all select
+    the same epoch; "dropped" counts the batches left over (all ranks) when the first ran out."""
     import torch
     from tqdm.auto import tqdm
 
@@ -183,9 +181,8 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
 
 
 def _upgrade_config(stored: dict) -> dict:
-    """A run's stored config from before the head's ``init``, ``pooling`` and ``positions``, or
-    ``train_examples``, existed, with them at their defaults: what that code did (torch's init;
-    no token heads; all of the training part), so its finished runs are still reused."""
+    """A run's stored config from before ``init``, ``pooling``, ``positions`` or ``train_examples``
+    existed, with them at their defaults (what that code did), so its finished runs are reused."""
     stored = {"train_examples": None, **stored}
     if isinstance(stored.get("head"), dict):
         return {**stored, "head": {**asdict(HeadArchitecture()), **stored["head"]}}

@@ -1,8 +1,7 @@
 """Every setting in one place: frozen dataclasses, one docstring per field, which is its flag's
 help (``--adapter-size``; `flags`). `stages`: each stage's; `runs`: a whole run's, the baseline's
 and the Ray jobs'; `fields`: what they share, such as the family defaults that `resolved` fills
-in for fields left None. Nothing here imports torch, transformers or Ray.
-"""
+in for fields left None. Nothing here imports torch, transformers or Ray."""
 
 from bertvision.config.fields import (
     FAMILIES,

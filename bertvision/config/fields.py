@@ -104,9 +104,8 @@ class KindDefaults:
 
 
 def derive(cls, source, **given):
-    """A ``cls`` holding the fields of ``source`` that it has too (same name), ``given``
-    overriding them: how a stage's config is composed from a run's, so a field added to both
-    reaches the stage without code."""
+    """A ``cls`` of the fields of ``source`` that it has too, ``given`` overriding them: a stage's
+    config composed from a run's, so a field added to both reaches the stage without code."""
     names = {f.name for f in fields(source)} & {f.name for f in fields(cls) if f.init}
     return cls(**{n: getattr(source, n) for n in sorted(names - set(given))}, **given)
 

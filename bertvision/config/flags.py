@@ -13,9 +13,8 @@ from bertvision.config.fields import dataclass_of, field_docs, hints, unwrap
 
 def add_arguments(parser, cls, *, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = (),
                   required: bool = True, flags: dict[str, str] | None = None, unset: bool = False) -> None:  # fmt: skip
-    """One option per field of ``cls`` (nested configs flattened; ``flags`` renames), required
-    where the field has no default (and ``required``). ``unset``: options left out stay out of the
-    parsed namespace, so the caller can tell which were given."""
+    """One option per field of ``cls`` (nested configs flattened; ``flags`` renames); ``unset``:
+    options left out stay out of the namespace, so the caller can tell which were given."""
     flags = flags or {}
     for path, f, owner in _leaves(cls):
         name = path[-1]

@@ -1,6 +1,5 @@
 """A whole run's settings (`PipelineConfig`, the baseline's `BaselineGrid`) and the Ray jobs' own
-(how a job runs, not what it computes), here so that their flags are derived like every other's.
-"""
+(how a job runs, not what it computes), here so that their flags are derived like every other's."""
 
 from __future__ import annotations
 

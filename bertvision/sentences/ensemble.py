@@ -50,9 +50,8 @@ def load_parts_of(store: Path, carve: tuple[float, int]) -> tuple:
 
 def greedy_weights(outputs: Sequence[np.ndarray], score: Callable[[np.ndarray], float],
                    rounds: int) -> tuple[list[int], list[dict]]:  # fmt: skip
-    """Greedy ensemble selection with replacement: each round adds the member that gives the best
-    ``score`` (on a tie the earlier one); returns the member counts of the best prefix (the
-    earliest, on ties) and each round's choice."""
+    """Greedy selection with replacement: each round adds the member giving the best ``score`` (the
+    earlier on a tie); returns the counts of the best prefix (the earliest on a tie), each round."""
     counts, total, best, best_counts, history = [0] * len(outputs), 0.0, -np.inf, None, []
     for r in range(rounds):
         scores = [score((total + o) / (r + 1)) for o in outputs]

@@ -114,10 +114,8 @@ def span_parts(task, validation_fraction: float = 0.1, validation_seed: int = 0)
     rng = np.random.default_rng(validation_seed)
     n_val = max(1, round(len(titles) * validation_fraction))
     held = {titles[i] for i in rng.permutation(len(titles))[:n_val]}
-    parts = {
-        "train": [ex for ex in full.examples if ex.title not in held],
-        "validation": [ex for ex in full.examples if ex.title in held],
-    }
+    parts = {"train": [ex for ex in full.examples if ex.title not in held],
+             "validation": [ex for ex in full.examples if ex.title in held]}  # fmt: skip
     return {k: SquadSplit(task.spec, k, full.source, v) for k, v in parts.items()}
 
 
