@@ -76,7 +76,8 @@ class SentenceHeads(HeadKind):
         return len(spec["labels"]) if spec["labels"] else 1
 
     def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
-        train, rows, parts = self.parts(root, (cfg.validation_fraction, cfg.validation_seed), cfg.train_examples, eval_names)
+        carve = (cfg.validation_fraction, cfg.validation_seed)
+        train, rows, parts = self.parts(root, carve, cfg.train_examples, eval_names)
         return HeadData(spec, train.manifest, self.train_part(train, rows), len(rows), parts)
 
     def parts(self, root: Path, carve: tuple[float, int], train_examples: int | None, eval_names: list[str]):
