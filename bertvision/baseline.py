@@ -1,15 +1,8 @@
-"""The full fine-tuning baseline, tuned as fairly as the heads: what it runs and what it chooses.
-
-A grid of learning rates (a checkpoint after every whole epoch) chooses the rate and the epochs
-on the validation part carved from train, never on dev; then ``--seeds`` runs at that setting,
-each scored once on dev at the chosen epoch (and at each whole epoch before it, a row of its
-own). With one rate no grid runs: the seeds' mean validation score picks the epoch. The caller
-runs the fine-tuning runs (`ray_jobs/baseline.py`: Tune trials). Output::
-
-    grid/lr-<lr>/       the grid's runs (validation only; none with one rate)
-    seed-<k>/           the seeds' runs (checkpoint-e1: the 1-epoch fine-tuning stores embed)
-    baseline.json       the grid's validation scores, the choice, dev mean / std over seeds
-"""
+"""The full fine-tuning baseline, tuned as fairly as the heads: a grid of learning rates (a
+checkpoint every whole epoch) chooses the rate and the epochs on the validation part, never on dev;
+then ``--seeds`` runs at that setting, each scored once on dev (and at each whole epoch before the
+chosen one). The caller runs the fine-tuning (`ray_jobs/baseline.py`: Tune trials). Output:
+grid/lr-<lr>/, seed-<k>/ (checkpoint-e1: what the stores embed), baseline.json."""
 
 from __future__ import annotations
 
@@ -27,17 +20,14 @@ from bertvision.metrics import mean_std
 
 
 def one_rate(grid: BaselineGrid) -> bool:
-    """One learning rate (and no grid subset): no grid runs; the seeds run --max-epochs with a
-    checkpoint after every epoch, and the epoch with the best mean validation score over the
-    seeds is chosen (the grid would choose it from one seed's run)."""
+    """One learning rate (and no grid subset): no grid runs; the seeds' mean validation score
+    picks the epoch (a grid would pick it from one seed's run)."""
     return len(grid.lrs) == 1 and grid.grid_train_examples is None
 
 
 def run_baseline(base: FinetuneConfig, out_dir: str | Path, grid: BaselineGrid, run_points: Callable) -> dict:
-    """Choose the learning rate and epochs on validation from the grid, then run the seeds;
-    returns (and writes) baseline.json. ``run_points(points, cfg, out, name)`` fine-tunes
-    ``cfg`` with each point's fields into ``out/<the point's folder>``; it is given only the
-    points whose run has not finished with the same config (an interrupted baseline run again)."""
+    """Choose the rate and epochs on the grid, then run the seeds; writes and returns baseline.json.
+    ``run_points(points, cfg, out, name)`` fine-tunes each point not yet finished (same config)."""
     from bertvision.kinds import KINDS
     from bertvision.tasks import get_task
 
@@ -46,32 +36,32 @@ def run_baseline(base: FinetuneConfig, out_dir: str | Path, grid: BaselineGrid, 
     select = KINDS[kind].selection  # the heads' metric
 
     def run(cfg: FinetuneConfig, name: str, points: list[dict]) -> None:
-        points = [pt for pt in points if not _finished(out / pt["folder"], replace(cfg, **_point(pt)).resolved(kind))]
+        points = [pt for pt in points if not _finished(
+            out / pt["folder"], replace(cfg, **{k: v for k, v in pt.items() if k != "folder"}).resolved(kind))]  # fmt: skip
         if points:
             run_points(points, cfg, out, name)
 
     seeds = [{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds]
     t0, table = time.perf_counter(), []
+    every = tuple(float(e) for e in range(1, grid.max_epochs))  # a checkpoint after each whole epoch
     if one_rate(grid):  # nothing for a grid to choose but epochs: the seeds' own validation scores do
-        every = tuple(float(e) for e in range(1, grid.max_epochs))
         run(replace(base, lr=grid.lrs[0], epochs=float(grid.max_epochs), score_dev=True, save_at=every), "seeds", seeds)
         per_seed = [_metrics(out / f"seed-{s}") for s in grid.seeds]
         for name, meta in per_seed[0].items():
             scores = [select(ms[name]["validation"]) for ms in per_seed]
             table.append({"lr": grid.lrs[0], "epochs": meta["fraction"], "score": float(np.mean(scores)),
                           "seed_scores": scores})  # fmt: skip
-        best = max(table, key=lambda r: r["score"])
-        if grid.max_epochs == 1:
-            best = {**best, "score": None}  # one rate, one epoch: nothing was chosen
     else:
-        search = replace(base, epochs=float(grid.max_epochs), save_at=tuple(float(e) for e in range(1, grid.max_epochs)),
-                         score_dev=False, train_examples=grid.grid_train_examples or base.train_examples)  # fmt: skip
+        search = replace(base, epochs=float(grid.max_epochs), save_at=every, score_dev=False,
+                         train_examples=grid.grid_train_examples or base.train_examples)  # fmt: skip
         run(search, "grid", [{"lr": lr, "folder": f"grid/lr-{lr:g}"} for lr in grid.lrs])
         for lr in grid.lrs:
             for meta in _metrics(out / f"grid/lr-{lr:g}").values():
                 table.append({"lr": lr, "epochs": meta["fraction"], "validation": meta["validation"],
                               "score": select(meta["validation"])})  # fmt: skip
-        best = max(table, key=lambda r: r["score"])
+    best = max(table, key=lambda r: r["score"])
+    if one_rate(grid) and grid.max_epochs == 1:
+        best = {**best, "score": None}  # one rate, one epoch: nothing was chosen
     grid_seconds = time.perf_counter() - t0
     # every whole epoch before the chosen one is kept too: its 1-epoch checkpoint is the brief
     # fine-tuning that stores are extracted from, and it is scored on dev as a row of its own
@@ -105,11 +95,6 @@ def _summary(out: Path, grid: BaselineGrid, base: FinetuneConfig, table: list[di
     }  # fmt: skip
     atomic_write_json(out / "baseline.json", summary)
     return summary
-
-
-def _point(point: dict) -> dict:
-    """A point's config fields (its folder aside)."""
-    return {k: v for k, v in point.items() if k != "folder"}
 
 
 def _finished(folder: Path, cfg: FinetuneConfig) -> bool:

@@ -1,23 +1,8 @@
-"""The `bertvision` command line: a table of commands, each a thin layer over a library function.
-
-    bertvision tasks                      every task, with the split sizes found
-    bertvision tasks show rte             a few examples and the label distribution
-    bertvision encoder                    what an encoder reports (hidden states, width)
-    bertvision squad-eval DATA PRED       the official SQuAD 2.0 scores of a predictions file
-    bertvision finetune / embed / train / evaluate / store verify    the method, stage by stage
-    bertvision tune / tune show DIR       a Ray Tune + HyperOpt search over heads; its leaderboard
-    bertvision ensemble                   heads (a search's best trials) and the fine-tuned encoder combined
-    bertvision run --task T               all of it, resumable, ending in RUN/report.html
-    bertvision report RUN / show STORE    the report of a run; one stored example as an image
-
-A stage's command takes its options from its config's fields and its Ray job's (`bertvision.
-config`); ``--ray`` (always, for tune and run) runs the job registered in the ``bertvision.runners``
-entry points (pyproject.toml: the library never imports ``ray_jobs``); a printer
-(`bertvision.printing`) prints the result. Errors print one line (``bertvision: error: FILE:LINE:
-problem``). Exit status: 0 done, 1 the input is wrong, 2 the command line is malformed, 3 something
-failed while running (disk full, permissions, a folder held elsewhere, training diverged), 130
-interrupted.
-"""
+"""The `bertvision` command line: a table of commands (`commands`), each a thin layer over a library
+function. A stage's options come from its config's fields and its Ray job's; ``--ray`` (always, for
+tune and run) runs the job registered in the ``bertvision.runners`` entry points, so the library
+never imports ``ray_jobs``; a printer (`bertvision.printing`) prints the result. Errors print one
+line; the exit statuses are `bertvision.errors`' (see the parser's epilog)."""
 
 from __future__ import annotations
 
@@ -36,9 +21,8 @@ from bertvision.errors import EXIT_INTERRUPTED, EXIT_RUN, BertVisionError, Confi
 
 @dataclass(frozen=True)
 class Command:
-    """One command: its help; its config and Ray job (a stage: flags from their fields), its
-    library function ``run`` ("module:name": run(cfg, out), or run(*given)) and ``printer``; or,
-    for what is neither, ``run`` a function of the parsed arguments."""
+    """One command: its help; its config and Ray job (a stage), its library function ``run``
+    ("module:name") and ``printer``; or ``run`` a function of the parsed arguments."""
 
     help: str
     description: str
@@ -63,21 +47,10 @@ class Command:
 
 def commands() -> dict[str, Command]:
     """The command table (built on each call: the tests replace a `cmd_*` function before `main`)."""
+    from bertvision import config as cf
     from bertvision import printing as pr
-    from bertvision.config import (
-        EmbedConfig,
-        EnsembleConfig,
-        FinetuneConfig,
-        HeadTrainConfig,
-        PipelineConfig,
-        PipelineJobConfig,
-        RayJobConfig,
-        SearchConfig,
-        TrainJobConfig,
-        TuneJobConfig,
-    )
 
-    data_dir = (FinetuneConfig, "data_dir")
+    data_dir = (cf.FinetuneConfig, "data_dir")
     n = {"type": int, "metavar": "N"}
     return {
         "tasks": Command(
@@ -105,11 +78,10 @@ def commands() -> dict[str, Command]:
         "finetune": Command(
             "fine-tune an encoder with a task head, for fractions of an epoch or several epochs",
             "Fine-tune an encoder with a classification / regression head, or for span answers (SQuAD 2.0: windows "
-            "with a document stride, start/end logits, CLS = no answer). A validation part is carved from train "
-            "(seeded, stratified; whole articles for SQuAD, or the task's own validation split) and scores every "
-            "checkpoint (and sets the no-answer threshold of span tasks); the dev/test split is scored once at the "
-            "end. Checkpoints (safetensors + config) go to OUT/checkpoint-e<fraction>.",
-            "bertvision.finetune:finetune", pr.print_finetune_result, FinetuneConfig, TrainJobConfig,
+            "with a document stride, start/end logits, CLS = no answer). A validation part (seeded, stratified) "
+            "scores every checkpoint (and sets the no-answer threshold of span tasks); the dev/test split is scored "
+            "once at the end. Checkpoints (safetensors + config) go to OUT/checkpoint-e<fraction>.",
+            "bertvision.finetune:finetune", pr.print_finetune_result, cf.FinetuneConfig, cf.TrainJobConfig,
             "fine-tune through Ray Train (python -m ray_jobs.finetune) on an in-process Ray, or on $RAY_ADDRESS's "
             "cluster: --workers workers (DDP, the global batch split between them), a Ray Train checkpoint at every "
             "--save-at point, a dead worker replaced; same output", out="output folder"),
@@ -119,31 +91,28 @@ def commands() -> dict[str, Command]:
             "included) as float16 Parquet shards with a manifest, one folder per split under OUT. Span tasks (SQuAD) "
             "are cut into windows and stored token by token without padding, with character offsets, targets and "
             "(from a span checkpoint) the encoder's own start/end logits. A rerun skips complete shards.",
-            "bertvision.embed:embed", pr.print_embed, EmbedConfig, RayJobConfig,
+            "bertvision.embed:embed", pr.print_embed, cf.EmbedConfig, cf.RayJobConfig,
             "run the Ray Data job (python -m ray_jobs.embed) on an in-process Ray, or on $RAY_ADDRESS's cluster: an "
             "actor pool of extractors, same store", out="store folder; each split goes to OUT/<split>"),
         "train": Command(
             "train AdapterPooler heads on a store, several seeds, mean and standard deviation",
-            "Train AdapterPooler heads on STORE/train. Selection (early stopping) uses a validation part carved from "
-            "train with the same seed as fine-tuning; the dev split is scored once with the selected epoch. A "
-            "token-level store (from 'embed' on a span task) trains span heads: start/end logits per token, padding "
-            "masked, CLS = no answer; epochs are selected on validation F1 with the no-answer threshold chosen there "
-            "(STORE/validation, or whole articles carved from train), then test/dev is scored once. Defaults marked "
-            "'for span tasks' apply to token-level stores. Writes TensorBoard events, weights (safetensors), configs "
-            "and metrics per seed, and summary.json with mean and standard deviation.",
-            "bertvision.train:train_heads", pr.print_train_summary, HeadTrainConfig, TrainJobConfig,
+            "Train AdapterPooler heads on STORE/train, selecting the epoch (early stopping) on the validation part; "
+            "the dev split is scored once with the selected epoch. A token-level store (from 'embed' on a span task) "
+            "trains span heads: start/end logits per token, padding masked, CLS = no answer; epochs are selected on "
+            "validation F1 with the no-answer threshold chosen there. Defaults marked 'for span tasks' apply to "
+            "token-level stores. Writes TensorBoard events, weights (safetensors), configs and metrics per seed, and "
+            "summary.json with mean and standard deviation.",
+            "bertvision.train:train_heads", pr.print_train_summary, cf.HeadTrainConfig, cf.TrainJobConfig,
             "train through Ray Train (python -m ray_jobs.train) on an in-process Ray, or on $RAY_ADDRESS's cluster: "
             "--workers workers per head (DDP), a checkpoint every epoch, a dead worker replaced; same output",
             out="output folder"),
         "tune": Command(
             "search head hyperparameters on stored states (Ray Tune, HyperOpt, ASHA); 'tune show' prints a leaderboard",
             "Search AdapterPooler head hyperparameters on one or more stores of a task with Ray Tune: HyperOpt's TPE "
-            "(the default head configuration first, then random points, then TPE), a limit on concurrent trials so "
-            "that it learns from finished ones, and ASHA stopping on the per-epoch validation score. Trials select "
-            "on the validation part carved from train; dev and test are never read. Runs on an in-process Ray, or on "
-            "$RAY_ADDRESS's cluster. Writes one folder per trial (its config and validation history in trial.json, "
-            "the best weights, TensorBoard events) and leaderboard.json under OUT. 'bertvision tune show OUT' prints "
-            "the leaderboard again.", None, pr.print_leaderboard, SearchConfig, TuneJobConfig, out="search folder",
+            "and ASHA stopping on the per-epoch validation score. Trials select on the validation part carved from "
+            "train; dev and test are never read. Writes one folder per trial (its config and validation history in "
+            "trial.json, the best weights, TensorBoard events) and leaderboard.json under OUT. 'bertvision tune show "
+            "OUT' prints the leaderboard again.", None, pr.print_leaderboard, cf.SearchConfig, cf.TuneJobConfig, out="search folder",
             default_out=_tune_needs_out, sub={"show": Command(
                 "print a search's leaderboard from its folder",
                 "Print the trials of a search folder, best validation score first.", "bertvision.search:leaderboard",
@@ -152,16 +121,13 @@ def commands() -> dict[str, Command]:
                     (("--top",), {**n, "default": None, "help": "only the N best trials"})))}),
         "ensemble": Command(
             "ensemble heads (a search's best trials) and the fine-tuned encoder",
-            "Combine heads (the best --top-k trials of a 'bertvision tune' search, or seed-<k> folders from "
-            "'bertvision train') and, with --encoder, the fine-tuned encoder's own logits stored beside the hidden "
-            "states. Sentence tasks: members' probabilities (regression: predictions) are averaged with weights "
-            "chosen on the validation part by greedy selection with replacement; every member, the uniform and the "
-            "greedy ensemble are then scored once on the eval split, and the one better on validation is marked "
-            "chosen (greedy on a tie). Span tasks: each member's start and end probabilities are combined by "
-            "element-wise max or mean, with the no-answer threshold chosen on validation, and scored once on the "
-            "eval split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json (span tasks: and predictions per "
-            "method).", "bertvision.ensemble:ensemble", pr.print_ensemble, EnsembleConfig, out="output folder",
-            flags={"methods": "--method"}),
+            "Combine heads (--from-tune, --heads) and the fine-tuned encoder (--encoder). Sentence tasks: members' "
+            "probabilities (regression: predictions) are averaged with weights chosen on the validation part by "
+            "greedy selection with replacement; every member, the uniform and the greedy ensemble are then scored "
+            "once on the eval split, and the one better on validation is marked chosen (greedy on a tie). Span tasks: "
+            "members combined by --method, the no-answer threshold chosen on validation, scored once on the eval "
+            "split (official SQuAD 2.0 scorer). Writes OUT/ensemble.json (span tasks: and predictions per method).",
+            "bertvision.ensemble:ensemble", pr.print_ensemble, cf.EnsembleConfig, out="output folder", flags={"methods": "--method"}),
         "evaluate": Command(
             "score a trained head on a stored split",
             "Score a head written by 'bertvision train' (a seed-<k> folder) on a store split. The store must come "
@@ -171,18 +137,16 @@ def commands() -> dict[str, Command]:
             lambda scores, a: print(json.dumps(scores, indent=2)), given=("head", "store", "data_dir"), args=(
                 (("--head",), {"required": True, "help": "a seed-<k> folder written by 'bertvision train'"}),
                 (("--store",), {"required": True, "help": "a split folder of a store (e.g. STORE/dev)"}),
-                (HeadTrainConfig, "data_dir"))),
+                (cf.HeadTrainConfig, "data_dir"))),
         "run": Command(
             "the method end to end for one task, resumable: fine-tuning baseline, stores, search, heads, ensemble, report",
-            "Run the method for one task on Ray (an in-process Ray, or $RAY_ADDRESS's cluster): the majority class; "
-            "the full fine-tuning baseline (--lrs and 1..--max-epochs chosen on validation, then --seeds runs); "
-            "every layer's states of the first seed's 1-epoch checkpoint (--selections); a HyperOpt search over "
-            "AdapterPooler heads (--trials); the best configuration trained with every seed; the ensemble of the best "
-            "--top-k trials and the encoder; with --fractions, fine-tuning and the best head on shares of the "
-            "training data; then OUT/report.html. Every choice is made on the validation part carved from train; dev "
-            "is scored once. A rerun skips finished stages and resumes an unfinished one; a changed option redoes the "
-            "stages that depend on it, and says so. Prints the headline and where the report is.",
-            None, pr.print_run, PipelineConfig, PipelineJobConfig, runner="pipeline",
+            "Run the method for one task on Ray: the majority class; the full fine-tuning baseline (--lrs, "
+            "--max-epochs, --seeds); every layer's states (--selections); a HyperOpt search over AdapterPooler heads "
+            "(--trials); the best configuration trained with every seed; the ensemble (--top-k); the data-efficiency "
+            "runs (--fractions); then OUT/report.html. Dev is scored once. A rerun skips finished stages and resumes "
+            "an unfinished one; a changed option redoes the stages that depend on it, and says so. Prints the "
+            "headline and where the report is.",
+            None, pr.print_run, cf.PipelineConfig, cf.PipelineJobConfig, runner="pipeline",
             out="run folder (default: runs/<task>)", default_out=lambda cfg: str(Path("runs") / Path(cfg.task).stem)),
         "report": Command(
             "write a run's report: one self-contained HTML page",
@@ -264,9 +228,7 @@ def _add_commands(parser, commands: dict[str, Command], dest: str, metavar: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; the exit status says what happened (see `bertvision.errors`): 0 done,
-    1 the input is wrong, 2 the command line is malformed, 3 something failed while running,
-    130 interrupted."""
+    """Run one command; the exit status says what happened (the epilog, `bertvision.errors`)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
@@ -320,8 +282,7 @@ def _tune_needs_out(cfg) -> str:
 
 
 def _ray_runner(name: str):
-    """The Ray entrypoint registered as ``name`` in the ``bertvision.runners`` entry points
-    (pyproject.toml: the project's ``ray_jobs``), loaded only when it is asked for."""
+    """The ``bertvision.runners`` entry point ``name`` (one of ``ray_jobs``), loaded when asked for."""
     from importlib.metadata import entry_points
 
     found = list(entry_points(group="bertvision.runners", name=name))
@@ -364,12 +325,11 @@ def cmd_store_verify(args) -> int:
 
 
 def cmd_squad_eval(args) -> int:
+    from bertvision.io import atomic_write_text
     from bertvision.metrics.squad_v2 import evaluate_files
 
     text = json.dumps(evaluate_files(args.data_file, args.pred_file, args.na_prob_file, args.na_prob_thresh), indent=2)
     if args.out_file:
-        from bertvision.io import atomic_write_text
-
         atomic_write_text(args.out_file, text + "\n")
     print(text)
     return 0

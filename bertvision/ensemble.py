@@ -1,8 +1,5 @@
 """Ensembles of heads (a search's best trials, or seed folders) and the fine-tuned encoder, each
-combined by its family's ensemble.
-
-    bertvision ensemble --from-tune runs/rte/tune --top-k 5 --encoder --out runs/rte/ensemble
-"""
+combined by its family's ensemble (`bertvision.sentences.ensemble`, `bertvision.spans.ensemble`)."""
 
 from __future__ import annotations
 
@@ -22,8 +19,7 @@ ENSEMBLES = {"sentence": sentence_ensemble, "span": span_ensemble}
 
 
 def ensemble(cfg: EnsembleConfig, out_dir: str | Path) -> dict:
-    """The ensemble of ``cfg``'s members, for their kind. Writes OUT/ensemble.json and returns its
-    content (with "kind")."""
+    """``cfg``'s ensemble, for its members' kind: OUT/ensemble.json, whose content it returns."""
     out_dir = check_out_dir(out_dir)
     trials = leaderboard(cfg.from_tune)[: cfg.top_k] if cfg.from_tune is not None else []
     kinds = {t["kind"] for t in trials} | {head_kind(read_head_config(h)).name for h in cfg.heads}

@@ -1,6 +1,4 @@
-"""What every head kind shares: the data a head trains on (`HeadData`), a kind's defaults
-(`HeadKind`) and `same_source`. The kinds are in `bertvision.sentences.heads` and
-`bertvision.spans.heads`; `bertvision.kinds` says which one a store or a head is."""
+"""What every head kind shares: its data (`HeadData`), its defaults (`HeadKind`), `same_source`."""
 
 from __future__ import annotations
 
@@ -9,15 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from bertvision import store as st
-from bertvision.errors import ConfigError
-
 
 @dataclass
 class HeadData:
-    """What a head trains and is scored on, in its kind's own form. ``parts`` holds "validation"
-    (selection) and the eval splits; `bertvision.train.fit_head` reads only ``train`` and
-    ``parts["validation"]``."""
+    """What a head trains and is scored on, in its kind's own form: ``parts`` holds "validation"
+    (selection; `fit_head` reads only it and ``train``) and the eval splits."""
 
     spec: dict  # the task spec recorded in the store's manifest
     manifest: dict  # the train split's (encoder, checkpoint, shapes)
@@ -31,18 +25,14 @@ class HeadData:
 
 
 def same_source(manifest: dict) -> dict:
-    """`store.check_compatible` arguments asking for the encoder, checkpoint and shape that
-    ``manifest`` (a train split's, or a head's) records."""
+    """`store.check_compatible` arguments for the encoder, checkpoint and shape of ``manifest``."""
     return {"num_hidden_states": manifest["num_hidden_states"], "hidden_size": manifest["hidden_size"],
             "encoder": manifest["encoder"], "checkpoint": manifest.get("checkpoint")}  # fmt: skip
 
 
 class HeadKind:
-    """A head kind supplies its data (`load`), its model (`module`, `num_outputs`,
-    `model_fields`), seeded batches (`rng`, `batches`) and their `loss`, scoring a part (`score`),
-    the metric selection maximises (`selection`), what head_config.json adds (`config_extras`)
-    and scoring a saved head on one split (`evaluate`). The loop, saving and loading are
-    `bertvision.train`'s, one for every kind."""
+    """What differs between head kinds: data, model, batches and loss, scoring, the selection
+    metric; the loop, saving and loading are `bertvision.train`'s, one for every kind."""
 
     name: str  # the task kind it trains for (a head config's ``task_kind``)
     family: str  # its task family (`bertvision.config.FAMILIES`): the defaults its configs take
@@ -68,8 +58,3 @@ class HeadKind:
     def config_extras(self, data: HeadData, chosen: dict) -> dict:
         """What head_config.json records beyond the head, task, encoder and training config."""
         return {"selection": data.manifest.get("selection")}
-
-    def check_store(self, manifest: dict, where) -> None:
-        """ConfigError unless the store (a split's manifest) is of this kind's layout."""
-        if st.layout_of(manifest).name != self.layout:
-            raise ConfigError(f"{where}: not a {self.store} store; a head on {self.reads} states needs one")

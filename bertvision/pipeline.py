@@ -1,26 +1,9 @@
 """The method end to end, stage by stage, resumable: `bertvision run` and `ray_jobs/pipeline.py`.
 
-Stages, in order, each into a folder of the run (``RUN``)::
-
-    majority/        the majority class (regression: the training mean) scored on the eval split(s)
-    finetune/        the full fine-tuning baseline (`bertvision.baseline`); each seed keeps its
-                     1-epoch checkpoint, and the first seed's is what the stores embed
-    store/<sel>/     every layer's states, one store per --selections (train and the eval splits)
-    tune/            the Ray Tune + HyperOpt search over heads on those stores (validation only)
-    heads/           the best trial's configuration trained again with every seed, dev scored once
-    ensemble/        the best --top-k trials and the fine-tuned encoder, weights on validation
-    efficiency-<f>/  with --fractions: fine-tuning and the best head on that share of the
-                     training part (its own 1-epoch checkpoint and store)
-    report.html      `bertvision report RUN` (rewritten at the end of every run)
-
-Each stage's config is the run's `PipelineConfig` taken over by `derive` (fields of the same
-name, a few set here). ``RUN/stages/<stage>.json`` records a stage's settings, the keys of the
-stages it reads, whether it finished, its wall time and a short result: a rerun reuses a finished
-stage whose key is unchanged, resumes an unfinished one (the stages' own resumption), and redoes
-a stage whose settings changed, and every stage that reads it, saying why. The task's data is in
-the fine-tuning stage's settings (content fingerprints). The fine-tuning grid and the search run
-on Ray: the caller hands them in (`Runners`), so this module imports no Ray.
-"""
+Each stage (majority, finetune, store-<sel>, tune, heads, ensemble, efficiency-<f>; then the report)
+writes a folder of the run, its config the run's `PipelineConfig` taken over by `derive`. `Stages`
+records each in ``RUN/stages/<stage>.json`` and reuses, resumes or redoes it (and every stage that
+reads it) as its settings say. The Ray stages are handed in (`Runners`): no Ray imported here."""
 
 from __future__ import annotations
 
@@ -31,6 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +36,9 @@ from bertvision.errors import ConfigError
 from bertvision.io import atomic_write_json
 
 STAGES_DIR = "stages"
-REPORT_FILE = "report.html"
 PIPELINE_FILE = "pipeline.json"
 STAGE_VERSION = 1  # bump when a stage's outputs change meaning: every run's stages are redone
+SUBSET = ("train_examples", "validation_fraction", "validation_seed")  # EmbedConfig's training-subset fields
 FIRST = "finetune/seed-{}/checkpoint-e1"  # the checkpoint a run's stores embed: its first seed's, after 1 epoch
 
 __all__ = ["PipelineConfig", "Runners", "Stages", "run_pipeline", "store_splits"]
@@ -62,9 +46,8 @@ __all__ = ["PipelineConfig", "Runners", "Stages", "run_pipeline", "store_splits"
 
 @dataclass(frozen=True)
 class Runners:
-    """The stages run on Ray, handed in by `ray_jobs/pipeline.py`: ``finetune_grid(base, out, grid)``
-    (`ray_jobs.baseline.run`), ``tune(search, out, job)`` (`ray_jobs.tune.run`) and extraction,
-    ``embed(cfg, out)`` (default: `bertvision.embed.embed` in this process)."""
+    """The stages run on Ray, handed in by `ray_jobs/pipeline.py`: ``finetune_grid(base, out, grid)``,
+    ``tune(search, out, job)`` and ``embed(cfg, out)`` (default: `bertvision.embed.embed` here)."""
 
     finetune_grid: Callable | None = None
     tune: Callable | None = None
@@ -79,8 +62,7 @@ def stage_key(name: str, settings: dict, upstream: dict[str, str]) -> str:
 
 
 class Stages:
-    """The stage records of one run folder (``RUN/stages/<name>.json``) and the rule that
-    decides, per stage, reuse, resume or redo (see the module doc)."""
+    """The stage records of one run folder and the rule that reuses, resumes or redoes a stage."""
 
     def __init__(self, run_dir: Path, log: Callable[[str], None] = print):
         self.run_dir, self.log = run_dir, log
@@ -101,8 +83,7 @@ class Stages:
 
     def run(self, name: str, settings: dict, after: tuple[str, ...], fn: Callable[[Path], dict],
             folder: str | None = None) -> dict:  # fmt: skip
-        """Stage ``name``: reused, resumed or (re)done into ``RUN/<folder or name>`` by
-        ``fn(folder) -> result`` (small, JSON); returns the result."""
+        """Stage ``name``, reused, resumed or (re)done by ``fn(RUN/<folder or name>) -> result``."""
         settings = json.loads(json.dumps(settings, default=str))
         upstream = {a: self.keys[a] for a in after}
         key = stage_key(name, settings, upstream)
@@ -113,24 +94,18 @@ class Stages:
             self.log(f"{name}: finished earlier with these settings; reused ({out})")
             return old["result"]
         if old is not None and old.get("key") != key:
-            changed = sorted(k for k in set(old.get("settings", {})) | set(settings)
-                             if old.get("settings", {}).get(k) != settings.get(k))  # fmt: skip
-            moved = sorted(a for a in set(old.get("after", {})) | set(upstream) if old.get("after", {}).get(a) != upstream.get(a))
-            why = []
-            if changed:
-                why.append("settings changed: " + ", ".join(changed))
-            if moved:
-                why.append("redone before it: " + ", ".join(moved))
-            self.log(f"{name}: {'; '.join(why) or 'its code changed'}; redoing it from scratch")
+            was, was_after = old.get("settings", {}), old.get("after", {})
+            differ = {"settings changed": sorted(k for k in {*was, *settings} if was.get(k) != settings.get(k)),
+                      "redone before it": sorted(a for a in {*was_after, *upstream} if was_after.get(a) != upstream.get(a))}  # fmt: skip
+            why = "; ".join(f"{what}: {', '.join(keys)}" for what, keys in differ.items() if keys)
+            self.log(f"{name}: {why or 'its code changed'}; redoing it from scratch")
             if out.exists():
                 shutil.rmtree(out)
         elif old is None and out.exists() and any(out.iterdir()):
             raise ConfigError(f"{out} holds files that no stage record of this run describes; "
                               "delete the folder, or give another --out")  # fmt: skip
-        elif old is not None:
-            self.log(f"{name}: resuming an unfinished run")
         else:
-            self.log(f"{name}: running")
+            self.log(f"{name}: {'running' if old is None else 'resuming an unfinished run'}")
         record = {"stage": name, "key": key, "settings": settings, "after": upstream, "done": False,
                   "started": time.time(), "folder": str(out.relative_to(self.run_dir))}  # fmt: skip
         atomic_write_json(self.record_file(name), record)
@@ -142,22 +117,9 @@ class Stages:
         return result
 
 
-def data_fingerprint(task) -> dict[str, str]:
-    """Content fingerprints of every split of ``task`` found (`bertvision.fingerprint`)."""
-    from bertvision.fingerprint import splits_fingerprint
-
-    return splits_fingerprint({s: task.load(s) for s in task.spec.splits if task.exists(s)})
-
-
-def labelled_evals(task) -> list[str]:
-    """The task's eval splits found locally that carry labels (test splits often do not)."""
-    return [s for s in task.spec.eval_splits if task.exists(s) and task.load(s).labelled]
-
-
 def store_splits(spec, evals) -> tuple[str, ...]:
     """The splits a store of the main run holds: train (the validation part is carved from it),
-    the labelled eval splits, and a task's own validation split where it selects on it (the
-    article split of SQuAD dev: fine-tuning and span heads select on that split, not on a carve)."""
+    the labelled eval splits, and a task's own validation split where it selects on it."""
     own = family(spec.kind).own_validation and "validation" in spec.splits and "validation" not in evals
     return ("train", *(("validation",) if own else ()), *evals)
 
@@ -189,11 +151,14 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, runners: Runners,
 
 def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, log: Callable[[str], None]) -> dict:
     from bertvision.ensemble import ensemble
+    from bertvision.fingerprint import splits_fingerprint
     from bertvision.report import write_report
+    from bertvision.store import read_manifest
     from bertvision.train import train_heads
 
-    spec, t_run, stages = task.spec, time.perf_counter(), Stages(out, log)
-    evals, fingerprint, fam = labelled_evals(task), data_fingerprint(task), family(spec.kind)
+    spec, t_run, stages, fam = task.spec, time.perf_counter(), Stages(out, log), family(task.spec.kind)
+    evals = [s for s in spec.eval_splits if task.exists(s) and task.load(s).labelled]  # test splits often have none
+    fingerprint = splits_fingerprint({s: task.load(s) for s in spec.splits if task.exists(s)})
     stages.run("majority", {"task": cfg.task, "data": fingerprint, "evals": evals,
                             "validation": [cfg.validation_fraction, cfg.validation_seed],
                             "train_examples": cfg.train_examples},
@@ -209,8 +174,10 @@ def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, log: Cal
     selections = fam.selections or cfg.selections
     for sel in selections:
         ecfg = replace(embedding, selection=sel)
-        stages.run(f"store-{sel}", {"embed": embed_settings(ecfg)}, ("finetune",),
-                   lambda d, ecfg=ecfg: _embed_stage(runners, ecfg, d), folder=f"store/{sel}")  # fmt: skip
+        # without the training-subset fields when no subset is asked for: older runs keep their keys
+        embedded = {k: v for k, v in asdict(ecfg).items() if ecfg.train_examples is not None or k not in SUBSET}
+        stages.run(f"store-{sel}", {"embed": embedded}, ("finetune",),
+                   partial(_embed_stage, runners, ecfg), folder=f"store/{sel}")  # fmt: skip
     stores = [str(out / "store" / sel) for sel in selections]
 
     search = derive(SearchConfig, cfg, stores=tuple(stores), epochs=cfg.head_epochs, seed=cfg.seeds[0], device=on_ray)
@@ -221,7 +188,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, log: Cal
     head_cfg = replace(from_dict(HeadTrainConfig, best["config"]), seeds=tuple(cfg.seeds), device=cfg.device)
     stages.run("heads", {"train": asdict(head_cfg)}, ("tune",), lambda d: _summary(train_heads(head_cfg, d)))
 
-    encoder_member = _has_encoder_logits(stores[0])
+    encoder_member = bool(read_manifest(Path(stores[0]) / "train").get("encoder_logits"))
     if cfg.top_k + encoder_member >= 2:
         # (EnsembleConfig's encoder is a member, the run's a model: set here, never taken over)
         ens = derive(EnsembleConfig, cfg, store=stores[0] if fam.ensemble_store else None, from_tune=str(out / "tune"),
@@ -240,9 +207,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, log: Cal
                     "seeds": cfg.seeds, "head": asdict(replace(fhead, store="")), "selection": best["selection"],
                     "cpus": cfg.cpus_per_trial, "gpus": cfg.gpus_per_trial}  # fmt: skip
         stages.run(f"efficiency-{f:g}", settings, ("finetune", "tune"),
-                   lambda d, f=f, fbase=fbase, fgrid=fgrid, fembed=fembed, fhead=fhead: _efficiency_stage(
-                       runners, f, fbase, fgrid, replace(fembed, checkpoint=str(d / FIRST.format(cfg.seeds[0]))),
-                       fhead, d))  # fmt: skip
+                   partial(_efficiency_stage, runners, f, fbase, fgrid, fembed, fhead))  # fmt: skip
 
     log("report: writing")
     report = write_report(out)
@@ -297,24 +262,13 @@ def _no_answer(task, evals: list[str], cfg: PipelineConfig) -> dict:
 FLOORS = {"classification": _majority_class, "span": _no_answer,
           "regression": lambda task, evals, cfg: _constant(task, evals, float(_training_labels(task, cfg, False).mean()),
                                                            "always the training part's mean score")}  # fmt: skip
-"""Task kind -> the majority stage: the training part's majority class (regression: its mean
-score; span tasks: no answer) predicted everywhere."""
+"""Task kind -> the majority stage: the training part's majority class, mean score or no answer."""
 
 
 def _finetune_stage(runners: Runners, base: FinetuneConfig, grid: BaselineGrid, out: Path) -> dict:
     summary = runners.finetune_grid(base, str(out), grid)
     return {"chosen": summary["chosen"], **{k: v for k, v in summary.items() if k.startswith(("dev", "test"))},
             "train_seconds": summary["train_seconds"]}  # fmt: skip
-
-
-def embed_settings(ecfg: EmbedConfig) -> dict:
-    """A store stage's settings: the EmbedConfig, without the training-subset fields when no
-    subset is asked for (so runs from before those fields existed keep their keys)."""
-    settings = asdict(ecfg)
-    if ecfg.train_examples is None:
-        for k in ("train_examples", "validation_fraction", "validation_seed"):
-            settings.pop(k)
-    return settings
 
 
 def _embed_stage(runners: Runners, ecfg: EmbedConfig, out: Path) -> dict:
@@ -351,19 +305,11 @@ ENSEMBLE_RESULT = {
 
 def _efficiency_stage(runners: Runners, fraction: float, fbase: FinetuneConfig, fgrid: BaselineGrid,
                       fembed: EmbedConfig, fhead: HeadTrainConfig, out: Path) -> dict:  # fmt: skip
-    """Fine-tuning (at the main run's chosen rate, epochs chosen on validation up to the main
-    run's) and the best head configuration, both on ``fembed.train_examples`` training examples:
-    the head on the states of this stage's own 1-epoch checkpoint, so no stage saw more. The store
-    holds only the validation part and those examples (`EmbedConfig.train_examples`)."""
+    """Fine-tuning (the main run's rate, epochs up to its) and the best head configuration on
+    ``fembed.train_examples`` examples, the head on this stage's own checkpoint: none saw more."""
     from bertvision.train import train_heads
 
     ft = _finetune_stage(runners, fbase, fgrid, out / "finetune")
-    _embed_stage(runners, fembed, out / "store")
+    _embed_stage(runners, replace(fembed, checkpoint=str(out / FIRST.format(fgrid.seeds[0]))), out / "store")
     heads = train_heads(replace(fhead, store=str(out / "store")), out / "heads")
     return {"fraction": fraction, "examples": fembed.train_examples, "finetune": ft, "heads": _summary(heads)}
-
-
-def _has_encoder_logits(store: str) -> bool:
-    from bertvision.store import read_manifest
-
-    return bool(read_manifest(Path(store) / "train").get("encoder_logits"))

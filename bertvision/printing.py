@@ -67,10 +67,9 @@ def format_sentence_ensemble(result: dict) -> str:
     """A sentence ensemble as a table: each member and ensemble, its greedy weight, its
     validation selection score and each eval split's metrics."""
     evals, metrics = result["evals"], result["metrics"]
-    head = f"{'':<40} {'weight':>6} {'val score':>9}" + "".join(f" {f'{e} {m}':>16}" for e in evals for m in metrics)
     rows = [(f"member {k}", result["weights"][k], v) for k, v in result["members"].items()]
     rows += [(f"ensemble {k}{' (chosen)' if k == result['chosen'] else ''}", "", v) for k, v in result["ensembles"].items()]
-    lines = [head]
+    lines = [f"{'':<40} {'weight':>6} {'val score':>9}" + "".join(f" {f'{e} {m}':>16}" for e in evals for m in metrics)]
     for label, weight, r in rows:
         label = label if len(label) <= 40 else "..." + label[-37:]
         lines.append(f"{label:<40} {weight!s:>6} {r['validation']['score']:>9.4f}"
@@ -113,8 +112,7 @@ def print_run(summary: dict, cfg=None, out=None) -> None:
     """The run's headline in words, where its report is, and what ran."""
     from bertvision.report import headline
 
-    print()
-    print(textwrap.fill(headline(Path(summary["report"]).parent), width=100))
+    print("\n" + textwrap.fill(headline(Path(summary["report"]).parent), width=100))
     print(f"\nreport: {summary['report']}  (ran: {', '.join(summary['ran']) or 'nothing; every stage was finished'}; "
           f"{summary['wall_seconds']:.0f} s)")  # fmt: skip
 
@@ -170,8 +168,7 @@ def print_tasks(data_dir, origin: str, task_configs: list[str]) -> int:
 
 
 def print_task(task, split: str | None, num_examples: int) -> None:
-    """'bertvision tasks show': a task's spec, the first examples of a split and its label (or
-    score) distribution."""
+    """'bertvision tasks show': a task's spec, a split's first examples and label distribution."""
     import numpy as np
 
     spec = task.spec

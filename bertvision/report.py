@@ -1,14 +1,6 @@
-"""The experiment report of a pipeline run: one self-contained HTML page, and one stored example
-drawn as an image.
-
-    bertvision report runs/mrpc                 # writes runs/mrpc/report.html
-    bertvision show runs/mrpc/store/cls --id dev-12 --out dev-12.png
-
-`collect` reads what a run's stages wrote (stage records, baseline.json, the search's trials, the
-heads, the ensemble, any peers' results in ``RUN/peers/*.json``); nothing is recomputed but the
-figures. `write_report` renders them with ``templates/report.html.j2``, figures embedded as PNG
-data URIs: the page needs no network and no other file.
-"""
+"""The experiment report of a pipeline run: one self-contained HTML page (figures embedded as PNG
+data URIs, rendered with ``templates/report.html.j2``) from what the run's stages wrote, nothing
+recomputed but the figures; and one stored example drawn as an image (`show_example`)."""
 
 from __future__ import annotations
 
@@ -228,9 +220,8 @@ def headline(run_dir: str | os.PathLike) -> str:
     if h is None:
         return text
     if h - h_std <= floor:
-        text += (f" The head is NO BETTER than {floor_name}{both} ({h:.1f} ± {h_std:.1f} against {floor:.1f}): "
-                 "with this encoder and this much data the stored states give the head nothing it can use.")  # fmt: skip
-        return text
+        return text + (f" The head is NO BETTER than {floor_name}{both} ({h:.1f} ± {h_std:.1f} against {floor:.1f}): "
+                       "with this encoder and this much data the stored states give the head nothing it can use.")  # fmt: skip
     text += f" The head beats {floor_name} by {h - floor:.1f} points{both}"
     f, f_std = _selection(full["cells"][split]) if full else (None, 0.0)
     if f is not None:
@@ -264,9 +255,12 @@ def _plt():
 def learning_curves(c: dict) -> str | None:
     """Validation score per epoch: the trials (grey, the best in colour), the best configuration's
     seeds, and beside them fine-tuning's per checkpoint."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax, runs = axes[0], (c["heads"] or {}).get("runs", [])
+    runs, b = (c["heads"] or {}).get("runs", []), c["baseline"]
+    drawn = bool(c["trials"] or runs)
+    if not drawn and not b:
+        return None
+    fig, axes = _plt().subplots(1, 2, figsize=(10, 3.6))
+    ax = axes[0]
     for i, t in enumerate(reversed(c["trials"])):
         best = i == len(c["trials"]) - 1
         ax.plot([h["epoch"] for h in t["history"]], [h["score"] for h in t["history"]], color="C3" if best else "0.7",
@@ -275,12 +269,10 @@ def learning_curves(c: dict) -> str | None:
         hist = r.get("validation_history", [])
         ax.plot([h["epoch"] for h in hist], [_score(h) for h in hist], color="C0", lw=1.2, ls="--",
                 label="best configuration, each seed" if k == 0 else None)  # fmt: skip
-    drawn = bool(c["trials"] or runs)
     ax.set(xlabel="epoch", ylabel="validation selection score", title="Heads: search trials and seeds")
     if drawn:
         ax.legend(fontsize=8)
     ax = axes[1]
-    b = c["baseline"]
     if b and b.get("grid"):
         for lr in sorted({g["lr"] for g in b["grid"]}):
             pts = sorted((g["epochs"], g["score"]) for g in b["grid"] if g["lr"] == lr)
@@ -296,9 +288,6 @@ def learning_curves(c: dict) -> str | None:
         ax.set_ylim(min(vals) - 0.05, max(vals) + 0.05)
     else:
         ax.set_axis_off()
-    if not drawn and not b:
-        plt.close(fig)
-        return None
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes[: 2 if b and b.get("grid") else 1]:  # epochs (not the seeds' bars)
@@ -334,10 +323,8 @@ def layer_weights(folder: Path) -> np.ndarray | None:
         z = state["mix.logits"].astype(np.float64)
         out[first:] = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         return out
-    if cfg.get("token_states") and cfg.get("pooling") == "flatten":
-        return None
     w = state.get("out.weight")
-    if w is None:
+    if w is None or (cfg.get("token_states") and cfg.get("pooling") == "flatten"):
         return None
     layers, a = total - first, cfg["adapter_size"]
     norms = np.array([np.linalg.norm(w[:, i * a:(i + 1) * a]) for i in range(layers)])
@@ -354,9 +341,8 @@ def layer_heatmap(c: dict) -> str | None:
     if not drawn:
         return None
     labels, rows = zip(*drawn, strict=True)
-    plt = _plt()
     m = np.vstack(rows)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * m.shape[1], 0.8 + 0.32 * len(rows)))
+    fig, ax = _plt().subplots(figsize=(1.2 + 0.7 * m.shape[1], 0.8 + 0.32 * len(rows)))
     im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", aspect="auto", vmin=0)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xticks(range(m.shape[1]), ["emb"] + [str(i) for i in range(1, m.shape[1])])
@@ -377,8 +363,7 @@ def trials_scatter(c: dict) -> str | None:
     trials = c["trials"]
     if not trials:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6), sharey=True)
+    fig, axes = _plt().subplots(2, 3, figsize=(11, 6), sharey=True)
     stores = sorted({Path(t["params"]["store"]).name for t in trials})
     for ax, name in zip(axes.flat, NUMERIC, strict=True):
         for k, store in enumerate(stores):
@@ -412,8 +397,7 @@ def efficiency_plot(c: dict) -> str | None:
            for e in c["efficiency"]]  # fmt: skip
     pts.append((full_n, c["baseline"].get(split, {}).get(metric), c["heads"].get(split, {}).get(metric)))
     pts.sort(key=lambda p: p[0])
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _plt().subplots(figsize=(6.5, 4))
     for k, (label, color) in enumerate((("full fine-tuning", "C2"), ("best head", "C0")), start=1):
         xs = [p[0] for p in pts if p[k]]
         ys = [100 * p[k]["mean"] for p in pts if p[k]]
@@ -557,9 +541,8 @@ def render(c: dict) -> str:
     stages = [{"name": k, "wall": v.get("wall_seconds"), "done": v.get("done"), "folder": v.get("folder")}
               for k, v in c["stages"].items() if v]  # fmt: skip
     stages.sort(key=lambda s: c["stages"][s["name"]].get("started", 0))
-    cfg = c["config"]
     return env.get_template("report.html.j2").render(
-        title=c["spec"].get("title", c["spec"]["name"]), task=c["spec"], config=cfg, evals=c["evals"],
+        title=c["spec"].get("title", c["spec"]["name"]), task=c["spec"], config=c["config"], evals=c["evals"],
         metrics=c["metrics"], rows=results_rows(c), headline=headline(c["run"]), stages=stages,
         curves=learning_curves(c), heatmap=layer_heatmap(c), scatter=trials_scatter(c),
         efficiency=efficiency_plot(c), examples=example_images(c), trials=c["trials"][:10],
@@ -572,10 +555,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """Render the report of ``run_dir`` into ``out`` (default: RUN/report.html); returns its path."""
     from bertvision.io import atomic_write_text
 
-    c = collect(run_dir)
-    target = Path(out) if out is not None else Path(run_dir) / "report.html"
-    atomic_write_text(target, render(c))
-    return target
+    return atomic_write_text(Path(out) if out is not None else Path(run_dir) / "report.html", render(collect(run_dir)))
 
 
 def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLike) -> Path:

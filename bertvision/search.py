@@ -1,14 +1,6 @@
-"""Head searches over stored states, the library side: the search space, one trial, the
-leaderboard. Ray Tune drives them (`ray_jobs/tune.py`); nothing here imports Ray.
-
-A trial is one `fit_head` on one store with the hyperparameters HyperOpt proposed, reporting the
-validation score after every epoch (ASHA stops the weak ones early); dev and test are never
-loaded. Each trial folder holds trial.json (the hyperparameters, the resolved HeadTrainConfig,
-the validation history, the best epoch and score, rewritten every epoch), the best weights so
-far (head.safetensors, head_config.json: `load_head`) and tb/. `leaderboard` ranks a search
-folder's trials; one a killed search started but never recorded is set aside under ``ORPHANS``
-when it resumes (its point is proposed again).
-"""
+"""Head searches over stored states, the library side: the search space, one trial (a `fit_head`
+reporting its validation score every epoch; dev and test never loaded), the leaderboard. Ray Tune
+drives them (`ray_jobs/tune.py`); nothing here imports Ray."""
 
 from __future__ import annotations
 
@@ -37,12 +29,13 @@ LR_RANGE = (1e-4, 1e-2)
 WEIGHT_DECAY_RANGE = (1e-4, 1e-1)
 DROPOUT_RANGE = (0.0, 0.5)
 POOLINGS = ("mean", "attention", "flatten")  # token stores only
+HEAD_PARAMS = ("adapter_size", "shared", "combine", "residual", "first_layer", "dropout")
+OPTIM_PARAMS = ("lr", "weight_decay", "batch_size")
 
 
 def space(search: SearchConfig, num_hidden_states: int, token_stores: bool = False) -> dict:
-    """The hyperopt search space: the store and every head and optimisation choice; with a
-    sentence token store among them (``token_stores``) also the pooling (moot on a cls/mean
-    store). Without one the space is what it was before token stores: the same points."""
+    """The hyperopt search space: the store, every head and optimisation choice, and with a
+    sentence token store among them the pooling (without one: the same points as before)."""
     from hyperopt import hp
 
     pooling = {"pooling": hp.choice("pooling", list(POOLINGS))} if token_stores else {}
@@ -62,21 +55,17 @@ def space(search: SearchConfig, num_hidden_states: int, token_stores: bool = Fal
 
 
 def default_point(search: SearchConfig, family: str, token_stores: bool = False) -> dict:
-    """The default head configuration, as the search's first point (so the search starts from
-    what `bertvision train` would do, and can only improve on it)."""
+    """The default head configuration: the search's first point, so it can only improve on it."""
     head, optim = HeadArchitecture(), Optimisation().resolved(family)
-    return {"store": search.stores[0], "adapter_size": head.adapter_size, "shared": head.shared,
-            "combine": head.combine, "residual": head.residual, "first_layer": head.first_layer,
-            "dropout": head.dropout, "lr": optim.lr, "weight_decay": optim.weight_decay,
-            "batch_size": optim.batch_size, **({"pooling": head.pooling} if token_stores else {})}  # fmt: skip
+    return {"store": search.stores[0], **{f: getattr(head, f) for f in HEAD_PARAMS},
+            **{f: getattr(optim, f) for f in OPTIM_PARAMS}, **({"pooling": head.pooling} if token_stores else {})}
 
 
 def trial_config(search: SearchConfig, params: dict) -> HeadTrainConfig:
     """The `HeadTrainConfig` of one trial: the search's settings, the proposed hyperparameters."""
     plain = {k: _plain(v) for k, v in params.items()}
-    head = HeadArchitecture(**{f: plain[f] for f in ("adapter_size", "shared", "combine", "residual", "first_layer",
-                                                     "dropout", "pooling") if f in plain})  # fmt: skip
-    optim = derive(Optimisation, search, **{f: plain[f] for f in ("lr", "weight_decay", "batch_size")})
+    head = HeadArchitecture(**{f: plain[f] for f in (*HEAD_PARAMS, "pooling") if f in plain})
+    optim = derive(Optimisation, search, **{f: plain[f] for f in OPTIM_PARAMS})
     return derive(HeadTrainConfig, search, store=params["store"], seeds=(search.seed,), head=head, optim=optim)
 
 
@@ -105,16 +94,10 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
               report: Callable[[dict, Callable[[], dict]], None], resume: dict | None = None,
               extra: dict | None = None, world: World = ONE) -> dict:  # fmt: skip
     """One trial: `fit_head` with ``params``; after every epoch trial.json and the best weights so
-    far written into ``folder``, then ``report(metrics, state)`` (the epoch, the selection
-    ``score``, the validation metrics; ``state()`` the resumable training state). Returns
-    trial.json's content. ``world``: this rank when a Ray Train run trains the trial (every rank
-    reports, rank 0 alone writes).
-
-    ``extra`` is Ray's side: "entered", when the trial function was entered (default: now), and
-    "node", the trial's Ray node. trial.json's ``timing`` (this attempt's) holds ``entered``;
-    ``first_step`` (the first report's time less its training seconds: epoch 1's validation
-    counts as start-up) and ``to_first_step_s``; ``train_seconds``, the reports' seconds summed;
-    ``wall_seconds``, from ``entered`` to the last report."""
+    far written into ``folder`` (by rank 0), then ``report(metrics, state)``; returns trial.json's
+    content. ``extra``: Ray's "entered" (default now) and "node". trial.json's ``timing`` (this
+    attempt's): ``first_step`` is the first report's time less its training seconds (epoch 1's
+    validation counts as start-up), ``wall_seconds`` runs from ``entered`` to the last report."""
     from torch.utils.tensorboard import SummaryWriter
 
     extra = dict(extra or {})
@@ -155,11 +138,10 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
         report(metrics, state)
 
     if resume is not None:
-        record["epochs_run"] = len(resume["history"])
-        record["history"] = [{"epoch": h["epoch"], "score": kind.selection(_scores(h)), **_scores(h)}
-                             for h in resume["history"]]  # fmt: skip
-        record["best_epoch"] = resume["best_epoch"]
-        record["score"] = record["history"][resume["best_epoch"] - 1]["score"] if resume["best_epoch"] else None
+        scores = [(h["epoch"], {k: v for k, v in h.items() if k != "epoch"}) for h in resume["history"]]
+        history = [{"epoch": epoch, "score": kind.selection(s), **s} for epoch, s in scores]
+        record.update(epochs_run=len(history), history=history, best_epoch=resume["best_epoch"],
+                      score=history[resume["best_epoch"] - 1]["score"] if resume["best_epoch"] else None)  # fmt: skip
     # Under Tune the last report may end the trial (ASHA, or the last epoch): everything a
     # trial leaves is written in on_epoch, before each report.
     fit_head(cfg, data, kind, on_epoch=on_epoch, resume=resume, world=world)
@@ -168,42 +150,24 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
     return record
 
 
-def _scores(h: dict) -> dict:
-    return {k: v for k, v in h.items() if k != "epoch"}
-
-
-def set_aside_orphans(out: Path, known: set[str]) -> list[Path]:
-    """Move the trial folders of ``out`` that the search's results do not hold (``known``) into
-    ``out/orphaned/``; returns their new paths. A search killed after starting a trial, before
-    Tune saved its state, leaves one: the resumed search runs a trial in its place (the same
-    point, proposed again), so on the leaderboard it would be a half-trained trial too many."""
-    moved = []
-    for record in sorted(out.glob(f"*/{TRIAL_FILE}")):
-        trial = record.parent
-        if trial.name not in known:
-            target = out / ORPHANS / trial.name
-            target.parent.mkdir(exist_ok=True)
-            trial.rename(target)
-            moved.append(target)
-    if moved:
-        print(f"{len(moved)} trial folder(s) that a killed search started after Tune last saved its state "
+def finish_search(out: Path, known: set[str]) -> list[dict]:
+    """After a search: trial folders its results do not hold (``known``: a killed search's, rerun in
+    their place) moved to ``ORPHANS``, then the leaderboard written and returned."""
+    orphans = [record.parent for record in sorted(out.glob(f"*/{TRIAL_FILE}")) if record.parent.name not in known]
+    for trial in orphans:
+        (out / ORPHANS).mkdir(exist_ok=True)
+        trial.rename(out / ORPHANS / trial.name)
+    if orphans:
+        print(f"{len(orphans)} trial folder(s) that a killed search started after Tune last saved its state "
               f"(the resumed search ran trials of its own in their place) moved to {out / ORPHANS}",
               flush=True)  # fmt: skip
-    return moved
-
-
-def finish_search(out: Path, known: set[str]) -> list[dict]:
-    """After a search whose results hold the trial folders ``known``: any other set aside
-    (`set_aside_orphans`), the leaderboard written to leaderboard.json and returned."""
-    set_aside_orphans(out, known)
     board = leaderboard(out)
     atomic_write_json(out / "leaderboard.json", board)
     return board
 
 
 def leaderboard(folder: str | Path) -> list[dict]:
-    """Every trial of a search folder (a sub-folder with a trial.json; not those set aside under
-    ``ORPHANS``), best validation score first."""
+    """Every trial of a search folder (a sub-folder with a trial.json), best score first."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "no such search folder")

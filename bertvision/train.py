@@ -1,25 +1,8 @@
-"""Training AdapterPooler heads on stored hidden states: one loop for every head kind.
-
-    bertvision train --store runs/rte/emb/e0.3 --seeds 0 1 2 --out runs/rte/heads/e0.3
-
-The store's manifest says the head kind (`bertvision.kinds`), which supplies the data, model,
-loss, scoring and selection metric. `fit_head` trains one head (AdamW, warmup and linear decay),
-scores every epoch on the validation part (carved from train as fine-tuning carved it, so the
-encoder never saw it), keeps the best epoch and stops after ``patience`` epochs without a better
-one; it never reads dev or test, which `train_seed` scores once with the selected epoch (and,
-for spans, the no-answer threshold chosen on validation). ``on_epoch`` is how a caller watches
-(TensorBoard here; a Tune trial or a Ray Train worker reports through it).
-
-Output folder::
-
-    config.json               resolved HeadTrainConfig, the head kind, the store's manifest summary
-    seed-<k>/head.safetensors the best head's weights
-    seed-<k>/head_config.json AdapterPoolerConfig + what it was trained on (encoder, store)
-    seed-<k>/metrics.json     per-epoch validation, the best epoch, dev/test, wall times
-    seed-<k>/predictions-<split>.json   span heads: answers on the eval split
-    seed-<k>/tb/              TensorBoard event files (loss, learning rate, validation metrics)
-    summary.json              per seed, and mean / standard deviation over seeds
-"""
+"""Training AdapterPooler heads on stored hidden states: one loop for every head kind (the
+store's manifest says which: `bertvision.kinds`). Selection reads only the validation part carved
+from train as fine-tuning carved it; dev and test are scored once, with the selected epoch.
+Output: config.json, seed-<k>/ (head.safetensors, head_config.json, metrics.json, tb/, span heads'
+predictions-<split>.json), summary.json (mean and standard deviation over seeds)."""
 
 from __future__ import annotations
 
@@ -78,20 +61,12 @@ class FitResult:
 
 def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dict], None] | None = None,
              resume: dict | None = None, world: World = ONE) -> FitResult:  # fmt: skip
-    """Train one head (``cfg.seeds`` must hold one seed) on ``data.train``, select the epoch on
-    ``data.parts["validation"]``, and return it. Reads nothing else.
-
-    ``on_epoch(report)`` after each epoch gets {"epoch", "step", "losses" (this epoch's), "lr",
-    "validation" (scores), "score" (the selection metric), "best_epoch", "seconds", "config"
-    (the AdapterPoolerConfig), "dropped", "state"}: ``state()`` is the whole training state,
-    tensors and plain values (`torch.save` it, read it with ``weights_only=True``), and
-    ``resume=state`` continues from there to the end the uninterrupted run reaches.
-
-    ``world``: this process's rank when several train the head (Ray Train, DDP): each trains on
-    its piece of every global batch (token stores: its own shards); rank 0 scores validation
-    and shares the scores, so all select the same epoch. "dropped" counts the batches left over
-    when the first rank ran out, summed over ranks. Every rank returns the same result.
-    """
+    """Train one head (``cfg.seeds`` holds one seed) on ``data.train`` (AdamW, warmup and linear
+    decay), select the epoch on ``data.parts["validation"]`` (early stopping); reads nothing else.
+    ``on_epoch`` gets each epoch's report (below); its ``state()`` is the whole training state
+    (`torch.save`-able), and ``resume=state`` continues to the end the uninterrupted run reaches.
+    ``world``: this rank of several (DDP); rank 0 scores validation and shares it, so all select
+    the same epoch; "dropped" counts the batches left over (all ranks) when the first ran out."""
     import torch
     from tqdm.auto import tqdm
 
@@ -112,8 +87,7 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
     optimizer = adamw(model, opt.lr, opt.weight_decay)  # no decay on biases, as fine-tuning
     scheduler = linear_schedule(optimizer, round(opt.warmup * total), total)
     rng = kind.rng(seed)
-    history, best, best_state, best_epoch, since_best, step = [], -math.inf, None, 0, 0, 0
-    epoch_seconds = []
+    history, epoch_seconds, best, best_state, best_epoch, since_best, step = [], [], -math.inf, None, 0, 0, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -171,11 +145,9 @@ def fit_head(cfg: HeadTrainConfig, data: HeadData, kind, on_epoch: Callable[[dic
 
 def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | None = None,
                 settings: dict | None = None) -> dict:  # fmt: skip
-    """Train one head per seed in ``cfg.seeds`` (`train_seed`); returns (and writes) the summary
-    (mean and standard deviation over seeds, and "kind"). ``runner(seed_cfg, out_dir, evals)``
-    trains a seed elsewhere instead (Ray Train: `ray_jobs/train.py`, whose workers call
-    `train_seed`), so this process never reads the shards. ``settings``: what else a finished
-    run must match to be reused (e.g. the number of workers), stored with the config."""
+    """Train one head per seed (`train_seed`); returns (and writes) the summary. ``runner(seed_cfg,
+    out_dir, evals)`` trains a seed elsewhere (Ray Train), so this process never reads the shards;
+    ``settings``: what else a finished run must match to be reused (e.g. the number of workers)."""
     out_dir = check_out_dir(out_dir)
     pick_device(cfg.device)  # a bad --device fails before the store is read
     root = Path(cfg.store)
@@ -190,24 +162,27 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
     with claim(out_dir, "head training"):
         if previous_run(out_dir, compared, "train", inputs, SEED_GLOBS, upgrade=_upgrade_config) is not None:
             return json.loads((out_dir / "summary.json").read_text())
-        about = {"train": compared, "kind": kind.name, "inputs": inputs}
+
+        def write_config(train_rows: int | None, m: dict) -> None:
+            store = {k: m.get(k) for k in ("encoder", "checkpoint", "task", "num_hidden_states", "hidden_size",
+                                           "selection", "max_length", "rows")}  # fmt: skip
+            about = {"train": compared, "kind": kind.name, "inputs": inputs, "train_rows": train_rows, "store": store}
+            atomic_write_json(out_dir / "config.json", about)
+
         if runner is not None:
-            atomic_write_json(out_dir / "config.json", {**about, "train_rows": None, "store": _manifest_summary(manifest)})
+            write_config(None, manifest)
             runs = [runner(cfg.for_seed(seed), out_dir, eval_names) for seed in cfg.seeds]
-            atomic_write_json(out_dir / "config.json", {**about, "train_rows": runs[0].get("train_rows"),
-                                                        "store": _manifest_summary(manifest)})  # fmt: skip
+            write_config(runs[0].get("train_rows"), manifest)
             return _write_summary(out_dir, runs, [n for n in eval_names if n in runs[0]], kind.name)
         data = kind.load(cfg, root, spec, eval_names)
-        atomic_write_json(out_dir / "config.json", {**about, "train_rows": data.train_rows,
-                                                    "store": _manifest_summary(data.manifest)})  # fmt: skip
+        write_config(data.train_rows, data.manifest)
         runs = [train_seed(cfg.for_seed(seed), data, kind, out_dir) for seed in cfg.seeds]
         return _write_summary(out_dir, runs, data.evals, kind.name)
 
 
 def _upgrade_config(stored: dict) -> dict:
-    """A run's stored config from before the head's ``init``, ``pooling`` and ``positions``, or
-    ``train_examples``, existed, with them at their defaults: what that code did (torch's init;
-    no token heads; all of the training part), so its finished runs are still reused."""
+    """A run's stored config from before ``init``, ``pooling``, ``positions`` or ``train_examples``
+    existed, with them at their defaults (what that code did), so its finished runs are reused."""
     stored = {"train_examples": None, **stored}
     if isinstance(stored.get("head"), dict):
         return {**stored, "head": {**asdict(HeadArchitecture()), **stored["head"]}}
@@ -216,12 +191,10 @@ def _upgrade_config(stored: dict) -> dict:
 
 def train_seed(cfg: HeadTrainConfig, data: HeadData, kind, out_dir: Path, world: World = ONE,
                resume: dict | None = None, report: Callable | None = None, extra: Callable | None = None) -> dict | None:  # fmt: skip
-    """One head seed, in this process or as a rank of a Ray Train run: `fit_head` (each epoch to
-    TensorBoard, then to ``report``); then, on rank 0, the eval splits scored once with the
-    selected epoch (and threshold) and ``seed-<k>`` written whole (`io.atomic_folder`: a failed
-    seed leaves none) with the head, its metrics (and ``extra(fit)``, called on every rank) and
-    events; returns the metrics (None on other ranks). The events lie in ``.seed-<k>.tb`` while
-    training, where a resumed worker appends to them."""
+    """One head seed, here or as a rank of a Ray Train run: `fit_head` (each epoch to TensorBoard,
+    then ``report``), then on rank 0 the eval splits scored once and ``seed-<k>`` written whole
+    with the head, its metrics (and ``extra(fit)``, called on every rank) and events (in
+    ``.seed-<k>.tb`` while training, where a resumed worker appends). None on other ranks."""
     from torch.utils.tensorboard import SummaryWriter
 
     seed = cfg.seeds[0]
@@ -269,8 +242,7 @@ def train_seed(cfg: HeadTrainConfig, data: HeadData, kind, out_dir: Path, world:
 
 
 def log_epoch(tb, kind, report: dict) -> None:
-    """One `fit_head` epoch report as TensorBoard scalars: each step's loss, the learning rate,
-    the validation metrics the kind logs."""
+    """One `fit_head` epoch report as TensorBoard scalars (losses, learning rate, validation)."""
     first = report["step"] - len(report["losses"])
     for i, value in enumerate(report["losses"]):
         tb.add_scalar("train/loss", value, first + i + 1)
@@ -280,8 +252,7 @@ def log_epoch(tb, kind, report: dict) -> None:
 
 
 def head_meta(pooler: dict, data: HeadData, kind, chosen: dict, cfg: HeadTrainConfig) -> dict:
-    """head_config.json of a head trained on ``data``: the AdapterPoolerConfig, what it was
-    trained on, the kind's extras (spans: the threshold chosen on validation), the config."""
+    """head_config.json of a head trained on ``data`` (spans: with the validation threshold)."""
     return {"adapter_pooler": pooler, "task": data.spec, "encoder": data.manifest["encoder"],
             "checkpoint": data.manifest.get("checkpoint"), **kind.config_extras(data, chosen), "train": asdict(cfg)}  # fmt: skip
 
@@ -299,8 +270,7 @@ def _write_summary(out_dir: Path, runs: list[dict], evals: list[str], kind: str)
 
 
 def summarize(runs: list[dict], splits: list[str]) -> dict:
-    """Mean and sample standard deviation over seeds (`metrics.mean_std`) of every metric of
-    every split."""
+    """Mean and sample standard deviation over seeds of every metric of every split."""
     out = {"seeds": [r["seed"] for r in runs], "runs": runs}
     for split in splits:
         metrics = [r[split] for r in runs if split in r]
@@ -311,15 +281,9 @@ def summarize(runs: list[dict], splits: list[str]) -> dict:
     return out
 
 
-def _manifest_summary(manifest: dict) -> dict:
-    keys = ("encoder", "checkpoint", "task", "num_hidden_states", "hidden_size", "selection", "max_length", "rows")
-    return {k: manifest.get(k) for k in keys}
-
-
 def save_head(folder: Path, state: dict, meta: dict) -> None:
-    """A trained head of any kind: its weights (safetensors; through bytes, since safetensors'
-    own file writer makes its files 0600, ignoring the umask) and ``head_config.json`` (the
-    AdapterPoolerConfig under "adapter_pooler", the task, encoder, checkpoint, training config)."""
+    """A trained head's weights and ``head_config.json`` (the weights through bytes: safetensors'
+    own file writer makes its files 0600, ignoring the umask)."""
     import safetensors.torch
 
     atomic_write_bytes(folder / HEAD_WEIGHTS, safetensors.torch.save(state))
@@ -343,9 +307,8 @@ def read_head_config(path: str | Path) -> dict:
 
 
 def load_head(path: str | Path, *, family: str | None = None):
-    """A trained head of any kind and its config dict, from a ``seed-<k>`` folder: the kind's
-    module (`AdapterPooler`, or `SpanAdapterPooler` for spans) chosen by the config's task kind;
-    with ``family`` ("sentence" or "span"), a head of another family is refused (ConfigError)."""
+    """A trained head of any kind (its module chosen by the config) and its config dict, from a
+    ``seed-<k>`` folder; with ``family``, a head of another family is refused."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -362,10 +325,12 @@ def load_head(path: str | Path, *, family: str | None = None):
 
 
 def evaluate_head(head_dir: str | Path, store_dir: str | Path, data_dir: str | None = None) -> dict:
-    """Score a saved head of any kind on one store split, which must come from the head's
-    encoder, checkpoint and shape (span heads: with the threshold chosen at training, the
-    questions' text read from the task's data)."""
+    """Score a saved head on one store split of the head's encoder, checkpoint and shape (span
+    heads: with the threshold chosen at training)."""
     model, meta = load_head(head_dir)
     split = st.load_split(store_dir)
     st.check_compatible(split, **same_source({**meta["adapter_pooler"], **meta}))
-    return head_kind(meta).evaluate(model, meta, split, Path(store_dir), data_dir)
+    kind = head_kind(meta)
+    if st.layout_of(split.manifest).name != kind.layout:
+        raise ConfigError(f"{store_dir}: not a {kind.store} store; a head on {kind.reads} states needs one")
+    return kind.evaluate(model, meta, split, Path(store_dir), data_dir)

@@ -1,11 +1,7 @@
-"""Every setting in one place: frozen dataclasses, one docstring per field (`stages`: each stage's;
-`runs`: a whole run's, the fine-tuning baseline's and the Ray jobs' own; `fields`: what they share;
-`flags`: the command line). A field's flag is its name (``--adapter-size``), its help its docstring,
-its default the field's. A field left unset (None) where the task family decides (``max_length``:
-128 per sentence example, 384 per SQuAD window) is filled by `resolved` from ``kind_defaults``, and
-runs record the resolved config. A stage's config is composed from a run's by `derive`; `from_dict`
-reads one back from a config.json. Nothing here imports torch, transformers or Ray.
-"""
+"""Every setting in one place: frozen dataclasses, one docstring per field, which is its flag's
+help (``--adapter-size``; `flags`). `stages`: each stage's; `runs`: a whole run's, the baseline's
+and the Ray jobs'; `fields`: what they share, such as the family defaults that `resolved` fills
+in for fields left None. Nothing here imports torch, transformers or Ray."""
 
 from bertvision.config.fields import (
     FAMILIES,

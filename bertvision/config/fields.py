@@ -17,8 +17,7 @@ from bertvision.errors import ConfigError
 
 @dataclass(frozen=True)
 class Family:
-    """What a task family changes beyond its fields' defaults (``kind_defaults``), asked by
-    whoever would otherwise branch on the family's name."""
+    """What a task family changes beyond ``kind_defaults``: asked, not branched on by name."""
 
     name: str
     """sentence or span."""
@@ -95,30 +94,24 @@ class KindDefaults:
     kind_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def resolved(self, family: str):
-        """This config with every unset field that the family (or a task kind of it) decides
-        filled in (recursively)."""
+        """This config with every unset field the family (or a kind of it) decides filled in."""
         family = FAMILY.get(family, family)
         if family not in FAMILIES:
             raise ConfigError(f"task family must be one of {tuple(FAMILIES)}, not {family!r}")
         changes = {name: by[family] for name, by in self.kind_defaults.items() if getattr(self, name) is None}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, KindDefaults):
-                changes[f.name] = value.resolved(family)
-        return replace(self, **changes)
+        nested = {f.name: v.resolved(family) for f in fields(self) if isinstance(v := getattr(self, f.name), KindDefaults)}
+        return replace(self, **changes, **nested)
 
 
 def derive(cls, source, **given):
-    """A ``cls`` holding the fields of ``source`` that it has too (same name), ``given``
-    overriding them: how a stage's config is composed from a run's, so a field added to both
-    reaches the stage without code."""
+    """A ``cls`` of the fields of ``source`` that it has too, ``given`` overriding them: a stage's
+    config composed from a run's, so a field added to both reaches the stage without code."""
     names = {f.name for f in fields(source)} & {f.name for f in fields(cls) if f.init}
     return cls(**{n: getattr(source, n) for n in sorted(names - set(given))}, **given)
 
 
 def from_dict(cls, data: dict):
-    """A config from its `dataclasses.asdict` form (a run's config.json): nested configs and
-    tuples restored, unknown keys refused."""
+    """A config from config.json's dict: nested configs and tuples restored, unknown keys refused."""
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}

@@ -1,5 +1,4 @@
-"""The command line, derived from the configs: one option per field, named after it, its
-docstring as help, its default the field's."""
+"""The command line from the configs: an option per field, named after it, its docstring its help."""
 
 from __future__ import annotations
 
@@ -14,10 +13,8 @@ from bertvision.config.fields import dataclass_of, field_docs, hints, unwrap
 
 def add_arguments(parser, cls, *, only: tuple[str, ...] | None = None, skip: tuple[str, ...] = (),
                   required: bool = True, flags: dict[str, str] | None = None, unset: bool = False) -> None:  # fmt: skip
-    """One option per field of ``cls`` (nested configs flattened), named ``--field-name``
-    (``flags`` renames), with the field's docstring and default as its help. A field without a
-    default is a required option (unless not ``required``). ``unset``: options left out stay out
-    of the parsed namespace, so the caller can tell which were given."""
+    """One option per field of ``cls`` (nested configs flattened; ``flags`` renames); ``unset``:
+    options left out stay out of the namespace, so the caller can tell which were given."""
     flags = flags or {}
     for path, f, owner in _leaves(cls):
         name = path[-1]

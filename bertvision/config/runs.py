@@ -1,6 +1,5 @@
-"""A whole run's settings (`PipelineConfig`, the fine-tuning baseline's `BaselineGrid`) and the Ray
-jobs' own (how a job runs, not what it computes). The jobs live in ``ray_jobs/``; their configs
-live here so that the command line derives their flags like every other config's."""
+"""A whole run's settings (`PipelineConfig`, the baseline's `BaselineGrid`) and the Ray jobs' own
+(how a job runs, not what it computes), here so that their flags are derived like every other's."""
 
 from __future__ import annotations
 
@@ -102,10 +101,7 @@ class BaselineGrid:
     def __post_init__(self):
         if not self.lrs or not self.seeds:
             raise ConfigError("--lrs and --seeds: give at least one each")
-        if self.max_epochs < 1:
-            raise ConfigError("--max-epochs must be positive")
-        if self.grid_train_examples is not None and self.grid_train_examples < 1:
-            raise ConfigError("--grid-train-examples must be positive")
+        positive(self, ("max_epochs", "grid_train_examples"))
 
 
 @dataclass(frozen=True)
@@ -123,16 +119,14 @@ class RayJobConfig:
     """Absolute folder that a relative --out is resolved against, e.g. /mnt/bertvision/runs."""
 
     def __post_init__(self):
-        if self.actors is not None and self.actors <= 0:
-            raise ConfigError("--actors must be positive")
+        positive(self, ("actors",))
         if self.gpus_per_actor is not None and not self.gpus_per_actor >= 0:
             raise ConfigError("--gpus-per-actor must be 0 or more")
 
 
 @dataclass(frozen=True)
 class TrainJobConfig:
-    """How a Ray Train job runs (not what it trains): head training (`ray_jobs.train`) and
-    fine-tuning (`ray_jobs.finetune`)."""
+    """How a Ray Train job (head training, fine-tuning) runs, not what it trains."""
 
     address: str | None = None
     """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
@@ -143,8 +137,7 @@ class TrainJobConfig:
     gpus_per_worker: float = 0.0
     """GPUs each worker asks Ray for (NCCL when positive, gloo otherwise)."""
     max_failures: int = 2
-    """Times a run whose worker died is restarted from its last Ray Train checkpoint before it
-    fails."""
+    """Times a run whose worker died restarts from its last Ray Train checkpoint before it fails."""
 
     def __post_init__(self):
         if self.workers < 1:
@@ -187,8 +180,8 @@ class PipelineJobConfig:
     """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
     embed_with: Literal["auto", "ray", "local"] = "auto"
     """Extraction: the Ray Data job (ray), this process's loop (local), or auto: Ray Data on a
-    cluster of several nodes or with GPUs, the local loop on one CPU machine (where it is
-    faster: docs/BENCHMARKS.md)."""
+    cluster of several nodes or with GPUs, else the local loop (faster on one CPU machine:
+    docs/BENCHMARKS.md)."""
 
     def __post_init__(self):
         check_choices(self)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from bertvision.config.fields import KindDefaults, check_choices, positive
@@ -13,20 +13,17 @@ from bertvision.runtime import check_optimisation
 
 @dataclass(frozen=True)
 class HeadArchitecture:
-    """The head's architecture: what a user (or a search trial) chooses. `AdapterPoolerConfig`
-    (bertvision/models/adapter_pooler.py, which builds the model from these) adds the shapes
-    the store fixes. A field added here reaches ``bertvision train`` as a flag
-    (``--adapter-size``, ``--no-shared``, ...), the run's config.json and head_config.json."""
+    """The head's architecture, as a user or a search trial chooses it (`AdapterPoolerConfig` adds
+    the shapes the store fixes); a field added here becomes a flag, recorded in the configs."""
 
     adapter_size: int = 64
     """A: width of the adapter's output for each layer."""
     shared: bool = True
     """One adapter Linear for every layer (the LayerWeightShare); off: one per layer."""
     combine: Literal["flatten", "scalar_mix", "mix_first"] = "flatten"
-    """How layers are combined: flatten (L*A features, as the original), scalar_mix (softmax
-    layer weights over the adapter's outputs, A features), or mix_first (the original's
-    "Tenney" order: the layers' H-vectors mixed by softmax weights first, then one adapter, A
-    features)."""
+    """How layers are combined: flatten (L*A features, as the original), scalar_mix (softmax layer
+    weights over the adapter's outputs, A features), or mix_first (the original's "Tenney" order:
+    the layers' H-vectors mixed by softmax weights first, then one adapter, A features)."""
     residual: bool = True
     """Concatenate the last layer's H-vector to the combined features before the projection."""
     dropout: float = 0.1
@@ -66,15 +63,10 @@ class HeadArchitecture:
             raise ConfigError(f"dropout must be a number in [0, 1), got {d!r}")
         object.__setattr__(self, "dropout", float(d))  # an int 0 from JSON becomes 0.0
 
-    def architecture(self) -> HeadArchitecture:
-        """The architecture fields alone (of an `AdapterPoolerConfig`, or of this)."""
-        return HeadArchitecture(**{f.name: getattr(self, f.name) for f in fields(HeadArchitecture)})
-
 
 @dataclass(frozen=True)
 class Windowing:
-    """How span tasks' questions and contexts are cut into windows (fine-tuning and embedding
-    must agree; the store records it)."""
+    """Span tasks' windows (fine-tuning and embedding must agree; the store records them)."""
 
     doc_stride: int = 128
     """Span tasks: tokens shared by consecutive windows of a long context."""
@@ -167,8 +159,8 @@ class EmbedConfig(KindDefaults):
     """Local data folder (default: $BERTVISION_DATA, else the Hugging Face Hub)."""
     selection: Literal["cls", "mean", "tokens"] | None = None
     """cls: first position of every layer; mean: mean over real tokens; tokens: every real token
-    of every window (span tasks) or of every sentence or pair (sentence tasks, with each
-    token's sentence), no padding."""
+    of every window (span tasks) or example (sentence tasks, with each token's sentence), no
+    padding."""
     max_length: int | None = None
     """Tokens per example (span tasks: per window; use fine-tuning's)."""
     windowing: Windowing = Windowing()
@@ -247,9 +239,8 @@ class HeadTrainConfig(KindDefaults):
     eval_splits: tuple[str, ...] | None = None
     """Splits scored once at the end (default: the task's labelled eval splits in the store)."""
     train_examples: int | None = None
-    """Sentence stores: train on a fixed subset of this many examples of the training part,
-    drawn (seeded by --validation-seed) after the validation carve, as fine-tuning's
-    --train-examples draws it: the same N examples (default: all)."""
+    """Sentence stores: train on a fixed subset of this many examples of the training part: the
+    same N examples that fine-tuning's --train-examples draws (default: all)."""
 
     def __post_init__(self):
         check_optimisation(self)

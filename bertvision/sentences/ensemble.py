@@ -1,7 +1,6 @@
-"""Sentence ensembles: a search's best trials or seed folders and the fine-tuned encoder's stored
-outputs, averaged (classification: probabilities) with greedy weights chosen on validation only
-(Caruana et al., 2004: never worse there than the best member), each member predicted on its own
-store's validation carve (the same examples, checked by id); the eval splits scored once."""
+"""Sentence ensembles: heads and the fine-tuned encoder's stored outputs averaged with greedy
+weights chosen on validation (Caruana et al., 2004: never worse there than the best member), each
+member on its own store's validation carve (the same examples, checked by id)."""
 
 from __future__ import annotations
 
@@ -51,10 +50,8 @@ def load_parts_of(store: Path, carve: tuple[float, int]) -> tuple:
 
 def greedy_weights(outputs: Sequence[np.ndarray], score: Callable[[np.ndarray], float],
                    rounds: int) -> tuple[list[int], list[dict]]:  # fmt: skip
-    """Greedy ensemble selection with replacement: from an empty ensemble, add in each of
-    ``rounds`` rounds the member whose addition gives the mean of outputs with the best
-    ``score`` (a tie goes to the earlier, better-ranked member); return the member counts of the
-    best prefix (the earliest, on ties) and each round's choice."""
+    """Greedy selection with replacement: each round adds the member giving the best ``score`` (the
+    earlier on a tie); returns the counts of the best prefix (the earliest on a tie), each round."""
     counts, total, best, best_counts, history = [0] * len(outputs), 0.0, -np.inf, None, []
     for r in range(rounds):
         scores = [score((total + o) / (r + 1)) for o in outputs]

@@ -78,9 +78,7 @@ class SentenceHeads(HeadKind):
     def load(self, cfg, root: Path, spec: dict, eval_names: list[str]) -> HeadData:
         carve = (cfg.validation_fraction, cfg.validation_seed)
         train, rows, parts = self.parts(root, carve, cfg.train_examples, eval_names)
-        data = HeadData(spec, train.manifest, self.train_part(train, rows), len(rows))
-        data.parts.update(parts)
-        return data
+        return HeadData(spec, train.manifest, self.train_part(train, rows), len(rows), parts)
 
     def parts(self, root: Path, carve: tuple[float, int], train_examples: int | None, eval_names: list[str]):
         """(STORE/train, its training rows, part -> `Part`): the validation part carved as
@@ -138,10 +136,9 @@ class SentenceHeads(HeadKind):
     def outputs(self, model, states, device=None, batch_size: int = 1024) -> np.ndarray:
         """The head's (N, C) float32 outputs on a part's states."""
         model.eval()
-        outs = []
         with torch.inference_mode():
-            for start in range(0, len(states), batch_size):
-                outs.append(model(states[start : start + batch_size].to(device or "cpu")).float().cpu())
+            outs = [model(states[start : start + batch_size].to(device or "cpu")).float().cpu()
+                    for start in range(0, len(states), batch_size)]  # fmt: skip
         return torch.cat(outs).numpy()
 
     def score(self, model, part, data: HeadData, cfg, device, threshold=None) -> tuple[dict, None]:
@@ -159,7 +156,6 @@ class SentenceHeads(HeadKind):
         return softmax_rows(outputs.astype(np.float64)) if self.probabilities else outputs.astype(np.float64)
 
     def evaluate(self, model, meta: dict, split, store_dir: Path, data_dir: str | None) -> dict:
-        self.check_store(split.manifest, store_dir)
         if split.labels is None:
             raise DataError(store_dir, "this split carries no labels to score against")
         outputs = self.outputs(model, self.states(split))
@@ -169,8 +165,7 @@ class SentenceHeads(HeadKind):
 
 @dataclass
 class TokenRows:
-    """Rows of a sentence token store in memory: example i's tokens are
-    ``hidden[starts[i]:starts[i] + lengths[i]]``."""
+    """A sentence token store in memory (example i: ``lengths[i]`` tokens from ``starts[i]``)."""
 
     hidden: Any  # torch (sum T, L, H) float16
     segments: Any  # torch (sum T,) int64

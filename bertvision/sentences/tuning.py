@@ -1,6 +1,5 @@
-"""Fine-tuning's sentence kind (`bertvision.finetune.TUNING`): classification and regression, one
-example a row, a sequence-classification head; the validation part carved from train (seeded,
-stratified), and ``--train-examples`` drawn from the rest."""
+"""Fine-tuning's sentence kind (`bertvision.finetune.TUNING`): one example a row, a sequence-
+classification head, the validation part carved from train, ``--train-examples`` from the rest."""
 
 from __future__ import annotations
 

@@ -104,15 +104,12 @@ def score(gold: dict[str, list[str]], preds: SpanPredictions, threshold: float) 
     """The official SQuAD 2.0 scores (EM, F1, HasAns, NoAns) at ``threshold``."""
     from bertvision.metrics.squad_v2 import squad_v2_scores
 
-    out = squad_v2_scores(gold, preds.predictions(threshold))
-    out["threshold"] = float(threshold)
-    return out
+    return {**squad_v2_scores(gold, preds.predictions(threshold)), "threshold": float(threshold)}
 
 
 def evaluate(split, windows, starts, ends, max_answer_tokens: int = 30, threshold: float | None = None):
-    """(scores, SpanPredictions, threshold) of one split (a `SquadSplit`) from its windows' scores
-    (``windows``: anything with ``example_ids`` and ``offsets``); the threshold is chosen here
-    when None, which only a validation part may ask for."""
+    """(scores, SpanPredictions, threshold) of a `SquadSplit` from its windows' scores; the
+    threshold is chosen here when None, which only a validation part may ask for."""
     contexts = {ex.id: ex.context for ex in split.examples}
     preds = postprocess(windows.example_ids, windows.offsets, starts, ends, contexts,
                         max_answer_tokens=max_answer_tokens)  # fmt: skip

@@ -1,6 +1,5 @@
 """Span heads' data: token stores of SQuAD windows in memory (`WindowSet`) and streamed for
-training (`train_batches`, so a store larger than memory trains too), with the validation part
-fine-tuning used (`span_parts`)."""
+training (`train_batches`: larger than memory too); fine-tuning's parts (`span_parts`)."""
 
 from __future__ import annotations
 
@@ -54,16 +53,11 @@ class WindowSet:
     def from_split(cls, split, keep: set[str] | None = None) -> WindowSet:
         """The windows of a `TokenSplit` (or one shard of it), those of questions in ``keep`` only."""
         rows = [i for i, q in enumerate(split.example_ids) if keep is None or q in keep]
-        starts = split.row_starts
-        logits = split.encoder_logits
-        return cls(
-            [split.ids[i] for i in rows],
-            [split.example_ids[i] for i in rows],
-            [split.hidden[starts[i] : starts[i + 1]] for i in rows],
-            [split.offsets[starts[i] : starts[i + 1]] for i in rows],
-            None if split.labels is None else split.labels.numpy()[rows] if rows else np.zeros((0, 2), np.int64),
-            None if logits is None else [logits[starts[i] : starts[i + 1]] for i in rows],
-        )
+        spans, logits = [slice(split.row_starts[i], split.row_starts[i + 1]) for i in rows], split.encoder_logits
+        return cls([split.ids[i] for i in rows], [split.example_ids[i] for i in rows], [split.hidden[s] for s in spans],
+                   [split.offsets[s] for s in spans],
+                   None if split.labels is None else split.labels.numpy()[rows] if rows else np.zeros((0, 2), np.int64),
+                   None if logits is None else [logits[s] for s in spans])  # fmt: skip
 
     def extend(self, other: WindowSet) -> None:
         self.ids += other.ids
@@ -95,8 +89,7 @@ def head_logits(model, windows: WindowSet, device=None, batch_size: int = 64) ->
     import torch
 
     lengths = np.array([len(h) for h in windows.hidden])
-    starts: list = [None] * len(windows)
-    ends: list = [None] * len(windows)
+    starts, ends = [None] * len(windows), [None] * len(windows)
     model.eval()
     with torch.inference_mode():
         for idx in length_batches(lengths, batch_size):
@@ -121,10 +114,8 @@ def span_parts(task, validation_fraction: float = 0.1, validation_seed: int = 0)
     rng = np.random.default_rng(validation_seed)
     n_val = max(1, round(len(titles) * validation_fraction))
     held = {titles[i] for i in rng.permutation(len(titles))[:n_val]}
-    parts = {
-        "train": [ex for ex in full.examples if ex.title not in held],
-        "validation": [ex for ex in full.examples if ex.title in held],
-    }
+    parts = {"train": [ex for ex in full.examples if ex.title not in held],
+             "validation": [ex for ex in full.examples if ex.title in held]}  # fmt: skip
     return {k: SquadSplit(task.spec, k, full.source, v) for k, v in parts.items()}
 
 
@@ -142,8 +133,7 @@ class SpanParts:
 
 def load_parts(root: Path, manifest: dict, spec: dict, data_dir: str | None, validation_fraction: float,
                validation_seed: int, eval_names: Sequence[str] | None = None) -> SpanParts:  # fmt: skip
-    """The validation and eval windows of a span store (``manifest``, ``spec``: `store_kind`'s),
-    with their questions' text."""
+    """The validation and eval windows of a span store, with their questions' text."""
     if manifest["status"] != "complete":
         st.load_split(root / "train")  # raises the store's own "incomplete" error
     task = get_task(spec["name"], data_dir)
@@ -156,15 +146,14 @@ def load_parts(root: Path, manifest: dict, spec: dict, data_dir: str | None, val
         return WindowSet.from_split(split, keep)
 
     if (root / "validation").is_dir():
-        validation, train_keep = load("validation"), None
-        check_ids(root / "validation", validation.example_ids, parts["validation"])
+        validation, train_keep, where = load("validation"), None, root / "validation"
     else:  # carve whole articles out of STORE/train, as fine-tuning did: one pass over its shards
         held = {ex.id for ex in parts["validation"].examples}
         validation, *rest = [WindowSet.from_split(shard, held) for shard in st.iter_token_shards(root / "train")]
         for piece in rest:
             validation.extend(piece)
-        train_keep = {ex.id for ex in parts["train"].examples}
-        check_ids(root / "train", validation.example_ids, parts["validation"])
+        train_keep, where = {ex.id for ex in parts["train"].examples}, root / "train"
+    check_ids(where, validation.example_ids, parts["validation"])
     n_train = manifest["rows"] - (len(validation) if train_keep is not None else 0)
     names = list(eval_names) if eval_names is not None else [s for s in spec["eval_splits"] if (root / s).is_dir()]
     evals = {}
@@ -187,10 +176,9 @@ def check_ids(where: Path, window_qids: Sequence[str], split) -> None:
 
 def train_batches(parts: SpanParts, batch_size: int, rng: np.random.Generator,
                   world: World = ONE) -> Iterator[WindowSet]:  # fmt: skip
-    """One epoch of batches of windows of similar length: shuffled shards, shuffled within a
-    shard. Several ranks draw the same epoch seed (a resumed run stays in step) and each reads
-    its own shards (every ``size``-th) in batches of ``batch_size / size``, shuffled by a
-    generator of that seed and its rank."""
+    """One epoch of batches of windows of similar length: shuffled shards, shuffled within a shard.
+    Ranks draw the same epoch seed (a resumed run stays in step); each reads its own shards in
+    batches of ``batch_size / size``, shuffled by a generator of that seed and its rank."""
     seed = int(rng.integers(2**31))
     local = rng if world.size == 1 else np.random.default_rng([seed, world.rank])
     size = batch_size // world.size

@@ -40,9 +40,7 @@ def combine(members: list[tuple[list, list]], method: str) -> tuple[list, list]:
         raise ConfigError(f"--method must be one of {METHODS}, not {method!r}")
     reduce = np.maximum.reduce if method == "max" else (lambda xs: sum(xs) / len(xs))
     n = len(members[0][0])
-    starts = [np.log(reduce([m[0][w] for m in members]) + 1e-30) for w in range(n)]
-    ends = [np.log(reduce([m[1][w] for m in members]) + 1e-30) for w in range(n)]
-    return starts, ends
+    return tuple([np.log(reduce([m[k][w] for m in members]) + 1e-30) for w in range(n)] for k in (0, 1))  # starts, ends
 
 
 def span_ensemble(cfg: EnsembleConfig, trials: list[dict], out_dir: Path) -> dict:

@@ -38,10 +38,9 @@ class SpanHeads(HeadKind):
             raise ConfigError(f"{root}: --train-examples is for sentence stores; span heads train on every window")
         parts = load_parts(root, st.read_manifest(root / "train"), spec, cfg.data_dir, cfg.validation_fraction,
                            cfg.validation_seed, eval_names)  # fmt: skip
-        data = HeadData(parts.spec, parts.manifest, parts, parts.train_windows)
-        for name in ("validation", *parts.evals):
-            data.parts[name] = (parts.validation if name == "validation" else parts.evals[name], parts.questions[name])
-        return data
+        sets = {"validation": parts.validation, **parts.evals}
+        return HeadData(parts.spec, parts.manifest, parts, parts.train_windows,
+                        {name: (windows, parts.questions[name]) for name, windows in sets.items()})  # fmt: skip
 
     def steps_per_epoch(self, data: HeadData, batch_size: int, world: World = ONE) -> int:
         shards = len(data.manifest["shards"])
@@ -75,7 +74,6 @@ class SpanHeads(HeadKind):
                 "windowing": data.manifest.get("extra", {}).get("windowing")}  # fmt: skip
 
     def evaluate(self, model, meta: dict, split, store_dir: Path, data_dir: str | None) -> dict:
-        self.check_store(split.manifest, store_dir)
         questions = get_task(meta["task"]["name"], data_dir).load(split.manifest["split"])
         windows = WindowSet.from_split(split)
         check_ids(Path(store_dir), windows.example_ids, questions)

@@ -32,8 +32,7 @@ def load_qa_model(location: str, device):
 def window_logits(model, tokenizer, windows: Windows, device, batch_size: int, desc: str = "predict"):
     """Start and end logits of every window, one (T,) float32 array each (no padding)."""
     feats = window_features(windows)
-    starts: list = [None] * len(feats["input_ids"])
-    ends: list = [None] * len(feats["input_ids"])
+    starts, ends = [None] * len(feats["input_ids"]), [None] * len(feats["input_ids"])
     for idx, out in batched_forward(model, tokenizer, feats, device, batch_size, desc):
         s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for row, i in enumerate(idx):

@@ -3,8 +3,10 @@ tokens; each context token keeps its character offsets, so a span of tokens maps
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import count
 
 import numpy as np
 
@@ -89,10 +91,5 @@ def offsets_array(offsets) -> np.ndarray:
 
 def window_ids(example_ids) -> list[str]:
     """``<question id>#<k>``: the k-th window of a question (k from 0), unique per store."""
-    seen: dict[str, int] = {}
-    out = []
-    for qid in example_ids:
-        k = seen.get(qid, 0)
-        seen[qid] = k + 1
-        out.append(f"{qid}#{k}")
-    return out
+    counters: dict[str, count] = defaultdict(count)
+    return [f"{qid}#{next(counters[qid])}" for qid in example_ids]
