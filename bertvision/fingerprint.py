@@ -1,12 +1,6 @@
-"""Fingerprints of a run's inputs, so a rerun notices when the data changed under unchanged
-settings (same file names, same row count) instead of reusing or mixing old results.
-
-* `split_fingerprint`: what a task split holds, in order (ids, texts and labels; for SQuAD every
-  example's question, context and answers). Recorded in each store's manifest
-  (``source_sha256``) and in each fine-tuning run's ``config.json``.
-* `store_fingerprint`: what a complete store holds, from its manifest (the spec and every
-  shard's sha256; every read checks the shards against those). Recorded in each head run's
-  ``config.json``.
+"""Fingerprints of a run's inputs, so a rerun notices data changed under unchanged settings:
+`split_fingerprint` (a task split's content, in order: a store's ``source_sha256``, a fine-tuning
+run's config.json) and `store_fingerprint` (a complete store's manifest: a head run's config.json).
 """
 
 from __future__ import annotations
@@ -38,11 +32,10 @@ def split_fingerprint(data) -> str:
         for ex in data.examples:
             add([ex.id, ex.title, ex.context, ex.question, ex.is_impossible,
                  [[a.text, a.start] for a in ex.answers], [[a.text, a.start] for a in ex.plausible_answers]])  # fmt: skip
-        return h.hexdigest()
-    add(list(data.ids))
-    for column in data.texts:
-        add(list(column))
-    add(None if data.labels is None else data.labels.tolist())
+    else:
+        for column in (data.ids, *data.texts):
+            add(list(column))
+        add(None if data.labels is None else data.labels.tolist())
     return h.hexdigest()
 
 

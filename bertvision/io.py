@@ -1,10 +1,6 @@
-"""Small file helpers. Every artifact is written atomically: a temporary name, then a rename,
-so a killed process never leaves a half-written file under the final name.
-
-Files get the mode `open()` would give them, 0o666 less the process umask (0644 under the usual
-umask 022, 0664 under 002 for a shared group folder), like the files transformers and
-TensorBoard write beside them. (`tempfile.mkstemp` would make them 0600, unreadable to
-teammates on shared storage.)"""
+"""Small file helpers. Every artifact is written atomically (a temporary name, then a rename), so
+a killed process never leaves a half-written file under the final name, with the mode `open()`
+gives (0o666 less the umask, not `tempfile.mkstemp`'s 0600, unreadable to teammates)."""
 
 from __future__ import annotations
 
@@ -37,9 +33,7 @@ def _create_temp(path: Path) -> tuple[int, str]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
-
-    The file's mode is 0o666 less the umask, as `open()` gives."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path)
@@ -57,6 +51,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def read_utf8(path: Path) -> str:
+    """The text of ``path``, read as bytes (no newline translation, so offsets are the file's); a
+    DataError names the file when it cannot be read or is not UTF-8 (and where)."""
+    from bertvision.errors import DataError, decode_error
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e.strerror or e}") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise decode_error(path, e, data) from e
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -65,18 +74,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def default_mode(folder: bool = False) -> int:
-    """The mode `open()` (or `mkdir`) gives a new file (folder): 0o666 (0o777) less the umask.
-
-    Read from /proc/self/status where it exists, so no thread sees the umask changed; else
-    by setting and restoring it."""
+def default_mode() -> int:
+    """The mode `open()` gives a new file, 0o666 less the umask: read from /proc/self/status
+    where it exists, so no thread sees the umask changed; else by setting and restoring it."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
     except (OSError, StopIteration, ValueError, IndexError):
         umask = os.umask(0o022)
         os.umask(umask)
-    return (0o777 if folder else 0o666) & ~umask
+    return 0o666 & ~umask
 
 
 def respect_umask(folder: str | os.PathLike) -> None:

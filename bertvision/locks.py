@@ -1,35 +1,10 @@
-"""One writer per output folder: an exclusive, non-blocking lock on the folder a stage writes
-(an embedding store, a fine-tuning run, a head's output).
-
-    with hold(out_dir, "finetune run"):
-        ...  # write into out_dir
-
-A second process that asks for the same folder fails at once with a `RunError` that names the
-folder and the holder (pid, host, what it writes, its command line, since when); it does not
-wait.
-
-How it works: `hold` opens the folder's ``.bertvision.lock`` (created with the usual mode, 0o666
-less the umask) and takes ``fcntl.flock(LOCK_EX | LOCK_NB)`` on it, then writes the holder's
-facts into it as JSON, for the message a refused process prints. The kernel drops a flock when
-its holder dies, even by SIGKILL, so a lock file left behind by a killed run never blocks a
-rerun: the rerun locks the stale file and overwrites its facts.
-
-On release the lock file is removed, while still locked, so a finished folder holds no trace of
-it. That opens a race, which `hold` closes: a process may open the file just before its holder
-removes it, and lock the removed inode once the holder lets go. So after locking, `hold` checks
-that the path still names the inode it locked (``os.fstat`` against ``os.stat``), and when it
-does not, starts over with the file now at that path.
-
-Re-entrant: a process that holds a folder may take it again (a stage that holds its store folder
-calls a helper that takes it too); the inner `hold` returns at once and the folder stays held
-until the outermost one ends. The folder is known by its device and inode, so two spellings of
-it (a relative path, a symlink) are the same folder. Threads of one process share its holds:
-this is a lock between processes. A child made by ``fork`` does not inherit its parent's holds
-(its copy of the lock file's descriptor is closed), so the lock dies with the holder alone.
-
-Where ``fcntl`` is missing (Windows) `hold` only creates the folder and warns, once, that
-folders are not locked. So it does where the file system does not support flock (some network
-file systems answer ENOLCK or EOPNOTSUPP).
+"""One writer per output folder: `hold` takes a non-blocking ``flock`` on the folder's
+``.bertvision.lock`` and writes the holder's facts into it; a second process fails at once with a
+`RunError` naming the folder and the holder. The kernel drops a flock when its holder dies, so a
+killed run's lock file never blocks a rerun. The file is removed on release, while still locked;
+a process that locked the removed inode meanwhile sees it (fstat against stat) and starts over.
+Re-entrant per process (a folder is known by device and inode); a forked child holds nothing.
+Without fcntl (Windows), or where the file system cannot flock, folders go unlocked, with a warning.
 """
 
 from __future__ import annotations
@@ -81,19 +56,9 @@ _warned: set[str] = set()
 
 @contextlib.contextmanager
 def hold(folder: str | os.PathLike, what: str) -> Iterator[Path]:
-    """Hold an exclusive lock on `folder` (created if missing) while the block runs.
-    `what` says what is being written ("embed store", "finetune run", "head training").
-    Raises RunError naming the folder and the holder (pid, host, what, command line,
-    since when) when another process holds it.
-
-    Yields `folder` as a Path. Re-entrant within a process: a nested `hold` on a folder this
-    process holds returns at once (its `what` is not recorded) and the lock is released when
-    the outermost block ends. The lock file, ``folder/.bertvision.lock``, is removed on release.
-
-    Raises:
-      RunError: another process holds the folder; or the folder cannot be created or its lock
-        file opened (the message names the path and the OS's reason).
-    """
+    """Hold an exclusive lock on `folder` (created if missing; yielded as a Path) while the block
+    runs; `what` ("embed store", "finetune run") goes into the holder's facts. A nested `hold` of
+    a folder this process holds returns at once; the outermost one releases it."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,6 @@
-"""Output folders: checked, created, held by one process at a time, and judged on a rerun.
-
-Every stage that writes a folder (a store split, a fine-tuning run, a head run, an ensemble)
-claims it first: ``--out`` naming a file is refused with one line, a folder that cannot be
-created is a RunError naming it, and an exclusive lock (`bertvision.locks.hold`) keeps a second
-process out while the first writes (its message names the holder). A lock left by a killed
-process never blocks a rerun. `previous_run` says what an earlier run found there means: reuse,
-refuse, or start over. A Ray job's paths (`job_paths`, `absolute_inputs`) are checked here too.
+"""Output folders: checked, created, held by one process at a time (`claim`), and judged on a
+rerun (`previous_run`: reuse, refuse, or start over); and a Ray job's paths (`job_paths`,
+`absolute_inputs`), checked before anything is read or written.
 """
 
 from __future__ import annotations
@@ -55,23 +50,14 @@ def claim(path: str | os.PathLike, what: str, option: str = "--out") -> Iterator
 
 def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], leftovers: tuple[str, ...],
                  upgrade=None) -> dict | None:  # fmt: skip
-    """What an earlier run in ``out_dir`` means for this one, by its config.json.
-
-    ``config`` (stored under ``key``) holds the settings and ``inputs`` the fingerprints of what
-    the run reads (`bertvision.fingerprint`: data splits, or stores), stored under "inputs".
-    ``upgrade`` (optional) turns a stored config written by an earlier version into this
-    version's (settings added since, at the values that reproduce what the earlier code did).
-
-    * a finished run (metrics.json written) with the same settings and inputs: its metrics,
-      reused;
-    * a finished run with other settings or inputs: ConfigError saying which, nothing touched;
-    * an unfinished run (the process was killed) with the same settings and inputs: its
-      artifacts (the ``leftovers`` globs, e.g. checkpoint folders) are removed and None returned:
-      the run starts over and no artifact stays that its config does not describe;
-    * an unfinished run with other settings or inputs, or artifacts without a config.json:
-      ConfigError (another --out, or delete the folder), nothing touched.
-    """
+    """What an earlier run in ``out_dir`` means for this one, by its config.json: the settings
+    ``config`` (under ``key``) and the input fingerprints ``inputs`` (under "inputs") equal, its
+    metrics when it finished (None when it did not: its ``leftovers`` globs are removed, and it
+    starts over); a ConfigError saying what differs otherwise, nothing touched. ``upgrade``: a
+    stored config of an earlier version into this one's (new settings at their old behaviour)."""
     import shutil
+
+    from bertvision.fingerprint import differing
 
     cfg_file, metrics = out_dir / "config.json", out_dir / "metrics.json"
     found = sorted(p for pattern in leftovers for p in out_dir.glob(pattern))
@@ -87,11 +73,8 @@ def previous_run(out_dir: Path, config: dict, key: str, inputs: dict[str, str], 
     if upgrade is not None:
         old = json.loads(json.dumps(upgrade(old)))
     if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ConfigError(f"{out_dir} holds {state} run with other settings ({', '.join(diff)}); use another --out"
+        raise ConfigError(f"{out_dir} holds {state} run with other settings ({', '.join(differing(old, new))}); use another --out"
                           + ("" if finished else " or delete the folder"))  # fmt: skip
-    from bertvision.fingerprint import differing
-
     if "inputs" not in stored:
         raise ConfigError(f"{out_dir} holds {state} run made before input fingerprints were recorded, so "
                           "whether its data is this data is unknown; use another --out or delete the folder")  # fmt: skip
@@ -126,15 +109,10 @@ def absolute_out(out_dir: str, job) -> str:
 
 
 def job_paths(cfg, out_dir: str, job) -> str:
-    """The absolute output folder of a job started as ``python -m ray_jobs.<name>``, its paths
-    checked before anything is read or written (ConfigError, exit status 1).
-
-    A submitted job (attached to a cluster: ``job.address`` or $RAY_ADDRESS) runs in Ray's
-    temporary copy of the working directory. A relative --out would land there and is refused,
-    unless --storage-root says what to resolve it against (the extraction job, which has one,
-    refuses a relative --out even unattached: its actors on every node write there). Relative
-    inputs are read from that copy, which holds only what was uploaded: one that is not there
-    is refused rather than looked up (as a Hub id) or silently missed."""
+    """The absolute output folder of a ``python -m ray_jobs.<name>`` job, its paths checked first.
+    An attached job (or any with a --storage-root option: its actors write on every node) runs in
+    Ray's temporary copy of the working directory: a relative --out is refused unless
+    --storage-root resolves it, and a relative input missing from the copy is refused."""
     rooted = hasattr(job, "storage_root")
     if not (rooted or job.address or os.environ.get("RAY_ADDRESS")):
         return absolute_out(out_dir, job)
@@ -155,10 +133,9 @@ def job_paths(cfg, out_dir: str, job) -> str:
 
 
 def absolute_inputs(cfg):
-    """``cfg`` with its local input paths made absolute (a task file, an encoder or checkpoint
-    folder, stores) and ``data_dir`` pinned to the absolute folder it names or $BERTVISION_DATA
-    names: Ray runs each trial and worker in a folder of its own, where a relative path means
-    something else. Names that are not local paths (Hub ids, registered task names) are kept."""
+    """``cfg`` with its local input paths (task file, encoder, checkpoint, stores) and ``data_dir``
+    (or $BERTVISION_DATA) made absolute: Ray runs each trial and worker in a folder of its own.
+    Names that are not local paths (Hub ids, registered task names) are kept."""
     from dataclasses import fields, replace
 
     from bertvision.tasks.base import resolve_data_dir

@@ -1,7 +1,6 @@
-"""What every training loop shares: seeds, devices, the learning-rate schedule, AdamW's
-parameter groups, and the checks that stop a run going wrong (bad optimisation settings, a
-diverging loss, non-finite weights). Fine-tuning (`finetune`) and heads (`train`, with
-`spans.data`) all use these, so a change here changes them alike.
+"""What every training loop shares (fine-tuning, heads): seeds, devices, the learning-rate
+schedule, AdamW's parameter groups, progress bars, and the checks that stop a run going wrong
+(bad optimisation settings, a diverging loss, non-finite weights).
 """
 
 from __future__ import annotations
@@ -31,11 +30,8 @@ def quiet_transformers() -> None:
 
 
 def pick_device(device: str | None):
-    """The torch device named by ``--device`` (None: CUDA when available, else the CPU).
-
-    Raises:
-      ConfigError: the name is not a device, or names CUDA (or MPS) on a machine without it.
-    """
+    """The torch device named by ``--device`` (None: CUDA when available, else the CPU); a
+    ConfigError for a name that is not a device, or CUDA (MPS) on a machine without it."""
     import torch
 
     if device is None:
@@ -70,9 +66,9 @@ def adamw(model, lr: float, weight_decay: float):
     """AdamW with weight decay on matrices only (not on biases and LayerNorm weights)."""
     import torch
 
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]  # fmt: skip
     return torch.optim.AdamW(groups, lr=lr)
 
 
@@ -129,17 +125,12 @@ def peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-# ---------------------------------------------------------------------------------------------
-# Progress bars
-
 _PROGRESS = None  # a factory set by `use_progress` (Ray's tqdm inside a Ray worker), else tqdm
 
 
 def use_progress(factory) -> None:
-    """Make `progress` build its bars with ``factory(total=, desc=)`` (an object with
-    ``update(n)`` and ``close()``); None: tqdm again. A Ray worker sets Ray's own tqdm here
-    (`ray.experimental.tqdm_ray`), whose bars the driver draws, since a worker's stderr is not
-    a terminal and tqdm would stay silent there."""
+    """Make `progress` build its bars with ``factory(total=, desc=)`` (None: tqdm again): a Ray
+    worker sets Ray's tqdm here, whose bars the driver draws (tqdm stays silent off a terminal)."""
     global _PROGRESS
     _PROGRESS = factory
 

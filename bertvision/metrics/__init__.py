@@ -1,10 +1,5 @@
-"""Metrics: a registry of sentence-level metrics, one entry point, and SQuAD 2.0 scoring.
-
-`compute_metrics(["f1", "accuracy"], logits, labels)` prepares the predictions (argmax of
-logits, squeeze of an (N, 1) regression output) and computes every named metric. The first
-name is the one used for model selection (`main_metric`). SQuAD 2.0 lives in
-`bertvision.metrics.squad_v2`.
-"""
+"""Sentence-level metrics by name (`METRICS`), computed on raw model outputs by
+`compute_metrics`; the first name selects models (`main_metric`). SQuAD 2.0: `squad_v2`."""
 
 from __future__ import annotations
 
@@ -13,14 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bertvision.errors import ConfigError
-from bertvision.metrics.classification import (
-    accuracy,
-    binary_f1,
-    macro_f1,
-    mcc,
-    pearson,
-    spearman,
-)
+from bertvision.metrics.classification import accuracy, binary_f1, macro_f1, mcc, pearson, spearman
 
 __all__ = ["METRICS", "compute_metrics", "main_metric", "mean_std"]
 
@@ -48,22 +36,8 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
 
 
 def compute_metrics(names: Sequence[str], predictions, references) -> dict[str, float]:
-    """Compute every metric in `names`.
-
-    Args:
-      names: keys of `METRICS`.
-      predictions: class ids of shape (N,), logits or probabilities of shape (N, C) (the argmax
-        is taken), or regression outputs of shape (N,) or (N, 1).
-      references: gold labels or scores, shape (N,).
-
-    Returns:
-      {name: value} in the order of `names`, values as plain Python floats. Pearson and
-      Spearman are float('nan') when either input is constant.
-
-    Raises:
-      ConfigError: an unknown metric name.
-      ValueError: empty input, wrong shapes, or different lengths.
-    """
+    """{name: float} for every metric in `names`, in that order. ``predictions``: class ids (N,),
+    logits or probabilities (N, C) (argmax taken), or regression outputs (N,) or (N, 1)."""
     unknown = [name for name in names if name not in METRICS]
     if unknown:
         raise ConfigError(

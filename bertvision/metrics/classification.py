@@ -1,9 +1,5 @@
-"""Sentence-level metrics, with the definitions GLUE uses (scikit-learn and scipy.stats).
-
-Each function takes two 1-D arrays of equal length, `predictions` and `references`, already
-prepared by `bertvision.metrics.compute_metrics` (class ids, or floats for regression), and
-returns a plain Python float.
-"""
+"""Sentence-level metrics as GLUE defines them (scikit-learn, scipy.stats): two 1-D arrays of
+equal length, prepared by `bertvision.metrics.compute_metrics`, to a plain float."""
 
 from __future__ import annotations
 
@@ -24,10 +20,7 @@ def accuracy(predictions: np.ndarray, references: np.ndarray) -> float:
 
 
 def binary_f1(predictions: np.ndarray, references: np.ndarray) -> float:
-    """F1 of the positive class 1 (GLUE MRPC and QQP).
-
-    Returns 0.0 without a warning when no example is positive in either array.
-    """
+    """F1 of the positive class 1 (GLUE MRPC and QQP); 0.0, unwarned, when no example is positive."""
     from sklearn.metrics import f1_score
 
     return float(
@@ -53,27 +46,20 @@ def mcc(predictions: np.ndarray, references: np.ndarray) -> float:
 
 
 def pearson(predictions: np.ndarray, references: np.ndarray) -> float:
-    """Pearson correlation (GLUE STS-B).
-
-    Returns float('nan'), without a warning, when either array is constant (this includes a
-    single example): the correlation is undefined there, and scipy would warn on every call.
-    """
-    if _is_constant(predictions) or _is_constant(references):
-        return float("nan")
-    from scipy import stats
-
-    return float(stats.pearsonr(predictions, references).statistic)
+    """Pearson correlation (GLUE STS-B)."""
+    return _correlation("pearsonr", predictions, references)
 
 
 def spearman(predictions: np.ndarray, references: np.ndarray) -> float:
-    """Spearman rank correlation (GLUE STS-B); float('nan') when either array is constant."""
-    if _is_constant(predictions) or _is_constant(references):
+    """Spearman rank correlation (GLUE STS-B)."""
+    return _correlation("spearmanr", predictions, references)
+
+
+def _correlation(name: str, predictions: np.ndarray, references: np.ndarray) -> float:
+    """float('nan'), unwarned, when either array is constant (one example included): the
+    correlation is undefined there, and scipy would warn on every call."""
+    if any(v.size < 2 or bool(np.all(v == v[0])) for v in (predictions, references)):
         return float("nan")
     from scipy import stats
 
-    return float(stats.spearmanr(predictions, references).statistic)
-
-
-def _is_constant(values: np.ndarray) -> bool:
-    # Length 0 or 1 counts as constant: no correlation can be computed from it.
-    return values.size < 2 or bool(np.all(values == values[0]))
+    return float(getattr(stats, name)(predictions, references).statistic)

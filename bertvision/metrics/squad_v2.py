@@ -1,14 +1,7 @@
-"""SQuAD 2.0 scoring, as the official evaluate-v2.0.py defines it.
-
-Answers are compared after `normalize_answer`. A question's score is the best over its gold
-answers: exact match (0 or 1) and token-overlap F1. An unanswerable question has the single gold
-answer "", so only an empty prediction scores on it. With no-answer probabilities, a prediction
-whose probability is above the threshold counts as "no answer", and the best threshold is
-searched for as the official script does.
-
-One deliberate difference: the official script warns about questions without a prediction and
-scores them 0. Here a missing prediction (or an id that is not a question) is an error, since it
-nearly always means the predictions belong to another file or run.
+"""SQuAD 2.0 scoring, as the official evaluate-v2.0.py defines it: exact match and token F1
+after `normalize_answer`, the best over a question's gold answers ("" for an unanswerable one),
+and the best no-answer threshold. One deliberate difference: a missing prediction (or an id that
+is not a question) is an error, not a 0 with a warning; it nearly always means another file's.
 """
 
 from __future__ import annotations
@@ -58,31 +51,12 @@ def compute_f1(a_gold: str, a_pred: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_v2_scores(
-    gold: Mapping[str, Sequence[str]],
-    predictions: Mapping[str, str],
-    na_probs: Mapping[str, float] | None = None,
-    na_prob_thresh: float = 1.0,
-) -> dict:
-    """Score predictions against gold answers, as the official SQuAD 2.0 script does.
-
-    Args:
-      gold: question id -> its gold answer texts ([] for an unanswerable question).
-      predictions: question id -> predicted answer text ("" for no answer).
-      na_probs: question id -> probability that the question has no answer; None means 0.0
-        for every question, and no threshold search.
-      na_prob_thresh: predictions whose na_prob is above this count as "no answer".
-
-    Returns:
-      A dict, in this order: exact, f1, total; HasAns_exact, HasAns_f1, HasAns_total (if some
-      question is answerable); NoAns_exact, NoAns_f1, NoAns_total (if some is not); and, when
-      `na_probs` is given, best_exact, best_exact_thresh, best_f1, best_f1_thresh. Scores are
-      percentages (0-100), totals are ints.
-
-    Raises:
-      ValueError: no questions, or the ids of `predictions` (or `na_probs`) differ from those
-        of `gold`.
-    """
+def squad_v2_scores(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str],
+                    na_probs: Mapping[str, float] | None = None, na_prob_thresh: float = 1.0) -> dict:  # fmt: skip
+    """The official script's scores (percentages) and totals, in its key order, of ``predictions``
+    (question id -> answer text, "" for none) against ``gold`` (id -> answer texts, [] for none).
+    ``na_probs``: id -> no-answer probability (None: 0.0 each, no threshold search); a prediction
+    whose na_prob is above ``na_prob_thresh`` counts as "no answer". ValueError when ids differ."""
     if not gold:
         raise ValueError("no gold questions to score")
     problem = _id_mismatch(gold, predictions, "predictions")
@@ -113,47 +87,22 @@ def squad_v2_scores(
     return result
 
 
-def evaluate_files(
-    data_file: str | PathLike,
-    pred_file: str | PathLike,
-    na_prob_file: str | PathLike | None = None,
-    na_prob_thresh: float = 1.0,
-) -> dict:
-    """Score a predictions file against an official SQuAD 2.0 data file.
-
-    Args:
-      data_file: SQuAD 2.0 JSON ({"version": "v2.0", "data": [...]}).
-      pred_file: JSON object, question id -> predicted answer text.
-      na_prob_file: optional JSON object, question id -> no-answer probability.
-      na_prob_thresh: as in `squad_v2_scores`.
-
-    Returns:
-      The dict of `squad_v2_scores`.
-
-    Raises:
-      DataError: a file is missing, unreadable, not valid JSON, not in the expected shape, or
-        its ids do not match the questions of `data_file`; the message names the file.
-    """
+def evaluate_files(data_file: str | PathLike, pred_file: str | PathLike, na_prob_file: str | PathLike | None = None,
+                   na_prob_thresh: float = 1.0) -> dict:  # fmt: skip
+    """`squad_v2_scores` of a predictions file (a JSON object, question id -> answer text, and
+    optionally one of no-answer probabilities) against an official SQuAD 2.0 data file; any
+    problem with a file is a DataError naming it."""
     gold = read_gold(data_file)
-    predictions = _read_id_map(pred_file, str, "an answer text (string)")
-    problem = _id_mismatch(gold, predictions, "predictions")
-    if problem:
-        raise DataError(pred_file, problem)
+    predictions = _read_id_map(pred_file, gold, str, "an answer text (string)", "predictions")
     na_probs = None
     if na_prob_file is not None:
-        na_probs = _read_id_map(na_prob_file, (int, float), "a number")
-        problem = _id_mismatch(gold, na_probs, "no-answer probabilities")
-        if problem:
-            raise DataError(na_prob_file, problem)
+        na_probs = _read_id_map(na_prob_file, gold, (int, float), "a number", "no-answer probabilities")
     return squad_v2_scores(gold, predictions, na_probs, na_prob_thresh)
 
 
 def read_gold(data_file: str | PathLike) -> dict[str, list[str]]:
-    """Question id -> gold answer texts, from an official SQuAD 2.0 JSON file.
-
-    Deliberately looser than `bertvision.tasks.squad.read_squad_json`: like the official
-    script, scoring reads only ids and answer texts, never offsets or contexts.
-    """
+    """Question id -> gold answer texts of an official SQuAD 2.0 JSON file: like the official
+    script (and unlike `tasks.squad.read_squad_json`), only ids and answer texts are read."""
     dataset = _load_json(data_file)
     if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
         raise DataError(data_file, 'expected a JSON object with a "data" list (SQuAD 2.0 format)')
@@ -175,15 +124,11 @@ def read_gold(data_file: str | PathLike) -> dict[str, list[str]]:
                     gold[qid] = [str(answer["text"]) for answer in qa["answers"]]
     except (KeyError, TypeError) as err:
         # A missing key or a value of the wrong type somewhere in the nested structure.
-        raise DataError(
-            data_file, f"not in SQuAD 2.0 format ({type(err).__name__}: {err})"
-        ) from err
+        raise DataError(data_file, f"not in SQuAD 2.0 format ({type(err).__name__}: {err})") from err
     return gold
 
 
-def _raw_scores(
-    gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]
-) -> tuple[dict[str, int], dict[str, float]]:
+def _raw_scores(gold: Mapping[str, Sequence[str]], predictions: Mapping[str, str]) -> tuple[dict, dict]:
     """Exact and F1 of every question, each the best over its gold answers."""
     exact, f1 = {}, {}
     for qid, answers in gold.items():
@@ -195,17 +140,10 @@ def _raw_scores(
     return exact, f1
 
 
-def _apply_threshold(
-    scores: Mapping[str, float],
-    na_probs: Mapping[str, float],
-    has_ans: Mapping[str, bool],
-    thresh: float,
-) -> dict[str, float]:
+def _apply_threshold(scores: Mapping[str, float], na_probs: Mapping[str, float], has_ans: Mapping[str, bool],
+                     thresh: float) -> dict[str, float]:  # fmt: skip
     """Scores after treating predictions with na_prob > thresh as "no answer"."""
-    return {
-        qid: float(not has_ans[qid]) if na_probs[qid] > thresh else score
-        for qid, score in scores.items()
-    }
+    return {qid: float(not has_ans[qid]) if na_probs[qid] > thresh else score for qid, score in scores.items()}
 
 
 def _summary(exact: Mapping[str, float], f1: Mapping[str, float], qids: list[str]) -> dict:
@@ -217,12 +155,8 @@ def _summary(exact: Mapping[str, float], f1: Mapping[str, float], qids: list[str
     }
 
 
-def _find_best_thresh(
-    predictions: Mapping[str, str],
-    scores: Mapping[str, float],
-    na_probs: Mapping[str, float],
-    has_ans: Mapping[str, bool],
-) -> tuple[float, float]:
+def _find_best_thresh(predictions: Mapping[str, str], scores: Mapping[str, float], na_probs: Mapping[str, float],
+                      has_ans: Mapping[str, bool]) -> tuple[float, float]:  # fmt: skip
     """The best score over all thresholds, and the threshold that gives it.
 
     Start from "every prediction is no-answer" (one point per unanswerable question), then let
@@ -234,11 +168,7 @@ def _find_best_thresh(
     # The official script skips ids that are not questions; here the ids were checked to match.
     # sorted() is stable, so ties keep the order of na_probs, as in the official script.
     for qid in sorted(na_probs, key=lambda k: na_probs[k]):
-        if has_ans[qid]:
-            diff = scores[qid]
-        else:
-            diff = -1 if predictions[qid] else 0
-        cur_score += diff
+        cur_score += scores[qid] if has_ans[qid] else -1 if predictions[qid] else 0
         if cur_score > best_score:
             best_score, best_thresh = cur_score, float(na_probs[qid])
     return 100.0 * best_score / len(scores), best_thresh
@@ -276,8 +206,8 @@ def _load_json(path: str | PathLike):
         raise json_error(path, err) from err
 
 
-def _read_id_map(path: str | PathLike, kind: type | tuple[type, ...], described: str) -> dict:
-    """A JSON object of question id -> value, every value of type `kind`."""
+def _read_id_map(path: str | PathLike, gold: dict, kind: type | tuple[type, ...], described: str, what: str) -> dict:
+    """A JSON object of question id -> value, every value of type `kind`, its ids those of `gold`."""
     data = _load_json(path)
     if not isinstance(data, dict):
         raise DataError(path, "expected a JSON object mapping question ids to values")
@@ -285,4 +215,7 @@ def _read_id_map(path: str | PathLike, kind: type | tuple[type, ...], described:
         # bool is an int in Python, but true/false is never a valid probability or answer.
         if isinstance(value, bool) or not isinstance(value, kind):
             raise DataError(path, f"value must be {described}, not {value!r}", key=qid)
+    problem = _id_mismatch(gold, data, what)
+    if problem:
+        raise DataError(path, problem)
     return data

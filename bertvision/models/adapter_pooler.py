@@ -82,8 +82,7 @@ class LayerAdapter(nn.Module):
     def __init__(self, num_layers: int, hidden_size: int, adapter_size: int, shared: bool = True,
                  activation: str = "gelu", init: str = "torch"):  # fmt: skip
         super().__init__()
-        self.shared = shared
-        self.activation = ACTIVATIONS[activation]
+        self.shared, self.activation = shared, ACTIVATIONS[activation]
         if shared:
             self.linear = nn.Linear(hidden_size, adapter_size)
         else:
@@ -95,8 +94,7 @@ class LayerAdapter(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
         if init == "original":
             weight, bias = (self.linear.weight, self.linear.bias) if shared else (self.weight, self.bias)
-            std = ORIGINAL_INIT_STD
-            nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.trunc_normal_(weight, std=ORIGINAL_INIT_STD, a=-2 * ORIGINAL_INIT_STD, b=2 * ORIGINAL_INIT_STD)
             nn.init.zeros_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., L, H)
@@ -182,8 +180,7 @@ class TokenAdapterPooler(AdapterPooler):
         if not config.token_states:
             raise ConfigError("TokenAdapterPooler needs token_states true (a token store)")
         super().__init__(config)  # its output layer already has the pooled width (`out_features`)
-        c = config
-        self.attention = nn.Linear(self.features, 1) if c.pooling == "attention" else None
+        self.attention = nn.Linear(self.features, 1) if config.pooling == "attention" else None
 
     def out_features(self) -> int:
         c = self.config
@@ -197,10 +194,8 @@ class TokenAdapterPooler(AdapterPooler):
             raise ValueError(f"token head input must be (B, T, {c.num_hidden_states}, {c.hidden_size}), "
                              f"got {tuple(hidden.shape)}")  # fmt: skip
         B, T = hidden.shape[:2]
-        if mask is None:
-            mask = torch.ones((B, T), dtype=torch.bool, device=hidden.device)
-        if segments is None:
-            segments = torch.zeros((B, T), dtype=torch.long, device=hidden.device)
+        mask = torch.ones((B, T), dtype=torch.bool, device=hidden.device) if mask is None else mask
+        segments = torch.zeros((B, T), dtype=torch.long, device=hidden.device) if segments is None else segments
         for name, t in (("mask", mask), ("segments", segments)):
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} {tuple(t.shape)} does not match tokens {(B, T)}")
@@ -212,12 +207,9 @@ class TokenAdapterPooler(AdapterPooler):
         z = self._placed(self.combined(x), real, keep.shape)  # (B, T, F), padding zero
         r = self._placed(x[:, -1, :], real, keep.shape) if c.residual else None  # (B, T, H)
         if c.pooling == "flatten":
-            pieces = [z] if r is None else [z, r]
-            per_token = torch.cat(pieces, dim=-1)  # (B, T, F [+ H])
-            P = c.positions
-            per_token = per_token[:, :P]
-            if per_token.shape[1] < P:
-                per_token = F.pad(per_token, (0, 0, 0, P - per_token.shape[1]))  # zeros after
+            per_token = torch.cat([z] if r is None else [z, r], dim=-1)[:, : c.positions]  # (B, <= P, F [+ H])
+            if per_token.shape[1] < c.positions:
+                per_token = F.pad(per_token, (0, 0, 0, c.positions - per_token.shape[1]))  # zeros after
             features = per_token.flatten(1)  # (B, P * (F [+ H]))
         else:
             pooled = []

@@ -29,13 +29,7 @@ _BUILDERS[SQUAD2.name] = lambda d: SquadTask(SQUAD2, d)
 _BUILDERS[SQUAD2_ARTICLES.name] = lambda d: SquadTask(SQUAD2_ARTICLES, d, split_file="dev")
 
 # Spellings people use for the same task.
-_ALIASES = {
-    "sst-2": "sst2",
-    "sts-b": "stsb",
-    "squad_v2": "squad2",
-    "squadv2": "squad2",
-    "squad-v2": "squad2",
-}
+_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", **dict.fromkeys(("squad_v2", "squadv2", "squad-v2"), "squad2")}
 
 
 def task_names() -> list[str]:
@@ -44,13 +38,8 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
-    """The task called ``name`` (or declared in the config file at path ``name``).
-
-    Args:
-      name: a registered name (case-insensitive; ``SST-2`` and ``sst2`` both work) or the path
-        of a user task's ``.toml`` / ``.json`` config file.
-      data_dir: the local data folder; None means ``$BERTVISION_DATA``, else the Hub.
-    """
+    """The task called ``name`` (case-insensitive, ``SST-2`` or ``sst2``), or declared in the
+    ``.toml`` / ``.json`` config file at path ``name``; ``data_dir`` as `resolve_data_dir`."""
     key = _ALIASES.get(name.lower(), name.lower())
     if key in _BUILDERS:
         return _BUILDERS[key](resolve_data_dir(data_dir))

@@ -1,10 +1,6 @@
-"""What every task has in common: its spec, where its data lives, and a loaded split.
-
-A task is a `TaskSpec` (frozen, JSON-able: it goes into every manifest and checkpoint) plus a
-`Task` object that knows where to find each split and how to read it. Sentence-level tasks
-(GLUE, users' CSV/TSV/JSONL) load into a `SentenceSplit`; SQuAD loads into a `SquadSplit`
-(see `squad.py`).
-"""
+"""What every task has in common: a `TaskSpec` (frozen, JSON-able: it goes into every manifest
+and checkpoint), a `Task` that finds and reads each split, and a loaded `SentenceSplit` (GLUE,
+users' files; SQuAD loads into `squad.SquadSplit`)."""
 
 from __future__ import annotations
 
@@ -146,43 +142,34 @@ class SentenceSplit:
     def subset(self, indices, split: str) -> SentenceSplit:
         """The examples at ``indices`` (in that order), as a split called ``split``."""
         idx = np.asarray(indices, dtype=np.int64)
-        return SentenceSplit(
-            self.task,
-            split,
-            self.source,
-            [self.ids[i] for i in idx],
-            tuple([t[i] for i in idx] for t in self.texts),
-            None if self.labels is None else self.labels[idx],
-        )
+        labels = None if self.labels is None else self.labels[idx]
+        texts = tuple([t[i] for i in idx] for t in self.texts)
+        return SentenceSplit(self.task, split, self.source, [self.ids[i] for i in idx], texts, labels)
 
     def to_arrow(self):
         """A pyarrow Table with columns id, the text fields, and label (if labelled)."""
         import pyarrow as pa
 
         cols = {"id": pa.array(self.ids, pa.string())}
-        cols.update(
-            {
-                f: pa.array(t, pa.string())
-                for f, t in zip(self.task.text_fields, self.texts, strict=True)
-            }
-        )
+        cols.update({f: pa.array(t, pa.string()) for f, t in zip(self.task.text_fields, self.texts, strict=True)})
         if self.labels is not None:
             cols["label"] = pa.array(self.labels)
         return pa.table(cols)
 
 
 class Task:
-    """A task bound to a data location. Subclasses implement `locate` and `_load`."""
+    """A task bound to a data location. Subclasses implement `candidates` and `_load`."""
 
     spec: TaskSpec
 
-    def locate(self, split: str) -> str:
-        """Where split ``split`` is read from (a file path, or ``hub:<dataset id>``)."""
+    def candidates(self, split: str) -> list[str]:
+        """Every place looked in for ``split`` (file paths, or ``hub:<dataset id>``)."""
         raise NotImplementedError
 
-    def candidates(self, split: str) -> list[str]:
-        """Every place looked in for ``split``, for "not found" messages."""
-        return [self.locate(split)]
+    def locate(self, split: str) -> str:
+        """Where split ``split`` is read from: the first candidate that is a file, else the first."""
+        found = self.candidates(split)
+        return next((c for c in found if Path(c).is_file()), found[0])
 
     def exists(self, split: str) -> bool:
         loc = self.locate(split)
@@ -239,10 +226,6 @@ def check_text(
     if not text or not text.strip():
         raise DataError(source, f"empty text in field {field!r}", line=line, key=key)
     return text
-
-
-#: Name of the validation part carved from train; selection uses it, never the dev split.
-VALIDATION = "validation"
 
 
 def training_subset(train_rows: np.ndarray, n: int | None, seed: int) -> np.ndarray:

@@ -1,22 +1,5 @@
-"""Users' own tasks: CSV, TSV or JSON-lines files declared in a small TOML or JSON file.
-
-Example ``reviews.toml`` (paths are relative to the config file)::
-
-    name = "reviews"
-    kind = "classification"          # or "regression"
-    text_fields = ["title", "body"]  # one or two columns, fed to the tokenizer in this order
-    label_field = "stars"
-    labels = ["1", "2", "3", "4", "5"]   # optional: else the sorted values found in train
-    id_field = "review_id"           # optional: else examples are numbered by line
-    metrics = ["accuracy", "macro_f1"]   # optional
-    ignore_columns = ["url"]         # optional: other columns are an error
-    [splits]
-    train = "data/train.csv"
-    dev = "data/dev.csv"
-    test = "data/test.csv"
-    # unlabelled_splits = ["test"]   # splits that may lack the label column (default: test)
-
-A config file's path can be given wherever a task name is accepted (``--task reviews.toml``).
+"""Users' own tasks: CSV, TSV or JSON-lines files declared in a small TOML or JSON file (its
+fields: `_FIELDS`; an example in README.md), whose path goes wherever a task name does.
 """
 
 from __future__ import annotations
@@ -25,7 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from bertvision.errors import ConfigError, DataError, decode_error, json_error
+from bertvision.errors import ConfigError, DataError, json_error
+from bertvision.io import read_utf8
 from bertvision.tasks.base import KINDS, SentenceSplit, Task, TaskSpec, require_file
 from bertvision.tasks.readers import Columns, build_split, check_header, label_key, read_rows
 
@@ -38,17 +22,8 @@ _FIELDS = {
     "name", "title", "kind", "text_fields", "label_field", "labels", "id_field", "metrics",
     "splits", "eval_splits", "unlabelled_splits", "format", "ignore_columns",
 }  # fmt: skip
-_EXT_FORMAT = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".ndjson": "jsonl",
-}
-DEFAULT_METRICS = {
-    "classification": ("accuracy", "macro_f1"),
-    "regression": ("pearson", "spearman"),
-}
+_EXT_FORMAT = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+DEFAULT_METRICS = {"classification": ("accuracy", "macro_f1"), "regression": ("pearson", "spearman")}
 
 
 def is_task_config(name: str) -> bool:
@@ -57,21 +32,11 @@ def is_task_config(name: str) -> bool:
 
 
 def load_config(path: str | Path) -> dict:
-    """The table of a TOML or JSON task config file; errors name the line.
-
-    Lines end at ``\\n``, so a ``\\r\\n`` or ``\\r\\r\\n`` ending is one line (read as ``\\n`` in
-    TOML); a lone ``\\r`` is not a line ending (JSON takes it as white space, TOML rejects it).
-    """
+    """The table of a TOML or JSON task config file; errors name the line (lines end at ``\\n``:
+    ``\\r\\n`` and ``\\r\\r\\n`` are one ending; a lone ``\\r`` is JSON's white space, TOML's error)."""
     path = Path(path)
     require_file(path, "task config file")
-    try:
-        data = path.read_bytes()  # bytes: no newline translation, and exact offsets
-    except OSError as e:
-        raise DataError(path, f"cannot read: {e.strerror or e}") from e
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise decode_error(path, e, data) from e
+    text = read_utf8(path)
     if path.suffix.lower() == ".json":
         try:
             cfg = json.loads(text)
@@ -115,16 +80,10 @@ class UserTask(Task):
         unlabelled = cfg.get("unlabelled_splits", [s for s in splits if s == "test"])
         try:
             self.spec = TaskSpec(
-                name=self._field("name", str),
-                title=cfg.get("title", f"{cfg['name']} (user task from {self.config_path.name})"),
-                kind=kind,
-                text_fields=text,
-                labels=labels,
-                metrics=tuple(cfg.get("metrics", DEFAULT_METRICS[kind])),
-                splits=tuple(splits),
-                eval_splits=tuple(evals),
-                unlabelled_splits=tuple(unlabelled),
-            )
+                name=self._field("name", str), title=cfg.get("title", f"{cfg['name']} (user task from {self.config_path.name})"),
+                kind=kind, text_fields=text, labels=labels, metrics=tuple(cfg.get("metrics", DEFAULT_METRICS[kind])),
+                splits=tuple(splits), eval_splits=tuple(evals), unlabelled_splits=tuple(unlabelled),
+            )  # fmt: skip
         except ConfigError as e:
             self._fail(str(e))
 
@@ -148,9 +107,7 @@ class UserTask(Task):
     def _format(self, path: Path) -> str:
         fmt = self._cfg.get("format") or _EXT_FORMAT.get(path.suffix.lower())
         if fmt not in ("csv", "tsv", "jsonl"):
-            self._fail(
-                f"cannot tell the format of {path.name}; set format = 'csv', 'tsv' or 'jsonl'"
-            )
+            self._fail(f"cannot tell the format of {path.name}; set format = 'csv', 'tsv' or 'jsonl'")
         return fmt
 
     def _infer_labels(self) -> tuple[str, ...]:
@@ -160,9 +117,7 @@ class UserTask(Task):
         check_header(self.paths[split], header, self.columns, allowed=self.ignore)
         values = {label_key(row.get(self.columns.label)) for _, row in rows}
         if len(values) < 2:
-            self._fail(
-                f"{self.paths[split]} has fewer than 2 distinct labels; list them in 'labels'"
-            )
+            self._fail(f"{self.paths[split]} has fewer than 2 distinct labels; list them in 'labels'")
         return tuple(sorted(values, key=_numeric_first))
 
     def _rows(self, split: str):
@@ -170,8 +125,8 @@ class UserTask(Task):
         require_file(path, f"split {split!r} of task config {self.config_path.name}")
         return read_rows(path, self._format(path))
 
-    def locate(self, split: str) -> str:
-        return str(self.paths[split])
+    def candidates(self, split: str) -> list[str]:
+        return [str(self.paths[split])]
 
     def _load(self, split: str) -> SentenceSplit:
         path = self.paths[split]

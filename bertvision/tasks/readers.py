@@ -1,21 +1,14 @@
-r"""Reading delimited (TSV, CSV) and JSON-lines files into a `SentenceSplit`, strictly.
-
-Every problem raises a `DataError` that names the file and the line: a header with missing or
-unexpected columns, a row with the wrong number of fields, an unknown label, a score that is not
-a number, empty text, a repeated id (and the line it first appeared on), a byte that is not
-UTF-8. Nothing is skipped silently.
-
-Line numbers are the ones a text editor shows: a line ends at ``\n``, and the ``\r`` of
-``\r\n`` (or ``\r\r\n``, as files converted twice have) belongs to that one line ending and is
-never part of a value. A lone ``\r`` (one not followed by ``\n``, as in old Mac files) is not a
-line ending: in a TSV or CSV file it is an error, unless it sits inside a quoted CSV field,
-where it is text; in a JSON-lines file it is white space between JSON tokens, as JSON defines
-it. A row whose quoted field spans lines is reported at its first line.
+r"""Reading delimited (TSV, CSV) and JSON-lines files into a `SentenceSplit`, strictly: every
+problem is a `DataError` naming the file and the line (as a text editor numbers them); nothing is
+skipped silently. A line ends at ``\n`` (with the ``\r`` of ``\r\n`` or ``\r\r\n``); a lone
+``\r`` is an error in a TSV or CSV file (text inside a quoted CSV field), white space in JSON lines.
+A row whose quoted field spans lines is reported at its first line.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,14 +53,9 @@ def _open_text(path: Path):
 def read_rows(
     path: Path, fmt: str, names: Sequence[str] | None = None
 ) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    """The header of ``path`` and an iterator of (line number, row dict).
-
-    Args:
-      path: the file.
-      fmt: one of `FORMATS`.
-      names: column names for a delimited file that has no header row (CoLA's train and dev).
-        JSON lines files take their column names from the first object.
-    """
+    """The header of ``path`` (``fmt``: one of `FORMATS`) and an iterator of (line number, row
+    dict). ``names``: the columns of a delimited file without a header row (CoLA's train and
+    dev); JSON lines take theirs from the first object."""
     if fmt == "jsonl":
         return _read_jsonl(path)
     if fmt not in FORMATS:
@@ -129,41 +117,28 @@ def _csv_error(path, exc: csv.Error, reader, start: int, what: str) -> DataError
 
 def _read_jsonl(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     f = _open_text(path)
-    lines = enumerate(f, start=1)
-
-    def parse(lineno: int, line: str) -> dict:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise json_error(path, e, line=lineno, what="malformed JSON") from e
-        if not isinstance(obj, dict):
-            raise DataError(path, "each line must be a JSON object", line=lineno)
-        return obj
-
-    first = None
-    try:
-        for lineno, line in lines:
-            if line.strip():
-                first = (lineno, parse(lineno, line))
-                break
-    except UnicodeDecodeError as e:
-        f.close()
-        raise decode_error(path, e) from e
-    if first is None:
-        f.close()
-        raise DataError(path, "file is empty")
 
     def rows():
         with f:
-            yield first
             try:
-                for lineno, line in lines:
-                    if line.strip():
-                        yield lineno, parse(lineno, line)
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise json_error(path, e, line=lineno, what="malformed JSON") from e
+                    if not isinstance(obj, dict):
+                        raise DataError(path, "each line must be a JSON object", line=lineno)
+                    yield lineno, obj
             except UnicodeDecodeError as e:
                 raise decode_error(path, e) from e
 
-    return list(first[1].keys()), rows()
+    found = rows()
+    first = next(found, None)
+    if first is None:
+        raise DataError(path, "file is empty")
+    return list(first[1].keys()), itertools.chain([first], found)
 
 
 def check_header(
@@ -186,19 +161,9 @@ def check_header(
         raise DataError(path, f"duplicate column names in {list(header)}", line=1)
 
 
-def build_split(
-    spec: TaskSpec,
-    split: str,
-    path: Path,
-    rows: Iterator[tuple[int, dict]],
-    columns: Columns,
-    label_map: Mapping[str, int] | None = None,
-) -> SentenceSplit:
-    """Collect validated rows into a `SentenceSplit`.
-
-    Args:
-      label_map: raw label value (as text) -> label id, for classification.
-    """
+def build_split(spec: TaskSpec, split: str, path: Path, rows: Iterator[tuple[int, dict]], columns: Columns,
+                label_map: Mapping[str, int] | None = None) -> SentenceSplit:  # fmt: skip
+    """Collect validated rows into a `SentenceSplit`; ``label_map``: raw label (as text) -> id."""
     ids: list[str] = []
     first_line: dict[str, int] = {}  # example id -> the line it is first on
     texts: tuple[list[str], ...] = tuple([] for _ in columns.text)

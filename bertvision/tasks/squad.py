@@ -1,24 +1,20 @@
-"""SQuAD 2.0: the official JSON format, and a seeded article-level split of one file.
-
-Official layout, under the data folder's ``squad2/``: ``train-v2.0.json``, ``dev-v2.0.json``.
-Each question has an id, its answers (text and character offset into its paragraph's context),
-``is_impossible``, and for unanswerable questions the ``plausible_answers`` annotators marked.
-
-Only the dev file is public in many places (and here); `article_split` cuts one file into
-train / validation / test parts by article (Wikipedia page), so no paragraph, and no article,
-lands in two parts.
+"""SQuAD 2.0: the official JSON files (``squad2/{train,dev}-v2.0.json``) read strictly, and
+`article_split`, a seeded split of one file (only dev is public in many places) into train /
+validation / test by article (Wikipedia page), so no paragraph or article lands in two parts.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from bertvision.errors import ConfigError, DataError, decode_error, json_error
+from bertvision.errors import ConfigError, DataError, json_error
+from bertvision.io import read_utf8
 from bertvision.tasks.base import Task, TaskSpec, check_text, require_file
 
 HUB_DATASET = "rajpurkar/squad_v2"
@@ -28,26 +24,13 @@ ARTICLE_SPLITS = ("train", "validation", "test")
 ARTICLE_FRACTIONS = (0.8, 0.1, 0.1)
 ARTICLE_SEED = 0
 
-SQUAD2 = TaskSpec(
-    name="squad2",
-    title="SQuAD 2.0 (extractive QA with unanswerable questions)",
-    kind="span",
-    text_fields=("question", "context"),
-    labels=None,
-    metrics=("squad_v2",),
-    splits=("train", "dev"),
-    eval_splits=("dev",),
-)
-SQUAD2_ARTICLES = TaskSpec(
-    name="squad2-articles",
+SQUAD2 = TaskSpec(name="squad2", title="SQuAD 2.0 (extractive QA with unanswerable questions)", kind="span",
+                  text_fields=("question", "context"), labels=None, metrics=("squad_v2",), splits=("train", "dev"),
+                  eval_splits=("dev",))  # fmt: skip
+SQUAD2_ARTICLES = replace(
+    SQUAD2, name="squad2-articles", splits=ARTICLE_SPLITS, eval_splits=("test",),
     title="SQuAD 2.0 dev, split by article into train / validation / test (seed 0, 80/10/10 of questions)",
-    kind="span",
-    text_fields=("question", "context"),
-    labels=None,
-    metrics=("squad_v2",),
-    splits=ARTICLE_SPLITS,
-    eval_splits=("test",),
-)
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -96,41 +79,22 @@ class SquadSplit:
 
     def example(self, i: int) -> dict:
         ex = self.examples[i]
-        return {
-            "id": ex.id,
-            "title": ex.title,
-            "question": ex.question,
-            "context": ex.context,
-            "answers": [a.text for a in ex.answers],
-            "is_impossible": ex.is_impossible,
-        }
+        return {"id": ex.id, "title": ex.title, "question": ex.question, "context": ex.context,
+                "answers": [a.text for a in ex.answers], "is_impossible": ex.is_impossible}  # fmt: skip
 
     def label_counts(self) -> dict[str, int]:
         return {"answerable": self.num_answerable, "unanswerable": len(self) - self.num_answerable}
 
 
 def read_squad_json(path: str | Path) -> list[SquadExample]:
-    """Read a SQuAD (2.0 or 1.1) JSON file, checking every answer's offset against its context.
-
-    Raises `DataError` naming the file and the question id for: malformed JSON (with the
-    character offset, and line and column, where decoding stopped), text that is not UTF-8
-    (with the byte offset), missing keys, empty questions or contexts, an answerable question
-    without answers, an unanswerable one with answers, an answer whose text is not at its
-    offset, and duplicate ids (with the places of both questions).
-    """
+    """Read a SQuAD (2.0 or 1.1) JSON file strictly, every answer checked against its context's
+    text at its offset; a `DataError` names the file and the question id (or place)."""
     path = Path(path)
     require_file(path, "SQuAD JSON file")
     try:
-        data = path.read_bytes()  # bytes: no newline translation, so offsets are the file's
-    except OSError as e:
-        raise DataError(path, f"cannot read: {e.strerror or e}") from e
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise decode_error(path, e, data) from e
+        doc = json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise json_error(path, e, what="malformed JSON") from e
-    del data
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(path, "not a SQuAD file: expected an object with a 'data' list")
     examples, seen = [], {}  # question id -> where it is first
@@ -138,18 +102,13 @@ def read_squad_json(path: str | Path) -> list[SquadExample]:
         title = _get(path, article, "title", str, f"data[{a}]")
         for p, para in enumerate(_get(path, article, "paragraphs", list, title)):
             where = f"{title} paragraph {p}"
-            context = check_text(
-                _get(path, para, "context", str, where), str(path), "context", key=where
-            )
+            context = check_text(_get(path, para, "context", str, where), str(path), "context", key=where)
             for q, qa in enumerate(_get(path, para, "qas", list, where)):
                 ex = _read_question(path, title, context, qa, where)
                 place = f"data[{a}].paragraphs[{p}].qas[{q}] (article {title!r})"
                 if ex.id in seen:
-                    raise DataError(
-                        path,
-                        f"question id occurs more than once: at {place}, first at {seen[ex.id]}",
-                        key=ex.id,
-                    )
+                    raise DataError(path, f"question id occurs more than once: at {place}, first at {seen[ex.id]}",
+                                    key=ex.id)  # fmt: skip
                 seen[ex.id] = place
                 examples.append(ex)
     if not examples:
@@ -162,9 +121,7 @@ def _get(path, obj, key, kind, where):
         raise DataError(path, f"missing key {key!r}", key=where)
     value = obj[key]
     if not isinstance(value, kind):
-        raise DataError(
-            path, f"{key!r} must be a {kind.__name__}, not {type(value).__name__}", key=where
-        )
+        raise DataError(path, f"{key!r} must be a {kind.__name__}, not {type(value).__name__}", key=where)
     return value
 
 
@@ -190,21 +147,14 @@ def _answers(path, qid, context, items) -> tuple[Answer, ...]:
             raise DataError(path, "empty answer text", key=qid)
         found = context[start : start + len(text)] if start >= 0 else None
         if found != text:
-            raise DataError(
-                path,
-                f"answer {text!r} does not match its context at offset {start} "
-                f"(the context has {found!r} there)",
-                key=qid,
-            )
+            raise DataError(path, f"answer {text!r} does not match its context at offset {start} "
+                                  f"(the context has {found!r} there)", key=qid)  # fmt: skip
         out.append(Answer(text, start))
     return tuple(out)
 
 
-def article_split(
-    examples: Sequence[SquadExample],
-    fractions: Sequence[float] = ARTICLE_FRACTIONS,
-    seed: int = ARTICLE_SEED,
-) -> dict[str, list[SquadExample]]:
+def article_split(examples: Sequence[SquadExample], fractions: Sequence[float] = ARTICLE_FRACTIONS,
+                  seed: int = ARTICLE_SEED) -> dict[str, list[SquadExample]]:  # fmt: skip
     """Split questions into train / validation / test by article, seeded.
 
     Articles are shuffled with ``seed`` and dealt out in that order: each part takes articles
@@ -212,15 +162,11 @@ def article_split(
     least one article. Within a part, questions keep their file order.
     """
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ConfigError(
-            f"article split fractions must be 3 positive numbers summing to 1, not {list(fractions)}"
-        )
+        raise ConfigError(f"article split fractions must be 3 positive numbers summing to 1, not {list(fractions)}")
     titles = list(dict.fromkeys(ex.title for ex in examples))
     if len(titles) < 3:
         raise ConfigError(f"an article split needs at least 3 articles; the data has {len(titles)}")
-    sizes = {t: 0 for t in titles}
-    for ex in examples:
-        sizes[ex.title] += 1
+    sizes = Counter(ex.title for ex in examples)
     order = [titles[i] for i in np.random.default_rng(seed).permutation(len(titles))]
     bounds = np.cumsum(fractions) * len(examples)  # question count at which each part is full
     part_of, articles_in, done, part = {}, [0, 0, 0], 0, 0
@@ -233,10 +179,7 @@ def article_split(
         part_of[title] = part
         articles_in[part] += 1
         done += sizes[title]
-    return {
-        name: [ex for ex in examples if part_of[ex.title] == i]
-        for i, name in enumerate(ARTICLE_SPLITS)
-    }
+    return {name: [ex for ex in examples if part_of[ex.title] == i] for i, name in enumerate(ARTICLE_SPLITS)}
 
 
 class SquadTask(Task):
@@ -254,10 +197,6 @@ class SquadTask(Task):
         if self.data_dir is None:
             return [f"hub:{HUB_DATASET}"]
         return [str(self.data_dir / d / file) for d in ("squad2", "squad", ".")]
-
-    def locate(self, split: str) -> str:
-        found = self.candidates(split)
-        return next((c for c in found if Path(c).is_file()), found[0])
 
     def _load(self, split: str) -> SquadSplit:
         source_split = self.split_file if self.is_article_split else split
@@ -279,13 +218,7 @@ def _load_hub(split: str) -> list[SquadExample]:
     ds = load_hub_dataset(HUB_DATASET, None, split.replace("dev", "validation"))
     out = []
     for row in ds:
-        answers = tuple(
-            Answer(t, s)
-            for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True)
-        )
-        out.append(
-            SquadExample(
-                row["id"], row["title"], row["context"], row["question"], answers, not answers
-            )
-        )
+        given = row["answers"]
+        answers = tuple(Answer(t, s) for t, s in zip(given["text"], given["answer_start"], strict=True))
+        out.append(SquadExample(row["id"], row["title"], row["context"], row["question"], answers, not answers))
     return out
