@@ -2,7 +2,7 @@
 same validation carve, the same training examples, and the same rule (choose on validation,
 score dev once). Each writes RUN/peers/<name>.json, which the run's report shows as a row.
 
-    python benchmarks/peers.py logreg --run runs/results/rte
+    python benchmarks/peers.py logreg --run runs/results/rte   # several at once: logreg lora setfit
 
 ``logreg``: a logistic regression (regression tasks: ridge) on the *pretrained* encoder's
 sentence embeddings (mean states of the last layer, normalised: how all-MiniLM-L6-v2 is meant
@@ -248,14 +248,15 @@ PEERS = {"logreg": logreg, "lora": lora, "setfit": setfit}
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("peer", choices=sorted(PEERS))
+    p.add_argument("peers", nargs="+", choices=sorted(PEERS), metavar="PEER", help=f"one or more of {sorted(PEERS)}")
     p.add_argument("--run", required=True, help="a run folder written by 'bertvision run'")
     p.add_argument("--max-epochs", type=int, default=3, help="lora: epochs per seed, one checkpoint each (default 3)")
     p.add_argument("--max-steps", type=int, default=300, help="setfit: contrastive steps per seed (default 300)")
     args = p.parse_args()
-    options = {"lora": {"max_epochs": args.max_epochs}, "setfit": {"max_steps": args.max_steps}}.get(args.peer, {})
-    result = PEERS[args.peer](Path(args.run), **options)
-    print(json.dumps({k: result[k] for k in ("name", "scores", "wall_seconds", "device_seconds")}, indent=1))
+    for peer in dict.fromkeys(args.peers):
+        options = {"lora": {"max_epochs": args.max_epochs}, "setfit": {"max_steps": args.max_steps}}.get(peer, {})
+        result = PEERS[peer](Path(args.run), **options)
+        print(json.dumps({k: result[k] for k in ("name", "scores", "wall_seconds", "device_seconds")}, indent=1))
     from bertvision.report import write_report
 
     print(f"report: {write_report(args.run)}")

@@ -78,7 +78,7 @@ def _run(config: dict, api) -> None:
 
 
 def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_trial) -> tune.Tuner:
-    """The Tuner of this search (restored from ``out`` with ``job.resume``)."""
+    """The Tuner of this search (restored from ``out`` with ``job.resume``; `run` checks the folder)."""
     stores = load_stores(search)
     kind, data = next(iter(stores.values()))
     given = {"search": search.resolved(kind.family), "stores": stores}
@@ -89,11 +89,7 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
         given["checkpoint_every"] = job.checkpoint_every
     fn = tune.with_resources(tune.with_parameters(trainable, **given), resources)
     if job.resume:
-        if not tune.Tuner.can_restore(str(out)):
-            raise ConfigError(f"--resume: no search to resume in {out}")
         return tune.Tuner.restore(str(out), trainable=fn, resume_errored=True)
-    if (out / "tuner.pkl").exists():
-        raise ConfigError(f"{out} holds a search already; add --resume to finish it, or give another --out")
     tokens = any(k.model_fields(d).get("token_states") for k, d in stores.values())  # heads pooling tokens: a choice
     searcher = HyperOptSearch(space(search, data.manifest["num_hidden_states"], tokens), metric=METRIC, mode="max", n_initial_points=search.initial_points,
                               points_to_evaluate=[default_point(search, kind.family, tokens)], random_state_seed=search.seed)  # fmt: skip
@@ -112,6 +108,9 @@ def run(search: SearchConfig, out_dir: str, job: TuneJobConfig | None = None) ->
     """Run (or, with ``job.resume``, finish) the search into ``out_dir``; returns the leaderboard."""
     job = job or TuneJobConfig()
     out = Path(out_dir).expanduser().absolute()
+    if job.resume != tune.Tuner.can_restore(str(out)):  # checked before a Ray starts
+        raise ConfigError(f"--resume: no search to resume in {out}" if job.resume else
+                          f"{out} holds a search already; add --resume to finish it, or give another --out")  # fmt: skip
     search = absolute_inputs(search)  # trials run in folders of their own
     results = common.on_ray(job.address, lambda: build_tuner(search, out, job).fit(), dashboard=job.workers_per_trial > 1)
     return finish_search(out, {Path(r.path).name for r in results})

@@ -25,6 +25,28 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 REPO = Path(__file__).resolve().parents[1]
 
 
+def own_ray_env() -> dict:
+    """The environment of a command that must start a local Ray of its own (no $RAY_ADDRESS)."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+@pytest.fixture(scope="session")
+def shared_ray(tmp_path_factory):
+    """One real head (`ray start --head`: dashboard on 127.0.0.1, token authentication) for the
+    command-line runs of this test process that need a Ray but not one of their own: a local Ray
+    costs a CPU-bound start (about 10 s of a core here) that attaching does not. (In-process Rays
+    stay local: Ray reads its auth mode once per process.) Stopped, by what it started, at the
+    end of the session (under xdist: of the worker)."""
+    pytest.importorskip("ray")
+    from tests import ray_cluster as rc
+
+    root = tmp_path_factory.mktemp("shared-ray")
+    node = rc.start_head(rc.short_dir(root, "h"), rc.write_token(root / "token"), num_cpus=4)
+    node.cli_env = {**node.env, "RAY_ADDRESS": node.gcs}  # a CLI run attached to it
+    yield node
+    node.stop()
+
+
 def shared_data_dir() -> Path | None:
     """The real data: $BERTVISION_DATA, else ../shared/data beside the repository."""
     env = os.environ.get("BERTVISION_DATA")

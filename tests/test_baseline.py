@@ -2,13 +2,12 @@
 the choice made on validation only, then seeds at that setting scored once on dev."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import write_toy_task
+from tests.conftest import own_ray_env, write_toy_task
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -17,7 +16,7 @@ pytestmark = pytest.mark.ray
 def test_the_baseline_is_chosen_on_validation_then_run_with_seeds(tmp_path, tiny_bert_dir):
     write_toy_task(tmp_path / "task", n_train=80, n_dev=24)  # 72 training + 8 validation examples
     out = tmp_path / "baseline"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = own_ray_env()  # a local Ray of its own, started only when there is something to run
     # Relative paths, as a user types them: each trial runs in a folder of its own, so the job
     # must pin them (a trial that read "task/toy.toml" from its own folder failed, and the
     # DataError it raised could not even travel back to the driver).

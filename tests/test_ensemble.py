@@ -11,7 +11,6 @@ encoder outputs.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -244,10 +243,9 @@ def test_mismatched_members_are_refused(toy, regression, bare, tmp_path):
 
 
 @pytest.mark.ray
-def test_tune_then_ensemble_from_tune_on_the_command_line(toy, tmp_path):
-    pytest.importorskip("ray")
+def test_tune_then_ensemble_from_tune_on_the_command_line(toy, shared_ray, tmp_path):
     root, task_cfg, ckpt, stores = toy
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    env = shared_ray.cli_env  # the search on the session's shared head
     cli = bertvision_cli()
     proc = subprocess.run([*cli, "tune", "--stores", *map(str, stores), "--trials", "4", "--initial-points", "2",
                            "--epochs", "3", "--out", str(tmp_path / "search")], capture_output=True, text=True,

@@ -5,9 +5,9 @@
   process behind);
 - a head started with `ray start --head` (dashboard on 127.0.0.1) runs
   `ray job submit --working-dir . -- python -m ray_jobs.embed ...`;
-- a job killed after some shards and submitted again finishes the store, equal to an
+- a job killed after some shards and submitted again, once a second node (`ray start --address
+  ...`) has joined, finishes the store with extraction actors on both nodes, equal to an
   uninterrupted run;
-- a second node (`ray start --address ...`) joins and extraction actors run on both nodes;
 - a relative --out is refused, in-process and as a submitted job;
 - the head refuses a job submitted without its token, or with a wrong one.
 
@@ -236,12 +236,10 @@ def test_embed_ray_in_process_equals_the_library_loop(task, reference, tmp_path,
 
 
 @pytest.fixture(scope="module")
-def head(ray_tmp, token, bystander):
-    """A real single-node Ray head (`ray start --head --block`), dashboard on 127.0.0.1, token
-    authentication with this module's token, stopped by what it started."""
-    node = rc.start_head(rc.short_dir(ray_tmp, "h"), token, num_cpus=4)
-    yield node
-    node.stop()  # raises if any of its processes survive
+def head(shared_ray, bystander):
+    """A real head: the session's shared one (`ray start --head --block`, dashboard on 127.0.0.1,
+    token authentication), stopped by what started it, after the bystander has been checked."""
+    return shared_ray
 
 
 def _submit(head, task, out, *extra, wait=True, job_id=None, env=None, check=True, runtime_env=None) -> subprocess.CompletedProcess:
@@ -253,10 +251,11 @@ def _submit(head, task, out, *extra, wait=True, job_id=None, env=None, check=Tru
 
 
 @pytest.mark.ray
-def test_a_submitted_job_killed_and_submitted_again_equals_the_library_loop(head, task, reference, tmp_path):
-    """`ray job submit` to the real head, its driver SIGKILLed after a few shards, submitted
-    again: the store (train and dev) is the library loop's, and the second job wrote only the
-    shards the first had not."""
+def test_a_killed_job_submitted_again_on_two_nodes_equals_the_library_loop(head, task, reference, tmp_path):
+    """`ray job submit` to the real head, its driver SIGKILLed after a few shards; a second node
+    joins on loopback and the job is submitted again with two actors: the store (train and dev)
+    is the library loop's, the second job wrote only the shards the first had not, and its
+    actors wrote them on both nodes."""
     out = tmp_path / "store"
     job_id = f"kill-{uuid.uuid4().hex[:8]}"
     _submit(head, task, out, wait=False, job_id=job_id)
@@ -273,36 +272,31 @@ def test_a_submitted_job_killed_and_submitted_again_equals_the_library_loop(head
     written = len(list((out / "train").glob("shard-*.parquet")))
     manifest = json.loads((out / "train" / "_manifest.json").read_text())
     assert manifest["status"] == "incomplete" and written < 30, written  # killed part-way (30 shards planned)
-    proc = _submit(head, task, out)
-    assert "succeeded" in proc.stdout.lower(), proc.stdout[-2000:]
-    for split in ("train", "dev"):
-        _stores_equal(out / split, reference / split)  # same ids, in order, none twice, same tensors
-        st.verify(out / split)
-    assert st.verify(out / "train")["rows"] == 480
-    assert st.read_manifest(out / "train")["extra"]["last_run"]["rows"] < 480  # the rerun wrote only the rest
-
-
-@pytest.mark.ray
-def test_two_nodes_run_extraction_actors_on_both(head, task, tmp_path, token):
-    """A second node joins on loopback; the actor pool spreads over both nodes."""
+    token = Path(head.env["RAY_AUTH_TOKEN_PATH"])
     worker = rc.start_worker(head, rc.short_dir(tmp_path, "w"), token, num_cpus=2, remove_temp_dir=True)
     try:
         deadline = time.time() + 60
         while _alive_nodes(head) < 2:
             assert time.time() < deadline, "second node did not join"
             time.sleep(1)
-        out = tmp_path / "store"
+        kept = len(list((out / "train").glob("shard-*.parquet")))  # finished shards (written whole, then renamed)
         # The pool's actor on the new node starts slowly on a small machine (the working dir
         # unpacked there, torch imported): Ray Data waits for both actors before handing out
         # shards, or the head's actor may write them all first.
         wait = {"env_vars": {"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"}}
-        proc = _submit(head, task, out, "--splits", "train", "--actors", "2", runtime_env=wait)
+        proc = _submit(head, task, out, "--actors", "2", runtime_env=wait)
         assert "succeeded" in proc.stdout.lower(), proc.stdout[-2000:]
-        nodes = st.read_manifest(out / "train")["extra"]["last_run"]["shards_per_node"]
-        assert len(nodes) == 2 and sum(nodes.values()) == 30, nodes
     finally:
         worker.stop()  # this node only; the head fixture stops the head
     assert worker.processes() == [] and head.alive()
+    for split in ("train", "dev"):
+        _stores_equal(out / split, reference / split)  # same ids, in order, none twice, same tensors
+        st.verify(out / split)
+    assert st.verify(out / "train")["rows"] == 480
+    run = st.read_manifest(out / "train")["extra"]["last_run"]
+    assert run["rows"] < 480  # the rerun wrote only the rest
+    nodes = run["shards_per_node"]
+    assert len(nodes) == 2 and sum(nodes.values()) == 30 - kept, (nodes, kept)
 
 
 def _alive_nodes(head) -> int:

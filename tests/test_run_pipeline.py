@@ -16,13 +16,13 @@ import pytest
 
 from bertvision.errors import ConfigError
 from bertvision.pipeline import PipelineConfig, Stages, store_splits
-from tests.conftest import bertvision_cli, write_toy_task
+from tests.conftest import bertvision_cli, own_ray_env, write_toy_task
 
 
-def _cli(*args, check=True, timeout=900) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-    proc = subprocess.run([*bertvision_cli(), *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout)  # fmt: skip
+def _cli(*args, check=True, timeout=900, env=None) -> subprocess.CompletedProcess:
+    """A CLI run on the shared head (``env``: its ``cli_env``), else on a local Ray of its own."""
+    proc = subprocess.run([*bertvision_cli(), *map(str, args)], capture_output=True, text=True,
+                          env=env or own_ray_env(), timeout=timeout)  # fmt: skip
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -258,7 +258,7 @@ def test_the_headline_says_plainly_when_the_head_is_no_better_than_the_majority_
 
 
 @pytest.mark.ray
-def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bundled_tokenizer):
+def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bundled_tokenizer, shared_ray):
     """SQuAD 2.0 through the same command: token store, span heads, max and mean ensembles,
     the no-answer baseline, and the answer's tokens boxed in the drawn window."""
     pytest.importorskip("ray")
@@ -322,10 +322,11 @@ def test_peers_join_the_reports_results_table(tiny_run):
     _, out, _ = tiny_run
     script = Path(__file__).parents[1] / "benchmarks" / "peers.py"
     peers = ["logreg"] + (["lora"] if _has("peft") else []) + (["setfit"] if _has("setfit") else [])
-    for peer in peers:  # short runs: the rows and files are what is checked here
-        proc = subprocess.run([sys.executable, str(script), peer, "--run", str(out), *PEER_ARGS], capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    # one process for all (short runs: the rows and files are what is checked here)
+    proc = subprocess.run([sys.executable, str(script), *peers, "--run", str(out), *PEER_ARGS], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for peer in peers:
         result = json.loads((out / "peers" / f"{peer}.json").read_text())
         assert set(result["scores"]) == {"dev"} and result["task"] == "toy"
     pickled = [p for p in (out / "peers").rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]

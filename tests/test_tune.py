@@ -17,7 +17,7 @@ import pytest
 
 from bertvision.config import SearchConfig
 from bertvision.search import TRIAL_FILE, default_point, leaderboard
-from tests.conftest import bertvision_cli, write_toy_task
+from tests.conftest import bertvision_cli, own_ray_env, write_toy_task
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -38,16 +38,16 @@ def stores(tmp_path_factory, tiny_bert_dir) -> tuple[Path, Path]:
     return tuple(out)
 
 
-def _tune(*args, check=True, **kw) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
-    proc = subprocess.run([*bertvision_cli(), "tune", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600, **kw)  # fmt: skip
+def _tune(*args, check=True, env=None, **kw) -> subprocess.CompletedProcess:
+    """`bertvision tune` on the shared head (``env``: its ``cli_env``), else on a local Ray of its own."""
+    proc = subprocess.run([*bertvision_cli(), "tune", *map(str, args)], capture_output=True, text=True,
+                          env=env or own_ray_env(), timeout=600, **kw)  # fmt: skip
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def test_a_search_starts_from_the_default_head_and_never_reads_dev(stores, tmp_path):
+def test_a_search_starts_from_the_default_head_and_never_reads_dev(stores, shared_ray, tmp_path):
     cls_store, mean_store = stores
     # Dev of both stores broken: a trial that read it would fail the search.
     for store in stores:
@@ -55,7 +55,7 @@ def test_a_search_starts_from_the_default_head_and_never_reads_dev(stores, tmp_p
             shard.write_bytes(b"not parquet")
     out = tmp_path / "search"
     proc = _tune("--stores", cls_store, mean_store, "--trials", 5, "--initial-points", 3, "--epochs", 3,
-                 "--max-concurrent", 2, "--out", out)  # fmt: skip
+                 "--max-concurrent", 2, "--out", out, env=shared_ray.cli_env)  # fmt: skip
     board = json.loads((out / "leaderboard.json").read_text())
     assert len(board) == 5 and [r["score"] for r in board] == sorted((r["score"] for r in board), reverse=True)
     defaults = default_point(SearchConfig(stores=(str(cls_store), str(mean_store))), "sentence")
@@ -76,9 +76,9 @@ def test_a_search_starts_from_the_default_head_and_never_reads_dev(stores, tmp_p
     assert "rank" in proc.stdout and f"{board[0]['score']:.4f}" in proc.stdout
     show = subprocess.run([*bertvision_cli(), "tune", "show", str(out), "--top", "2"], capture_output=True, text=True)
     assert show.returncode == 0 and len(show.stdout.strip().splitlines()) == 3, show.stderr
-    # the same folder again, without --resume: refused, nothing touched
+    # the same folder again, without --resume: refused, nothing touched, before any Ray starts
     again = _tune("--stores", cls_store, "--trials", 2, "--out", out, check=False)
-    assert again.returncode == 1 and "--resume" in again.stderr
+    assert again.returncode == 1 and "--resume" in again.stderr and "local Ray" not in again.stdout
 
 
 KILLED_EPOCHS = 12
@@ -98,9 +98,9 @@ def test_a_killed_search_resumes_to_the_requested_total(stores, tmp_path):
     # KILLED_EPOCHS epochs (a checkpoint each): the search is killed within 0.05 s of its second
     # trial finishing, long before the third can
     e = KILLED_EPOCHS
-    args = ["--stores", cls_store, "--trials", 4, "--initial-points", 2, "--epochs", e, "--patience", e,
+    args = ["--stores", cls_store, "--trials", 3, "--initial-points", 2, "--epochs", e, "--patience", e,
             "--grace-period", e, "--max-concurrent", 1, "--out", out]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = own_ray_env()  # a local Ray of its own, killed with it
     proc = subprocess.Popen([*bertvision_cli(), "tune", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
     try:
@@ -113,16 +113,16 @@ def test_a_killed_search_resumes_to_the_requested_total(stores, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
     before = {p: _outcome(p) for p in _finished(out)}
-    assert 2 <= len(before) < 4
+    assert len(before) == 2
     shutil.copytree(next(iter(before)).parent, out / "trial-lost")  # unknown to Tune's state
     proc = _tune(*args, "--resume")
     board = leaderboard(out)
-    assert len(board) == 4 and len(_finished(out)) == 4
+    assert len(board) == 3 and len(_finished(out)) == 3
     assert (out / ORPHANS / "trial-lost" / TRIAL_FILE).is_file() and "trial-lost" not in {Path(r["trial"]).name for r in board}
     assert f"moved to {out / ORPHANS}" in proc.stdout
     for path, text in before.items():
         assert _outcome(path) == text  # a finished trial did not run again
-    assert len({json.dumps(r["params"], sort_keys=True) for r in board}) == 4  # no point proposed twice
+    assert len({json.dumps(r["params"], sort_keys=True) for r in board}) == 3  # no point proposed twice
 
 
 def _outcome(path: Path) -> dict:
@@ -220,8 +220,8 @@ class TestOnAnInProcessRay:
 
 @pytest.fixture(scope="module")
 def tune_head(tmp_path_factory):
-    """One real head for this module's cluster tests (1 CPU: a second trial at once must go to
-    another node), dashboard and job API on 127.0.0.1, token authentication, stopped by what it
+    """A real head of 1 CPU for the two-node test (a second trial at once must go to another
+    node), dashboard and job API on 127.0.0.1, token authentication, stopped by what it
     started (`tests/ray_cluster.py`; never `ray stop`)."""
     from tests import ray_cluster as rc
 
@@ -271,15 +271,15 @@ def test_two_nodes_run_trials_on_both(stores, tune_head, tmp_path):
     assert worker.processes() == [] and tune_head.alive()
 
 
-def test_search_through_ray_job_submit(stores, tune_head, tmp_path):
+def test_search_through_ray_job_submit(stores, shared_ray, tmp_path):
     from tests.conftest import REPO
 
     out = tmp_path / "search"
-    cmd = [str(Path(tune_head.env["PATH"].split(os.pathsep)[0]) / "ray"), "job", "submit", "--address",
-           tune_head.dashboard, "--working-dir", ".", "--", "python", "-m", "ray_jobs.tune", "--stores",
+    cmd = [str(Path(shared_ray.env["PATH"].split(os.pathsep)[0]) / "ray"), "job", "submit", "--address",
+           shared_ray.dashboard, "--working-dir", ".", "--", "python", "-m", "ray_jobs.tune", "--stores",
            str(stores[0]), "--trials", "3", "--initial-points", "2", "--epochs", "2", "--max-concurrent", "1",
            "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=tune_head.env, cwd=REPO, timeout=400)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=shared_ray.env, cwd=REPO, timeout=400)
     assert proc.returncode == 0 and "succeeded" in proc.stdout.lower(), (proc.stdout + proc.stderr)[-3000:]
     board = json.loads((out / "leaderboard.json").read_text())
     assert len(board) == 3 and all(r["node"] for r in board)
