@@ -144,8 +144,8 @@ def toy_task(tmp_path) -> Path:
     return write_toy_task(tmp_path / "toy")
 
 
-# The longest files, longest first (`pytest --durations=0`, 2026-12-01: each takes 3 to 5
-# minutes of the suite's 11 on two cores; most of it waiting on Ray processes and polls).
+# The longest files, longest first (`pytest --durations=60`, 2026-12-07: each takes 2.5 to 4
+# minutes of the suite's 8 to 10 on two cores; most of it starting processes: Ray, torch).
 LONGEST_FIRST = ("test_tune.py", "test_ray_embed.py", "test_ray_train.py", "test_hardening.py")
 
 
