@@ -283,7 +283,9 @@ def _embed_stage(runners: Runners, ecfg: EmbedConfig, out: Path) -> dict:
 
 
 def _tune_stage(runners: Runners, search: SearchConfig, out: Path) -> dict:
-    board = runners.tune(search, str(out), TuneJobConfig(resume=(out / "tuner.pkl").exists(), verbose=0))
+    from bertvision.search import RECORD
+
+    board = runners.tune(search, str(out), TuneJobConfig(resume=(out / RECORD).exists(), verbose=0))
     top = board[0]
     return {"trials": len(board), "score": top["score"], "trial": Path(top["trial"]).name, "params": top["params"],
             "config": top["config"], "selection": Path(top["params"]["store"]).name,

@@ -1,6 +1,7 @@
 """Head searches over stored states, the library side: the search space, one trial (a `fit_head`
-reporting its validation score every epoch; dev and test never loaded), the leaderboard. Ray Tune
-drives them (`ray_jobs/tune.py`); nothing here imports Ray."""
+reporting its validation score every epoch; dev and test never loaded), the stopping rule, the
+search's own record (all a resume reads), the leaderboard. Ray Tune drives them
+(`ray_jobs/tune.py`); nothing here imports Ray."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ from bertvision.kinds import store_kind
 from bertvision.train import fit_head, head_meta, log_epoch, save_head
 
 TRIAL_FILE = "trial.json"
+RECORD = "search.json"  # the search's settings and every trial it ended: all a resume reads (never Tune's pickles)
 ORPHANS = "orphaned"  # trial folders a resumed search does not know, set aside
+# Settings a resumed search may change; any other change is a different search.
+RESUME_MAY_CHANGE = ("trials", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "device", "top_k")
+REDUCTION = 4  # ASHA's: a rung keeps the top quarter
 
 # The space (hyperopt): what HyperOpt may choose, and the values tried.
 ADAPTER_SIZES = (16, 32, 64, 128, 256)
@@ -150,6 +155,70 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
     return record
 
 
+class Rungs:
+    """ASHA's stopping rule (one bracket: at epochs grace·4^k a trial stops when its score is below
+    the top quarter of those recorded there), counting only trials that had ended when it started:
+    ASHA counts every trial recorded so far, so with concurrent trials its stops hang on timing."""
+
+    def __init__(self, max_t: int, grace: int):
+        rungs = int(math.log(max_t / grace) / math.log(REDUCTION) + 1)  # as ASHA counts them
+        self.at: dict[int, dict[str, float]] = {grace * REDUCTION**k: {} for k in range(rungs)}
+        self.ended: set[str] = set()
+        self.peers: dict[str, frozenset] = {}
+
+    def start(self, name: str) -> None:
+        self.peers[name] = frozenset(self.ended)
+
+    def end(self, name: str, scores: list[float] = ()) -> None:
+        """``name`` ended; ``scores`` (one per epoch): a resumed search's replay of an ended trial."""
+        for epoch, recorded in self.at.items():
+            if epoch <= len(scores):
+                recorded[name] = scores[epoch - 1]
+        self.ended.add(name)
+
+    def keep(self, name: str, epoch: int, score: float) -> bool:
+        """Whether ``name`` goes on after ``score`` at ``epoch`` (recorded at a rung)."""
+        import numpy as np
+
+        recorded = self.at.get(epoch)
+        if recorded is None or name in recorded:
+            return True
+        peers = [s for t, s in recorded.items() if t in self.peers.get(name, ())]
+        recorded[name] = score
+        return not peers or score >= np.nanpercentile(peers, 100 * (1 - 1 / REDUCTION))
+
+
+def new_record(out: Path, search: SearchConfig, ended: dict[str, dict]) -> dict:
+    """The search's record (``ended``: trial folder -> params, status, scores per epoch), written."""
+    record = {"search": asdict(search), "trials": ended}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / RECORD, record)
+    return record
+
+
+def ended_trials(out: Path, search: SearchConfig) -> dict[str, dict]:
+    """The trials a killed search in ``out`` ended, for its resume: its record read (refused when
+    unreadable, or when a setting other than ``RESUME_MAY_CHANGE`` differs from ``search``'s)."""
+    path = out / RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        was, trials = record["search"], record["trials"]
+        ended = {name: t for name, t in trials.items() if t["status"] == "done" and t["params"] and t["scores"]}
+    except FileNotFoundError:
+        raise ConfigError(f"--resume: no {RECORD} in {out}, so nothing to resume (a search of an older BERTVision, "
+                          "or none): start the search in another folder") from None  # fmt: skip
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(path, f"unreadable search record ({type(e).__name__}: {e}); the search cannot be resumed: "
+                              f"move {out} aside and start it again") from None  # fmt: skip
+    now = json.loads(json.dumps(asdict(search)))  # as the record holds it (tuples as lists)
+    changed = [f"--{k.replace('_', '-')} {was.get(k)!r} -> {now[k]!r}" for k in now
+               if k not in RESUME_MAY_CHANGE and was.get(k) != now[k]]  # fmt: skip
+    if changed:
+        raise ConfigError(f"--resume: the search in {out} ran with other settings ({'; '.join(changed)}): resume "
+                          "it with its own, or start a new search in another folder")  # fmt: skip
+    return ended
+
+
 def finish_search(out: Path, known: set[str]) -> list[dict]:
     """After a search: trial folders its results do not hold (``known``: a killed search's, rerun in
     their place) moved to ``ORPHANS``, then the leaderboard written and returned."""
@@ -158,9 +227,8 @@ def finish_search(out: Path, known: set[str]) -> list[dict]:
         (out / ORPHANS).mkdir(exist_ok=True)
         trial.rename(out / ORPHANS / trial.name)
     if orphans:
-        print(f"{len(orphans)} trial folder(s) that a killed search started after Tune last saved its state "
-              f"(the resumed search ran trials of its own in their place) moved to {out / ORPHANS}",
-              flush=True)  # fmt: skip
+        print(f"{len(orphans)} trial folder(s) that a killed search had not ended (the resumed search ran "
+              f"trials of its own in their place) moved to {out / ORPHANS}", flush=True)  # fmt: skip
     board = leaderboard(out)
     atomic_write_json(out / "leaderboard.json", board)
     return board

@@ -6,15 +6,19 @@
 
 The driver reads every store once (`bertvision.search.load_stores`: train and validation) for the
 trials, through the object store. `HyperOptSearch` starts from the default head, draws
-``--initial-points`` at random, then models the finished trials (``--max-concurrent`` at once);
-`ASHAScheduler` stops weak trials. A trial (`bertvision.search.run_trial`) whose process dies is
-retried from its last checkpoint (``--checkpoint-every``); ``--resume`` finishes a search whose
-driver was killed (`Tuner.restore`): ``--trials`` in all, none run twice.
+``--initial-points`` at random, then models the ended trials; ``--max-concurrent`` trials run at
+once, proposed together from the trials ended before them, and the stopping rule
+(`bertvision.search.Rungs`) counts only those too: the same search whatever the timing. A trial
+(`bertvision.search.run_trial`) whose process dies is retried from its last checkpoint
+(``--checkpoint-every``). ``--resume`` finishes a search whose driver was killed from the search's
+own record (search.json: every ended trial, told to HyperOpt and the stopping rule), never from
+Tune's pickled state: ``--trials`` in all, none run twice.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 from pathlib import Path
@@ -24,17 +28,28 @@ import ray.train
 import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from bertvision.config import SearchConfig, TrainJobConfig, TuneJobConfig
 from bertvision.distributed import World
 from bertvision.errors import ConfigError
+from bertvision.io import atomic_write_json
 from bertvision.outdir import absolute_inputs
 from bertvision.printing import print_leaderboard
 from bertvision.runtime import progress
-from bertvision.search import default_point, finish_search, load_stores, run_trial, space
+from bertvision.search import (
+    RECORD,
+    Rungs,
+    default_point,
+    ended_trials,
+    finish_search,
+    load_stores,
+    new_record,
+    run_trial,
+    space,
+)
 from ray_jobs import common
 
 METRIC = "score"
@@ -77,10 +92,11 @@ def _run(config: dict, api) -> None:
     run_trial(config["search"], config["params"], config["stores"], Path(config["folder"]), report, resume, extra, world)
 
 
-def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_trial) -> tune.Tuner:
-    """The Tuner of this search (restored from ``out`` with ``job.resume``; `run` checks the folder)."""
+def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_trial) -> tune.Tuner | None:
+    """The Tuner of this search (with ``job.resume``: of its trials not yet ended; None when none is left)."""
     stores = load_stores(search)
     kind, data = next(iter(stores.values()))
+    ended = ended_trials(out, search) if job.resume else {}
     given = {"search": search.resolved(kind.family), "stores": stores}
     resources = {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
     if job.workers_per_trial > 1:  # the trial a Ray Train run: its driver takes a sliver, its workers the rest
@@ -88,19 +104,26 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
     if "checkpoint_every" in inspect.signature(trainable).parameters:  # a test's own trainable may not take it
         given["checkpoint_every"] = job.checkpoint_every
     fn = tune.with_resources(tune.with_parameters(trainable, **given), resources)
-    if job.resume:
-        return tune.Tuner.restore(str(out), trainable=fn, resume_errored=True)
+    record = new_record(out, search, ended)
+    if len(ended) >= search.trials:
+        return None
     tokens = any(k.model_fields(d).get("token_states") for k, d in stores.values())  # heads pooling tokens: a choice
-    searcher = HyperOptSearch(space(search, data.manifest["num_hidden_states"], tokens), metric=METRIC, mode="max", n_initial_points=search.initial_points,
-                              points_to_evaluate=[default_point(search, kind.family, tokens)], random_state_seed=search.seed)  # fmt: skip
+    first = default_point(search, kind.family, tokens)
+    searcher = _Proposals(space(search, data.manifest["num_hidden_states"], tokens), [(t["params"], t["scores"][-1]) for t in ended.values()],
+                          metric=METRIC, mode="max", n_initial_points=search.initial_points, random_state_seed=search.seed + len(ended),
+                          points_to_evaluate=[first] if all(t["params"] != first for t in ended.values()) else None)  # fmt: skip
+    rungs = Rungs(given["search"].epochs, search.grace_period)
+    for name, t in ended.items():
+        rungs.end(name, t["scores"])
     return tune.Tuner(fn, tune_config=tune.TuneConfig(
-        metric=METRIC, mode="max", num_samples=search.trials, trial_dirname_creator=_trial_dirname,
+        metric=METRIC, mode="max", num_samples=search.trials - len(ended), trial_dirname_creator=_trial_dirname,
         reuse_actors=job.workers_per_trial == 1,  # a Train-run trial leaves its driver unreusable
-        search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
-        scheduler=ASHAScheduler(time_attr="epoch", max_t=given["search"].epochs, grace_period=search.grace_period),
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent, batch=True),
+        scheduler=_Stopping(rungs),
     ), run_config=tune.RunConfig(
         name=out.name, storage_path=str(out.parent), failure_config=tune.FailureConfig(max_failures=2),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=job.verbose, callbacks=[TrialProgress(search.trials)],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=job.verbose,
+        callbacks=[_Record(out, record, search.trials)],
     ))  # fmt: skip
 
 
@@ -108,32 +131,90 @@ def run(search: SearchConfig, out_dir: str, job: TuneJobConfig | None = None) ->
     """Run (or, with ``job.resume``, finish) the search into ``out_dir``; returns the leaderboard."""
     job = job or TuneJobConfig()
     out = Path(out_dir).expanduser().absolute()
-    if job.resume != tune.Tuner.can_restore(str(out)):  # checked before a Ray starts
-        raise ConfigError(f"--resume: no search to resume in {out}" if job.resume else
-                          f"{out} holds a search already; add --resume to finish it, or give another --out")  # fmt: skip
     search = absolute_inputs(search)  # trials run in folders of their own
-    results = common.on_ray(job.address, lambda: build_tuner(search, out, job).fit(), dashboard=job.workers_per_trial > 1)
-    return finish_search(out, {Path(r.path).name for r in results})
+    if job.resume:  # checked before a Ray starts
+        ended_trials(out, search)
+    elif (out / RECORD).exists() or tune.Tuner.can_restore(str(out)):
+        raise ConfigError(f"{out} holds a search already; add --resume to finish it, or give another --out")
+
+    def fit() -> None:
+        if (tuner := build_tuner(search, out, job)) is not None:
+            tuner.fit()
+
+    common.on_ray(job.address, fit, dashboard=job.workers_per_trial > 1)
+    return finish_search(out, set(json.loads((out / RECORD).read_text())["trials"]))
 
 
 def _trial_dirname(trial) -> str:
     return f"trial-{trial.trial_id}"
 
 
-class TrialProgress(tune.Callback):
-    """The driver's bar over the trials: a step per trial ended (done, stopped, failed for good)."""
+class _Proposals(HyperOptSearch):
+    """HyperOptSearch told a resumed search's ended trials, (params, score) each, as evaluated points."""
 
-    def __init__(self, total: int):
-        self.total, self.bar = total, None
+    def __init__(self, space: dict, evaluated: list[tuple[dict, float]], **kw):
+        import hyperopt
+        from hyperopt.fmin import generate_trial
+
+        super().__init__(space, **kw)
+        docs = []
+        for tid, (params, score) in zip(self._hpopt_trials.new_trial_ids(len(evaluated)), evaluated, strict=True):
+            point = dict(params)
+            self._convert_categories_to_indices(point)  # choices as HyperOpt holds them: indices
+            docs.append({**generate_trial(tid, point), "state": hyperopt.JOB_STATE_DONE,
+                         "result": {"loss": -score, "status": hyperopt.STATUS_OK}})  # fmt: skip
+        self._hpopt_trials.insert_trial_docs(docs)
+        self._hpopt_trials.refresh()
+
+
+class _Stopping(FIFOScheduler):
+    """`Rungs` as Tune's scheduler: trials stopped early at a weak score, the same whatever the timing."""
+
+    def __init__(self, rungs: Rungs):
+        super().__init__()
+        self.rungs = rungs
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self.rungs.start(_trial_dirname(trial))
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        keep = self.rungs.keep(_trial_dirname(trial), result["epoch"], result[METRIC])
+        return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
+
+    def on_trial_complete(self, tune_controller, trial, result=None) -> None:
+        self.rungs.end(_trial_dirname(trial))
+
+    on_trial_remove = on_trial_error = lambda self, tune_controller, trial: self.rungs.end(_trial_dirname(trial))
+
+
+class _Record(tune.Callback):
+    """The driver's record of the search (search.json: each ended trial's params, status and scores,
+    rewritten whole as each ends) and its bar over the trials (a step per trial ended)."""
+
+    def __init__(self, out: Path, record: dict, total: int):
+        self.out, self.record, self.total, self.bar, self.scores = out, record, total, None, {}
 
     def setup(self, **info) -> None:
         self.bar = progress(self.total, "trials")
+        self.bar.update(len(self.record["trials"]))
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.scores.setdefault(trial.trial_id, {})[result["epoch"]] = result[METRIC]
+
+    def _ended(self, trial, status: str) -> None:
+        scores = self.scores.pop(trial.trial_id, {})
+        self.record["trials"][_trial_dirname(trial)] = {
+            "params": {k: v.item() if hasattr(v, "item") else v for k, v in trial.config.items()},
+            "status": status, "scores": [scores[e] for e in sorted(scores)]}  # fmt: skip
+        atomic_write_json(self.out / RECORD, self.record)
         if self.bar is not None:
             self.bar.update(1)
 
-    on_trial_error = on_trial_complete
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial, "error")
 
     def on_experiment_end(self, trials, **info) -> None:
         if self.bar is not None:

@@ -84,45 +84,88 @@ def test_a_search_starts_from_the_default_head_and_never_reads_dev(stores, share
 KILLED_EPOCHS = 12
 
 
-def test_a_killed_search_resumes_to_the_requested_total(stores, tmp_path):
-    """The driver SIGKILLed mid-search (with its local Ray); `--resume` finishes the search:
-    the requested number of trials in all, the finished ones kept as they were. A trial folder
-    the resumed search does not know (a trial started after Tune last saved its state; one is
-    planted here, as the kill may or may not leave one) is set aside, not on the leaderboard."""
+@pytest.fixture(scope="module")
+def killed_search(stores, tmp_path_factory) -> dict:
+    """A search of 3 trials whose driver was SIGKILLed (with its local Ray) after its second trial
+    ended; then its folder tampered with as a full disk and a hostile group member would: Tune's
+    experiment state truncated to half, ``tuner.pkl`` replaced by a pickle that runs code, and a
+    trial folder the search never ended planted. Then `--resume`."""
+    import pickle
     import shutil
 
-    from bertvision.search import ORPHANS
-
     cls_store, _ = stores
-    out = tmp_path / "search"
+    out = tmp_path_factory.mktemp("killed") / "search"
     # KILLED_EPOCHS epochs (a checkpoint each): the search is killed within 0.05 s of its second
-    # trial finishing, long before the third can
+    # trial ending, long before the third can
     e = KILLED_EPOCHS
     args = ["--stores", cls_store, "--trials", 3, "--initial-points", 2, "--epochs", e, "--patience", e,
             "--grace-period", e, "--max-concurrent", 1, "--out", out]  # fmt: skip
-    env = own_ray_env()  # a local Ray of its own, killed with it
     proc = subprocess.Popen([*bertvision_cli(), "tune", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.DEVNULL, env=own_ray_env(), start_new_session=True)  # fmt: skip
     try:
         deadline = time.time() + 300
-        while len(_finished(out)) < 2:
+        # two trials ended: trial.json says so, and so does search.json where the search keeps one
+        while len(_finished(out)) < 2 or ((out / "search.json").exists() and len(_ended(out)) < 2):
             assert proc.poll() is None, "the search ended before it was killed"
-            assert time.time() < deadline, "no trials finished"
+            assert time.time() < deadline, "no trials ended"
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
     before = {p: _outcome(p) for p in _finished(out)}
-    assert len(before) == 2
-    shutil.copytree(next(iter(before)).parent, out / "trial-lost")  # unknown to Tune's state
-    proc = _tune(*args, "--resume")
+    states = list(out.glob("experiment_state-*.json"))
+    assert states and (out / "tuner.pkl").is_file()
+    for state in states:  # cut short, as a full disk leaves it
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    marker = out.parent / "pwned"
+    (out / "tuner.pkl").write_bytes(pickle.dumps(_Runs(f"touch {marker}")))
+    shutil.copytree(next(iter(before)).parent, out / "trial-lost")  # a trial the search never ended
+    return {"out": out, "before": before, "marker": marker, "resumed": _tune(*args, "--resume")}
+
+
+class _Runs:
+    """A pickle that runs a shell command when loaded."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_killed_search_resumes_to_the_requested_total_whatever_tune_saved(killed_search):
+    """--resume reads the search's own record, not Tune's (unreadable) experiment state: the
+    requested number of trials in all, the ended ones kept as they were, told to HyperOpt (no
+    point proposed twice); a trial folder the search did not end is set aside, not on the board."""
+    from bertvision.search import ORPHANS
+
+    out = killed_search["out"]
     board = leaderboard(out)
-    assert len(board) == 3 and len(_finished(out)) == 3
+    assert len(board) == 3 and len(_finished(out)) == 3 and len(json.loads((out / "search.json").read_text())["trials"]) == 3
     assert (out / ORPHANS / "trial-lost" / TRIAL_FILE).is_file() and "trial-lost" not in {Path(r["trial"]).name for r in board}
-    assert f"moved to {out / ORPHANS}" in proc.stdout
-    for path, text in before.items():
-        assert _outcome(path) == text  # a finished trial did not run again
-    assert len({json.dumps(r["params"], sort_keys=True) for r in board}) == 3  # no point proposed twice
+    assert f"moved to {out / ORPHANS}" in killed_search["resumed"].stdout
+    for path, text in killed_search["before"].items():
+        assert _outcome(path) == text  # an ended trial did not run again
+    assert len({json.dumps(r["params"], sort_keys=True) for r in board}) == 3
+
+
+def test_a_resume_runs_no_code_from_the_search_folder(killed_search):
+    """The replaced tuner.pkl is never unpickled: its command did not run."""
+    assert not killed_search["marker"].exists()
+
+
+def test_a_search_record_that_cannot_be_read_stops_the_resume(stores, killed_search, tmp_path):
+    """search.json cut short: --resume refuses in one line naming it, before any Ray starts."""
+    import shutil
+
+    out = tmp_path / "search"
+    shutil.copytree(killed_search["out"], out)
+    record = out / "search.json"
+    record.write_bytes(record.read_bytes()[:100])
+    proc = _tune("--stores", stores[0], "--resume", "--out", out, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and str(record) in lines[0] and "cannot be resumed" in lines[0], proc.stderr
+    assert "local Ray" not in proc.stdout
 
 
 def _outcome(path: Path) -> dict:
@@ -130,6 +173,14 @@ def _outcome(path: Path) -> dict:
     its last trial.json and Tune's record of its last report runs its last epoch again, to the
     same result, on whatever node and at whatever time."""
     return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("node", "timing")}
+
+
+def _ended(out: Path) -> dict:
+    """The trials search.json records as ended."""
+    try:
+        return json.loads((out / "search.json").read_text())["trials"]
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _finished(out: Path) -> list[Path]:
@@ -196,6 +247,31 @@ class TestOnAnInProcessRay:
         died, whole = leaderboard(tmp_path / "dies")[0], leaderboard(tmp_path / "whole")[0]
         assert [h["epoch"] for h in died["history"]] == [1, 2, 3, 4]
         assert died["history"] == whole["history"] and died["params"] == whole["params"]
+
+    def test_a_search_is_the_same_whatever_the_timing(self, stores, local_ray, tmp_path):
+        """Three trials at once, each reporting after random waits (so they end in any order): two
+        runs of the same search propose the same points and stop the same trials at the same epochs."""
+        from ray_jobs import tune as job
+
+        def jittery(params, search, stores):
+            import random
+
+            from ray import tune
+
+            wait = random.Random()  # seeded by the OS: a different timing in every run
+            for epoch in range(1, search.epochs + 1):
+                time.sleep(wait.random() * 0.1)
+                score = epoch / 100 - abs(params["lr"] - 1e-3) * 10 - params["dropout"] + params["adapter_size"] / 1000
+                tune.report({"epoch": epoch, "score": score})
+
+        search = SearchConfig(stores=(str(stores[0]),), trials=10, initial_points=3, max_concurrent=3, epochs=5,
+                              patience=5, grace_period=1)  # fmt: skip
+        runs = []
+        for name in ("a", "b"):
+            results = job.build_tuner(search, tmp_path / name, job.TuneJobConfig(), trainable=jittery).fit()
+            runs.append(sorted((json.dumps(r.config, sort_keys=True), list(r.metrics_dataframe["score"])) for r in results))
+        assert len(runs[0]) == 10 and runs[0] == runs[1]
+        assert 0 < sum(len(scores) < 5 for _, scores in runs[0]) < 10  # some trials stopped early, not all
 
     def test_a_trial_of_two_ray_train_workers(self, stores, local_ray, tmp_path):
         """--workers-per-trial 2: each trial is a Ray Train run (DDP over gloo) under its trial

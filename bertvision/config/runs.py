@@ -155,7 +155,8 @@ class TuneJobConfig:
     address: str | None = None
     """Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray of this job's own)."""
     resume: bool = False
-    """Finish the search already in --out (after the driver was killed) instead of refusing it."""
+    """Finish the search already in --out (after the driver was killed) from its search.json:
+    --trials in all, its ended trials kept; other changed settings are refused."""
     checkpoint_every: int = 1
     """A trial checkpoints its training state every this many epochs (a retried trial reruns
     at most this many less one)."""

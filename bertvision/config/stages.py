@@ -263,7 +263,8 @@ class SearchConfig(KindDefaults):
     initial_points: int = 12
     """Trials drawn at random before HyperOpt's TPE models the finished ones."""
     max_concurrent: int = 2
-    """Trials running at once (TPE proposes each new one from the trials finished so far)."""
+    """Trials running at once: TPE proposes them together from the trials ended before them, so a
+    search is the same at any timing; a batch waits for its slowest trial."""
     cpus_per_trial: float = 1.0
     """CPUs each trial asks Ray for (and its torch threads)."""
     gpus_per_trial: float = 0.0
