@@ -308,7 +308,10 @@ def read_head_config(path: str | Path) -> dict:
 
 def load_head(path: str | Path, *, family: str | None = None):
     """A trained head of any kind (its module chosen by the config) and its config dict, from a
-    ``seed-<k>`` folder; with ``family``, a head of another family is refused."""
+    ``seed-<k>`` folder; with ``family``, a head of another family is refused. The config's sizes
+    are checked against the weights file's tensor shapes (its header) before the head is built."""
+    import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -316,11 +319,23 @@ def load_head(path: str | Path, *, family: str | None = None):
     kind = head_kind(meta)
     if family not in (None, kind.family):
         raise ConfigError(f"{path}: a {kind.family} head, but a {family} head is needed here")
-    model = kind.module(AdapterPoolerConfig.from_dict(meta["adapter_pooler"]))
+    config, weights = AdapterPoolerConfig.from_dict(meta["adapter_pooler"]), path / HEAD_WEIGHTS
     try:
-        model.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
-    except Exception as e:  # a missing, truncated or mismatched weights file
-        raise DataError(path / HEAD_WEIGHTS, f"cannot load head weights: {e}") from e
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # a missing or truncated weights file
+        raise DataError(weights, f"cannot load head weights: {e}") from e
+    with torch.device("meta"):  # the config's shapes, nothing allocated
+        shapes = {k: tuple(v.shape) for k, v in kind.module(config).state_dict().items()}
+    wrong = [f"{k} {shapes.get(k, 'absent')} by the config, {stored.get(k, 'absent')} in the weights"
+             for k in sorted(shapes.keys() | stored.keys()) if shapes.get(k) != stored.get(k)]  # fmt: skip
+    if wrong:
+        raise DataError(path / HEAD_CONFIG, f"does not fit {HEAD_WEIGHTS} (edited?): {'; '.join(wrong)}")  # fmt: skip
+    model = kind.module(config)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as e:  # changed since, or tensors of another dtype
+        raise DataError(weights, f"cannot load head weights: {e}") from e
     return model.eval(), meta
 
 

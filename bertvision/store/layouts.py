@@ -72,6 +72,8 @@ class Column:
     rule: Callable | None = None
     switch: str | None = None
     """The manifest field that adds the column (label_kind, encoder_logits); None: always there."""
+    sizes: str = ""
+    """The manifest fields that set the shape, for messages ("num_hidden_states, hidden_size")."""
 
     @property
     def tensor(self) -> bool:
@@ -100,6 +102,17 @@ class Column:
         if self.shape:
             return pa.types.is_fixed_size_list(t) and t.list_size == self.shape[0] and t.value_type == self.value_type().value_type
         return t == self.value_type()
+
+    def shape_in(self, t: pa.DataType) -> tuple[int, ...] | None:
+        """The shape of one value of a shard's column type `t` where it holds this column's kind
+        of value (a tensor, a fixed-size list), else None."""
+        if self.per_token:
+            if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+                return None
+            t = t.value_type
+        if self.tensor and getattr(t, "extension_name", None) == TENSOR_EXTENSION:
+            return tuple(t.shape)
+        return (t.list_size,) if len(self.shape) == 1 and pa.types.is_fixed_size_list(t) else None
 
     def to_arrow(self, values, lists: Callable) -> pa.Array:
         """The (flat) values as this column's Arrow array; `lists` cuts them into rows."""
@@ -202,13 +215,13 @@ LABELS = {kind: _label(kind) for kind in LABEL_KINDS}
 
 def _hidden(m: Mapping, per_token: bool) -> Column:
     return Column("hidden", "hidden", np.float16, (m["num_hidden_states"], m["hidden_size"]), "L, H", per_token,
-                  "float", finite=True)  # fmt: skip
+                  "float", finite=True, sizes="num_hidden_states, hidden_size")  # fmt: skip
 
 
 def _logits(m: Mapping, per_token: bool) -> Column:
     width = 2 if per_token else m["encoder_outputs"]
     return Column("encoder_logits", "encoder_logits", np.float32, (width,), "2" if per_token else "C", per_token,
-                  "float", finite=True, switch="encoder_logits")  # fmt: skip
+                  "float", finite=True, switch="encoder_logits", sizes="" if per_token else "encoder_outputs")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- layouts
@@ -293,6 +306,11 @@ class Layout:
                 raise DataError(file, f"no {c.name!r} column" + (f", but the manifest's {c.switch} is "
                                                                  f"{_setting(m.get(c.switch))}" if c.switch else ""))  # fmt: skip
             found = schema.field(c.name).type
+            shape = c.shape_in(found)  # said first: arrow_type() fails on huge sizes
+            if c.sizes and shape not in (None, c.shape):
+                raise DataError(file, f"{c.name!r} holds ({c.dims}) = {_tuple(shape)} per "
+                                f"{'token' if c.per_token else self.unit}, but the manifest has {c.sizes} = "
+                                f"{_tuple(c.shape)}")  # fmt: skip
             if not c.fits(found):
                 raise DataError(file, f"{c.name!r} expected {c.arrow_type()}, found {found}")
         for name, switch in (("label", "label_kind"), ("encoder_logits", "encoder_logits")):

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 MISSING_SHARD = "missing shard; the store is damaged: delete the folder and rerun the embed command"
+UNREADABLE = "not a readable Parquet file (truncated or corrupt?)"
 
 
 @dataclass(frozen=True)
@@ -101,16 +102,30 @@ def to_split(shard: Shard, manifest: dict, folder: Path) -> EmbeddingSplit | Tok
 # --------------------------------------------------------------------------- one shard
 
 
-def read_shard(file: Path, manifest: Mapping[str, Any], expected_rows: int) -> Shard:
-    """One shard, checked against the manifest: rows, columns, nulls, token counts, value rules."""
+def check_footer(file: Path, manifest: Mapping[str, Any], expected_rows: int) -> None:
+    """A shard's rows and column types (so every value's shape) checked against the manifest
+    from its Parquet footer alone, before anything is read or allocated from the manifest's
+    sizes (a manifest edited to other sizes is refused here)."""
     if not file.is_file():
         raise DataError(file, MISSING_SHARD)
     try:
+        footer = pq.read_metadata(file)
+        schema = footer.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(file, f"{UNREADABLE}: {exc}") from None
+    if footer.num_rows != expected_rows:
+        raise DataError(file, f"expected {expected_rows} rows, found {footer.num_rows}")
+    layout_of(manifest).check_schema(file, schema, manifest)
+
+
+def read_shard(file: Path, manifest: Mapping[str, Any], expected_rows: int) -> Shard:
+    """One shard, checked against the manifest: rows and columns (`check_footer`), nulls, token
+    counts, value rules."""
+    check_footer(file, manifest, expected_rows)
+    try:
         table = pq.read_table(file)
     except (OSError, pa.ArrowException) as exc:
-        raise DataError(file, f"not a readable Parquet file (truncated or corrupt?): {exc}") from None
-    if table.num_rows != expected_rows:
-        raise DataError(file, f"expected {expected_rows} rows, found {table.num_rows}")
+        raise DataError(file, f"{UNREADABLE}: {exc}") from None
     return layout_of(manifest).read(file, table, manifest)
 
 
@@ -181,6 +196,9 @@ def load_split(path: str | os.PathLike, *, verify: bool = False) -> EmbeddingSpl
     layout = layout_of(manifest)
     columns = layout.columns(manifest)
     entries, rows = manifest["shards"], manifest["rows"]
+    # The manifest's sizes checked against every shard before anything is allocated from them.
+    for e in entries:
+        check_footer(folder / e["file"], manifest, e["rows"])
     counts = [_token_count(folder / e["file"], manifest, e["rows"]) for e in entries] if layout.per_token else None
     sizes = {True: sum(counts) if counts else 0, False: rows}
     values: dict[str, Any] = {c.name: [] if c.dtype is None else np.empty((sizes[c.per_token], *c.shape), c.dtype)
@@ -210,8 +228,8 @@ def _token_count(file: Path, manifest: Mapping[str, Any], rows: int) -> int:
     try:
         column = pq.read_table(file, columns=[name]).column(name)
         return sum(len(chunk.flatten()) for chunk in column.chunks)
-    except (OSError, pa.ArrowException, KeyError):
-        # Missing, unreadable or malformed: the full read says which, naming the file.
+    except (OSError, pa.ArrowException):
+        # Unreadable or malformed: the full read says which, naming the file.
         return int(read_shard(file, manifest, rows).row_starts[-1])
 
 
