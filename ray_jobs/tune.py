@@ -112,7 +112,7 @@ def run(search: SearchConfig, out_dir: str, job: TuneJobConfig | None = None) ->
         raise ConfigError(f"--resume: no search to resume in {out}" if job.resume else
                           f"{out} holds a search already; add --resume to finish it, or give another --out")  # fmt: skip
     search = absolute_inputs(search)  # trials run in folders of their own
-    results = common.on_ray(job.address, lambda: build_tuner(search, out, job).fit(), dashboard=job.workers_per_trial > 1)
+    results = common.on_ray(job.address, lambda: common.tune_fit(build_tuner(search, out, job), "search", out), dashboard=job.workers_per_trial > 1)
     return finish_search(out, {Path(r.path).name for r in results})
 
 
