@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertvision: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a full disk, a permission, a vanished path: say which, no traceback
-        print(f"bertvision: error: {os_error(e, f'running {args.command!r}')}", file=sys.stderr)
+        print(f"bertvision: error: {os_error(e, f'running {args.command!r}', getattr(args, 'out', None))}", file=sys.stderr)
         return EXIT_RUN
     except KeyboardInterrupt:
         print("bertvision: interrupted", file=sys.stderr)

@@ -186,7 +186,7 @@ def train_subset(data, cfg: EmbedConfig) -> dict:
     if data.labels is None:
         raise ConfigError(f"{data.source}: --train-examples needs a labelled train split")
     labels = np.asarray(data.labels)
-    tr, va = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed)
+    tr, va = carve_validation(labels, len(labels), cfg.validation_fraction, cfg.validation_seed, source=data.source)
     sub = training_subset(tr, cfg.train_examples, cfg.validation_seed)
     keep = np.union1d(sub, va)
     position = {int(r): k for k, r in enumerate(keep)}

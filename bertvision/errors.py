@@ -46,12 +46,13 @@ class RunError(BertVisionError, RuntimeError):
     exit_code = EXIT_RUN
 
 
-def os_error(exc: OSError, doing: str) -> RunError:
-    """A RunError naming the path of an OSError and what was being done, e.g.
+def os_error(exc: OSError, doing: str, where: str | PathLike | None = None) -> RunError:
+    """A RunError naming the path of an OSError (else ``where``, the folder being written: pyarrow's
+    and TensorBoard's writers name no file) and what was being done, e.g.
     ``runs/x/shard-00003.parquet: no space left on device while writing the store``."""
     import os
 
-    path = exc.filename or "?"
+    path = exc.filename or where or "?"
     reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
     return RunError(f"{path}: {reason.lower() if reason else exc} while {doing}")
 

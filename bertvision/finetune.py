@@ -159,57 +159,59 @@ def _finetune(kind, out_dir: Path, parts: dict, evals: dict, inputs: dict, world
         step, train_seconds, in_epoch = resume["step"], resume["train_seconds"], resume["in_epoch"]
         result.checkpoints = dict(resume["checkpoints"])
     bar = progress(total_steps, f"finetune {spec.name} seed {cfg.seed}", initial=step)
-    while step < total_steps:
-        epoch_rng = rng.bit_generator.state  # the state this epoch's batches are drawn from
-        # random batches of similar length: shuffled, sorted within 50 batches, batches shuffled
-        for position, idx in enumerate(length_batches(lengths, cfg.batch_size, rng, window=cfg.batch_size * 50)):
-            if position < in_epoch or len(idx) < world.size:  # done before a resume; too few rows to split
-                continue
-            idx = world.piece(idx)
-            t0 = time.perf_counter()
-            model.train()
-            batch = collate(tokenizer, feats, idx, device)
-            loss = kind.loss(trained, batch, torch.as_tensor(targets[idx], device=device))
-            value = check_loss(loss, step + 1, cfg.lr, "fine-tuning")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            train_seconds += time.perf_counter() - t0
-            loss_sum, loss_n = loss_sum + value, loss_n + 1
-            bar.update(1)
-            if hasattr(bar, "set_postfix"):  # tqdm (Ray's bar has none)
-                bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
-            if step in save_steps:
-                fraction, meta = save_steps[step], None
-                if world.main:
-                    t1 = time.perf_counter()
-                    scored = kind.validate(model, tokenizer, parts["validation"], encoded["validation"])
-                    meta = {
-                        "fraction": fraction, "step": step, kind.seen: min(step * cfg.batch_size, round(fraction * len(targets))),
-                        "train_seconds": round(train_seconds, 2), "train_loss": loss_sum / loss_n, **scored,
-                        "validation_seconds": round(time.perf_counter() - t1, 2), "seed": cfg.seed,
-                        **({"workers": world.size} if world.size > 1 else {}),
-                    }  # fmt: skip
-                    _save_checkpoint(model, tokenizer, out_dir / checkpoint_name(fraction), meta)
-                    result.checkpoints[checkpoint_name(fraction)] = meta
-                loss_sum = loss_n = 0
-                if on_save is not None:
-                    done = position + 1
+    try:  # closed however the loop ends: a Ray worker's open bar is drawn again under the driver's last line
+        while step < total_steps:
+            epoch_rng = rng.bit_generator.state  # the state this epoch's batches are drawn from
+            # random batches of similar length: shuffled, sorted within 50 batches, batches shuffled
+            for position, idx in enumerate(length_batches(lengths, cfg.batch_size, rng, window=cfg.batch_size * 50)):
+                if position < in_epoch or len(idx) < world.size:  # done before a resume; too few rows to split
+                    continue
+                idx = world.piece(idx)
+                t0 = time.perf_counter()
+                model.train()
+                batch = collate(tokenizer, feats, idx, device)
+                loss = kind.loss(trained, batch, torch.as_tensor(targets[idx], device=device))
+                value = check_loss(loss, step + 1, cfg.lr, "fine-tuning")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                train_seconds += time.perf_counter() - t0
+                loss_sum, loss_n = loss_sum + value, loss_n + 1
+                bar.update(1)
+                if hasattr(bar, "set_postfix"):  # tqdm (Ray's bar has none)
+                    bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
+                if step in save_steps:
+                    fraction, meta = save_steps[step], None
+                    if world.main:
+                        t1 = time.perf_counter()
+                        scored = kind.validate(model, tokenizer, parts["validation"], encoded["validation"])
+                        meta = {
+                            "fraction": fraction, "step": step, kind.seen: min(step * cfg.batch_size, round(fraction * len(targets))),
+                            "train_seconds": round(train_seconds, 2), "train_loss": loss_sum / loss_n, **scored,
+                            "validation_seconds": round(time.perf_counter() - t1, 2), "seed": cfg.seed,
+                            **({"workers": world.size} if world.size > 1 else {}),
+                        }  # fmt: skip
+                        _save_checkpoint(model, tokenizer, out_dir / checkpoint_name(fraction), meta)
+                        result.checkpoints[checkpoint_name(fraction)] = meta
+                    loss_sum = loss_n = 0
+                    if on_save is not None:
+                        done = position + 1
 
-                    def state(done=done, epoch_rng=epoch_rng, step=step, train_seconds=train_seconds) -> dict:
-                        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "epoch_rng": epoch_rng,
-                                "torch_rng": torch.get_rng_state(), "step": step, "train_seconds": train_seconds,
-                                "in_epoch": done, "checkpoints": dict(result.checkpoints)}  # fmt: skip
+                        def state(done=done, epoch_rng=epoch_rng, step=step, train_seconds=train_seconds) -> dict:
+                            return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "epoch_rng": epoch_rng,
+                                    "torch_rng": torch.get_rng_state(), "step": step, "train_seconds": train_seconds,
+                                    "in_epoch": done, "checkpoints": dict(result.checkpoints)}  # fmt: skip
 
-                    on_save(fraction, meta, state)
-            if step >= total_steps:
-                break
-        in_epoch = 0
-    bar.close()
+                        on_save(fraction, meta, state)
+                if step >= total_steps:
+                    break
+            in_epoch = 0
+    finally:
+        bar.close()
     if world.main:
         _score_evals(kind, evals, result, tokenizer)
         atomic_write_json(out_dir / "metrics.json", result.checkpoints)

@@ -7,6 +7,7 @@ reads it) as its settings say. The Ray stages are handed in (`Runners`): no Ray 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -62,10 +63,12 @@ def stage_key(name: str, settings: dict, upstream: dict[str, str]) -> str:
 
 
 class Stages:
-    """The stage records of one run folder and the rule that reuses, resumes or redoes a stage."""
+    """The stage records of one run folder and the rule that reuses, resumes or redoes a stage.
+    ``options``: the run's options changed since its last run, name -> (old, new): a changed
+    setting with those values is named by the option (``--top-k``), another by its path."""
 
-    def __init__(self, run_dir: Path, log: Callable[[str], None] = print):
-        self.run_dir, self.log = run_dir, log
+    def __init__(self, run_dir: Path, log: Callable[[str], None] = print, options: dict | None = None):
+        self.run_dir, self.log, self.options = run_dir, log, options or {}
         self.keys: dict[str, str] = {}
         self.done: list[str] = []
 
@@ -94,11 +97,13 @@ class Stages:
             self.log(f"{name}: finished earlier with these settings; reused ({out})")
             return old["result"]
         if old is not None and old.get("key") != key:
-            was, was_after = old.get("settings", {}), old.get("after", {})
-            differ = {"settings changed": sorted(k for k in {*was, *settings} if was.get(k) != settings.get(k)),
-                      "redone before it": sorted(a for a in {*was_after, *upstream} if was_after.get(a) != upstream.get(a))}  # fmt: skip
-            why = "; ".join(f"{what}: {', '.join(keys)}" for what, keys in differ.items() if keys)
-            self.log(f"{name}: {why or 'its code changed'}; redoing it from scratch")
+            was, now, was_after = _flat(old.get("settings", {})), _flat(settings), old.get("after", {})
+            changed = dict.fromkeys(self._changed(k, was.get(k, UNSET), now.get(k, UNSET)) for k in sorted({*was, *now})
+                                    if was.get(k, UNSET) != now.get(k, UNSET))  # fmt: skip
+            redone = sorted(a for a in {*was_after, *upstream} if was_after.get(a) != upstream.get(a))
+            why = [", ".join(changed)] if changed else []
+            why += [f"redone before it: {', '.join(redone)}"] if redone else []
+            self.log(f"{name}: {'; '.join(why) or 'its code changed'}; redoing it from scratch")
             if out.exists():
                 shutil.rmtree(out)
         elif old is None and out.exists() and any(out.iterdir()):
@@ -116,6 +121,27 @@ class Stages:
         self.done.append(name)
         return result
 
+    def _changed(self, path: str, old, new) -> str:
+        """"--trials changed 24 -> 30" where the run's option changed so, else the setting's path."""
+        option = path.rsplit(".", 1)[-1]
+        name = f"--{option.replace('_', '-')}" if self.options.get(option) == (old, new) else path
+        return f"{name} changed {_shown(old)} -> {_shown(new)}"
+
+
+UNSET = object()  # a setting one of two records lacks
+
+
+def _shown(value) -> str:
+    return "unset" if value is UNSET else json.dumps(value)
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level: {"ensemble.top_k": 5, ...}."""
+    out = {}
+    for k, v in settings.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
 
 def store_splits(spec, evals) -> tuple[str, ...]:
     """The splits a store of the main run holds: train (the validation part is carved from it),
@@ -128,6 +154,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, runners: Runners,
                  log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Run (or resume) every stage of ``cfg`` into ``out_dir`` and write the report; returns
     pipeline.json's content (the config, the stages' keys, the report's path)."""
+    from bertvision.fingerprint import splits_fingerprint
     from bertvision.outdir import claim
     from bertvision.tasks import get_task
 
@@ -139,30 +166,44 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, runners: Runners,
     if not family(task.spec.kind).subsets and (cfg.train_examples is not None or cfg.fractions):
         raise ConfigError(f"--{'train-examples' if cfg.train_examples is not None else 'fractions'}: sentence tasks "
                           "only (span fine-tuning and heads take no training subset)")  # fmt: skip
+    # Every split read and checked, and the validation part carved, before the folder is touched
+    fingerprint = splits_fingerprint({s: task.load(s) for s in task.spec.splits if task.exists(s)})
+    evals = [s for s in task.spec.eval_splits if task.exists(s) and task.load(s).labelled]  # test splits often have none
+    floor = FLOORS[task.spec.kind](task, evals, cfg)
     with claim(out, "pipeline run"):
+        now = json.loads(json.dumps(asdict(cfg)))
+        options = {k: (v, now[k]) for k, v in _last_config(out).items() if k in now and v != now[k]}
         started = {"config": asdict(cfg), "task": task.spec.to_dict(), "status": "running", "started": time.time()}
         atomic_write_json(out / PIPELINE_FILE, started)
         try:
-            return _run_stages(cfg, out, runners, task, log)
-        except BaseException as e:  # the run can be resumed: say where it stopped
-            atomic_write_json(out / PIPELINE_FILE, {**started, "status": "stopped", "error": f"{type(e).__name__}: {e}"})
+            return _run_stages(cfg, out, runners, task, Stages(out, log, options), log,
+                               evals=evals, fingerprint=fingerprint, floor=floor)  # fmt: skip
+        except BaseException as e:  # the run can be resumed: say where it stopped (unless the disk is full)
+            with contextlib.suppress(OSError):  # the error to report is the first
+                atomic_write_json(out / PIPELINE_FILE, {**started, "status": "stopped", "error": f"{type(e).__name__}: {e}"})
             raise
 
 
-def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, log: Callable[[str], None]) -> dict:
+def _last_config(out: Path) -> dict:
+    """The options of the last run in ``out`` (pipeline.json), as JSON; {} where there was none."""
+    try:
+        return json.loads((out / PIPELINE_FILE).read_text(encoding="utf-8")).get("config", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _run_stages(cfg: PipelineConfig, out: Path, runners: Runners, task, stages: Stages, log: Callable[[str], None], *,
+                evals: list[str], fingerprint: dict, floor: dict) -> dict:  # fmt: skip
     from bertvision.ensemble import ensemble
-    from bertvision.fingerprint import splits_fingerprint
     from bertvision.report import write_report
     from bertvision.store import read_manifest
     from bertvision.train import train_heads
 
-    spec, t_run, stages, fam = task.spec, time.perf_counter(), Stages(out, log), family(task.spec.kind)
-    evals = [s for s in spec.eval_splits if task.exists(s) and task.load(s).labelled]  # test splits often have none
-    fingerprint = splits_fingerprint({s: task.load(s) for s in spec.splits if task.exists(s)})
+    spec, t_run, fam = task.spec, time.perf_counter(), family(task.spec.kind)
     stages.run("majority", {"task": cfg.task, "data": fingerprint, "evals": evals,
                             "validation": [cfg.validation_fraction, cfg.validation_seed],
                             "train_examples": cfg.train_examples},
-               (), lambda d: FLOORS[spec.kind](task, evals, cfg))  # fmt: skip
+               (), lambda d: floor)  # fmt: skip
 
     on_ray = None if cfg.gpus_per_trial else "cpu"  # the device of the runs on Ray: their own GPU, or none
     base, grid = derive(FinetuneConfig, cfg, device=on_ray), derive(BaselineGrid, cfg)
@@ -237,8 +278,10 @@ def _training_labels(task, cfg: PipelineConfig, stratify: bool) -> np.ndarray:
     """The labels of the training part (the validation carve and --train-examples applied)."""
     from bertvision.tasks.base import carve_validation, training_subset
 
-    labels = np.asarray(task.load("train").labels)
-    part, _ = carve_validation(labels if stratify else None, len(labels), cfg.validation_fraction, cfg.validation_seed)
+    train = task.load("train")
+    labels = np.asarray(train.labels)
+    part, _ = carve_validation(labels if stratify else None, len(labels), cfg.validation_fraction, cfg.validation_seed,
+                               source=train.source)  # fmt: skip
     return labels[training_subset(part, cfg.train_examples, cfg.validation_seed)]
 
 

@@ -153,6 +153,9 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
     root = Path(cfg.store)
     kind, manifest, spec = store_kind(root)
     cfg = cfg.resolved(kind.family)
+    states = manifest["num_hidden_states"]
+    if cfg.head.first_layer >= states:  # refused before the folder is touched
+        raise ConfigError(f"--first-layer {cfg.head.first_layer}: {root} holds {states} hidden states, 0 to {states - 1}")
     eval_names = list(cfg.eval_splits or (s for s in spec["eval_splits"] if (root / s).is_dir()))
     # Fingerprints from the manifests (cheap): a finished run on the same stores is reused
     # without reading them; every shard read later is checked (sha256, finite).

@@ -19,7 +19,6 @@ from ray import tune
 
 from bertvision.baseline import run_baseline
 from bertvision.config import BaselineGrid, FinetuneConfig
-from bertvision.errors import RunError
 from bertvision.outdir import absolute_inputs
 from bertvision.printing import print_baseline
 from ray_jobs import common
@@ -32,11 +31,9 @@ def _trials(points: list[dict], base: FinetuneConfig, out: Path, name: str, grid
     job_ray.need()
     fn = tune.with_resources(tune.with_parameters(_point_trial, base=base, out=str(out), threads=max(1, int(grid.cpus_per_trial))),
                              {"cpu": grid.cpus_per_trial, "gpu": grid.gpus_per_trial})  # fmt: skip
-    results = tune.Tuner(fn, param_space={"point": tune.grid_search(points)},
-                         run_config=tune.RunConfig(name=name, storage_path=str(out / ".tune"), verbose=0)).fit()  # fmt: skip
-    errors = [r.error for r in results if r.error]
-    if errors:
-        raise RunError(f"{len(errors)} fine-tuning trial(s) failed: {errors[0]}")
+    tuner = tune.Tuner(fn, param_space={"point": tune.grid_search(points)},
+                       run_config=tune.RunConfig(name=name, storage_path=str(out / ".tune"), verbose=0))  # fmt: skip
+    common.tune_fit(tuner, "fine-tuning", out, every=True)
 
 
 def _point_trial(config: dict, base: FinetuneConfig, out: str, threads: int) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -14,11 +16,12 @@ from pathlib import Path
 
 import ray
 import torch
+from ray.exceptions import RayError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from bertvision.config import add_arguments, from_arguments
-from bertvision.errors import BertVisionError, RunError
+from bertvision.errors import EXIT_RUN, BertVisionError, RunError, os_error
 from bertvision.outdir import job_paths
 
 STATE = "state.pt"
@@ -49,18 +52,21 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
 
 class JobRay(contextlib.AbstractContextManager):
     """The Ray a job runs on, as a context: this process's, ``address`` / $RAY_ADDRESS's, or a local
-    one of its own (`init_ray`) started on the first `need` (if any) and removed on exit."""
+    one of its own (`init_ray`) started on the first `need` (if any) and removed on exit. A Ray it
+    started or attached to is left on exit: its workers' logs stop there, above the job's last line."""
 
     def __init__(self, address: str | None = None, dashboard: bool = False):
-        self.address, self.dashboard, self._local_dir = address, dashboard, None
+        self.address, self.dashboard, self._local_dir, self._started = address, dashboard, None, False
 
     def need(self) -> None:
         if not ray.is_initialized():
-            self._local_dir = init_ray(self.address, dashboard=self.dashboard)
+            self._local_dir, self._started = init_ray(self.address, dashboard=self.dashboard), True
 
     def __exit__(self, *exc) -> None:
-        if self._local_dir:  # the job's own local Ray: stop it and drop its session folder
+        if self._started:
             ray.shutdown()
+            self._started = False
+        if self._local_dir:  # the job's own local Ray: drop its session folder
             shutil.rmtree(self._local_dir, ignore_errors=True)
             self._local_dir = None
 
@@ -88,23 +94,76 @@ def trainer(job, loop, config: dict, storage: Path, name: str, keep: int, callba
 
 
 def fit(run, what: str, written: Path) -> dict:
-    """``run.fit()``, the library's errors unwrapped from Ray's; then ``written`` (a metrics file), read."""
+    """``run.fit()``, its error unwrapped from Ray's (`ray_error`); then ``written`` (a metrics file), read."""
     try:
         run.fit()
-    except Exception as e:  # Ray's TrainingFailedError wraps the worker's own error
-        stack, seen = [e], set()
-        while stack:
-            c = stack.pop()
-            if isinstance(c, BertVisionError):
-                raise c from None
-            if id(c) not in seen:
-                seen.add(id(c))
-                stack += [x for x in (c.__cause__, c.__context__, *getattr(c, "worker_failures", {}).values(),
-                                      getattr(c, "error", None)) if isinstance(x, BaseException)]  # fmt: skip
-        raise RunError(f"Ray Train run of {what} failed: {e}") from e
+    except Exception as e:
+        raise ray_error(e, f"running the Ray Train run of {what}", written.parent) from None
     if not written.is_file():
         raise RunError(f"Ray Train run of {what} ended without writing {written}")
     return json.loads(written.read_text())
+
+
+def ray_error(exc: BaseException, doing: str, where: Path | None = None) -> BertVisionError:
+    """The error inside Ray's wrappers of ``exc`` (a worker's or trial's RayTaskError, Tune's and
+    Ray Train's errors) in one line: the library's own as it is, an OSError naming its path (else
+    ``where``, the job's folder), else the innermost error's type and first line (Ray's messages
+    hold tracebacks, colour codes and actor ids)."""
+    stack, seen, found = [(exc, 0)], set(), []
+    while stack:
+        c, depth = stack.pop()
+        if id(c) in seen:
+            continue
+        seen.add(id(c))
+        if not isinstance(c, RayError):  # a RayTaskError is an instance of the error it wraps too
+            if isinstance(c, BertVisionError):
+                return c
+            found.append((depth, c))
+        stack += [(x, depth + 1) for x in (getattr(c, "cause", None), c.__cause__, c.__context__,
+                                           *getattr(c, "worker_failures", {}).values(), getattr(c, "error", None))
+                  if isinstance(x, BaseException)]  # fmt: skip
+    found.sort(key=lambda f: -f[0])  # the innermost first
+    inner = next((c for _, c in found if isinstance(c, OSError)), found[0][1] if found else exc)
+    if isinstance(inner, OSError):
+        return os_error(inner, doing, where)
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(inner)).strip().splitlines()
+    return RunError(f"{type(inner).__name__} while {doing}" + (f": {lines[0]}" if lines else ""))
+
+
+class _TrialErrors(logging.Handler):
+    """Tune's "Trial task failed for trial <name>" records: each failure kept and told in one line
+    (`ray_error`), not as Tune's traceback of Ray's wrappers."""
+
+    def __init__(self, what: str, where: Path):
+        super().__init__(logging.ERROR)
+        self.what, self.where, self.errors = what, where, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            trial = record.getMessage().rsplit(" ", 1)[-1]
+            self.errors.append(ray_error(record.exc_info[1], f"running {self.what} trial {trial}", self.where))
+            print(f"bertvision: warning: {self.errors[-1]}", file=sys.stderr)
+
+
+def tune_fit(tuner, what: str, where: Path, every: bool = False):
+    """``tuner.fit()`` writing under ``where``, each failed trial told in one line; the first
+    failure raised where ``every`` trial must finish, where none did, or where fit itself failed
+    (a full disk leaves Tune's records of the failures unreadable: its error comes after theirs)."""
+    log = logging.getLogger("ray.tune.execution.tune_controller")
+    failed, propagate = _TrialErrors(what, where), log.propagate
+    log.addHandler(failed)
+    log.propagate = False
+    try:
+        results = tuner.fit()
+    except Exception as e:
+        raise (failed.errors[0] if failed.errors else ray_error(e, f"running the {what}", where)) from None
+    finally:
+        log.removeHandler(failed)
+        log.propagate = propagate
+    errors = [r.error for r in results if r.error]
+    if errors and (every or len(errors) == len(results)):
+        raise failed.errors[0] if failed.errors else ray_error(errors[0], f"running the {what}", where)
+    return results
 
 
 def report(api, metrics: dict, state=None) -> None:
@@ -144,6 +203,9 @@ def main(argv, config, job, run, printer=None, doc: str = "", prog: str = "job",
     except BertVisionError as e:
         print(f"bertvision: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # as `bertvision.cli.main` says it
+        print(f"bertvision: error: {os_error(e, f'running {prog}', args.out)}", file=sys.stderr)
+        return EXIT_RUN
     if printer is not None:
         printer(result, cfg, args.out)
     return 0

@@ -139,7 +139,7 @@ def run(search: SearchConfig, out_dir: str, job: TuneJobConfig | None = None) ->
 
     def fit() -> None:
         if (tuner := build_tuner(search, out, job)) is not None:
-            tuner.fit()
+            common.tune_fit(tuner, "search", out)
 
     common.on_ray(job.address, fit, dashboard=job.workers_per_trial > 1)
     return finish_search(out, set(json.loads((out / RECORD).read_text())["trials"]))

@@ -415,3 +415,120 @@ def test_12_artifacts_respect_the_umask(toy, tiny_bert_dir, tmp_path):
     assert len(files) > 15 and set(modes.values()) == {"0o664"}, modes
     dirs = {oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*") if p.is_dir() and "toy" not in p.parts}
     assert dirs == {"0o775"}, dirs
+
+
+# ------------------------------------------------------------------------------------------
+# Second pass. 6: errors from Ray's trials in one line; 9: smaller things
+
+
+def last_line_error(proc, code: int) -> str:
+    """The command failed with ``code`` and its last stderr line is one error line: no colour
+    codes, actor ids or traceback (Ray's own logs above it may have them)."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("bertvision: error: "), proc.stderr[-3000:]
+    assert "\x1b[" not in last and "Traceback" not in last and "actor_id" not in last, last
+    return last
+
+
+@pytest.mark.ray
+def test_p2_6_a_full_disk_during_the_runs_fine_tuning(small_disk, tmp_path, tiny_bert_dir, shared_ray):
+    """Before: the last line was the dead trial's progress bar, drawn again under an error line
+    that held Ray's whole remote traceback (colour codes, actor id)."""
+    task = write_toy_task(tmp_path / "toy")
+    out = small_disk / "run"  # the tiny BERT's checkpoint (~4 MiB) does not fit in 1.5 MiB
+    proc = cli("run", "--task", task, "--encoder", tiny_bert_dir, "--seeds", "0", "--trials", "1", "--out", out,
+               env=shared_ray.cli_env)  # fmt: skip
+    line = last_line_error(proc, EXIT_RUN)
+    assert str(out / "finetune" / "seed-0" / "checkpoint-e1") in line and "No space left on device" in line
+
+
+@pytest.mark.ray
+def test_p2_6_a_full_disk_during_the_search(small_disk, store, shared_ray):
+    """Before: exit status 1, an uncaught `EOFError` (Tune could not read back the trial errors it
+    had failed to save) among a screen of tracebacks, the last line a trial's `OSError` naming no path."""
+    import shutil
+
+    (small_disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - (100 << 10)))
+    out = small_disk / "tune"
+    proc = cli("tune", "--stores", store, "--trials", "1", "--epochs", "2", "--out", out, env=shared_ray.cli_env)
+    line = last_line_error(proc, EXIT_RUN)
+    assert str(out) in line and "no space left on device while running search trial" in line
+
+
+def test_p2_6_a_full_disk_keeps_the_first_error(small_disk, toy):
+    """Writing the run's own record of the failure fills no disk that is full already: before,
+    its OSError (naming pipeline.json) replaced the stage's error."""
+    from bertvision.pipeline import PipelineConfig, Runners, run_pipeline
+
+    def fill_and_fail(base, out, grid):
+        with open(small_disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        raise RunError(f"{out}/seed-0: no space left on device while fine-tuning")
+
+    runners = Runners(finetune_grid=fill_and_fail, tune=lambda *a: None)
+    with pytest.raises(RunError, match="seed-0: no space left on device while fine-tuning"):
+        run_pipeline(PipelineConfig(task=str(toy), seeds=(0,)), small_disk / "run", runners, log=lambda line: None)
+
+
+@pytest.mark.parametrize("bad", ["empty text", "duplicate id"])
+def test_p2_9a_bad_task_data_leaves_the_run_folder_untouched(tmp_path, bad):
+    """Before: the run failed in one line but left OUT/pipeline.json (status "stopped")."""
+    task = write_toy_task(tmp_path / "toy")
+    rows = (tmp_path / "toy" / "train.csv").read_text().splitlines()
+    rows[3] = "2, ,stone,0" if bad == "empty text" else "0" + rows[3][rows[3].index(","):]
+    (tmp_path / "toy" / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "new", tmp_path / "kept"):
+        line = one_line_error(cli("run", "--task", task, "--out", out), EXIT_INPUT)
+        assert str(tmp_path / "toy" / "train.csv") + ":4" in line
+    assert not (tmp_path / "new").exists() and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_p2_9b_train_refuses_a_first_layer_the_store_lacks(store, tmp_path):
+    """Before: it failed in one line after writing X/config.json."""
+    line = one_line_error(cli("train", "--store", store, "--first-layer", "99", "--out", tmp_path / "x"), EXIT_INPUT)
+    assert not (tmp_path / "x").exists()
+    assert f"--first-layer 99: {store} holds 3 hidden states, 0 to 2" in line
+
+
+def test_p2_9c_a_train_split_too_small_for_both_parts_is_refused(tmp_path, tiny_bert_dir):
+    """Before: 5 rows gave a validation part of one example: a scikit-learn traceback (one example
+    cannot hold two labels), or without labels to stratify by (scores) a silent accuracy of 0 or 1."""
+    from bertvision.tasks.base import carve_validation
+
+    task = write_toy_task(tmp_path / "toy", n_train=5)
+    out = tmp_path / "ft"
+    line = one_line_error(cli("finetune", "--task", task, "--encoder", tiny_bert_dir, "--epochs", "1", "--out", out),
+                          EXIT_INPUT)  # fmt: skip
+    assert (f"{tmp_path / 'toy' / 'train.csv'}: 5 examples give a training part of 4 and a validation part of 1 "
+            "(--validation-fraction 0.1); each part needs at least 4 examples (2 per label, at least 4): give at least "
+            "35 examples, or another --validation-fraction") in line  # fmt: skip
+    assert not out.exists()
+    three = np.arange(60) % 3  # three labels: 6 in each part
+    with pytest.raises(ConfigError, match="60 examples give a training part of 57 and a validation part of 3"):
+        carve_validation(three, 60, 0.05, 0)
+    assert len(carve_validation(three, 60, 0.1, 0)[1]) == 6
+    with pytest.raises(ConfigError, match="5 examples give a training part of 4 and a validation part of 1"):
+        carve_validation(None, 5, 0.1, 0)  # scores
+    assert len(carve_validation(None, 40, 0.1, 0)[1]) == 4
+
+
+def test_p2_9d_a_csv_field_of_a_megabyte_is_text(tmp_path):
+    """Before: a 1 MB cell was "malformed row: field larger than field limit (131072)"."""
+    from bertvision.tasks import get_task
+
+    task = write_toy_task(tmp_path / "toy")
+    train = tmp_path / "toy" / "train.csv"
+    rows = train.read_text().splitlines()
+    long = " ".join(["river"] * 200_000)  # 1.2 MB
+    train.write_text("\n".join([*rows[:2], f'1,"{long}",stone,1', *rows[3:]]) + "\n")
+    assert get_task(str(task)).load("train").texts[0][1] == long
+    from bertvision.tasks.readers import FIELD_LIMIT  # over it: most likely an unclosed quote
+
+    train.write_text("\n".join([*rows[:2], '1,"' + "x" * (FIELD_LIMIT + 1) + '",stone,1', *rows[3:]]) + "\n")
+    with pytest.raises(DataError, match=rf"train.csv:3: malformed row: a field of more than {FIELD_LIMIT:,} characters, "
+                                        "over the CSV reader's limit"):  # fmt: skip
+        get_task(str(task)).load("train")

@@ -141,7 +141,7 @@ def test_a_rerun_reuses_every_stage_and_a_changed_setting_redoes_only_what_reads
     args = list(RUN_ARGS)
     args[args.index("--top-k") + 1] = 1
     proc = _cli("run", "--task", task, "--encoder", tiny_bert_dir, *args, "--out", out)
-    assert "ensemble: settings changed: ensemble; redoing it from scratch" in proc.stdout
+    assert "ensemble: --top-k changed 2 -> 1; redoing it from scratch" in proc.stdout  # the option, not a group
     after = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
     assert after["ensemble"]["started"] > before["ensemble"]["started"]
     for name in ("majority", "finetune", "store-cls", "tune", "heads", "efficiency-0.5"):
@@ -208,7 +208,7 @@ def test_stages_reuse_resume_and_redo_with_what_depends_on_them(tmp_path):
     run_all(1, 1, Stages(tmp_path, lines.append))  # unchanged: nothing runs
     assert calls == ["a", "b"] and sum("reused" in line for line in lines) == 2
     run_all(1, 2, Stages(tmp_path, lines.append))  # b's own setting: b alone
-    assert calls == ["a", "b", "b"] and any("b: settings changed: y" in line for line in lines)
+    assert calls == ["a", "b", "b"] and "b: y changed 1 -> 2; redoing it from scratch" in lines
     run_all(2, 2, Stages(tmp_path, lines.append))  # a's setting: a, and b after it
     assert calls[-2:] == ["a", "b"] and any("b: redone before it: a" in line for line in lines)
     # an unfinished stage (its process killed) is resumed, not started from scratch
@@ -222,6 +222,20 @@ def test_stages_reuse_resume_and_redo_with_what_depends_on_them(tmp_path):
     with pytest.raises(ConfigError, match="no stage record"):
         run_all(2, 2, Stages(tmp_path, lines.append))
     assert (tmp_path / "b" / "out.txt").exists()
+
+
+def test_a_changed_setting_is_named_by_its_option_with_old_and_new_values(tmp_path):
+    """A stage's settings are configs: the message names the run's option that changed (before:
+    "tune: settings changed: search" for --trials), else the setting's path, and the values."""
+    lines = []
+
+    def tune(trials: int, device: str | None, options: dict) -> None:
+        Stages(tmp_path, lines.append, options).run("tune", {"search": {"trials": trials, "device": device}}, (),
+                                                    lambda d: {})  # fmt: skip
+
+    tune(24, "cpu", {})
+    tune(30, None, {"trials": (24, 30), "gpus_per_trial": (0.0, 1.0)})  # the device follows --gpus-per-trial
+    assert lines[-1] == 'tune: search.device changed "cpu" -> null, --trials changed 24 -> 30; redoing it from scratch'
 
 
 def _fake_run(folder: Path, head: float, majority: float, full: float) -> Path:

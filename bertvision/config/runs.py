@@ -50,7 +50,8 @@ class PipelineConfig:
     """Data efficiency: also fine-tune and train the best head on these shares (0 < f < 1) of the
     training part, each with its own 1-epoch checkpoint and store (e.g. 0.1 0.25 0.5)."""
     validation_fraction: float = FinetuneConfig.validation_fraction
-    """Share of train held out for every selection (fine-tuning epochs, trials, ensemble weights)."""
+    """Share of train held out for every selection (fine-tuning epochs, trials, ensemble weights);
+    each part needs at least 4 examples, 2 per label."""
     validation_seed: int = FinetuneConfig.validation_seed
     """Seed of that carve."""
     cpus_per_trial: float = 1.0

@@ -114,7 +114,7 @@ class FinetuneConfig(KindDefaults):
     """Seeds the task head's initialisation, dropout and the batch order."""
     validation_fraction: float = 0.1
     """Share of train held out for selection (span tasks: of its articles, unless the task has a
-    validation split)."""
+    validation split). Sentence tasks: each part needs at least 4 examples, 2 per label."""
     validation_seed: int = 0
     """Seed of that carve; keep it equal across runs that are compared."""
     train_examples: int | None = None

@@ -28,7 +28,7 @@ def carve_rows(manifest: dict, labels: np.ndarray, fraction: float, seed: int, t
     positions its manifest recorded when asked for the carve it was made with."""
     subset = manifest.get("extra", {}).get("subset")
     if subset is None:
-        tr, va = carve_validation(labels, len(labels), fraction, seed)
+        tr, va = carve_validation(labels, len(labels), fraction, seed, source=str(where))
         return training_subset(tr, train_examples, seed), va
     made = (subset["validation_fraction"], subset["validation_seed"])
     if made != (fraction, seed) or train_examples not in (None, subset["train_examples"]):

@@ -26,7 +26,8 @@ class SentenceTuning:
 
     def read(self) -> tuple[dict, dict]:
         full = self.task.load("train")
-        tr, va = carve_validation(full.labels, len(full), self.cfg.validation_fraction, self.cfg.validation_seed)
+        tr, va = carve_validation(full.labels, len(full), self.cfg.validation_fraction, self.cfg.validation_seed,
+                                  source=full.source)  # fmt: skip
         tr = training_subset(tr, self.cfg.train_examples, self.cfg.validation_seed)  # validation as carved
         return {"train": full.subset(tr, "train"), "validation": full.subset(va, "validation")}, {"train": full}
 

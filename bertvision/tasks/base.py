@@ -4,6 +4,7 @@ users' files; SQuAD loads into `squad.SquadSplit`)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -237,24 +238,38 @@ def training_subset(train_rows: np.ndarray, n: int | None, seed: int) -> np.ndar
     return np.sort(np.random.default_rng(seed).choice(train_rows, size=n, replace=False))
 
 
+MIN_PART, MIN_PER_LABEL = 4, 2
+"""The fewest examples in each part of a carve (training, validation), and for classification
+twice the number of labels: with fewer, a validation score is one of a few values (1 example: 0 or 1)."""
+
+
 def carve_validation(
-    labels: np.ndarray | None, n: int, fraction: float, seed: int, *, stratify: bool = True
+    labels: np.ndarray | None, n: int, fraction: float, seed: int, *, stratify: bool = True, source: str = "train"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded indices (train part, validation part) of a train split of ``n`` examples.
 
     Stratified by label where ``labels`` are class ids, so a small task keeps its label balance
     in both parts. Every stage (fine-tuning, heads) calls this with the same seed and fraction,
-    so they agree on which examples are held out. Indices come back sorted.
+    so they agree on which examples are held out. Indices come back sorted. A split too small
+    for `MIN_PART` examples in each part is refused, naming ``source`` (its file or store).
     """
     if not 0 < fraction < 1:
         raise ConfigError(f"validation fraction must be in (0, 1), not {fraction}")
-    n_val = max(1, round(n * fraction))
-    if n < 2 or n_val >= n:
-        raise ConfigError(f"cannot carve a validation part of {fraction} from {n} examples")
+    strat = labels if stratify and labels is not None and labels.dtype.kind in "iu" else None
+    need = MIN_PART if strat is None else max(MIN_PART, MIN_PER_LABEL * len(np.unique(strat)))
+
+    def parts(m: int) -> tuple[int, int]:
+        return m - max(1, round(m * fraction)), max(1, round(m * fraction))
+
+    if min(parts(n)) < need:
+        least = next(m for m in itertools.count(2 * need) if min(parts(m)) >= need)
+        raise ConfigError(f"{source}: {n} examples give a training part of {parts(n)[0]} and a validation part of "
+                          f"{parts(n)[1]} (--validation-fraction {fraction}); each part needs at least {need} examples"
+                          f"{'' if strat is None else f' ({MIN_PER_LABEL} per label, at least {MIN_PART})'}: give "
+                          f"at least {least} examples, or another --validation-fraction")  # fmt: skip
     from sklearn.model_selection import train_test_split
 
-    strat = labels if stratify and labels is not None and labels.dtype.kind in "iu" else None
     if strat is not None and np.unique(strat, return_counts=True)[1].min() < 2:
         strat = None  # a label with one example cannot be split both ways
-    train, val = train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=strat)
+    train, val = train_test_split(np.arange(n), test_size=parts(n)[1], random_state=seed, stratify=strat)
     return np.sort(train), np.sort(val)

@@ -23,6 +23,9 @@ from bertvision.tasks.base import SentenceSplit, TaskSpec, check_text
 # GLUE's own TSV files contain stray quote characters that are part of the text, so they are
 # read with no quoting at all; users' files follow the usual CSV quoting rules.
 FORMATS = ("glue-tsv", "tsv", "csv", "jsonl")
+# The csv module refuses a field over 128 KiB; a long document is text too. A field over this is
+# most likely an unclosed quote swallowing the rest of the file.
+FIELD_LIMIT = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def read_rows(
     opts = {"delimiter": ",", "quoting": csv.QUOTE_MINIMAL} if fmt == "csv" else {"delimiter": "\t"}
     if fmt == "glue-tsv":
         opts["quoting"] = csv.QUOTE_NONE
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     reader = csv.reader(f, **opts)
     try:
         header = list(names) if names is not None else next(reader, None)
@@ -112,6 +116,9 @@ def _csv_error(path, exc: csv.Error, reader, start: int, what: str) -> DataError
             "with \\n or \\r\\n (a lone \\r, as in old Mac files, does not end a line)",
             line=reader.line_num or start,
         )
+    if "field larger than field limit" in str(exc):
+        return DataError(path, f"{what}: a field of more than {csv.field_size_limit():,} characters, over the CSV "
+                               "reader's limit (an unclosed quote?)", line=start)  # fmt: skip
     return DataError(path, f"{what}: {exc}", line=start)
 
 
