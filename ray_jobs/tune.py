@@ -104,6 +104,7 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
     ))  # fmt: skip
 
 
+@common.holding("search")
 def run(search: SearchConfig, out_dir: str, job: TuneJobConfig | None = None) -> list[dict]:
     """Run (or, with ``job.resume``, finish) the search into ``out_dir``; returns the leaderboard."""
     job = job or TuneJobConfig()
@@ -112,7 +113,7 @@ def run(search: SearchConfig, out_dir: str, job: TuneJobConfig | None = None) ->
         raise ConfigError(f"--resume: no search to resume in {out}" if job.resume else
                           f"{out} holds a search already; add --resume to finish it, or give another --out")  # fmt: skip
     search = absolute_inputs(search)  # trials run in folders of their own
-    results = common.on_ray(job.address, lambda: build_tuner(search, out, job).fit(), dashboard=job.workers_per_trial > 1)
+    results = common.on_ray(job.address, lambda: build_tuner(search, out, job).fit(), dashboard=job.workers_per_trial > 1, record=out)
     return finish_search(out, {Path(r.path).name for r in results})
 
 
