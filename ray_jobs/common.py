@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -14,17 +15,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import ray
 import torch
+from ray._private import ray_constants
 from ray.exceptions import RayError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from bertvision.config import add_arguments, from_arguments
-from bertvision.errors import EXIT_RUN, BertVisionError, RunError, os_error
-from bertvision.outdir import job_paths
+from bertvision.errors import EXIT_RUN, BertVisionError, DataError, RunError, os_error
+from bertvision.io import atomic_write_json
+from bertvision.outdir import claim, job_paths
 
 STATE = "state.pt"
+RAY_RECORD = ".bertvision-ray.json"  # in a job's folder: the local Ray it runs on, while it runs
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> str | None:
@@ -39,13 +44,21 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     # to 64 bytes after the temp dir) are limited to 107 bytes; mkdtemp adds 15.
     base = tempfile.gettempdir()
     temp_dir = tempfile.mkdtemp(prefix="bvray-", dir=base if len(base) + 15 + 64 <= 107 else "/tmp")
+    # Ray's local-only mode (its default on macOS and Windows; its variable, read when ray is
+    # imported, is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER): the node's address is 127.0.0.1, so GCS,
+    # raylet, workers, agents and the metrics endpoints left listen there alone (README, "On Ray");
+    # the agent exports no metrics at all.
+    cluster, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     # On a small machine more logical CPUs than cores, so an actor and the tasks feeding it all fit.
     try:
         ray.init(address="local", _temp_dir=temp_dir, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
-                 include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)  # fmt: skip
+                 include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True,
+                 _system_config={"enable_metrics_collection": False})  # fmt: skip
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster
     print(f"local Ray of this process in {temp_dir} (removed at the end)", flush=True)
     return temp_dir
 
@@ -53,14 +66,19 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
 class JobRay(contextlib.AbstractContextManager):
     """The Ray a job runs on, as a context: this process's, ``address`` / $RAY_ADDRESS's, or a local
     one of its own (`init_ray`) started on the first `need` (if any) and removed on exit. A Ray it
-    started or attached to is left on exit: its workers' logs stop there, above the job's last line."""
+    started or attached to is left on exit: its workers' logs stop there, above the job's last line.
+    A local one is recorded in ``record`` (the job's folder, held) while it runs: see `holding`."""
 
-    def __init__(self, address: str | None = None, dashboard: bool = False):
-        self.address, self.dashboard, self._local_dir, self._started = address, dashboard, None, False
+    def __init__(self, address: str | None = None, dashboard: bool = False, record: Path | None = None):  # fmt: skip
+        self.address, self.dashboard, self.record, self._local_dir, self._started = address, dashboard, record, None, False  # fmt: skip
 
     def need(self) -> None:
         if not ray.is_initialized():
             self._local_dir, self._started = init_ray(self.address, dashboard=self.dashboard), True
+            if self._local_dir and self.record:  # its processes: GCS, raylet, agents, workers...
+                me = psutil.Process()
+                atomic_write_json(self.record / RAY_RECORD, {"temp_dir": self._local_dir, "driver": _entry(me),
+                                                             "processes": [_entry(p) for p in me.children(True)]})  # fmt: skip
 
     def __exit__(self, *exc) -> None:
         if self._started:
@@ -68,12 +86,76 @@ class JobRay(contextlib.AbstractContextManager):
             self._started = False
         if self._local_dir:  # the job's own local Ray: drop its session folder
             shutil.rmtree(self._local_dir, ignore_errors=True)
+            if self.record:
+                (self.record / RAY_RECORD).unlink(missing_ok=True)
             self._local_dir = None
 
 
-def on_ray(address: str | None, fn, dashboard: bool = False):
+def holding(what: str):
+    """A job's ``run(cfg, out_dir, job)`` holding ``out_dir`` (`claim`) from its first step: a second
+    job into it is refused before any Ray starts, and what the local Ray of a killed holder left
+    (its `RAY_RECORD`) is cleaned up first."""
+
+    def wrap(run):
+        @functools.wraps(run)
+        def held(cfg, out_dir: str, job=None):
+            with claim(Path(out_dir).expanduser(), what) as out:
+                reap(out / RAY_RECORD)
+                return run(cfg, out_dir, job)
+
+        return held
+
+    return wrap
+
+
+def reap(record: Path) -> None:
+    """Kill what the local Ray of a job killed in this folder left (its agents live on for a minute
+    or so) and remove its temporary folder, by ``record``. Only while that job's driver is dead,
+    and only this user's processes that are the recorded ones (pid and start time) and name that
+    folder (command line or an open file: agents rename themselves)."""
+    try:
+        left = json.loads(record.read_text())
+        temp_dir, driver, processes = left["temp_dir"], left["driver"], left["processes"]
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(record, f"not a record of a local Ray ({e}); delete it if no job runs there") from None  # fmt: skip
+    if _running(driver):  # the job lives: a copy of its folder, or one the file system cannot lock
+        return
+
+    def ours(p: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return p.uids().real == os.getuid() and (temp_dir in " ".join(p.cmdline()) or any(
+                f.path.startswith(temp_dir + os.sep) for f in p.open_files()))  # fmt: skip
+        return False
+
+    doomed = [p for p in map(_running, processes) if p and ours(p)]
+    for p in doomed:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(doomed, timeout=10)
+    folder = Path(temp_dir)
+    if folder.name.startswith("bvray-") and not folder.is_symlink() and folder.is_dir() and folder.stat().st_uid == os.getuid():  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+    record.unlink(missing_ok=True)
+
+
+def _entry(p: psutil.Process) -> dict:
+    return {"pid": p.pid, "created": p.create_time()}
+
+
+def _running(entry: dict) -> psutil.Process | None:
+    """The process of an `_entry` if it still runs (a recycled pid has another start time)."""
+    with contextlib.suppress(psutil.Error):
+        p = psutil.Process(entry["pid"])
+        if p.create_time() == entry["created"] and p.status() != psutil.STATUS_ZOMBIE:
+            return p
+    return None
+
+
+def on_ray(address: str | None, fn, dashboard: bool = False, record: Path | None = None):
     """``fn()`` on a `JobRay` (``dashboard``: for Ray Train's state queries)."""
-    with JobRay(address, dashboard) as job_ray:
+    with JobRay(address, dashboard, record) as job_ray:
         job_ray.need()
         return fn()
 

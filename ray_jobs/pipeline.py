@@ -44,14 +44,16 @@ def _ray_data(job: PipelineJobConfig, job_ray: common.JobRay, log=print) -> bool
     return use
 
 
+@common.holding("pipeline run")
 def run(cfg: PipelineConfig, out_dir: str, job: PipelineJobConfig | None = None) -> dict:
     """The pipeline into ``out_dir`` on one Ray (started here unless attached)."""
     job = job or PipelineJobConfig()
     cfg = absolute_inputs(cfg)  # trials run in folders of their own
+    out = Path(out_dir).expanduser().absolute()
     # Trials checkpoint every epoch, so Tune's experiment-state snapshots come often; its warning
     # about them would repeat dozens of times in a search of short trials.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    with common.JobRay(job.address) as job_ray:  # started by the first stage that runs on it
+    with common.JobRay(job.address, record=out) as job_ray:  # started by the first stage on it
 
         def on_ray(fn):
             def run_on_ray(*args):
@@ -62,7 +64,7 @@ def run(cfg: PipelineConfig, out_dir: str, job: PipelineJobConfig | None = None)
 
         extract = on_ray(embed.run) if _ray_data(job, job_ray) else None  # None: this process's loop
         runners = Runners(finetune_grid=on_ray(baseline.run), tune=on_ray(tune.run), embed=extract)
-        return run_pipeline(cfg, str(Path(out_dir).expanduser().absolute()), runners)
+        return run_pipeline(cfg, str(out), runners)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,7 @@ def build_tuner(search: SearchConfig, out: Path, job: TuneJobConfig, trainable=_
     ))  # fmt: skip
 
 
+@common.holding("search")
 def run(search: SearchConfig, out_dir: str, job: TuneJobConfig | None = None) -> list[dict]:
     """Run (or, with ``job.resume``, finish) the search into ``out_dir``; returns the leaderboard."""
     job = job or TuneJobConfig()
@@ -141,7 +142,7 @@ def run(search: SearchConfig, out_dir: str, job: TuneJobConfig | None = None) ->
         if (tuner := build_tuner(search, out, job)) is not None:
             common.tune_fit(tuner, "search", out)
 
-    common.on_ray(job.address, fit, dashboard=job.workers_per_trial > 1)
+    common.on_ray(job.address, fit, dashboard=job.workers_per_trial > 1, record=out)
     return finish_search(out, set(json.loads((out / RECORD).read_text())["trials"]))
 
 

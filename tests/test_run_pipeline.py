@@ -52,6 +52,7 @@ def test_a_run_writes_every_stage_and_says_its_headline(tiny_run):
     assert all(s["done"] and s["wall_seconds"] >= 0 for s in stages.values())
     summary = json.loads((out / "pipeline.json").read_text())
     assert summary["status"] == "done" and summary["report"] == str(out / "report.html")
+    assert not list(out.glob(".bertvision-*"))  # the folder's lock and its local Ray's record, gone
     # the store is the first seed's 1-epoch checkpoint; the heads are the best trial, every seed
     manifest = json.loads((out / "store" / "cls" / "train" / "_manifest.json").read_text())
     assert manifest["checkpoint"].endswith("finetune/seed-0/checkpoint-e1")
