@@ -52,8 +52,9 @@ def free_port() -> int:
 
 
 def worker_port_range(size: int = 100) -> tuple[int, int]:
-    """A range of ports for a node's workers, apart from other nodes' (not checked one by one)."""
-    lo = random.randrange(20000, 60000 - size)
+    """A range of ports for a node's workers, apart from other nodes' (not checked one by one),
+    below Linux's ephemeral range (32768-60999), where Ray draws its other ports at random."""
+    lo = random.randrange(12000, 32000 - size)
     return lo, lo + size - 1
 
 

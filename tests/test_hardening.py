@@ -474,8 +474,17 @@ def test_p2_6_a_full_disk_keeps_the_first_error(small_disk, toy):
 
 
 @pytest.mark.parametrize("bad", ["empty text", "duplicate id"])
-def test_p2_9a_bad_task_data_leaves_the_run_folder_untouched(tmp_path, bad):
-    """Before: the run failed in one line but left OUT/pipeline.json (status "stopped")."""
+def test_p2_9a_bad_task_data_leaves_the_run_folder_untouched(tmp_path, bad, capsys):
+    """Before: the run failed in one line but left OUT/pipeline.json (status "stopped"). (The
+    command line in this process: it fails before any Ray.)"""
+    from types import SimpleNamespace
+
+    from bertvision.cli import main
+
+    def cli(*args):
+        code = main([*map(str, args)])
+        return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+
     task = write_toy_task(tmp_path / "toy")
     rows = (tmp_path / "toy" / "train.csv").read_text().splitlines()
     rows[3] = "2, ,stone,0" if bad == "empty text" else "0" + rows[3][rows[3].index(","):]

@@ -6,9 +6,9 @@ leaderboard), that trials never read dev, the resume of a killed driver, and a t
 process dies being retried from its checkpoint.
 """
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -85,13 +85,17 @@ KILLED_EPOCHS = 12
 
 
 @pytest.fixture(scope="module")
-def killed_search(stores, tmp_path_factory) -> dict:
-    """A search of 3 trials whose driver was SIGKILLed (with its local Ray) after its second trial
-    ended; then its folder tampered with as a full disk and a hostile group member would: Tune's
-    experiment state truncated to half, ``tuner.pkl`` replaced by a pickle that runs code, and a
-    trial folder the search never ended planted. Then `--resume`."""
+def killed_search(stores, shared_ray, tmp_path_factory) -> dict:
+    """A search of 3 trials whose driver alone was SIGKILLed after its second trial ended (its
+    local Ray's agents live on a while, its temporary folder stays); then its folder tampered with
+    as a full disk and a hostile group member would: Tune's experiment state truncated to half,
+    ``tuner.pkl`` replaced by a pickle that runs code, and a trial folder the search never ended
+    planted. Then `--resume`, beside another Ray of this user's (the shared head), untouched."""
     import pickle
+    import re
     import shutil
+
+    import psutil
 
     cls_store, _ = stores
     out = tmp_path_factory.mktemp("killed") / "search"
@@ -100,8 +104,11 @@ def killed_search(stores, tmp_path_factory) -> dict:
     e = KILLED_EPOCHS
     args = ["--stores", cls_store, "--trials", 3, "--initial-points", 2, "--epochs", e, "--patience", e,
             "--grace-period", e, "--max-concurrent", 1, "--out", out]  # fmt: skip
-    proc = subprocess.Popen([*bertvision_cli(), "tune", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=own_ray_env(), start_new_session=True)  # fmt: skip
+    log = out.parent / "tune.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([*bertvision_cli(), "tune", *map(str, args)], stdout=f, stderr=subprocess.STDOUT,
+                                env=own_ray_env())  # fmt: skip
+    left = []
     try:
         deadline = time.time() + 300
         # two trials ended: trial.json says so, and so does search.json where the search keeps one
@@ -109,18 +116,41 @@ def killed_search(stores, tmp_path_factory) -> dict:
             assert proc.poll() is None, "the search ended before it was killed"
             assert time.time() < deadline, "no trials ended"
             time.sleep(0.05)
+        left = psutil.Process(proc.pid).children(recursive=True)  # GCS, raylet, agents, workers
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.kill()  # the driver alone
         proc.wait()
-    before = {p: _outcome(p) for p in _finished(out)}
-    states = list(out.glob("experiment_state-*.json"))
-    assert states and (out / "tuner.pkl").is_file()
-    for state in states:  # cut short, as a full disk leaves it
-        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    marker = out.parent / "pwned"
-    (out / "tuner.pkl").write_bytes(pickle.dumps(_Runs(f"touch {marker}")))
-    shutil.copytree(next(iter(before)).parent, out / "trial-lost")  # a trial the search never ended
-    return {"out": out, "before": before, "marker": marker, "resumed": _tune(*args, "--resume")}
+    try:
+        temp_dir = Path(re.search(r"local Ray of this process in (\S+)", log.read_text())[1])
+        outlived = temp_dir.is_dir() and any(_alive(p) for p in left)
+        bystander = sorted(shared_ray.processes())
+        before = {p: _outcome(p) for p in _finished(out)}
+        states = list(out.glob("experiment_state-*.json"))
+        assert states and (out / "tuner.pkl").is_file()
+        for state in states:  # cut short, as a full disk leaves it
+            state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        marker = out.parent / "pwned"
+        (out / "tuner.pkl").write_bytes(pickle.dumps(_Runs(f"touch {marker}")))
+        shutil.copytree(next(iter(before)).parent, out / "trial-lost")  # a trial the search never ended
+        resumed = _tune(*args, "--resume")
+        deadline = time.time() + 30  # workers started later end with their raylet
+        while any(_alive(p) for p in left) and time.time() < deadline:
+            time.sleep(0.5)
+        gone = not any(_alive(p) for p in left)
+    finally:
+        for p in left:  # whatever of the killed search's Ray is left: this test started it
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    return {"out": out, "before": before, "marker": marker, "resumed": resumed, "temp_dir": temp_dir,
+            "outlived": outlived, "gone": gone, "bystander": (bystander, sorted(shared_ray.processes()))}  # fmt: skip
+
+
+def _alive(p) -> bool:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    return False
 
 
 class _Runs:
@@ -152,6 +182,16 @@ def test_a_killed_search_resumes_to_the_requested_total_whatever_tune_saved(kill
 def test_a_resume_runs_no_code_from_the_search_folder(killed_search):
     """The replaced tuner.pkl is never unpickled: its command did not run."""
     assert not killed_search["marker"].exists()
+
+
+def test_the_resume_removes_what_the_killed_searchs_ray_left(killed_search):
+    """The killed driver's agents outlived it and its Ray's temporary folder stayed; the resume,
+    once it held the folder, killed what its record names and removed the folder, and left the
+    other Ray of this user whole."""
+    k = killed_search
+    assert k["outlived"]  # the leftovers were there
+    assert k["gone"] and not k["temp_dir"].exists() and not (k["out"] / ".bertvision-ray.json").exists()
+    assert k["bystander"][0] == k["bystander"][1] and k["bystander"][0]
 
 
 def test_a_search_record_that_cannot_be_read_stops_the_resume(stores, killed_search, tmp_path):
@@ -264,14 +304,14 @@ class TestOnAnInProcessRay:
                 score = epoch / 100 - abs(params["lr"] - 1e-3) * 10 - params["dropout"] + params["adapter_size"] / 1000
                 tune.report({"epoch": epoch, "score": score})
 
-        search = SearchConfig(stores=(str(stores[0]),), trials=10, initial_points=3, max_concurrent=3, epochs=5,
+        search = SearchConfig(stores=(str(stores[0]),), trials=8, initial_points=3, max_concurrent=3, epochs=5,
                               patience=5, grace_period=1)  # fmt: skip
         runs = []
         for name in ("a", "b"):
             results = job.build_tuner(search, tmp_path / name, job.TuneJobConfig(), trainable=jittery).fit()
             runs.append(sorted((json.dumps(r.config, sort_keys=True), list(r.metrics_dataframe["score"])) for r in results))
-        assert len(runs[0]) == 10 and runs[0] == runs[1]
-        assert 0 < sum(len(scores) < 5 for _, scores in runs[0]) < 10  # some trials stopped early, not all
+        assert len(runs[0]) == 8 and runs[0] == runs[1]
+        assert 0 < sum(len(scores) < 5 for _, scores in runs[0]) < 8  # some trials stopped early, not all
 
     def test_a_trial_of_two_ray_train_workers(self, stores, local_ray, tmp_path):
         """--workers-per-trial 2: each trial is a Ray Train run (DDP over gloo) under its trial
