@@ -270,7 +270,8 @@ class SearchConfig(KindDefaults):
     gpus_per_trial: float = 0.0
     """GPUs each trial asks Ray for; a fraction lets several trials share one GPU."""
     grace_period: int = 2
-    """ASHA: epochs every trial runs before it may be stopped for a weak validation score."""
+    """Epochs every trial runs before it may be stopped for a weak validation score (ASHA's
+    rule, `search.Rungs`)."""
     epochs: int | None = None
     """Maximum epochs per trial."""
     patience: int | None = None
