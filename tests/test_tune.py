@@ -81,7 +81,7 @@ def test_a_search_starts_from_the_default_head_and_never_reads_dev(stores, share
     assert again.returncode == 1 and "--resume" in again.stderr and "local Ray" not in again.stdout
 
 
-KILLED_EPOCHS = 12
+KILLED_EPOCHS = 8
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +300,7 @@ class TestOnAnInProcessRay:
 
             wait = random.Random()  # seeded by the OS: a different timing in every run
             for epoch in range(1, search.epochs + 1):
-                time.sleep(wait.random() * 0.1)
+                time.sleep(wait.random() * 0.05)
                 score = epoch / 100 - abs(params["lr"] - 1e-3) * 10 - params["dropout"] + params["adapter_size"] / 1000
                 tune.report({"epoch": epoch, "score": score})
 
