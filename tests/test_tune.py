@@ -399,3 +399,17 @@ def test_search_through_ray_job_submit(stores, shared_ray, tmp_path):
     assert proc.returncode == 0 and "succeeded" in proc.stdout.lower(), (proc.stdout + proc.stderr)[-3000:]
     board = json.loads((out / "leaderboard.json").read_text())
     assert len(board) == 3 and all(r["node"] for r in board)
+
+
+def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path):
+    """search.json keeps the settings: a resume may change the number of trials and how they run,
+    not what is searched; the refusal names each option with the recorded and the given value."""
+    from bertvision.errors import ConfigError
+    from bertvision.search import ended_trials, new_record
+
+    was = SearchConfig(stores=("/s/cls",), trials=8, epochs=10)
+    new_record(tmp_path, was, {"trial-a": {"params": {"lr": 1e-3}, "status": "done", "scores": [0.5]},
+                               "trial-b": {"params": {"lr": 2e-3}, "status": "error", "scores": [0.4]}})  # fmt: skip
+    assert list(ended_trials(tmp_path, SearchConfig(stores=("/s/cls",), trials=12, max_concurrent=4, epochs=10))) == ["trial-a"]
+    with pytest.raises(ConfigError, match=r"--epochs 10 -> 12; --seed 0 -> 1"):
+        ended_trials(tmp_path, SearchConfig(stores=("/s/cls",), trials=8, epochs=12, seed=1))
