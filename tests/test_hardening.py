@@ -423,9 +423,13 @@ def test_12_artifacts_respect_the_umask(toy, tiny_bert_dir, tmp_path):
 
 def last_line_error(proc, code: int) -> str:
     """The command failed with ``code`` and its last stderr line is one error line: no colour
-    codes, actor ids or traceback (Ray's own logs above it may have them)."""
+    codes, actor ids or traceback (Ray's own logs above it may have them). A dead worker's log
+    lines, "(pid=N) ...", relayed by Ray's log thread, can still land after it: passed over."""
+    import re
+
     assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
-    last = proc.stderr.splitlines()[-1]
+    worker = re.compile(r"^(\x1b\[[0-9;]*m)*\((\w+ )?pid=\d+")
+    last = [x for x in proc.stderr.splitlines() if x.strip() and not worker.match(x)][-1]
     assert last.startswith("bertvision: error: "), proc.stderr[-3000:]
     assert "\x1b[" not in last and "Traceback" not in last and "actor_id" not in last, last
     return last
