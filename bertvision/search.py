@@ -68,15 +68,15 @@ def default_point(search: SearchConfig, family: str, token_stores: bool = False)
 
 def trial_config(search: SearchConfig, params: dict) -> HeadTrainConfig:
     """The `HeadTrainConfig` of one trial: the search's settings, the proposed hyperparameters."""
-    plain = {k: _plain(v) for k, v in params.items()}
+    plain = plain_params(params)
     head = HeadArchitecture(**{f: plain[f] for f in (*HEAD_PARAMS, "pooling") if f in plain})
     optim = derive(Optimisation, search, **{f: plain[f] for f in OPTIM_PARAMS})
     return derive(HeadTrainConfig, search, store=params["store"], seeds=(search.seed,), head=head, optim=optim)
 
 
-def _plain(value):
-    """numpy scalars (hyperopt's) as Python values, so configs stay JSON-able."""
-    return value.item() if hasattr(value, "item") else value
+def plain_params(params: dict) -> dict:
+    """numpy scalars (hyperopt's) as Python values, so configs and records stay JSON-able."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
 
 
 def load_stores(search: SearchConfig) -> dict[str, tuple]:
@@ -113,7 +113,7 @@ def run_trial(search: SearchConfig, params: dict, stores: dict[str, tuple], fold
     if world.main:
         folder.mkdir(parents=True, exist_ok=True)
     tb = SummaryWriter(str(folder / "tb")) if world.main else None
-    record = {"params": {k: _plain(v) for k, v in params.items()}, "config": asdict(cfg), "kind": kind.name,
+    record = {"params": plain_params(params), "config": asdict(cfg), "kind": kind.name,
               "history": [], "epochs_run": 0, "best_epoch": None, "score": None, "node": extra.pop("node", None),
               "timing": {"entered": entered, "first_step": None, "to_first_step_s": None, "train_seconds": 0.0,
                          "wall_seconds": None, "epochs": 0}, **extra}  # fmt: skip

@@ -47,6 +47,7 @@ from bertvision.search import (
     finish_search,
     load_stores,
     new_record,
+    plain_params,
     run_trial,
     space,
 )
@@ -205,7 +206,7 @@ class _Record(tune.Callback):
     def _ended(self, trial, status: str) -> None:
         scores = self.scores.pop(trial.trial_id, {})
         self.record["trials"][_trial_dirname(trial)] = {
-            "params": {k: v.item() if hasattr(v, "item") else v for k, v in trial.config.items()},
+            "params": plain_params(trial.config),
             "status": status, "scores": [scores[e] for e in sorted(scores)]}  # fmt: skip
         atomic_write_json(self.out / RECORD, self.record)
         if self.bar is not None:
