@@ -77,7 +77,8 @@ def _summary(out: Path, grid: BaselineGrid, base: FinetuneConfig, table: list[di
              grid_seconds: float, seeds_seconds: float) -> dict:  # fmt: skip
     metrics = {s: _metrics(out / f"seed-{s}") for s in grid.seeds}
     runs = {s: next(m for m in ms.values() if m["fraction"] == best["epochs"]) for s, ms in metrics.items()}
-    dev = [k for k in next(iter(runs.values())) if k.startswith(("dev", "test")) and not k.endswith("_seconds")]
+    # the eval splits scored: every part of a checkpoint's metrics but validation (dev, test, heldout...)
+    dev = [k for k, v in next(iter(runs.values())).items() if isinstance(v, dict) and k != "validation"]
 
     def over_seeds(metas: list[dict], split: str) -> dict:
         return {name: mean_std([m[split][name] for m in metas]) for name in metas[0][split]}
@@ -85,7 +86,7 @@ def _summary(out: Path, grid: BaselineGrid, base: FinetuneConfig, table: list[di
     summary = {
         "grid": table, "chosen": {"lr": best["lr"], "epochs": best["epochs"], "validation_score": best["score"]},
         "grid_train_examples": grid.grid_train_examples or base.train_examples, "train_examples": base.train_examples,
-        "seeds": list(grid.seeds), "runs": {str(s): {k: m[k] for k in ("validation", *dev)} for s, m in runs.items()},
+        "seeds": list(grid.seeds), "evals": dev, "runs": {str(s): {k: m[k] for k in ("validation", *dev)} for s, m in runs.items()},
         **{split: over_seeds(list(runs.values()), split) for split in dev},
         "by_epoch": {f"{m['fraction']:g}": {split: over_seeds([ms[name] for ms in metrics.values()], split)
                                             for split in ("validation", *dev)}

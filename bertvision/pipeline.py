@@ -310,7 +310,7 @@ FLOORS = {"classification": _majority_class, "span": _no_answer,
 
 def _finetune_stage(runners: Runners, base: FinetuneConfig, grid: BaselineGrid, out: Path) -> dict:
     summary = runners.finetune_grid(base, str(out), grid)
-    return {"chosen": summary["chosen"], **{k: v for k, v in summary.items() if k.startswith(("dev", "test"))},
+    return {"chosen": summary["chosen"], **{k: summary[k] for k in summary["evals"]},
             "train_seconds": summary["train_seconds"]}  # fmt: skip
 
 

@@ -8,10 +8,11 @@ import textwrap
 from pathlib import Path
 
 from bertvision.config import FAMILY
+from bertvision.tasks.custom import CARVED
 
-EVAL_SPLITS = ("dev", "dev_matched", "dev_mismatched", "test")
+EVAL_SPLITS = ("dev", "dev_matched", "dev_mismatched", "test", CARVED)
 SPAN_METRICS = ("exact", "f1", "HasAns_f1", "NoAns_f1")
-TRAIN_LINES = {"sentence": (None, ("validation", "dev")), "span": ((*SPAN_METRICS, "threshold"), ("validation", "test", "dev"))}
+TRAIN_LINES = {"sentence": (None, ("validation", "dev", CARVED)), "span": ((*SPAN_METRICS, "threshold"), ("validation", "test", "dev"))}
 """Task family -> what 'bertvision train' prints: (metrics, None for every one; splits, by name prefix)."""
 NOUNS = {"vectors": "rows", "windows": "windows x tokens", "sentences": "examples x tokens"}
 """A store's layout -> what its rows are, in 'bertvision embed''s lines."""
@@ -103,7 +104,7 @@ def print_baseline(summary: dict, cfg=None, out=None) -> None:
         print(f"one setting, nothing chosen: lr {c['lr']:g}, {c['epochs']:g} epoch(s)")
     else:
         print(f"chosen on validation: lr {c['lr']:g}, {c['epochs']:g} epoch(s) (score {c['validation_score']:.4f})")
-    for split in [k for k in summary if k.startswith(("dev", "test"))]:
+    for split in summary.get("evals", ()):
         for name, v in summary[split].items():
             print(f"{split:>14} {name}: {v['mean']:.4f} ± {v['std']:.4f} over {len(summary['seeds'])} seed(s)")
 
@@ -167,6 +168,23 @@ def print_tasks(data_dir, origin: str, task_configs: list[str]) -> int:
     return 1 if failed else 0
 
 
+def carved_parts(task) -> str:
+    """The three parts of a task whose test part is carved from train, with their sizes: the
+    validation part as runs carve it by default (`carve_validation`)."""
+    from bertvision.config import PipelineConfig
+    from bertvision.tasks.base import carve_validation
+
+    carve, rest = task.spec.carved_test, task.load(task.spec.carved_test["from"])
+    test = task.load(carve["split"])
+    fraction, seed = PipelineConfig.validation_fraction, PipelineConfig.validation_seed
+    stratify = rest.labels if task.spec.labels else None
+    training, validation = carve_validation(stratify, len(rest), fraction, seed, source=rest.source)
+    return (f"{len(rest) + len(test)} examples in {Path(rest.source).name}: training {len(training)}, validation "
+            f"{len(validation)} (carved by each run: --validation-fraction {fraction}, --validation-seed {seed}), "
+            f"test {len(test)} (split {carve['split']!r}, carved first: test_fraction {carve['fraction']}, "
+            f"test_seed {carve['seed']})")  # fmt: skip
+
+
 def print_task(task, split: str | None, num_examples: int) -> None:
     """'bertvision tasks show': a task's spec, a split's first examples and label distribution."""
     import numpy as np
@@ -181,6 +199,8 @@ def print_task(task, split: str | None, num_examples: int) -> None:
         print("  labels:      " + ", ".join(f"{i}={name}" for i, name in enumerate(spec.labels)))
     print(f"  metrics:     {', '.join(spec.metrics)} (selection on {spec.metrics[0]})")
     print(f"  splits:      {', '.join(spec.splits)}; reported: {', '.join(spec.eval_splits)}")
+    if spec.carved_test:
+        print("  parts:       " + carved_parts(task))
     print(f"\n{split}: {len(data)} examples from {data.source}\n")
     for i in range(min(num_examples, len(data))):
         for key, value in data.example(i).items():

@@ -127,3 +127,46 @@ def test_bad_jsonl_and_config(tmp_path):
         DataError, match=r"nope.jsonl: split 'train' of task config m.json not found"
     ):
         get_task(str(missing_split)).load("train")
+
+
+def _one_file(tmp_path: Path, rows: list[tuple[str, str]], extra: str = "") -> Path:
+    body = "id,text,label\n" + "".join(f"{i},{t},{y}\n" for i, (t, y) in enumerate(rows))
+    config = ('name = "one"\nkind = "classification"\ntext_fields = ["text"]\nlabel_field = "label"\n'
+              f'id_field = "id"\n{extra}[splits]\ntrain = "all.csv"\n')  # fmt: skip
+    return make_task(tmp_path, {"all.csv": body}, config)
+
+
+def test_a_one_file_task_carves_a_seeded_stratified_test_part_before_validation(tmp_path, capsys):
+    """Before: a task with a train file only had no eval split (the run's report then crashed on it)."""
+    from bertvision.cli import main
+
+    rows = [(f"word {i}", "pos" if i % 4 == 0 else "neg") for i in range(200)]
+    task = UserTask(_one_file(tmp_path, rows))
+    spec = task.spec
+    assert spec.eval_splits == ("heldout",) and spec.splits == ("train", "heldout")
+    assert spec.carved_test == {"split": "heldout", "from": "train", "fraction": 0.1, "seed": 0}
+    train, test = task.load("train"), task.load("heldout")
+    assert (len(train), len(test)) == (180, 20) and not set(train.ids) & set(test.ids)
+    assert test.label_counts() == {"neg": 15, "pos": 5}  # stratified: the file's 3:1
+    assert task.load("heldout").ids == test.ids  # seeded
+    other = UserTask(_one_file(tmp_path / "b", rows, "test_fraction = 0.25\ntest_seed = 3\n"))
+    assert len(other.load("heldout")) == 50 and other.load("heldout").ids != test.ids
+    assert main(["tasks", "show", str(tmp_path / "task.toml"), "-n", "0"]) == 0
+    assert ("parts:       200 examples in all.csv: training 162, validation 18 (carved by each run: "
+            "--validation-fraction 0.1, --validation-seed 0), test 20 (split 'heldout', carved first: "
+            "test_fraction 0.1, test_seed 0)") in capsys.readouterr().out  # fmt: skip
+
+
+def test_a_one_file_task_too_small_for_its_parts_is_refused_saying_what_each_needs(tmp_path):
+    from bertvision.errors import ConfigError
+
+    small = UserTask(_one_file(tmp_path / "s", [(f"w {i}", "ab"[i % 2]) for i in range(30)]))
+    with pytest.raises(ConfigError, match=r"30 examples give a training and validation part of 27 and a test part of 3 "
+                       r"\(test_fraction 0.1\); the test part needs at least 4 examples \(2 per label, at least 4\), "
+                       r"the training and validation part 8: give at least 35 examples"):  # fmt: skip
+        small.load("train")
+    rare = UserTask(_one_file(tmp_path / "r", [(f"w {i}", "a") for i in range(60)] + [("x", "b"), ("y", "b")]))
+    with pytest.raises(ConfigError, match="label 'b' \\(2 examples\\) would have none in the test part"):
+        rare.load("heldout")
+    with pytest.raises(DataError, match="test_fraction must be a number in \\(0, 1\\), not 1.5"):
+        UserTask(_one_file(tmp_path / "f", [("x", "a"), ("y", "b")], "test_fraction = 1.5\n"))

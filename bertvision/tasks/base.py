@@ -5,6 +5,7 @@ users' files; SQuAD loads into `squad.SquadSplit`)."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -62,6 +63,10 @@ class TaskSpec:
     """Labelled held-out splits reported at the end (GLUE: ``dev``; MNLI: both dev sets)."""
     unlabelled_splits: tuple[str, ...] = ()
     """Splits that carry no labels (GLUE test sets)."""
+    carved_test: dict | None = None
+    """A labelled test part carved from a split, for tasks without a labelled dev split:
+    ``{"split": "heldout", "from": "train", "fraction": 0.1, "seed": 0}``; loading ``from`` gives
+    the rest (`Task.load`), so every stage that reads it reads only the rest."""
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -74,6 +79,9 @@ class TaskSpec:
             raise ConfigError(f"task {self.name!r}: only classification tasks have labels")
         if len(set(self.labels or ())) != len(self.labels or ()):
             raise ConfigError(f"task {self.name!r}: labels must be unique")
+        carve = self.carved_test
+        if carve is not None and not ({carve["split"], carve["from"]} <= set(self.splits) and 0 < carve["fraction"] < 1):
+            raise ConfigError(f"task {self.name!r}: carved_test must name two of its splits and a fraction in (0, 1)")
         for group in ("eval_splits", "unlabelled_splits"):
             unknown = set(getattr(self, group)) - set(self.splits)
             if unknown:
@@ -168,8 +176,10 @@ class Task:
         raise NotImplementedError
 
     def locate(self, split: str) -> str:
-        """Where split ``split`` is read from: the first candidate that is a file, else the first."""
-        found = self.candidates(split)
+        """Where split ``split`` is read from: the first candidate that is a file, else the first
+        (a carved test part: its split's)."""
+        carve = self.spec.carved_test
+        found = self.candidates(carve["from"] if carve and split == carve["split"] else split)
         return next((c for c in found if Path(c).is_file()), found[0])
 
     def exists(self, split: str) -> bool:
@@ -177,9 +187,16 @@ class Task:
         return loc.startswith("hub:") or Path(loc).is_file()
 
     def load(self, split: str):
-        """Read and validate split ``split``; bad data raises `DataError` naming file and line."""
+        """Read and validate split ``split``; bad data raises `DataError` naming file and line.
+        A carved test part (`TaskSpec.carved_test`) and the rest of the split it comes from are
+        the two parts of `carve_test`'s cut of that split."""
         self.check_split(split)
-        return self._load(split)
+        carve = self.spec.carved_test
+        if carve is None or split not in (carve["split"], carve["from"]):
+            return self._load(split)
+        whole = self._load(carve["from"])
+        rest, test = carve_test(whole, carve)
+        return whole.subset(test if split == carve["split"] else rest, split)
 
     def _load(self, split: str):
         raise NotImplementedError
@@ -239,8 +256,8 @@ def training_subset(train_rows: np.ndarray, n: int | None, seed: int) -> np.ndar
 
 
 MIN_PART, MIN_PER_LABEL = 4, 2
-"""The fewest examples in each part of a carve (training, validation), and for classification
-twice the number of labels: with fewer, a validation score is one of a few values (1 example: 0 or 1)."""
+"""The fewest examples in each part of a carve (training, validation, test), and for classification
+twice the number of labels: with fewer, a score is one of a few values (1 example: 0 or 1)."""
 
 
 def carve_validation(
@@ -253,23 +270,61 @@ def carve_validation(
     so they agree on which examples are held out. Indices come back sorted. A split too small
     for `MIN_PART` examples in each part is refused, naming ``source`` (its file or store).
     """
+    return _carve(labels if stratify else None, n, fraction, seed, ("training", "validation"), "--validation-fraction",
+                  source, vanish=False)  # fmt: skip
+
+
+def carve_test(split: SentenceSplit, carve: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded indices (rest, test part) of the split a test part is carved from (`TaskSpec.carved_test`),
+    stratified for classification; the validation part is carved later from the rest, so the rest
+    must hold enough for it too (`MIN_PART` twice, per label for classification)."""
+    if split.labels is None:
+        raise DataError(split.source, "carries no labels: a test part cannot be carved from it")
+    return _carve(split.labels, len(split), carve["fraction"], carve["seed"], ("training and validation", "test"),
+                  "test_fraction", split.source, rest_parts=2, names_of=split.task.labels)  # fmt: skip
+
+
+def _carve(labels: np.ndarray | None, n: int, fraction: float, seed: int, names: tuple[str, str], option: str,
+           source: str, *, rest_parts: int = 1, vanish: bool = True,
+           names_of: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(rest, part) indices, sorted: a seeded cut of ``fraction`` of ``n`` examples, stratified by
+    class ids, refused (naming ``source`` and what each part needs) when a part would be too small
+    or (``vanish``) a class would be missing from one."""
     if not 0 < fraction < 1:
-        raise ConfigError(f"validation fraction must be in (0, 1), not {fraction}")
-    strat = labels if stratify and labels is not None and labels.dtype.kind in "iu" else None
+        raise ConfigError(f"{option.lstrip('-').replace('-', ' ')} must be in (0, 1), not {fraction}")
+    strat = labels if labels is not None and labels.dtype.kind in "iu" else None
     need = MIN_PART if strat is None else max(MIN_PART, MIN_PER_LABEL * len(np.unique(strat)))
 
     def parts(m: int) -> tuple[int, int]:
         return m - max(1, round(m * fraction)), max(1, round(m * fraction))
 
-    if min(parts(n)) < need:
-        least = next(m for m in itertools.count(2 * need) if min(parts(m)) >= need)
-        raise ConfigError(f"{source}: {n} examples give a training part of {parts(n)[0]} and a validation part of "
-                          f"{parts(n)[1]} (--validation-fraction {fraction}); each part needs at least {need} examples"
-                          f"{'' if strat is None else f' ({MIN_PER_LABEL} per label, at least {MIN_PART})'}: give "
-                          f"at least {least} examples, or another --validation-fraction")  # fmt: skip
+    def enough(m: int) -> bool:
+        return parts(m)[0] >= rest_parts * need and parts(m)[1] >= need
+
+    if not enough(n):
+        least = next(m for m in itertools.count(2 * need) if enough(m))
+        per = "" if strat is None else f" ({MIN_PER_LABEL} per label, at least {MIN_PART})"
+        needs = (f"each part needs at least {need} examples{per}" if rest_parts == 1 else
+                 f"the {names[1]} part needs at least {need} examples{per}, the {names[0]} part {rest_parts * need}")
+        raise ConfigError(f"{source}: {n} examples give a {names[0]} part of {parts(n)[0]} and a {names[1]} part of "
+                          f"{parts(n)[1]} ({option} {fraction}); {needs}: give at least {least} examples, or another "
+                          f"{option}")  # fmt: skip
     from sklearn.model_selection import train_test_split
 
-    if strat is not None and np.unique(strat, return_counts=True)[1].min() < 2:
+    counts = {} if strat is None else dict(zip(*np.unique(strat, return_counts=True), strict=True))
+    label = (lambda i: repr(names_of[i]) if names_of else f"id {i}")  # noqa: E731
+    if counts and min(counts.values()) < 2:
+        if vanish:
+            raise ConfigError(f"{source}: label {label(min(counts, key=counts.get))} has 1 example, so one part would "
+                              "have none: each label needs at least 2 examples (one in each part)")  # fmt: skip
         strat = None  # a label with one example cannot be split both ways
-    train, val = train_test_split(np.arange(n), test_size=parts(n)[1], random_state=seed, stratify=strat)
-    return np.sort(train), np.sort(val)
+    rest, part = train_test_split(np.arange(n), test_size=parts(n)[1], random_state=seed, stratify=strat)
+    if vanish and counts:
+        gone = sorted(set(counts) - set(labels[part].tolist()))
+        if gone:
+            per = math.ceil(1 / fraction)
+            raise ConfigError(f"{source}: label {label(gone[0])} ({counts[gone[0]]} examples) would have none in the "
+                              f"{names[1]} part ({option} {fraction}): a label needs about {per} examples for one of them "
+                              f"to land in it; give more examples of it, or a larger {option}")  # fmt: skip
+    return np.sort(rest), np.sort(part)
+

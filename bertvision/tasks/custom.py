@@ -20,8 +20,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 _FIELDS = {
     "name", "title", "kind", "text_fields", "label_field", "labels", "id_field", "metrics",
-    "splits", "eval_splits", "unlabelled_splits", "format", "ignore_columns",
+    "splits", "eval_splits", "unlabelled_splits", "format", "ignore_columns", "test_fraction", "test_seed",
 }  # fmt: skip
+CARVED = "heldout"  # the split name of a test part carved from train
 _EXT_FORMAT = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 DEFAULT_METRICS = {"classification": ("accuracy", "macro_f1"), "regression": ("pearson", "spearman")}
 
@@ -78,14 +79,33 @@ class UserTask(Task):
             labels = tuple(str(x) for x in labels) if labels else self._infer_labels()
         evals = cfg.get("eval_splits") or [s for s in ("dev", "validation") if s in splits][:1]
         unlabelled = cfg.get("unlabelled_splits", [s for s in splits if s == "test"])
+        carved = self._carve(splits, evals)
         try:
             self.spec = TaskSpec(
                 name=self._field("name", str), title=cfg.get("title", f"{cfg['name']} (user task from {self.config_path.name})"),
                 kind=kind, text_fields=text, labels=labels, metrics=tuple(cfg.get("metrics", DEFAULT_METRICS[kind])),
-                splits=tuple(splits), eval_splits=tuple(evals), unlabelled_splits=tuple(unlabelled),
+                splits=(*splits, *([CARVED] if carved else [])), eval_splits=(CARVED,) if carved else tuple(evals),
+                unlabelled_splits=tuple(unlabelled), carved_test=carved,
             )  # fmt: skip
         except ConfigError as e:
             self._fail(str(e))
+
+    def _carve(self, splits: dict, evals: list) -> dict | None:
+        """`TaskSpec.carved_test` of a task with no labelled dev split: a test part of train
+        (``test_fraction``, default 0.1; ``test_seed``, default 0), else None."""
+        fraction, seed = self._cfg.get("test_fraction", 0.1), self._cfg.get("test_seed", 0)
+        if evals or "train" not in splits:
+            if {"test_fraction", "test_seed"} & set(self._cfg):
+                self._fail(f"test_fraction and test_seed carve a test part from train when no dev split is given; "
+                           f"this task has {', '.join(evals) or 'no train split'}")  # fmt: skip
+            return None
+        if CARVED in splits:
+            self._fail(f"splits.{CARVED}: the name of the test part carved from train; call this split otherwise")
+        if isinstance(fraction, bool) or not isinstance(fraction, float | int) or not 0 < fraction < 1:
+            self._fail(f"test_fraction must be a number in (0, 1), not {fraction!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            self._fail(f"test_seed must be an integer, not {seed!r}")
+        return {"split": CARVED, "from": "train", "fraction": float(fraction), "seed": seed}
 
     def _fail(self, problem: str):
         raise DataError(self.config_path, problem)
