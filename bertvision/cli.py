@@ -171,6 +171,27 @@ def commands() -> dict[str, Command]:
             "Check every shard of a store split: present, readable, sha256 as recorded, row counts and tensor shapes "
             "as the manifest says. A folder holding split folders is checked split by split.", cmd_store_verify,
             args=((("path",), {"help": "a store split folder (with _manifest.json), or a folder of them"}),))}),
+        "predict": Command(
+            "apply a finished run's model to new texts (a file, or a task's split)",
+            "Apply what a finished 'bertvision run' chose to new texts in one streaming pass (tokenise, the run's "
+            "checkpoint with every hidden state, the heads; nothing stored): --model ensemble (the default where the "
+            "run made one), head (the best configuration's seeds averaged; --seed K for one) or encoder (the "
+            "fine-tuned checkpoint's own head). Input: CSV, TSV, JSON lines or Parquet with the task's text fields "
+            "(and an optional id column), or --split NAME of the run's task. Output by --out's extension (.csv, "
+            ".jsonl, .parquet): id, the predicted label and each class's probability (prob_<label>), or the score. "
+            "--format glue --split test writes the GLUE leaderboard file (e.g. RTE.tsv) into the folder --out.",
+            cmd_predict, args=(
+                (("run",), {"metavar": "RUN", "help": "a folder written by 'bertvision run'"}),
+                (("--input",), {"default": None, "metavar": "FILE", "help": "rows to predict (.csv, .tsv, .jsonl, "
+                                ".parquet)"}),
+                (("--split",), {"default": None, "help": "or a split of the run's task (e.g. test)"}),
+                (("--out",), {"required": True, "help": "output file (.csv, .jsonl, .parquet); with --format glue a "
+                              "folder"}),
+                (("--model",), {"default": None, "choices": ("ensemble", "head", "encoder"), "help": "what to apply "
+                                "(default: ensemble where the run made one, else head)"}),
+                (("--seed",), {"type": int, "default": None, "help": "with --model head: that seed's head alone"}),
+                (("--format",), {"default": None, "choices": ("glue",), "help": "glue: the GLUE leaderboard file"}),
+                (("--device",), {"default": None, "help": "cpu, cuda, cuda:N (default: cuda when available)"}))),
         "squad-eval": Command(
             "score SQuAD 2.0 predictions with the official v2 evaluation",
             "Score a predictions file (JSON: question id -> answer text, '' for no answer) against a SQuAD 2.0 data "
@@ -321,6 +342,14 @@ def cmd_store_verify(args) -> int:
         report = verify(folder)
         print(f"{folder}: ok, {report['rows']} rows in {report['shards']} shard(s), "
               f"{report['bytes_per_row']:.0f} bytes per row")  # fmt: skip
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from bertvision.predict import predict
+
+    result = predict(args.run, args.input, args.split, args.out, args.model, args.seed, args.format, args.device)
+    print(f"{result['out']}: {result['rows']} rows ({result['model']}), {result['rows_per_second']} rows/s")
     return 0
 
 

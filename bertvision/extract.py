@@ -51,18 +51,21 @@ class HiddenStateExtractor:
     batch's text columns in tokenizer order; ``sentence_tokens``: ``tokens`` of sentence examples
     rather than span windows; ``autocast``: bf16 on CUDA only (slow on CPUs without AMX);
     ``quantize="int8"``: about 3x faster on a 2-core AVX2 CPU, at a measured accuracy cost
-    (docs/RESULTS.md); ``task_head``: also a sequence checkpoint's own outputs."""
+    (docs/RESULTS.md); ``task_head``: also a sequence checkpoint's own outputs. ``selection``
+    may name several of cls and mean (predictions for heads of both): hidden is then a dict."""
 
-    def __init__(self, checkpoint: str | None, text_fields: Sequence[str], *, selection: str = "cls",
+    def __init__(self, checkpoint: str | None, text_fields: Sequence[str], *, selection: str | tuple = "cls",
                  max_length: int = 128, batch_size: int = 16, device: str | None = None, autocast: bool = True,
                  quantize: str | None = None, task_head: bool = True, sentence_tokens: bool = False):  # fmt: skip
-        if selection not in SELECTIONS:
+        chosen = (selection,) if isinstance(selection, str) else tuple(selection)
+        if not chosen or not set(chosen) <= set(SELECTIONS) or (len(chosen) > 1 and "tokens" in chosen):
             raise ConfigError(f"--selection must be one of {SELECTIONS}, not {selection!r}")
         if not 1 <= len(text_fields) <= 2:
             raise ConfigError("text_fields must name 1 or 2 columns")
         if batch_size <= 0 or max_length < 8:
             raise ConfigError("batch_size must be positive and max_length at least 8")
-        self.select = _SELECT.get(selection)  # None: every token
+        self.selects = {s: _SELECT[s] for s in chosen if s in _SELECT}  # none: every token
+        self.select = self.selects or None
         if sentence_tokens and self.select is not None:
             raise ConfigError("sentence_tokens goes with selection 'tokens'")
         quiet_transformers()
@@ -128,7 +131,7 @@ class HiddenStateExtractor:
 
         ids = encoded["input_ids"]
         n, lengths = len(ids), np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        hidden = [None] * n if self.select is None else np.empty((n, *self.output_shape), dtype=np.float16)
+        hidden = [None] * n if self.select is None else {s: np.empty((n, *self.output_shape), np.float16) for s in self.selects}
         qa = [None] * n if self.qa_head is not None else None
         head = self.task_head
         task = np.empty((n, head.outputs), dtype=np.float32) if head is not None else None
@@ -136,9 +139,9 @@ class HiddenStateExtractor:
             for idx in length_batches(lengths, self.batch_size):  # longest first: a too-big batch fails early
                 batch = self._pad(encoded, idx, int(lengths[idx[0]]))
                 states = self.model(**batch, output_hidden_states=True).hidden_states  # L x (B, T, H)
-                if self.select is not None:
-                    hidden[idx] = self.select(states, batch["attention_mask"]).to(torch.float16).cpu().numpy()
-                else:
+                for s, select in self.selects.items():
+                    hidden[s][idx] = select(states, batch["attention_mask"]).to(torch.float16).cpu().numpy()
+                if self.select is None:
                     stacked = torch.stack(states, dim=2).to(torch.float16).cpu().numpy()  # (B, T, L, H)
                     for row, i in enumerate(idx):
                         hidden[i] = stacked[row, : lengths[i]]
@@ -149,6 +152,8 @@ class HiddenStateExtractor:
                 if task is not None:
                     task[idx] = head(states[-1], batch)
                 self.tokens_seen += int(lengths[idx].sum())
+        if isinstance(hidden, dict) and isinstance(self.selection, str):
+            hidden = hidden[self.selection]
         return hidden, (task if task is not None else qa)
 
     def _pad(self, encoded, idx, width: int) -> dict:
