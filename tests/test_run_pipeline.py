@@ -12,6 +12,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bertvision.errors import ConfigError
@@ -401,3 +402,134 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def _unlabelled_copy(src: Path, dst: Path) -> Path:
+    """A CSV's rows without its label column: what a user hands to predict."""
+    import csv
+
+    with open(src, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(dst, "w", newline="") as f:
+        writer = csv.DictWriter(f, [k for k in rows[0] if k != "label"])
+        writer.writeheader()
+        writer.writerows([{k: v for k, v in r.items() if k != "label"} for r in rows])
+    return dst
+
+
+def _predicted(path: Path) -> tuple[list[str], np.ndarray]:
+    """(ids, outputs) of a predict output file: class probabilities (N, C), or scores (N, 1)."""
+    import pyarrow.csv as pv
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path) if path.suffix == ".parquet" else pv.read_csv(path, convert_options=pv.ConvertOptions(
+        column_types={"id": "string"}))  # fmt: skip
+    cols = [c for c in table.column_names if c.startswith("prob_")] or ["score"]
+    return [str(x) for x in table.column("id").to_pylist()], np.stack([table.column(c).to_numpy() for c in cols], 1)
+
+
+def _scored(task: Path, split: str, path: Path) -> dict:
+    from bertvision.metrics import compute_metrics
+    from bertvision.tasks import get_task
+
+    gold = get_task(str(task)).load(split)
+    ids, outputs = _predicted(path)
+    assert ids == gold.ids
+    return compute_metrics(gold.task.metrics, outputs, gold.labels)
+
+
+@pytest.mark.ray
+def test_predict_on_unlabelled_dev_reproduces_the_runs_head_and_ensemble_scores(tiny_run, tmp_path):
+    """The run's model on its dev texts with the labels removed: seed 0's head gives the outputs
+    the head gave on the stored dev states, bit for bit, and so its reported score; the ensemble
+    gives the ensemble's reported score."""
+    import torch
+
+    from bertvision.sentences.heads import softmax_rows
+    from bertvision.store import load_split
+    from bertvision.train import load_head
+
+    task, out, _ = tiny_run
+    texts = _unlabelled_copy(task.parent / "dev.csv", tmp_path / "dev.csv")
+    _cli("predict", out, "--input", texts, "--model", "head", "--seed", 0, "--out", tmp_path / "head.csv")
+    model, _ = load_head(out / "heads" / "seed-0")
+    stored = load_split(out / "store" / "cls" / "dev")
+    with torch.inference_mode():
+        expected = softmax_rows(model(stored.hidden).double().numpy())
+    ids, probs = _predicted(tmp_path / "head.csv")
+    assert ids == stored.ids and np.array_equal(probs, expected)
+    assert _scored(task, "dev", tmp_path / "head.csv") == json.loads((out / "heads" / "seed-0" / "metrics.json").read_text())["dev"]
+    _cli("predict", out, "--input", texts, "--out", tmp_path / "ens.parquet")  # the ensemble, by default
+    ens = json.loads((out / "ensemble" / "ensemble.json").read_text())
+    reported = {k: v for k, v in ens["ensembles"][ens["chosen"]]["dev"].items() if k != "score"}
+    assert _scored(task, "dev", tmp_path / "ens.parquet") == reported
+    # bad input: one line naming the file, nothing written
+    (tmp_path / "bad.jsonl").write_text('{"first": "a b"}\n')
+    proc = _cli("predict", out, "--input", tmp_path / "bad.jsonl", "--out", tmp_path / "bad.csv", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"bertvision: error: {tmp_path / 'bad.jsonl'}:1: no field 'second' (the task's text fields are first, second)")
+    assert not list(tmp_path.glob("*bad.csv*"))
+
+
+@pytest.mark.ray
+def test_predict_writes_a_glue_leaderboard_file_for_rtes_test_split(tiny_run, tmp_path, shared_data):
+    """The GLUE submission format on RTE's real test split: file name, header, one row per test
+    example in its order, GLUE's label names. (The run is the toy run's heads over RTE's pair
+    fields: only the file's form is checked.)"""
+    from bertvision.tasks import get_task
+
+    _, out, _ = tiny_run
+    rte = tmp_path / "rte-run"
+    shutil.copytree(out, rte)
+    pipeline = json.loads((rte / "pipeline.json").read_text())
+    pipeline["task"] = get_task("rte").spec.to_dict()
+    pipeline["config"].update(task="rte", data_dir=str(shared_data))
+    (rte / "pipeline.json").write_text(json.dumps(pipeline))
+    _cli("predict", rte, "--split", "test", "--format", "glue", "--out", tmp_path / "glue")
+    lines = (tmp_path / "glue" / "RTE.tsv").read_text().splitlines()
+    test = get_task("rte", shared_data).load("test")
+    assert lines[0] == "index\tprediction" and len(lines) == 1 + len(test) == 3001
+    assert [line.split("\t")[0] for line in lines[1:]] == test.ids
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"entailment", "not_entailment"}
+    proc = _cli("predict", rte, "--split", "dev", "--format", "glue", "--out", tmp_path / "x", check=False)
+    assert proc.returncode == 1 and "--format glue writes a GLUE test split's leaderboard file" in proc.stderr
+
+
+@pytest.mark.ray
+def test_a_one_file_regression_task_runs_scored_on_its_carved_test_part(tmp_path, tiny_bert_dir, shared_ray):
+    """One labelled file and nothing else: the run carves a test part from it, scores every method
+    there, says so in its headline, and predict on those texts gives the heads' reported scores.
+    (Before: the report crashed, IndexError in report.headline, with no held-out split.)"""
+    toy = write_toy_task(tmp_path / "toy", n_train=160, kind="regression")
+    config = toy.read_text().replace('dev = "dev.csv"\n', "")
+    (tmp_path / "toy" / "one.toml").write_text(config)
+    task, out = tmp_path / "toy" / "one.toml", tmp_path / "run"
+    proc = _cli("run", "--task", task, "--encoder", tiny_bert_dir, "--seeds", 0, 1, "--trials", 2, "--initial-points", 1,
+                "--head-epochs", 2, "--top-k", 2, "--out", out, env=shared_ray.cli_env)  # fmt: skip
+    pipeline = json.loads((out / "pipeline.json").read_text())
+    assert pipeline["status"] == "done" and pipeline["task"]["carved_test"]["split"] == "heldout"
+    assert (out / "report.html").is_file()
+    words = " ".join(proc.stdout.split())
+    assert "heldout pearson / spearman: the best head scores" in words and "carved from train" in words
+    stored = json.loads((out / "store" / "cls" / "heldout" / "_manifest.json").read_text())
+    assert stored["rows"] == 16 and json.loads((out / "store" / "cls" / "train" / "_manifest.json").read_text())["rows"] == 144
+    # the carved part's texts through predict: each seed's reported score, exactly
+    rows = get_task_rows(task, "heldout")
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in (0, 1):
+        _cli("predict", out, "--input", tmp_path / "heldout.jsonl", "--model", "head", "--seed", seed,
+             "--out", tmp_path / f"h{seed}.csv")  # fmt: skip
+        reported = json.loads((out / "heads" / f"seed-{seed}" / "metrics.json").read_text())["heldout"]
+        assert _scored(task, "heldout", tmp_path / f"h{seed}.csv") == reported
+    _cli("predict", out, "--split", "heldout", "--out", tmp_path / "e.csv")
+    ens = json.loads((out / "ensemble" / "ensemble.json").read_text())
+    assert _scored(task, "heldout", tmp_path / "e.csv") == {
+        k: v for k, v in ens["ensembles"][ens["chosen"]]["heldout"].items() if k != "score"}
+
+
+def get_task_rows(task: Path, split: str) -> list[dict]:
+    """A split's rows as predict takes them: id and text fields, no label."""
+    from bertvision.tasks import get_task
+
+    data = get_task(str(task)).load(split)
+    return [{k: v for k, v in data.example(i).items() if k != "label"} for i in range(len(data))]
