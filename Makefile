@@ -19,10 +19,10 @@ ifeq ($(origin BERTVISION_DATA),undefined)
     export BERTVISION_DATA := $(SHARED_DATA)
   endif
 endif
-# Everything `make run` and `make test` need is local (bundled encoder, local data): never
-# wait on Hub retries. Override with HF_HUB_OFFLINE=0 to allow Hub downloads.
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
+# With a local data folder everything `make run` needs is local (the encoder is bundled): it runs
+# offline, never waiting on Hub retries (HF_HUB_OFFLINE=0 allows them). Without one it fetches
+# the task from the Hub (README: "Where data comes from"). The tests go offline on their own.
+OFFLINE := $(if $(BERTVISION_DATA),HF_HUB_OFFLINE=$(or $(HF_HUB_OFFLINE),1) HF_DATASETS_OFFLINE=$(or $(HF_DATASETS_OFFLINE),1))
 
 .PHONY: setup test lint run clean
 
@@ -60,7 +60,7 @@ RUN_DIR ?= runs/demo
 RUN_TASK ?= stsb
 RUN_ARGS ?=
 run: setup
-	$(BIN)/bertvision run --task $(RUN_TASK) --out $(RUN_DIR) $(RUN_ARGS)
+	$(OFFLINE) $(BIN)/bertvision run --task $(RUN_TASK) --out $(RUN_DIR) $(RUN_ARGS)
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir $(RUN_DIR) --host 127.0.0.1"
 
 clean:

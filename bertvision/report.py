@@ -59,7 +59,7 @@ def collect(run_dir: str | os.PathLike) -> dict:
     fam = family(spec["kind"])
     return {"run": run, "pipeline": pipeline, "config": pipeline["config"], "spec": spec, "family": fam,
             "metrics": list(fam.metrics or spec["metrics"]), "stages": stages, "finished": finished,
-            "evals": list(finished.get("majority", {}).get("result", {}).get("scores", {})) or list(spec["eval_splits"]),
+            "evals": list(finished["majority"]["result"]["scores"]) if "majority" in finished else list(spec["eval_splits"]),
             "baseline": _read(run / "finetune" / "baseline.json"), "heads": _read(run / "heads" / "summary.json"),
             "heads_config": _read(run / "heads" / "config.json"), "ensemble": _read(run / "ensemble" / "ensemble.json"),
             "trials": _trials(run / "tune"), "peers": [_read(p) for p in sorted((run / PEERS_DIR).glob("*.json"))],
@@ -175,7 +175,7 @@ def _span_ensembles(c: dict, e: dict, row) -> None:
 ENSEMBLE_ROWS = {"sentence": _sentence_ensemble, "span": _span_ensembles}
 """Task family -> the results table's rows of its ensemble."""
 FLOORS = {"classification": ("Majority class", "the majority class"),
-          "regression": ("Constant prediction", "a constant prediction (correlation 0)"),
+          "regression": ("Constant prediction", "a constant prediction"),
           "span": ("Always no answer", "always answering 'no answer'")}  # fmt: skip
 """Task kind -> the floor's row name and its name in the headline."""
 
@@ -189,13 +189,27 @@ def _selection(cells: dict) -> tuple[float | None, float]:
     return float(np.mean([m or 0.0 for m in means])), float(np.mean([c["std"] or 0.0 for c in cells.values()]))
 
 
+def split_words(spec: dict, split: str) -> str:
+    """An eval split's name, with where it came from when it is a test part carved from train."""
+    carved = spec.get("carved_test")
+    if not carved or carved.get("split") != split:
+        return split
+    return f"{split} (the test part carved from {carved['from']}: {100 * carved['fraction']:g}%, seed {carved['seed']})"
+
+
 def headline(run_dir: str | os.PathLike) -> str:
-    """The run's result in words: the best head against full fine-tuning and the majority class on
-    the first eval split, and the verdict: no better than the floor, or above, within or below."""
+    """The run's result in words: the best head against full fine-tuning and the floor on the first
+    eval split, and the verdict: no better than the floor on some metric, or above, within or below
+    full fine-tuning."""
     c = collect(run_dir)
+    title, metrics = c["spec"].get("title", c["spec"]["name"]), c["metrics"]
+    if not c["evals"]:
+        tune = c["finished"].get("tune", {}).get("result")
+        return (f"{title}: this run has no held-out split to score on (validation only), so it states no result"
+                + (f"; the best search trial scores {tune['score']:.3f} on the validation part it was chosen on."
+                   if tune else "."))  # fmt: skip
     rows = {r["key"]: r for r in results_rows(c)}
-    split, metrics = c["evals"][0], c["metrics"]
-    title = c["spec"].get("title", c["spec"]["name"])
+    split = c["evals"][0]
 
     def fmt(r):
         cells = [r["cells"][split][m] for m in metrics]
@@ -205,29 +219,43 @@ def headline(run_dir: str | os.PathLike) -> str:
     head, full, maj = rows.get("head"), rows.get("full"), rows.get("floor")
     if head is None:
         return f"{title}: no head results yet"
-    words = [f"{title}, {split} {' / '.join(metrics)}: the best head scores {fmt(head)} over {head['n']} seed(s)"]
+    floor_name = FLOORS[c["spec"]["kind"]][1]
+    words = [f"{title}, {split_words(c['spec'], split)} {' / '.join(metrics)}: the best head scores {fmt(head)} "
+             f"over {head['n']} seed(s)"]  # fmt: skip
     if full:
         ch = c["baseline"]["chosen"]
         words.append(f"full fine-tuning ({ch['epochs']:g} epoch(s) at lr {ch['lr']:g}) {fmt(full)} over {full['n']}")
-    if maj:
-        words.append(f"{maj['how'].split(' (')[0]}, {fmt(maj)}")
+    undefined = maj and all(maj["cells"][split][m]["mean"] is None for m in metrics)
+    if maj:  # a constant prediction's correlation is undefined: it has none, and counts as 0
+        words.append(f"{maj['how'].split(' (')[0]}: {floor_name} has no correlation" if undefined
+                     else f"{maj['how'].split(' (')[0]}, {fmt(maj)}")  # fmt: skip
     text = "; ".join(words) + "."
-    h, h_std = _selection(head["cells"][split])
-    floor = _selection(maj["cells"][split])[0] if maj else None
-    floor = 0.0 if floor is None else floor  # a constant prediction: correlation / MCC 0
-    both = " on the mean of the metrics" if len(metrics) > 1 else ""
-    floor_name = FLOORS[c["spec"]["kind"]][1]
-    if h is None:
+    cells = head["cells"][split]
+    if maj is None or any(cells[m]["mean"] is None for m in metrics):
         return text
-    if h - h_std <= floor:
-        return text + (f" The head is NO BETTER than {floor_name}{both} ({h:.1f} ± {h_std:.1f} against {floor:.1f}): "
-                       "with this encoder and this much data the stored states give the head nothing it can use.")  # fmt: skip
-    text += f" The head beats {floor_name} by {h - floor:.1f} points{both}"
+    # the floor judged metric by metric: a head that does not beat it on one has not beaten it
+    floor = {m: maj["cells"][split][m]["mean"] or 0.0 for m in metrics}
+    above = {m: cells[m]["mean"] - (cells[m]["std"] or 0.0) > floor[m] for m in metrics}
+
+    def versus(ms):
+        return " and ".join(f"on {m} ({cells[m]['mean']:.1f} ± {cells[m]['std'] or 0.0:.1f} against {floor[m]:.1f})"
+                            for m in ms)  # fmt: skip
+
+    if not all(above.values()):
+        text += f" The head is NO BETTER than {floor_name} {versus(m for m in metrics if not above[m])}"
+        if any(above.values()):
+            return text + (f", though above it {versus(m for m in metrics if above[m])}: a head that does not beat "
+                           "the floor on every metric has not beaten it.")  # fmt: skip
+        return text + ": with this encoder and this much data the stored states give the head nothing it can use."
+    text += f" The head beats {floor_name} " + " and ".join(f"on {m} by {cells[m]['mean'] - floor[m]:.1f} points"
+                                                             for m in metrics)  # fmt: skip
+    h, h_std = _selection(cells)
     f, f_std = _selection(full["cells"][split]) if full else (None, 0.0)
     if f is not None:
         gap, spread = h - f, math.hypot(h_std, f_std)
         verdict = "within the spread of" if abs(gap) <= spread else "above" if gap > 0 else "below"
-        text += f" and is {verdict} full fine-tuning ({gap:+.1f} points; spread {spread:.1f})"
+        both = f" on the mean of {' and '.join(metrics)}" if len(metrics) > 1 else ""
+        text += f" and is {verdict} full fine-tuning{both} ({gap:+.1f} points; spread {spread:.1f})"
     return text + "."
 
 
@@ -254,12 +282,14 @@ def _plt():
 
 def learning_curves(c: dict) -> str | None:
     """Validation score per epoch: the trials (grey, the best in colour), the best configuration's
-    seeds, and beside them fine-tuning's per checkpoint."""
+    seeds, and beside them fine-tuning's per checkpoint (not a single point: `finetune_line`)."""
     runs, b = (c["heads"] or {}).get("runs", []), c["baseline"]
-    drawn = bool(c["trials"] or runs)
-    if not drawn and not b:
+    drawn, grid = bool(c["trials"] or runs), (b or {}).get("grid")
+    right = bool(b) and finetune_line(c) is None
+    if not drawn and not right:
         return None
-    fig, axes = _plt().subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = _plt().subplots(1, 1 + right, figsize=(10 if right else 5.5, 3.6), squeeze=False)
+    axes = axes[0]
     ax = axes[0]
     for i, t in enumerate(reversed(c["trials"])):
         best = i == len(c["trials"]) - 1
@@ -272,28 +302,37 @@ def learning_curves(c: dict) -> str | None:
     ax.set(xlabel="epoch", ylabel="validation selection score", title="Heads: search trials and seeds")
     if drawn:
         ax.legend(fontsize=8)
-    ax = axes[1]
-    if b and b.get("grid"):
-        for lr in sorted({g["lr"] for g in b["grid"]}):
-            pts = sorted((g["epochs"], g["score"]) for g in b["grid"] if g["lr"] == lr)
+    if right and grid:
+        ax = axes[1]
+        for lr in sorted({g["lr"] for g in grid}):
+            pts = sorted((g["epochs"], g["score"]) for g in grid if g["lr"] == lr)
             ax.plot(*zip(*pts, strict=True), marker="o", label=f"lr {lr:g}")
         ax.legend(fontsize=8)
-        one = len({g["lr"] for g in b["grid"]}) == 1
+        one = len({g["lr"] for g in grid}) == 1
         ax.set(title="Fine-tuning by epoch (validation, mean over seeds)" if one else "Fine-tuning grid (validation)",
                xlabel="epochs", ylabel="validation selection score")  # fmt: skip
-    elif b:
+    elif right:
+        ax = axes[1]
         vals = [_score(r["validation"]) for r in b["runs"].values()]
         ax.bar([f"seed {s}" for s in b["runs"]], vals, color="C2")
         ax.set(title="Fine-tuning seeds (validation)", ylabel="validation selection score")
         ax.set_ylim(min(vals) - 0.05, max(vals) + 0.05)
-    else:
-        ax.set_axis_off()
     from matplotlib.ticker import MaxNLocator
 
-    for ax in axes[: 2 if b and b.get("grid") else 1]:  # epochs (not the seeds' bars)
+    for ax in axes[: 2 if right and grid else 1]:  # epochs (not the seeds' bars)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return _png(fig)
+
+
+def finetune_line(c: dict) -> str | None:
+    """Fine-tuning's validation score in words when its grid holds one point (no plot to draw)."""
+    grid = (c["baseline"] or {}).get("grid") or []
+    if len(grid) != 1:
+        return None
+    g, n = grid[0], len(grid[0].get("seed_scores") or ())
+    return (f"Fine-tuning ran one setting, lr {g['lr']:g} for {g['epochs']:g} epoch(s): validation selection score "
+            f"{g['score']:.4f}" + (f" (mean over {n} seeds)." if n > 1 else "."))  # fmt: skip
 
 
 def _score(scores: dict) -> float:
@@ -389,7 +428,7 @@ def trials_scatter(c: dict) -> str | None:
 
 def efficiency_plot(c: dict) -> str | None:
     """Dev score against training examples: full fine-tuning and the best head, mean ± spread."""
-    if not c["efficiency"] or not c["heads"] or not c["baseline"]:
+    if not c["efficiency"] or not c["heads"] or not c["baseline"] or not c["evals"]:
         return None
     split, metric = c["evals"][0], c["metrics"][0]
     full_n = (c["heads_config"] or {}).get("train_rows")
@@ -419,21 +458,30 @@ def efficiency_plot(c: dict) -> str | None:
 
 
 def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = None, max_layers: int = 13,
-                span: tuple[int, int] | None = None):  # fmt: skip
+                span: tuple[int, int] | None = None, standard: tuple[np.ndarray, np.ndarray] | None = None):  # fmt: skip
     """One example's stored states: (L, H) -> layers x hidden, each layer over its own 99th-percentile
-    magnitude; (T, L, H) -> a panel per layer, tokens x hidden, on one scale clipped at the 99th
-    percentile (a few outlier dimensions would wash the rest out)."""
+    magnitude, and beside it (with ``standard``, the split's (mean, std) per layer and dimension)
+    standardised per dimension; (T, L, H) -> a panel per layer, tokens x hidden, on one scale
+    clipped at the 99th percentile (a few outlier dimensions would wash the rest out)."""
     plt = _plt()
     x = np.asarray(hidden, dtype=np.float32)
     if x.ndim == 2:  # (L, H): each layer scaled by its own magnitude (the last layers' are larger)
         scale = np.percentile(np.abs(x), 99, axis=1, keepdims=True)
-        x = np.clip(x / np.where(scale > 0, scale, 1.0), -1, 1)
-        fig, ax = plt.subplots(figsize=(10, 1.0 + 0.28 * x.shape[0]))
-        im = ax.imshow(x, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
-        ax.set_yticks(range(x.shape[0]), ["emb"] + [f"layer {i}" for i in range(1, x.shape[0])], fontsize=8)
-        ax.set_xlabel("hidden dimension")
-        fig.colorbar(im, ax=ax, fraction=0.03, label="value / row's scale")
-        ax.set_title(title, fontsize=10)
+        views = [(np.clip(x / np.where(scale > 0, scale, 1.0), -1, 1), 1, "raw: each layer over its own scale")]
+        if standard is not None:  # each dimension's own scale dominates the raw view: what differs between examples
+            mean, std = standard
+            views.insert(0, (np.clip((x - mean) / np.where(std > 0, std, 1.0), -3, 3), 3,
+                             "standardised per dimension over the split (z, clipped at ±3)"))  # fmt: skip
+        fig, axes = plt.subplots(1, len(views), figsize=(7 * len(views) if standard is not None else 10,
+                                                         1.3 + 0.28 * x.shape[0]), squeeze=False, layout="constrained")  # fmt: skip
+        for k, (ax, (v, lim, label)) in enumerate(zip(axes[0], views, strict=True)):
+            im = ax.imshow(v, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+            names = ["emb"] + [f"layer {i}" for i in range(1, x.shape[0])]
+            ax.set_yticks(range(x.shape[0]), names if k == 0 else [""] * len(names), fontsize=8)
+            ax.set_xlabel("hidden dimension")
+            ax.set_title(label, fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.03)
+        fig.suptitle(title, fontsize=10)
         return fig
     lim = float(np.percentile(np.abs(x), 99)) or 1.0
     layers = list(range(x.shape[1]))[:max_layers]
@@ -459,25 +507,52 @@ def draw_states(hidden: np.ndarray, title: str, segments: np.ndarray | None = No
     return fig
 
 
+SAMPLE_ROWS = 2000
+"""The rows of a split that its per-dimension statistics (the standardised pictures) come from."""
+
+
+def _split_sample(folder: Path, rows: int = SAMPLE_ROWS) -> tuple[list[dict], tuple[np.ndarray, np.ndarray]] | None:
+    """The first ``rows`` examples of a vectors store's split and their (mean, std) per layer and
+    dimension; None for a token store (or an empty one)."""
+    from bertvision.store import iter_batches, layout_of, read_manifest
+
+    batch = None if layout_of(read_manifest(folder)).per_token else next(iter_batches(folder, rows), None)
+    if batch is None:
+        return None
+    ids, hidden, labels = batch[0], batch[1].float().numpy(), None if batch[2] is None else batch[2].numpy()
+    examples = [{"id": i, "hidden": hidden[k], "label": None if labels is None else labels[k], "segments": None}
+                for k, i in enumerate(ids)]  # fmt: skip
+    return examples, (hidden.mean(0), hidden.std(0))
+
+
+def _pick(spec: dict, examples: list[dict], n: int) -> list[dict]:
+    """``n`` examples of different labels: the first of each class (in store order) then the next
+    ones; for a regression, the lowest, middle and highest scores."""
+    if spec["kind"] == "regression" and examples:
+        order = sorted(examples, key=lambda e: float(e["label"]))
+        return [order[round(q)] for q in np.linspace(0, len(order) - 1, min(n, len(order)))]
+    seen: set[str] = set()
+    picked = [e for e in examples if (name := _label_name(spec, e["label"])) not in seen and not seen.add(name)][:n]
+    chosen = {e["id"] for e in picked}
+    return picked + [e for e in examples if e["id"] not in chosen][: n - len(picked)]
+
+
 def example_images(c: dict, n: int = 3) -> list[dict]:
-    """A few dev examples of the best store drawn as images, with their text and label."""
+    """A few examples of the best store's first eval split (train where there is none) drawn as
+    images, of different labels, with their text."""
     from bertvision.store import first_ids, has_manifest, read_example
 
-    sel, split = c["finished"].get("tune", {}).get("result", {}).get("selection"), c["evals"][0]
+    sel, split = c["finished"].get("tune", {}).get("result", {}).get("selection"), (c["evals"] or ["train"])[0]
     folder = c["run"] / "store" / str(sel) / split
     if sel is None or not has_manifest(folder):
         return []
-    texts = _texts(c, split)
-    out, seen = [], set()
-    candidates = [read_example(folder, i) for i in first_ids(folder, 8 * n)]
-    # one example of each label first (in store order), then the next ones
-    picked = [e for e in candidates if _label_name(c["spec"], e["label"]) not in seen
-              and not seen.add(_label_name(c["spec"], e["label"]))][:n]  # fmt: skip
-    chosen = {e["id"] for e in picked}
-    picked += [e for e in candidates if e["id"] not in chosen][: n - len(picked)]
-    for ex in picked:
+    texts, sample = _texts(c, split), _split_sample(folder)
+    examples, standard = sample or ([read_example(folder, i) for i in first_ids(folder, 8 * n)], None)
+    out = []
+    for ex in _pick(c["spec"], examples, n):
         i, label = ex["id"], _label_name(c["spec"], ex["label"])
-        fig = draw_states(ex["hidden"], f"{split} {i}: {sel} states, label {label}", ex["segments"], span=_span(ex))
+        fig = draw_states(ex["hidden"], f"{split} {i}: {sel} states, label {label}", ex["segments"], span=_span(ex),
+                          standard=standard)  # fmt: skip
         out.append({"id": i, "label": label, "text": texts.get(i, texts.get(i.split("#")[0], "")), "image": _png(fig)})
     return out
 
@@ -544,7 +619,8 @@ def render(c: dict) -> str:
     return env.get_template("report.html.j2").render(
         title=c["spec"].get("title", c["spec"]["name"]), task=c["spec"], config=c["config"], evals=c["evals"],
         metrics=c["metrics"], rows=results_rows(c), headline=headline(c["run"]), stages=stages,
-        curves=learning_curves(c), heatmap=layer_heatmap(c), scatter=trials_scatter(c),
+        eval_words=[split_words(c["spec"], s) for s in c["evals"]], curves=learning_curves(c),
+        finetune_line=finetune_line(c), sample_rows=SAMPLE_ROWS, heatmap=layer_heatmap(c), scatter=trials_scatter(c),
         efficiency=efficiency_plot(c), examples=example_images(c), trials=c["trials"][:10],
         n_trials=len(c["trials"]), run_dir=str(c["run"]), pipeline=c["pipeline"],
         percent=c["family"].percent,
@@ -572,8 +648,9 @@ def show_example(store: str | os.PathLike, example_id: str, out: str | os.PathLi
             continue
         m = read_manifest(folder)
         label = _label_name(m.get("extra", {}).get("task_spec") or {}, ex["label"])
+        sample = _split_sample(folder)
         fig = draw_states(ex["hidden"], f"{folder.name} {example_id}: {m['selection']} states of "
                           f"{Path(str(m.get('checkpoint') or 'pretrained')).name}, label {label}", ex["segments"],
-                          span=_span(ex))  # fmt: skip
+                          span=_span(ex), standard=sample and sample[1])  # fmt: skip
         return atomic_write_bytes(out, _png(fig, uri=False))
     raise DataError(root, f"no example with id {example_id!r} in {', '.join(f.name for f in folders)}")

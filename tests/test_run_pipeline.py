@@ -240,10 +240,13 @@ def test_a_changed_setting_is_named_by_its_option_with_old_and_new_values(tmp_pa
     assert lines[-1] == 'tune: search.device changed "cpu" -> null, --trials changed 24 -> 30; redoing it from scratch'
 
 
-def _fake_run(folder: Path, head: float, majority: float, full: float) -> Path:
-    """The files `headline` reads, for one classification task with accuracy only."""
-    spec = {"name": "fake", "title": "Fake", "kind": "classification", "metrics": ["accuracy"],
-            "eval_splits": ["dev"], "labels": ["a", "b"]}  # fmt: skip
+def _fake_run(folder: Path, head, majority, full, *, metrics=("accuracy",), kind="classification", evals=("dev",),
+              grid=None, **spec) -> Path:  # fmt: skip
+    """The files `headline` and the report read, for one sentence task: ``head``, ``majority`` and
+    ``full`` are a score for each metric (one number: the same for all); ``spec``: more of the task's."""
+    per = lambda v: dict(zip(metrics, v if isinstance(v, tuple) else (v,) * len(metrics), strict=True))  # noqa: E731
+    spec = {"name": "fake", "title": "Fake", "kind": kind, "metrics": list(metrics), "eval_splits": list(evals),
+            **({"labels": ["a", "b"]} if kind == "classification" else {}), **spec}  # fmt: skip
     cfg = PipelineConfig(task="fake", seeds=(0, 1, 2))
     from dataclasses import asdict
 
@@ -251,14 +254,16 @@ def _fake_run(folder: Path, head: float, majority: float, full: float) -> Path:
     (folder / "heads").mkdir()
     (folder / "finetune").mkdir()
     (folder / "pipeline.json").write_text(json.dumps({"config": asdict(cfg), "task": spec}))
+    rule = "always 'a'" if kind == "classification" else "always the training part's mean score"
     (folder / "stages" / "majority.json").write_text(json.dumps(
-        {"done": True, "result": {"rule": "always 'a'", "scores": {"dev": {"accuracy": majority}}}}))  # fmt: skip
-    stats = lambda v: {"accuracy": {"mean": v, "std": 0.01}}  # noqa: E731
-    (folder / "heads" / "summary.json").write_text(json.dumps({"seeds": [0, 1, 2], "dev": stats(head), "runs": [],
-                                                                "train_seconds": 1.0}))  # fmt: skip
+        {"done": True, "result": {"rule": rule, "scores": {s: per(majority) for s in evals}}}))  # fmt: skip
+    stats = lambda v: {m: {"mean": x, "std": 0.01} for m, x in per(v).items()}  # noqa: E731
+    (folder / "heads" / "summary.json").write_text(json.dumps({"seeds": [0, 1, 2], "runs": [], "train_seconds": 1.0,
+                                                                **{s: stats(head) for s in evals}}))  # fmt: skip
     (folder / "finetune" / "baseline.json").write_text(json.dumps(
-        {"chosen": {"lr": 1e-4, "epochs": 1.0, "validation_score": None}, "seeds": [0, 1, 2], "dev": stats(full),
-         "train_seconds": 3.0, "by_epoch": {}}))  # fmt: skip
+        {"chosen": {"lr": 1e-4, "epochs": 1.0, "validation_score": None}, "seeds": [0, 1, 2], "train_seconds": 3.0,
+         "by_epoch": {}, "grid": grid or [{"lr": 1e-4, "epochs": e, "score": 0.6} for e in (1.0, 2.0)],
+         **{s: stats(full) for s in evals}}))  # fmt: skip
     return folder
 
 
@@ -271,6 +276,116 @@ def test_the_headline_says_plainly_when_the_head_is_no_better_than_the_majority_
     assert "NO BETTER" not in text and "within the spread of full fine-tuning (-1.0 points" in text
     text = headline(_fake_run(tmp_path / "above", head=0.90, majority=0.50, full=0.80))
     assert "above full fine-tuning (+10.0 points" in text
+
+
+def test_the_headline_judges_the_floor_metric_by_metric_and_names_the_metric(tmp_path):
+    """A small user task once ended "... always 'positive', 58.8 / 37.0. The head beats the majority
+    class by 10.5 points": the mean of the metrics hid that its accuracy was the majority rate."""
+    from bertvision.report import headline
+
+    two = ("accuracy", "macro_f1")
+    text = headline(_fake_run(tmp_path / "even", head=(0.588, 0.580), majority=(0.588, 0.370), full=0.6, metrics=two))
+    assert "The head is NO BETTER than the majority class on accuracy (58.8 ± 1.0 against 58.8), though above it " \
+           "on macro_f1 (58.0 ± 1.0 against 37.0)" in text and "beats" not in text  # fmt: skip
+    text = headline(_fake_run(tmp_path / "both", head=(0.80, 0.78), majority=(0.60, 0.37), full=(0.8, 0.8), metrics=two))
+    assert "The head beats the majority class on accuracy by 20.0 points and on macro_f1 by 41.0 points and is " \
+           "within the spread of full fine-tuning on the mean of accuracy and macro_f1" in text  # fmt: skip
+
+
+def test_a_regression_headline_says_what_its_floor_is_in_words(tmp_path):
+    """Not "undefined / undefined": a constant prediction has no correlation (it counts as 0)."""
+    from bertvision.report import headline
+
+    corr = ("pearson", "spearman")
+    text = headline(_fake_run(tmp_path / "reg", head=0.8, majority=(None, None), full=0.8, metrics=corr, kind="regression"))
+    assert "always the training part's mean score: a constant prediction has no correlation" in text
+    assert "undefined" not in text and "beats a constant prediction on pearson by 80.0 points" in text
+    text = headline(_fake_run(tmp_path / "neg", head=-0.1, majority=(None, None), full=0.8, metrics=corr, kind="regression"))
+    assert "NO BETTER than a constant prediction on pearson (-10.0 ± 1.0 against 0.0) and on spearman" in text
+
+
+def test_the_report_names_a_test_part_carved_from_train(tmp_path):
+    from bertvision.report import headline, write_report
+
+    carved = {"split": "heldout", "from": "train", "fraction": 0.1, "seed": 0}
+    run = _fake_run(tmp_path / "carved", head=0.9, majority=0.5, full=0.8, evals=("heldout",), carved_test=carved)
+    words = "heldout (the test part carved from train: 10%, seed 0)"
+    assert headline(run).startswith(f"Fake, {words} accuracy: the best head scores 90.0 ± 1.0")
+    html = " ".join(write_report(run).read_text().split())
+    assert f"scored once on {words}" in html and f"{words} was scored once at the end" in html
+
+
+def test_a_run_with_no_held_out_split_says_so_instead_of_crashing(tmp_path):
+    """A task with only a train file has no eval split: `headline` failed with an IndexError."""
+    from bertvision.report import headline, write_report
+
+    run = _fake_run(tmp_path / "none", head=0.9, majority=0.5, full=0.8, evals=())
+    assert headline(run) == ("Fake: this run has no held-out split to score on (validation only), so it states no "
+                             "result.")  # fmt: skip
+    html = " ".join(write_report(run).read_text().split())
+    assert "no held-out split to score on (validation only)" in html and "Best head" in html
+
+
+def test_a_single_fine_tuning_point_is_a_line_of_text_not_a_plot(tmp_path):
+    from bertvision.report import collect, learning_curves, write_report
+
+    one = [{"lr": 1e-4, "epochs": 1.0, "score": 0.61234, "seed_scores": [0.6, 0.61, 0.63]}]
+    run = _fake_run(tmp_path / "one", head=0.9, majority=0.5, full=0.8, grid=one)
+    assert learning_curves(collect(run)) is None  # no trials, and no plot of one point
+    html = " ".join(write_report(run).read_text().split())
+    assert "Fine-tuning ran one setting, lr 0.0001 for 1 epoch(s): validation selection score 0.6123 (mean over " \
+           "3 seeds)." in html and "Right: fine-tuning" not in html  # fmt: skip
+    run = _fake_run(tmp_path / "two", head=0.9, majority=0.5, full=0.8)  # two points: a plot
+    assert learning_curves(collect(run)) is not None and "Fine-tuning ran one setting" not in write_report(run).read_text()
+
+
+def test_cls_pictures_are_standardised_per_dimension_beside_the_raw_view(tmp_path, monkeypatch):
+    """Each hidden dimension's own offset dominates the raw values, so two examples of different
+    classes look alike there; standardised over the split, their difference shows."""
+    import numpy as np
+
+    from bertvision import report
+    from bertvision.store import StoreWriter
+    from tests.test_store import make_spec, write_shards
+
+    run = _fake_run(tmp_path / "run", head=0.9, majority=0.5, full=0.8)
+    (run / "stages" / "tune.json").write_text(json.dumps({"done": True, "result": {"selection": "cls"}}))
+    rng = np.random.default_rng(0)
+    rows, layers, width = 40, 3, 8
+    labels = (np.arange(rows) >= 30).astype(int)  # the first 30 rows of class 0
+    offsets = rng.uniform(-50, 50, (layers, width))
+    hidden = (offsets + (2 * labels[:, None, None] - 1) + 0.1 * rng.standard_normal((rows, layers, width)))
+    writer = StoreWriter(run / "store" / "cls" / "dev", make_spec(num_hidden_states=layers, hidden_size=width), rows)
+    write_shards(writer, ([f"ex-{i}" for i in range(rows)], hidden.astype(np.float16), labels))
+    writer.finish()
+    drawn, draw = [], report.draw_states
+    monkeypatch.setattr(report, "draw_states", lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1])
+    examples = report.example_images(report.collect(run), n=2)
+    panels = [[np.asarray(ax.images[0].get_array()) for ax in f.axes if ax.images] for f in drawn]
+    assert [len(p) for p in panels] == [2, 2]  # standardised, and the raw view beside it
+    (std_a, raw_a), (std_b, raw_b) = panels
+    cosine = lambda x, y: float((x * y).sum() / np.linalg.norm(x) / np.linalg.norm(y))  # noqa: E731
+    assert cosine(raw_a, raw_b) > 0.99 and cosine(std_a, std_b) < -0.9
+    assert np.abs(std_a).max() <= 3 and np.abs(raw_a).max() <= 1
+    assert {e["label"] for e in examples} == {"a", "b"}  # of different classes, though the first 24 are all 'a'
+
+
+def test_make_run_goes_offline_only_where_the_data_is_local(tmp_path):
+    """Without ../shared/data, `make run` fetches the task from the Hub: the Makefile's offline mode,
+    always on, stopped it at once on a fresh machine (OfflineModeIsEnabled)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make here")
+    (tmp_path / "data" / "glue").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MAKE", "MFLAGS", "BERTVISION_DATA"))}
+
+    def command(shared: Path) -> str:
+        proc = subprocess.run([make, "-n", "-C", str(Path(__file__).parents[1]), "run", f"SHARED_DATA={shared}"],
+                              capture_output=True, text=True, env=env, check=True)  # fmt: skip
+        return next(line for line in proc.stdout.splitlines() if "bertvision run --task" in line)
+
+    assert command(tmp_path / "data").startswith("HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 ")
+    assert "OFFLINE" not in command(tmp_path / "nothing-here")
 
 
 @pytest.mark.ray
