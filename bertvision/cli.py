@@ -179,14 +179,17 @@ def commands() -> dict[str, Command]:
             "fine-tuned checkpoint's own head). Input: CSV, TSV, JSON lines or Parquet with the task's text fields "
             "(and an optional id column), or --split NAME of the run's task. Output by --out's extension (.csv, "
             ".jsonl, .parquet): id, the predicted label and each class's probability (prob_<label>), or the score. "
-            "--format glue --split test writes the GLUE leaderboard file (e.g. RTE.tsv) into the folder --out.",
+            "--format glue --split test writes the GLUE leaderboard file (e.g. RTE.tsv) into the folder --out. Span "
+            "tasks (SQuAD 2.0; rows id, question, context): head is the seed with the best validation F1, the ensemble "
+            "the method with the better one; --out NAME.json writes {id: answer} for 'bertvision squad-eval' and "
+            "NAME.na_prob.json (its --na-prob-file), other formats id, answer ('' for none), no_answer_probability.",
             cmd_predict, args=(
                 (("run",), {"metavar": "RUN", "help": "a folder written by 'bertvision run'"}),
                 (("--input",), {"default": None, "metavar": "FILE", "help": "rows to predict (.csv, .tsv, .jsonl, "
                                 ".parquet)"}),
                 (("--split",), {"default": None, "help": "or a split of the run's task (e.g. test)"}),
-                (("--out",), {"required": True, "help": "output file (.csv, .jsonl, .parquet); with --format glue a "
-                              "folder"}),
+                (("--out",), {"required": True, "help": "output file (.csv, .jsonl, .parquet; span tasks also .json); "
+                              "with --format glue a folder"}),
                 (("--model",), {"default": None, "choices": ("ensemble", "head", "encoder"), "help": "what to apply "
                                 "(default: ensemble where the run made one, else head)"}),
                 (("--seed",), {"type": int, "default": None, "help": "with --model head: that seed's head alone"}),

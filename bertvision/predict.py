@@ -45,7 +45,9 @@ class _Member:
 class RunModel:
     """What a run chose, ready to predict: ``model`` is "ensemble" (the default where the run made
     one), "head" (the best configuration's seeds averaged, or ``seed``'s alone) or "encoder" (the
-    fine-tuned checkpoint the stores were embedded with, its own task head)."""
+    fine-tuned checkpoint the stores were embedded with, its own task head). Span tasks: `SpanRunModel`."""
+
+    FAMILY = "sentence"
 
     def __init__(self, run: str | os.PathLike, model: str | None = None, seed: int | None = None,
                  device: str | None = None):  # fmt: skip
@@ -68,7 +70,7 @@ class RunModel:
             raise ConfigError(f"{self.run}: the run made no ensemble (--top-k 1 and no encoder member); use --model head")
         if seed is not None and self.model != "head":
             raise ConfigError("--seed picks one of the best configuration's seeds: it goes with --model head")
-        if self.family != "sentence":
+        if self.family != self.FAMILY:
             raise ConfigError(f"{self.run}: predictions for {self.spec['kind']} tasks are not supported yet")
         self.members = self._members(seed)
         selections = sorted({m.selection for m in self.members if m.selection})
@@ -128,6 +130,11 @@ class RunModel:
         return members
 
     @property
+    def described(self) -> str:
+        """What predicts, in words (the CLI's line)."""
+        return self.model
+
+    @property
     def text_fields(self) -> list[str]:
         return list(self.spec["text_fields"])
 
@@ -163,6 +170,21 @@ class RunModel:
             result[f"prob_{name}"] = combined[:, j].tolist()
         return result
 
+    def batches(self, input: str | None, split: str | None) -> Iterator[dict]:
+        """Column batches of the rows to predict: ``input``'s (a file) or the run's task's ``split``."""
+        if split is None:
+            yield from read_input(input, self.text_fields)
+            return
+        from bertvision.extract import iter_split_batches
+        from bertvision.tasks import get_task
+
+        data = get_task(self.config["task"], self.config["data_dir"]).load(split)
+        for b in iter_split_batches(data, self.chunk):
+            yield {k: v for k, v in b.items() if k != "label"}
+
+    def writer(self, target: Path) -> _Writer:
+        return _Writer(target, self.columns())
+
     def predict(self, rows: Iterable[dict]) -> list[dict]:
         """Predictions for rows given as dicts of the task's text fields (and an optional "id")."""
         rows = list(rows)
@@ -178,8 +200,13 @@ class RunModel:
 
 def load_model(run: str | os.PathLike, model: str | None = None, seed: int | None = None,
                device: str | None = None) -> RunModel:  # fmt: skip
-    """The model a run chose (`RunModel`), to call ``.predict(rows)`` on."""
-    return RunModel(run, model, seed, device)
+    """The model a run chose (`RunModel`; span tasks: `SpanRunModel`), to call ``.predict(rows)`` on."""
+    from bertvision.config import family
+    from bertvision.pipeline import PIPELINE_FILE
+    from bertvision.spans.predict import SpanRunModel
+
+    kind = _json(Path(run) / PIPELINE_FILE, "a folder written by 'bertvision run'").get("task", {}).get("kind")
+    return (SpanRunModel if kind and family(kind).name == "span" else RunModel)(run, model, seed, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,16 +357,9 @@ def predict(run: str, input: str | None, split: str | None, out: str, model: str
     if format not in (None, "glue"):
         raise ConfigError(f"--format must be 'glue', not {format!r}")
     rm = load_model(run, model, seed, device)
-    if split is not None:
-        batches = _split_batches(rm, split)
-    else:
-        batches = read_input(input, rm.text_fields)
-    target = Path(out)
-    if format == "glue":
-        target, columns = _glue_target(rm, split, Path(out)), ["index", "prediction"]
-    else:
-        columns = rm.columns()
-    writer = _GlueWriter(target, rm) if format == "glue" else _Writer(target, columns)
+    batches = rm.batches(input, split)
+    target = _glue_target(rm, split, Path(out)) if format == "glue" else Path(out)
+    writer = _GlueWriter(target, rm) if format == "glue" else rm.writer(target)
     t0, ok = time.perf_counter(), False
     try:
         for result in rm.stream(batches):
@@ -348,18 +368,8 @@ def predict(run: str, input: str | None, split: str | None, out: str, model: str
     finally:
         writer.close(ok)
     seconds = time.perf_counter() - t0
-    return {"out": str(target), "rows": writer.rows, "model": rm.model, "seconds": round(seconds, 2),
+    return {"out": str(target), "rows": writer.rows, "model": rm.described, "seconds": round(seconds, 2),
             "rows_per_second": round(writer.rows / seconds, 1) if seconds else None}  # fmt: skip
-
-
-def _split_batches(rm: RunModel, split: str) -> Iterator[dict]:
-    from bertvision.extract import iter_split_batches
-    from bertvision.tasks import get_task
-
-    task = get_task(rm.config["task"], rm.config["data_dir"])
-    data = task.load(split)
-    for b in iter_split_batches(data, rm.chunk):
-        yield {k: v for k, v in b.items() if k != "label"}
 
 
 def _glue_target(rm: RunModel, split: str | None, out: Path) -> Path:

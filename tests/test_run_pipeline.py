@@ -426,6 +426,53 @@ def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bun
     window = json.loads((out / "store" / "tokens" / "dev" / "_manifest.json").read_text())["shards"][0]["first_id"]
     _cli("show", out / "store" / "tokens", "--id", window, "--out", tmp_path / "w.png")
     assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
+    # predict on dev (its answers unseen) answers and scores as the run reported: seed 0's head, the
+    # ensemble's method with the better validation F1
+    dev = data / "squad2" / "dev-v2.0.json"
+    ens = json.loads((out / "ensemble" / "ensemble.json").read_text())
+    method = max(ens["ensembles"], key=lambda m: ens["ensembles"][m]["validation"]["f1"])
+    reported = {"head": (out / "heads" / "seed-0", "predictions-dev.json"),
+                "ensemble": (out / "ensemble", f"predictions-{method}-dev.json")}  # fmt: skip
+    for model, (folder, saved) in reported.items():
+        pred = tmp_path / f"{model}.json"
+        said = _cli("predict", out, "--split", "dev", "--model", model, *(("--seed", 0) if model == "head" else ()),
+                    "--out", pred).stdout  # fmt: skip
+        assert json.loads(pred.read_text()) == json.loads((folder / saved).read_text()), model
+        got = json.loads(_cli("squad-eval", dev, pred, "--na-prob-file", tmp_path / f"{model}.na_prob.json").stdout)
+        want = json.loads((folder / ("ensemble.json" if model == "ensemble" else "metrics.json")).read_text())
+        want = want["ensembles"][method]["dev"] if model == "ensemble" else want["dev"]
+        assert (got["exact"], got["f1"]) == (want["exact"], want["f1"]), (model, got, want)
+        assert (model == "ensemble") == (f"ensemble ({method}" in said), said
+    # in this process, from text: the checkpoint's own head, windows through it in chunks of 3 (a
+    # question's windows in two chunks): its spans and no-answer scores are those of the stored
+    # logits, and its answers score as the ensemble's encoder member did
+    import numpy as np
+    from scipy.special import expit
+
+    from bertvision.metrics.squad_v2 import read_gold, squad_v2_scores
+    from bertvision.predict import load_model
+    from bertvision.spans.answers import postprocess
+    from bertvision.spans.data import WindowSet
+    from bertvision.store import load_split
+    from bertvision.tasks import get_task
+
+    rows = [{"id": ex.id, "question": ex.question, "context": ex.context}
+            for ex in get_task("squad2", str(data)).load("dev").examples]  # fmt: skip
+    rm = load_model(out, "encoder", device="cpu")
+    rm.chunk = 3
+    answers = rm.predict(rows)
+    assert [a["id"] for a in answers] == [r["id"] for r in rows]
+    got = squad_v2_scores(read_gold(dev), {a["id"]: a["answer"] for a in answers})
+    assert (got["exact"], got["f1"]) == (ens["members"]["encoder"]["dev"]["exact"], ens["members"]["encoder"]["dev"]["f1"])
+    stored = WindowSet.from_split(load_split(out / "store" / "tokens" / "dev"))
+    ref = postprocess(stored.example_ids, stored.offsets, [x[:, 0] for x in stored.encoder_logits],
+                      [x[:, 1] for x in stored.encoder_logits], {r["id"]: r["context"] for r in rows},
+                      max_answer_tokens=rm.max_answer_tokens)  # fmt: skip
+    diffs = np.array([ref.null_diff[r["id"]] for r in rows]) - rm.threshold
+    assert np.allclose([a["no_answer_probability"] for a in answers], expit(diffs), rtol=1e-5, atol=0)
+    assert [a["answer"] == "" for a in answers] == list(diffs > 0)
+    rm.threshold = np.inf  # always the best span: its text as from the stored logits
+    assert [a["answer"] for a in rm.predict(rows)] == [ref.text[r["id"]] for r in rows]
 
 
 @pytest.mark.ray
