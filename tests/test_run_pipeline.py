@@ -29,6 +29,21 @@ def _cli(*args, check=True, timeout=900, env=None) -> subprocess.CompletedProces
     return proc
 
 
+def _bv(*args, check=True) -> subprocess.CompletedProcess:
+    """A command run in this process (`bertvision.cli.main`, what the console script calls): no
+    interpreter and torch to start, for the short commands run on a finished run."""
+    import contextlib
+    import io
+
+    from bertvision.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    assert code == 0 or not check, err.getvalue()[-2000:]
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 RUN_ARGS = ("--seeds", 0, 1, "--trials", 3, "--initial-points", 2, "--head-epochs", 3, "--top-k", 2,
             "--fractions", 0.5)  # fmt: skip
 
@@ -435,10 +450,10 @@ def test_a_span_task_runs_end_to_end_with_span_heads_and_ensembles(tmp_path, bun
                 "ensemble": (out / "ensemble", f"predictions-{method}-dev.json")}  # fmt: skip
     for model, (folder, saved) in reported.items():
         pred = tmp_path / f"{model}.json"
-        said = _cli("predict", out, "--split", "dev", "--model", model, *(("--seed", 0) if model == "head" else ()),
+        said = _bv("predict", out, "--split", "dev", "--model", model, *(("--seed", 0) if model == "head" else ()),
                     "--out", pred).stdout  # fmt: skip
         assert json.loads(pred.read_text()) == json.loads((folder / saved).read_text()), model
-        got = json.loads(_cli("squad-eval", dev, pred, "--na-prob-file", tmp_path / f"{model}.na_prob.json").stdout)
+        got = json.loads(_bv("squad-eval", dev, pred, "--na-prob-file", tmp_path / f"{model}.na_prob.json").stdout)
         want = json.loads((folder / ("ensemble.json" if model == "ensemble" else "metrics.json")).read_text())
         want = want["ensembles"][method]["dev"] if model == "ensemble" else want["dev"]
         assert (got["exact"], got["f1"]) == (want["exact"], want["f1"]), (model, got, want)
@@ -616,7 +631,7 @@ def test_predict_on_unlabelled_dev_reproduces_the_runs_head_and_ensemble_scores(
 
     task, out, _ = tiny_run
     texts = _unlabelled_copy(task.parent / "dev.csv", tmp_path / "dev.csv")
-    _cli("predict", out, "--input", texts, "--model", "head", "--seed", 0, "--out", tmp_path / "head.csv")
+    _bv("predict", out, "--input", texts, "--model", "head", "--seed", 0, "--out", tmp_path / "head.csv")
     model, _ = load_head(out / "heads" / "seed-0")
     stored = load_split(out / "store" / "cls" / "dev")
     with torch.inference_mode():
@@ -624,13 +639,13 @@ def test_predict_on_unlabelled_dev_reproduces_the_runs_head_and_ensemble_scores(
     ids, probs = _predicted(tmp_path / "head.csv")
     assert ids == stored.ids and np.array_equal(probs, expected)
     assert _scored(task, "dev", tmp_path / "head.csv") == json.loads((out / "heads" / "seed-0" / "metrics.json").read_text())["dev"]
-    _cli("predict", out, "--input", texts, "--out", tmp_path / "ens.parquet")  # the ensemble, by default
+    _bv("predict", out, "--input", texts, "--out", tmp_path / "ens.parquet")  # the ensemble, by default
     ens = json.loads((out / "ensemble" / "ensemble.json").read_text())
     reported = {k: v for k, v in ens["ensembles"][ens["chosen"]]["dev"].items() if k != "score"}
     assert _scored(task, "dev", tmp_path / "ens.parquet") == reported
     # bad input: one line naming the file, nothing written
     (tmp_path / "bad.jsonl").write_text('{"first": "a b"}\n')
-    proc = _cli("predict", out, "--input", tmp_path / "bad.jsonl", "--out", tmp_path / "bad.csv", check=False)
+    proc = _bv("predict", out, "--input", tmp_path / "bad.jsonl", "--out", tmp_path / "bad.csv", check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         f"bertvision: error: {tmp_path / 'bad.jsonl'}:1: no field 'second' (the task's text fields are first, second)")
     assert not list(tmp_path.glob("*bad.csv*"))
@@ -650,13 +665,13 @@ def test_predict_writes_a_glue_leaderboard_file_for_rtes_test_split(tiny_run, tm
     pipeline["task"] = get_task("rte").spec.to_dict()
     pipeline["config"].update(task="rte", data_dir=str(shared_data))
     (rte / "pipeline.json").write_text(json.dumps(pipeline))
-    _cli("predict", rte, "--split", "test", "--format", "glue", "--out", tmp_path / "glue")
+    _bv("predict", rte, "--split", "test", "--format", "glue", "--out", tmp_path / "glue")
     lines = (tmp_path / "glue" / "RTE.tsv").read_text().splitlines()
     test = get_task("rte", shared_data).load("test")
     assert lines[0] == "index\tprediction" and len(lines) == 1 + len(test) == 3001
     assert [line.split("\t")[0] for line in lines[1:]] == test.ids
     assert {line.split("\t")[1] for line in lines[1:]} <= {"entailment", "not_entailment"}
-    proc = _cli("predict", rte, "--split", "dev", "--format", "glue", "--out", tmp_path / "x", check=False)
+    proc = _bv("predict", rte, "--split", "dev", "--format", "glue", "--out", tmp_path / "x", check=False)
     assert proc.returncode == 1 and "--format glue writes a GLUE test split's leaderboard file" in proc.stderr
 
 
@@ -683,11 +698,11 @@ def test_a_one_file_regression_task_runs_scored_on_its_carved_test_part(tmp_path
     rows = get_task_rows(task, "heldout")
     (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for seed in (0, 1):
-        _cli("predict", out, "--input", tmp_path / "heldout.jsonl", "--model", "head", "--seed", seed,
+        _bv("predict", out, "--input", tmp_path / "heldout.jsonl", "--model", "head", "--seed", seed,
              "--out", tmp_path / f"h{seed}.csv")  # fmt: skip
         reported = json.loads((out / "heads" / f"seed-{seed}" / "metrics.json").read_text())["heldout"]
         assert _scored(task, "heldout", tmp_path / f"h{seed}.csv", np.float32) == reported
-    _cli("predict", out, "--split", "heldout", "--out", tmp_path / "e.csv")
+    _bv("predict", out, "--split", "heldout", "--out", tmp_path / "e.csv")
     ens = json.loads((out / "ensemble" / "ensemble.json").read_text())
     assert _scored(task, "heldout", tmp_path / "e.csv") == {
         k: v for k, v in ens["ensembles"][ens["chosen"]]["heldout"].items() if k != "score"}
