@@ -179,13 +179,17 @@ def commands() -> dict[str, Command]:
             "fine-tuned checkpoint's own head). Input: CSV, TSV, JSON lines or Parquet with the task's text fields "
             "(and an optional id column), or --split NAME of the run's task. Output by --out's extension (.csv, "
             ".jsonl, .parquet): id, the predicted label and each class's probability (prob_<label>), or the score. "
-            "--format glue --split test writes the GLUE leaderboard file (e.g. RTE.tsv) into the folder --out.",
-            cmd_predict, args=(
+            "--format glue --split test writes the GLUE leaderboard file (e.g. RTE.tsv) into the folder --out. "
+            "With --ray, --input may be a folder of such files and --out is a folder of Parquet parts.",
+            cmd_predict, job=cf.PredictJobConfig, ray="run the Ray Data job (python -m ray_jobs.predict) on an "
+            "in-process Ray, or on $RAY_ADDRESS's cluster: an actor pool of the run's model writing --out/part-<k>.parquet "
+            "and --out/_manifest.json; a resubmitted job writes only the missing parts; the rows equal the local "
+            "command's", args=(
                 (("run",), {"metavar": "RUN", "help": "a folder written by 'bertvision run'"}),
                 (("--input",), {"default": None, "metavar": "FILE", "help": "rows to predict (.csv, .tsv, .jsonl, "
                                 ".parquet)"}),
                 (("--split",), {"default": None, "help": "or a split of the run's task (e.g. test)"}),
-                (("--out",), {"required": True, "help": "output file (.csv, .jsonl, .parquet); with --format glue a "
+                (("--out",), {"required": True, "help": "output file (.csv, .jsonl, .parquet); with --format glue or --ray a "
                               "folder"}),
                 (("--model",), {"default": None, "choices": ("ensemble", "head", "encoder"), "help": "what to apply "
                                 "(default: ensemble where the run made one, else head)"}),
@@ -278,12 +282,17 @@ def _stage(name: str, cmd: Command, args) -> int:
         # its workers and actors (on every node of a $RAY_ADDRESS cluster) get it absolute.
         result = _ray_runner(cmd.runner or name)(cfg, absolute_out(out, job), job)
     else:
-        given = [f.name for f in fields(cmd.job) if f.name in vars(args)] if cmd.job else []
-        if given:
-            raise ConfigError(f"--{given[0].replace('_', '-')} is an option of the Ray job: it needs --ray")
+        _without_ray(cmd.job, args)
         result = _function(cmd.run)(cfg, out)
     cmd.printer(result, cfg, out)
     return 0
+
+
+def _without_ray(job: type | None, args) -> None:
+    """ConfigError where an option of the Ray job ``job`` was given without --ray."""
+    given = [f.name for f in fields(job) if f.name in vars(args)] if job else []
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')} is an option of the Ray job: it needs --ray")
 
 
 def _call(cmd: Command, args) -> int:
@@ -346,8 +355,19 @@ def cmd_store_verify(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from bertvision.config import PredictConfig, PredictJobConfig, from_arguments
     from bertvision.predict import predict
 
+    if args.ray:
+        from bertvision.outdir import absolute_out
+        from bertvision.printing import print_predict
+
+        if args.format:
+            raise ConfigError("--format glue writes one leaderboard file: not with --ray")
+        cfg, job = from_arguments(PredictConfig, args), from_arguments(PredictJobConfig, args)
+        print_predict(_ray_runner("predict")(cfg, absolute_out(args.out, job), job), cfg, args.out)
+        return 0
+    _without_ray(PredictJobConfig, args)
     result = predict(args.run, args.input, args.split, args.out, args.model, args.seed, args.format, args.device)
     print(f"{result['out']}: {result['rows']} rows ({result['model']}), {result['rows_per_second']} rows/s")
     return 0
