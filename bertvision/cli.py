@@ -182,14 +182,18 @@ def commands() -> dict[str, Command]:
             "--format glue --split test writes the GLUE leaderboard file (e.g. RTE.tsv) into the folder --out. Span "
             "tasks (SQuAD 2.0; rows id, question, context): head is the seed with the best validation F1, the ensemble "
             "the method with the better one; --out NAME.json writes {id: answer} for 'bertvision squad-eval' and "
-            "NAME.na_prob.json (its --na-prob-file), other formats id, answer ('' for none), no_answer_probability.",
-            cmd_predict, args=(
+            "NAME.na_prob.json (its --na-prob-file), other formats id, answer ('' for none), no_answer_probability. "
+            "With --ray, --input may be a folder of such files and --out is a folder of Parquet parts.",
+            cmd_predict, job=cf.PredictJobConfig, ray="run the Ray Data job (python -m ray_jobs.predict) on an "
+            "in-process Ray, or on $RAY_ADDRESS's cluster: an actor pool of the run's model writing --out/part-<k>.parquet "
+            "and --out/_manifest.json; a resubmitted job writes only the missing parts; the rows equal the local "
+            "command's", args=(
                 (("run",), {"metavar": "RUN", "help": "a folder written by 'bertvision run'"}),
                 (("--input",), {"default": None, "metavar": "FILE", "help": "rows to predict (.csv, .tsv, .jsonl, "
                                 ".parquet)"}),
                 (("--split",), {"default": None, "help": "or a split of the run's task (e.g. test)"}),
                 (("--out",), {"required": True, "help": "output file (.csv, .jsonl, .parquet; span tasks also .json); "
-                              "with --format glue a folder"}),
+                              "with --format glue or --ray a folder"}),
                 (("--model",), {"default": None, "choices": ("ensemble", "head", "encoder"), "help": "what to apply "
                                 "(default: ensemble where the run made one, else head)"}),
                 (("--seed",), {"type": int, "default": None, "help": "with --model head: that seed's head alone"}),
@@ -281,12 +285,17 @@ def _stage(name: str, cmd: Command, args) -> int:
         # its workers and actors (on every node of a $RAY_ADDRESS cluster) get it absolute.
         result = _ray_runner(cmd.runner or name)(cfg, absolute_out(out, job), job)
     else:
-        given = [f.name for f in fields(cmd.job) if f.name in vars(args)] if cmd.job else []
-        if given:
-            raise ConfigError(f"--{given[0].replace('_', '-')} is an option of the Ray job: it needs --ray")
+        _without_ray(cmd.job, args)
         result = _function(cmd.run)(cfg, out)
     cmd.printer(result, cfg, out)
     return 0
+
+
+def _without_ray(job: type | None, args) -> None:
+    """ConfigError where an option of the Ray job ``job`` was given without --ray."""
+    given = [f.name for f in fields(job) if f.name in vars(args)] if job else []
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')} is an option of the Ray job: it needs --ray")
 
 
 def _call(cmd: Command, args) -> int:
@@ -349,8 +358,19 @@ def cmd_store_verify(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from bertvision.config import PredictConfig, PredictJobConfig, from_arguments
     from bertvision.predict import predict
 
+    if args.ray:
+        from bertvision.outdir import absolute_out
+        from bertvision.printing import print_predict
+
+        if args.format:
+            raise ConfigError("--format glue writes one leaderboard file: not with --ray")
+        cfg, job = from_arguments(PredictConfig, args), from_arguments(PredictJobConfig, args)
+        print_predict(_ray_runner("predict")(cfg, absolute_out(args.out, job), job), cfg, args.out)
+        return 0
+    _without_ray(PredictJobConfig, args)
     result = predict(args.run, args.input, args.split, args.out, args.model, args.seed, args.format, args.device)
     print(f"{result['out']}: {result['rows']} rows ({result['model']}), {result['rows_per_second']} rows/s")
     return 0

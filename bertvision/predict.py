@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 from bertvision.errors import ConfigError, DataError, json_error
@@ -284,6 +285,21 @@ def read_input(path: str | os.PathLike, fields: list[str], rows_per_batch: int =
             yield batch
     if not seen:
         raise DataError(path, "no rows to predict (the file is empty or holds a header only)")
+
+
+def read_parquet_rows(path: str | os.PathLike, fields: list[str], start: int, stop: int) -> dict:
+    """Rows ``start:stop`` of a Parquet file as one column batch, checked as `read_input` checks
+    them (ids: its "id" column, else row numbers); only the row groups holding them are read."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+    ends = list(accumulate(sizes))
+    groups = [g for g in range(len(sizes)) if ends[g] > start and ends[g] - sizes[g] < stop]
+    first = ends[groups[0]] - sizes[groups[0]] if groups else start
+    columns = [c for c in ("id", *fields) if c in f.schema_arrow.names]
+    table = f.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
+    return _batch_of(table.to_pylist(), fields, str(path), start)
 
 
 def _rechunk(batches: Iterable[dict], size: int) -> Iterator[dict]:

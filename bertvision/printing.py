@@ -40,6 +40,13 @@ def print_embed(manifests: dict, cfg, out: str) -> None:
         print(f"{out}/{split}: {m['rows']} {NOUNS[layout_of(m).name]} x ({m['num_hidden_states']}, {m['hidden_size']}){speed}")
 
 
+def print_predict(manifest: dict, cfg, out: str) -> None:
+    """A prediction job's parts: rows, and this run's speed (or that every part was written before)."""
+    run = manifest["this_run"]  # None: every part was written before this run
+    speed = f", {run['rows']} predicted now at {run['rows_per_second']} rows/s" if run else " (already complete; nothing predicted)"  # fmt: skip
+    print(f"{out}: {manifest['rows']} rows in {len(manifest['pieces'])} part(s) ({manifest['settings']['model']}){speed}")  # fmt: skip
+
+
 def print_train_summary(summary: dict, cfg=None, out=None) -> None:
     """Validation and eval scores over seeds, the head's size."""
     metrics, prefixes = TRAIN_LINES[FAMILY[summary["kind"]]]

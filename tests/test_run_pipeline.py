@@ -195,6 +195,82 @@ def test_the_report_renders_in_a_real_browser(tiny_run, tmp_path):
     assert "Best head" in proc.stdout and proc.stdout.count("data:image/png;base64,") >= 6
 
 
+@pytest.fixture(scope="module")
+def ray_predictions(tiny_run, tmp_path_factory, shared_ray):
+    """The tiny run with its store re-embedded in 8-row shards (the chunks predictions are batched
+    in; the pipeline's are bigger than any test input), its dev file predicted by the local command
+    and by the Ray Data job in pieces of 8 rows (--piece-rows 5, rounded up): 4 parts."""
+    from bertvision.config import EmbedConfig
+    from bertvision.embed import embed
+    from bertvision.predict import predict
+
+    task, out, _ = tiny_run
+    root = tmp_path_factory.mktemp("predict")
+    run = root / "run"
+    run.mkdir()
+    for entry in out.iterdir():
+        if entry.name != "store":
+            (run / entry.name).symlink_to(entry)
+    manifest = out / "store" / "cls" / "train" / "_manifest.json"
+    checkpoint = json.loads(manifest.read_text())["checkpoint"]
+    cfg = EmbedConfig(task=str(task), checkpoint=checkpoint, splits=("train",), shard_rows=8)
+    embed(cfg, run / "store" / "cls")
+    dev = task.parent / "dev.csv"
+    predict(str(run), str(dev), None, str(root / "local.parquet"))
+    parts = root / "parts"
+    args = ("predict", run, "--ray", "--input", dev, "--out", parts, "--piece-rows", 5)
+    proc = _cli(*args, env=shared_ray.cli_env)
+    return root / "local.parquet", parts, args, proc
+
+
+def _rows(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pydict()
+
+
+@pytest.mark.ray
+def test_the_ray_prediction_job_writes_the_local_commands_rows(ray_predictions):
+    local, parts, _, proc = ray_predictions
+    manifest = json.loads((parts / "_manifest.json").read_text())
+    assert manifest["settings"]["piece_rows"] == 8 and manifest["rows"] == 30
+    assert [p["part"] for p in manifest["pieces"]] == [f"part-{k:05d}.parquet" for k in range(4)]
+    assert sorted(p.name for p in parts.glob("part-*")) == [p["part"] for p in manifest["pieces"]]
+    assert [p["stop"] - p["start"] for p in manifest["pieces"]] == [8, 8, 8, 6]
+    expected = _rows(local)
+    assert set(expected) == {"id", "label", "prob_0", "prob_1"}
+    assert expected["id"] == [str(i) for i in range(30)]
+    assert _rows(parts) == expected  # ids, labels and probabilities bit for bit (CPU, fp32)
+    assert f"{parts}: 30 rows in 4 part(s) (ensemble), 30 predicted now" in proc.stdout
+
+
+@pytest.mark.ray
+def test_a_resubmitted_prediction_job_writes_only_the_missing_parts(ray_predictions, shared_ray):
+    local, parts, args, _ = ray_predictions
+    # a job killed while writing part 2: no part-00002 (written under a temporary name), no manifest
+    (parts / "part-00002.parquet").unlink()
+    (parts / "_manifest.json").unlink()
+    (parts / ".part-00002.parquet.tmp").write_bytes(b"half a part")
+    kept = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*")}
+    proc = _cli(*args, env=shared_ray.cli_env)
+    assert "30 rows in 4 part(s) (ensemble), 8 predicted now" in proc.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*") if p.name in kept} == kept
+    written = sorted(p.name for p in parts.iterdir() if not p.name.startswith("_"))
+    assert written == [f"part-{k:05d}.parquet" for k in range(4)]  # the temporary file gone
+    rows = _rows(parts)
+    assert sorted(rows["id"], key=int) == [str(i) for i in range(30)] and rows == _rows(local)
+    # once complete, nothing is written again; another model is refused, nothing touched
+    kept = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*")}
+    assert "already complete; nothing predicted" in _cli(*args, env=shared_ray.cli_env).stdout
+    proc = _cli(*args, "--model", "head", env=shared_ray.cli_env, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("bertvision: error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    refused = f"bertvision: error: --out {parts} holds the predictions of another job "
+    assert errors[0].startswith(refused + "(part-00000.parquet: model: 'ensemble' -> 'head'; ")
+    assert errors[0].endswith("give another --out, or delete it to start over")
+    assert {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*")} == kept
+
+
 def test_the_run_options_are_checked_before_anything_starts(tmp_path):
     for bad in ({"fractions": (1.5,)}, {"fractions": (0.5, 0.5)}, {"seeds": ()}, {"trials": 0}, {"selections": ("x",)}):
         with pytest.raises(ConfigError):

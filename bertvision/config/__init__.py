@@ -19,6 +19,8 @@ from bertvision.config.runs import (
     BaselineGrid,
     PipelineConfig,
     PipelineJobConfig,
+    PredictConfig,
+    PredictJobConfig,
     RayJobConfig,
     TrainJobConfig,
     TuneJobConfig,
@@ -38,6 +40,6 @@ from bertvision.config.stages import (
 __all__ = [
     "FAMILIES", "FAMILY", "MAX_ANSWER_TOKENS", "BaselineGrid", "EmbedConfig", "EnsembleConfig", "Family",
     "FinetuneConfig", "HeadArchitecture", "HeadTrainConfig", "KindDefaults", "Optimisation", "PipelineConfig",
-    "PipelineJobConfig", "RayJobConfig", "SearchConfig", "TrainJobConfig", "TuneJobConfig", "Windowing",
+    "PipelineJobConfig", "PredictConfig", "PredictJobConfig", "RayJobConfig", "SearchConfig", "TrainJobConfig", "TuneJobConfig", "Windowing",
     "add_arguments", "check_choices", "derive", "family", "field_docs", "from_arguments", "from_dict",
 ]  # fmt: skip

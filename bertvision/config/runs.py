@@ -126,6 +126,42 @@ class RayJobConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """What 'bertvision predict --ray' (`ray_jobs.predict`) applies, to what."""
+
+    run: str
+    """A folder written by 'bertvision run'."""
+    input: str | None = None
+    """Rows to predict: a .parquet, .csv, .tsv or .jsonl file, or a folder of them (read in name order)."""
+    split: str | None = None
+    """Or a split of the run's task (e.g. test)."""
+    model: Literal["ensemble", "head", "encoder"] | None = None
+    """What to apply (default: ensemble where the run made one, else head)."""
+    seed: int | None = None
+    """With --model head: that seed's head alone."""
+    device: str | None = None
+    """cpu, cuda, cuda:N (default: cuda where the actor has a GPU)."""
+
+    def __post_init__(self):
+        check_choices(self)
+        if (self.input is None) == (self.split is None):
+            raise ConfigError("give one of --input FILE and --split NAME")
+
+
+@dataclass(frozen=True)
+class PredictJobConfig(RayJobConfig):
+    """The prediction job's settings: `RayJobConfig`'s and the size of its resumable pieces."""
+
+    piece_rows: int | None = None
+    """Rows per output part (default: the run's store's shard rows), rounded up to a multiple of them
+    so that rows are batched as 'bertvision predict' batches them."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        positive(self, ("piece_rows",))
+
+
+@dataclass(frozen=True)
 class TrainJobConfig:
     """How a Ray Train job (head training, fine-tuning) runs, not what it trains."""
 
