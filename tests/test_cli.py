@@ -86,10 +86,10 @@ def test_tasks_with_flag_and_user_config(tmp_path, shared_data):
     (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n")
     cfg = tmp_path / "mine.toml"
     cfg.write_text('name = "mine"\nkind = "classification"\ntext_fields = ["text"]\nlabel_field = "label"\n'
-                   '[splits]\ntrain = "train.csv"\n')  # fmt: skip
+                   '[splits]\ntrain = "train.csv"\ndev = "train.csv"\n')  # fmt: skip
     out = run("tasks", "--data-dir", str(shared_data), "--task-config", str(cfg)).stdout
     assert "(from --data-dir)" in out
-    assert _row(out, "mine").endswith("train 2")
+    assert _row(out, "mine").endswith("train 2 · dev 2")
 
 
 def test_tasks_without_data_folder_points_at_the_hub():
