@@ -159,6 +159,13 @@ def progress(total: int, desc: str, initial: int = 0, leave: bool = True, unit: 
     return bar
 
 
+def warn(text: str) -> None:
+    """``bertvision: warning: <text>`` on stderr, above any bar: the terminal's under a `RunOutput`."""
+    from tqdm import tqdm
+
+    tqdm.write(f"bertvision: warning: {text}", file=_CONSOLE or sys.stderr)
+
+
 def stepped(items: list, desc: str, unit: str):
     """``items``, one by one, with a `progress` bar stepping after each."""
     bar = progress(len(items), desc, unit=unit)

@@ -253,7 +253,7 @@ def test_a_stage_s_other_output_goes_to_its_log_and_a_failed_one_says_which(tmp_
     import sys
 
     from bertvision.errors import RunError
-    from bertvision.runtime import RunOutput
+    from bertvision.runtime import RunOutput, warn
 
     ray_like = logging.getLogger("test.ray_like")  # a handler made before, as Ray's is
     ray_like.addHandler(logging.StreamHandler(sys.stderr))
@@ -265,6 +265,7 @@ def test_a_stage_s_other_output_goes_to_its_log_and_a_failed_one_says_which(tmp_
 
     def failing(folder: Path) -> dict:
         print("the trial's own output")
+        warn("trial-1 failed")  # as ray_jobs.common tells a failed trial: on the console
         raise RunError("ValueError while running the search: bad")
 
     logs = tmp_path / "logs"
@@ -276,7 +277,7 @@ def test_a_stage_s_other_output_goes_to_its_log_and_a_failed_one_says_which(tmp_
     console = capsys.readouterr()
     assert console.out.splitlines() == ["noisy: running", "noisy: done in 0 s", "failing: running",
                                         f"failing: failed after 0 s; see {logs / 'failing.log'}"]  # fmt: skip
-    assert console.err == ""
+    assert console.err == "bertvision: warning: trial-1 failed\n"
     assert "Tune's table" in (logs / "noisy.log").read_text() and "(pid=1) a worker's line\n" in (logs / "noisy.log").read_text()
     failed = (logs / "failing.log").read_text()
     assert "the trial's own output" in failed and "Traceback" in failed and "RunError: ValueError" in failed
