@@ -17,6 +17,7 @@ import numpy as np
 from bertvision.config import BaselineGrid, FinetuneConfig
 from bertvision.io import atomic_write_json
 from bertvision.metrics import mean_std
+from bertvision.runtime import progress
 
 
 def one_rate(grid: BaselineGrid) -> bool:
@@ -27,19 +28,22 @@ def one_rate(grid: BaselineGrid) -> bool:
 
 def run_baseline(base: FinetuneConfig, out_dir: str | Path, grid: BaselineGrid, run_points: Callable) -> dict:
     """Choose the rate and epochs on the grid, then run the seeds; writes and returns baseline.json.
-    ``run_points(points, cfg, out, name)`` fine-tunes each point not yet finished (same config)."""
+    ``run_points(points, cfg, out, name, done)`` fine-tunes each point not yet finished (same
+    config), calling ``done()`` as each ends (a step of the runs' bar)."""
     from bertvision.kinds import KINDS
     from bertvision.tasks import get_task
 
     out = Path(out_dir).expanduser().absolute()
     kind = get_task(base.task, base.data_dir).spec.kind  # read once, here
     select = KINDS[kind].selection  # the heads' metric
+    bar = progress(len(grid.seeds) + (0 if one_rate(grid) else len(grid.lrs)), "fine-tuning", unit="run")
 
     def run(cfg: FinetuneConfig, name: str, points: list[dict]) -> None:
-        points = [pt for pt in points if not _finished(
+        todo = [pt for pt in points if not _finished(
             out / pt["folder"], replace(cfg, **{k: v for k, v in pt.items() if k != "folder"}).resolved(kind))]  # fmt: skip
-        if points:
-            run_points(points, cfg, out, name)
+        bar.update(len(points) - len(todo))
+        if todo:
+            run_points(todo, cfg, out, name, lambda: bar.update(1))
 
     seeds = [{"seed": s, "folder": f"seed-{s}"} for s in grid.seeds]
     t0, table = time.perf_counter(), []
@@ -70,6 +74,7 @@ def run_baseline(base: FinetuneConfig, out_dir: str | Path, grid: BaselineGrid, 
         run(replace(base, lr=best["lr"], epochs=best["epochs"], score_dev=True,
                     save_at=tuple(float(e) for e in range(1, int(best["epochs"])))), "seeds", seeds)  # fmt: skip
     seeds_seconds = time.perf_counter() - t0
+    bar.close()
     return _summary(out, grid, base, table, best, grid_seconds, seeds_seconds)
 
 

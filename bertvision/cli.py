@@ -144,8 +144,9 @@ def commands() -> dict[str, Command]:
             "--max-epochs, --seeds); every layer's states (--selections); a HyperOpt search over AdapterPooler heads "
             "(--trials); the best configuration trained with every seed; the ensemble (--top-k); the data-efficiency "
             "runs (--fractions); then OUT/report.html. Dev is scored once. A rerun skips finished stages and resumes "
-            "an unfinished one; a changed option redoes the stages that depend on it, and says so. Prints the "
-            "headline and where the report is.",
+            "an unfinished one; a changed option redoes the stages that depend on it, and says so. Prints a line as "
+            "each stage starts and ends (its result and time) and its progress bar; Ray's own output goes to "
+            "OUT/logs/<stage>.log (--verbose: on the console too). Then the headline and where the report is.",
             None, pr.print_run, cf.PipelineConfig, cf.PipelineJobConfig, runner="pipeline",
             out="run folder (default: runs/<task>)", default_out=lambda cfg: str(Path("runs") / Path(cfg.task).stem)),
         "report": Command(

@@ -227,21 +227,21 @@ def embed(cfg: EmbedConfig, out_dir: str | Path) -> dict[str, dict]:
 
 
 def _run(plan: EmbedPlan, batch_size: int, device: str | None) -> dict[str, dict]:
-    from tqdm.auto import tqdm
+    from bertvision.runtime import progress
 
     # A rerun over complete stores loads no model.
     extractor = HiddenStateExtractor(**plan.extractor, batch_size=batch_size, device=device) if plan.pending() else None
     manifests = {}
+    pending = {split.name: split.writer.pending_shards() for split in plan.splits}
+    total = sum(len(range(*split.writer.shard_range(k))) for split in plan.splits for k in pending[split.name])
+    bar = progress(total, "embed", unit="row")  # one bar over every split
     for split in plan.splits:
-        pending = split.writer.pending_shards()
         t0, tokens0, rows = time.perf_counter(), extractor.tokens_seen if extractor else 0, 0
-        total = sum(len(range(*split.writer.shard_range(k))) for k in pending)
-        with tqdm(total=total, desc=f"embed {split.name}", disable=None) as bar:
-            for k in pending:
-                batch = split.batch(k)
-                write_output(split.writer, k, extractor(batch))
-                rows += len(batch["id"])
-                bar.update(len(batch["id"]))
+        for k in pending[split.name]:
+            batch = split.batch(k)
+            write_output(split.writer, k, extractor(batch))
+            rows += len(batch["id"])
+            bar.update(len(batch["id"]))
         seconds = time.perf_counter() - t0
         run = None
         if rows:
@@ -249,5 +249,6 @@ def _run(plan: EmbedPlan, batch_size: int, device: str | None) -> dict[str, dict
                    "tokens_per_second": round((extractor.tokens_seen - tokens0) / seconds, 1),
                    "device": str(extractor.device), "runner": "in-process"}  # fmt: skip
         manifests[split.name] = {**finish_split(split, run), "this_run": run}
+    bar.close()
     return manifests
 

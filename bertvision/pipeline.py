@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -35,8 +36,10 @@ from bertvision.config import (
 )
 from bertvision.errors import ConfigError
 from bertvision.io import atomic_write_json
+from bertvision.runtime import RunOutput
 
 STAGES_DIR = "stages"
+LOGS_DIR = "logs"  # RUN/logs/<stage>.log: what a stage printed besides its lines (Ray's output), `RunOutput`
 PIPELINE_FILE = "pipeline.json"
 STAGE_VERSION = 1  # bump when a stage's outputs change meaning: every run's stages are redone
 SUBSET = ("train_examples", "validation_fraction", "validation_seed")  # EmbedConfig's training-subset fields
@@ -65,10 +68,13 @@ def stage_key(name: str, settings: dict, upstream: dict[str, str]) -> str:
 class Stages:
     """The stage records of one run folder and the rule that reuses, resumes or redoes a stage.
     ``options``: the run's options changed since its last run, name -> (old, new): a changed
-    setting with those values is named by the option (``--top-k``), another by its path."""
+    setting with those values is named by the option (``--top-k``), another by its path.
+    ``output``: the run's `RunOutput` (its lines, and each stage's other output in its log)."""
 
-    def __init__(self, run_dir: Path, log: Callable[[str], None] = print, options: dict | None = None):
-        self.run_dir, self.log, self.options = run_dir, log, options or {}
+    def __init__(self, run_dir: Path, log: Callable[[str], None] = print, options: dict | None = None,
+                 output: RunOutput | None = None):  # fmt: skip
+        self.run_dir, self.options, self.output = run_dir, options or {}, output
+        self.log = output.say if output else log
         self.keys: dict[str, str] = {}
         self.done: list[str] = []
 
@@ -115,9 +121,22 @@ class Stages:
                   "started": time.time(), "folder": str(out.relative_to(self.run_dir))}  # fmt: skip
         atomic_write_json(self.record_file(name), record)
         t0 = time.perf_counter()
-        result = fn(out)
+        log_file = self.output.to(name) if self.output else None
+        try:
+            result = fn(out)
+        except Exception:
+            if self.output:  # the whole traceback in the log; the error's one line follows this one
+                self.output.write(traceback.format_exc())
+                self.output.to(None)
+            seen = f"; see {log_file}" if log_file and log_file.is_file() else ""
+            self.log(f"{name}: failed after {_took(time.perf_counter() - t0)}{seen}")
+            raise
+        if self.output:
+            self.output.to(None)
         record.update(done=True, wall_seconds=round(time.perf_counter() - t0, 1), result=result)
         atomic_write_json(self.record_file(name), record)
+        said = SAID.get(name.split("-")[0])
+        self.log(f"{name}: done in {_took(record['wall_seconds'])}" + (f"; {said(result)}" if said and result else ""))
         self.done.append(name)
         return result
 
@@ -129,6 +148,35 @@ class Stages:
 
 
 UNSET = object()  # a setting one of two records lacks
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+
+
+def _score(scores: dict) -> str:
+    """The first eval split's first metric in a stage's result ({split: {metric: value or mean and
+    std}}, beside the validation scores, the chosen setting or the ensemble's weights)."""
+    split = next((k for k, v in scores.items() if isinstance(v, dict) and v and k not in ("validation", "chosen", "weights")), None)
+    if split is None:
+        return "no eval split scored"
+    metric, v = next(iter(scores[split].items()))
+    v = v if isinstance(v, dict) else {"mean": v}
+    return f"{split} {metric} " + (f"{v['mean']:.4f}" if v["mean"] is not None else "undefined") + (
+        f" ± {v['std']:.4f}" if "std" in v else "")  # fmt: skip
+
+
+SAID = {
+    "majority": lambda r: f"{r['rule']}: {_score(r['scores'])}",
+    "finetune": lambda r: f"lr {r['chosen']['lr']:g}, {r['chosen']['epochs']:g} epoch(s): {_score(r)}",
+    "store": lambda r: ", ".join(f"{split} {s['rows']} rows" for split, s in r.items()),
+    "tune": lambda r: f"{r['trials']} trials, the best ({r['trial']}) {r['score']:.4f} on validation",
+    "heads": lambda r: f"{_score(r)} over {len(r['seeds'])} seed(s)",
+    "ensemble": lambda r: "; ".join(f"{m} {_score(e)}" for m, e in r["ensembles"].items()) if "ensembles" in r
+                          else f"{r['chosen']} {_score(r['chosen_scores'])}",
+    "efficiency": lambda r: f"{r['examples']} examples: fine-tuning {_score(r['finetune'])}, heads {_score(r['heads'])}",
+}  # fmt: skip
+"""A stage (its name up to the first '-') -> its result in the line that ends it."""
 
 
 def _shown(value) -> str:
@@ -151,9 +199,10 @@ def store_splits(spec, evals) -> tuple[str, ...]:
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, runners: Runners,
-                 log: Callable[[str], None] = print) -> dict:  # fmt: skip
+                 log: Callable[[str], None] = print, output: RunOutput | None = None) -> dict:  # fmt: skip
     """Run (or resume) every stage of ``cfg`` into ``out_dir`` and write the report; returns
-    pipeline.json's content (the config, the stages' keys, the report's path)."""
+    pipeline.json's content (the config, the stages' keys, the report's path). ``output``: the
+    run's console (its lines instead of ``log``; each stage's other output in RUN/logs/)."""
     from bertvision.fingerprint import splits_fingerprint
     from bertvision.outdir import claim
     from bertvision.tasks import get_task
@@ -176,7 +225,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, runners: Runners,
         started = {"config": asdict(cfg), "task": task.spec.to_dict(), "status": "running", "started": time.time()}
         atomic_write_json(out / PIPELINE_FILE, started)
         try:
-            return _run_stages(cfg, out, runners, task, Stages(out, log, options), log,
+            stages = Stages(out, log, options, output)
+            return _run_stages(cfg, out, runners, task, stages, stages.log,
                                evals=evals, fingerprint=fingerprint, floor=floor)  # fmt: skip
         except BaseException as e:  # the run can be resumed: say where it stopped (unless the disk is full)
             with contextlib.suppress(OSError):  # the error to report is the first

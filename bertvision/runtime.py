@@ -5,8 +5,16 @@ schedule, AdamW's parameter groups, progress bars, and the checks that stop a ru
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import random
+import re
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -126,22 +134,152 @@ def peak_rss_mb() -> float:
 
 
 _PROGRESS = None  # a factory set by `use_progress` (Ray's tqdm inside a Ray worker), else tqdm
+_CONSOLE = None  # the terminal while a `RunOutput` holds sys.stdout and sys.stderr: `progress` draws there
 
 
 def use_progress(factory) -> None:
-    """Make `progress` build its bars with ``factory(total=, desc=)`` (None: tqdm again): a Ray
+    """Make `progress` build its bars with ``factory(total=, desc=, unit=)`` (None: tqdm again): a Ray
     worker sets Ray's tqdm here, whose bars the driver draws (tqdm stays silent off a terminal)."""
     global _PROGRESS
     _PROGRESS = factory
 
 
-def progress(total: int, desc: str, initial: int = 0, leave: bool = True):
-    """A progress bar: tqdm on a terminal (silent otherwise), or the factory `use_progress` set."""
+def progress(total: int, desc: str, initial: int = 0, leave: bool = True, unit: str = "it"):
+    """A progress bar with its ETA: tqdm on a terminal (silent otherwise), or the factory
+    `use_progress` set. Under a `RunOutput` it draws on the terminal and vanishes when closed
+    (the stage's end line follows)."""
     if _PROGRESS is None:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, leave=leave, disable=None)
-    bar = _PROGRESS(total=total, desc=desc)
+        return tqdm(total=total, initial=initial, desc=desc, leave=leave and _CONSOLE is None, unit=unit,
+                    disable=None, file=_CONSOLE)  # fmt: skip
+    bar = _PROGRESS(total=total, desc=desc, unit=unit)
     if initial:
         bar.update(initial)
     return bar
+
+
+def warn(text: str) -> None:
+    """``bertvision: warning: <text>`` on stderr, above any bar: the terminal's under a `RunOutput`."""
+    from tqdm import tqdm
+
+    tqdm.write(f"bertvision: warning: {text}", file=_CONSOLE or sys.stderr)
+
+
+def stepped(items: list, desc: str, unit: str):
+    """``items``, one by one, with a `progress` bar stepping after each."""
+    bar = progress(len(items), desc, unit=unit)
+    for item in items:
+        yield item
+        bar.update(1)
+    bar.close()
+
+
+class RunOutput(contextlib.AbstractContextManager):
+    """A run's console: its own lines (`say`) and `progress` bars on the terminal; everything else
+    this process prints meanwhile (Ray's tables and logging, its workers' output relayed to the
+    driver, warnings, tracebacks of its teardown) into ``folder``/<name>.log, name the stage
+    running (`to`) or "run" between stages, and on the terminal too where ``show`` (--verbose).
+    A log file is opened at its first line, appended to; writing one never fails the run."""
+
+    def __init__(self, folder: Path, show: bool = False):
+        self.folder, self.show, self.name, self.file = folder, show, "run", None
+        self._lock, self._partial = threading.RLock(), ""
+
+    def __enter__(self) -> RunOutput:
+        global _CONSOLE
+        self._saved = sys.stdout, sys.stderr
+        sinks = {id(s): _Sink(self, s) for s in self._saved}
+        sys.stdout, sys.stderr = sinks[id(sys.stdout)], sinks[id(sys.stderr)]
+        # logging's handlers on them (Ray's among them) hold the stream they were made with
+        loggers = [logging.getLogger(), *(g for g in logging.Logger.manager.loggerDict.values() if isinstance(g, logging.Logger))]
+        self._handlers = [(h, h.setStream(sinks[id(h.stream)])) for g in loggers for h in g.handlers
+                          if id(getattr(h, "stream", None)) in sinks]  # fmt: skip
+        _CONSOLE = self._saved[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._redraw, name="bertvision-bars", daemon=True).start()
+        return self
+
+    def _redraw(self) -> None:
+        """Every bar redrawn each second: its time and ETA move while a long step runs."""
+        from tqdm import tqdm
+
+        while not self._stop.wait(1):
+            for bar in list(getattr(tqdm, "_instances", ())):
+                bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        global _CONSOLE
+        self._stop.set()
+        sys.stdout, sys.stderr = self._saved
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        _CONSOLE = None
+        self.to(None)
+
+    def say(self, line: str) -> None:
+        """One line of the run's own, on the terminal."""
+        with self._lock:
+            self._saved[0].write(line + "\n")
+            self._saved[0].flush()
+
+    def to(self, name: str | None) -> Path:
+        """Log what follows into ``name``.log (None: run.log); returns its path. A stage's bars end
+        with it, a failed one's too."""
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+        with self._lock:
+            if self.file is not None:
+                with contextlib.suppress(OSError):
+                    self.file.close()
+            self.name, self.file = name or "run", None
+            return self.path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"{self.name}.log"
+
+    def write(self, text: str, stream=None) -> None:
+        """``text`` into the log (by whole lines, colour codes and overdrawn bars dropped), and on
+        ``stream`` (the terminal) where shown."""
+        with self._lock:
+            if self.show and stream is not None:
+                stream.write(text)
+                stream.flush()
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).rsplit("\r", 1)[-1]
+                if plain.strip() or "\r" not in line:  # not a bar's line wiped
+                    self._log(plain)
+
+    def _log(self, line: str) -> None:
+        with contextlib.suppress(OSError):  # a full disk: the run's own error is the one to tell
+            if self.file is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by `to`)
+                self.file.write(f"--- {self.name}, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+            self.file.write(line + "\n")
+            self.file.flush()
+
+
+class _Sink(io.TextIOBase):
+    """sys.stdout or sys.stderr while a `RunOutput` holds them: written into its log."""
+
+    def __init__(self, output: RunOutput, stream):
+        self.output, self.stream = output, stream
+
+    def write(self, text: str) -> int:
+        self.output.write(text, self.stream)
+        return len(text)
+
+    def isatty(self) -> bool:  # tqdm and Ray Data draw their bars only where shown on a terminal
+        return self.output.show and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8")

@@ -35,6 +35,7 @@ from bertvision.runtime import (
     peak_rss_mb,
     pick_device,
     set_seed,
+    stepped,
 )
 
 HEAD_WEIGHTS, HEAD_CONFIG = "head.safetensors", "head_config.json"
@@ -174,12 +175,12 @@ def train_heads(cfg: HeadTrainConfig, out_dir: str | Path, runner: Callable | No
 
         if runner is not None:
             write_config(None, manifest)
-            runs = [runner(cfg.for_seed(seed), out_dir, eval_names) for seed in cfg.seeds]
+            runs = [runner(cfg.for_seed(seed), out_dir, eval_names) for seed in stepped(cfg.seeds, "heads", "seed")]
             write_config(runs[0].get("train_rows"), manifest)
             return _write_summary(out_dir, runs, [n for n in eval_names if n in runs[0]], kind.name)
         data = kind.load(cfg, root, spec, eval_names)
         write_config(data.train_rows, data.manifest)
-        runs = [train_seed(cfg.for_seed(seed), data, kind, out_dir) for seed in cfg.seeds]
+        runs = [train_seed(cfg.for_seed(seed), data, kind, out_dir) for seed in stepped(cfg.seeds, "heads", "seed")]
         return _write_summary(out_dir, runs, data.evals, kind.name)
 
 

@@ -27,6 +27,7 @@ from bertvision.config import add_arguments, from_arguments
 from bertvision.errors import EXIT_RUN, BertVisionError, DataError, RunError, os_error
 from bertvision.io import atomic_write_json
 from bertvision.outdir import claim, job_paths
+from bertvision.runtime import warn
 
 STATE = "state.pt"
 RAY_RECORD = ".bertvision-ray.json"  # in a job's folder: the local Ray it runs on, while it runs
@@ -224,7 +225,7 @@ class _TrialErrors(logging.Handler):
         if record.exc_info and record.exc_info[1] is not None:
             trial = record.getMessage().rsplit(" ", 1)[-1]
             self.errors.append(ray_error(record.exc_info[1], f"running {self.what} trial {trial}", self.where))
-            print(f"bertvision: warning: {self.errors[-1]}", file=sys.stderr)
+            warn(str(self.errors[-1]))  # on the console of a run too
 
 
 def tune_fit(tuner, what: str, where: Path, every: bool = False):

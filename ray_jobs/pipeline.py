@@ -9,7 +9,9 @@ so a rerun with every stage finished starts none): the fine-tuning
 baseline's runs as Tune trials (`ray_jobs.baseline`), the search as a Tune experiment with
 HyperOpt (`ray_jobs.tune`), extraction as the Ray Data job (`ray_jobs.embed`) where it pays,
 heads and the ensemble in this process. A rerun finds finished stages and skips them; see
-`bertvision.pipeline` for what a changed setting redoes.
+`bertvision.pipeline` for what a changed setting redoes. The console holds each stage's lines and
+bar; Ray's own output (Tune's tables, the workers' logs, Ray's start and teardown) goes to
+RUN/logs/<stage>.log, and on the console too with --verbose.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import ray
 
 from bertvision.config import PipelineConfig, PipelineJobConfig
 from bertvision.outdir import absolute_inputs
-from bertvision.pipeline import Runners, run_pipeline
+from bertvision.pipeline import LOGS_DIR, Runners, run_pipeline
 from bertvision.printing import print_run
+from bertvision.runtime import RunOutput
 from ray_jobs import baseline, common, embed, tune
 
 
@@ -53,7 +56,8 @@ def run(cfg: PipelineConfig, out_dir: str, job: PipelineJobConfig | None = None)
     # Trials checkpoint every epoch, so Tune's experiment-state snapshots come often; its warning
     # about them would repeat dozens of times in a search of short trials.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    with common.JobRay(job.address, record=out) as job_ray:  # started by the first stage on it
+    # The output first in, last out: Ray's teardown (its workers' last words) goes to the log too
+    with RunOutput(out / LOGS_DIR, show=job.verbose) as output, common.JobRay(job.address, record=out) as job_ray:
 
         def on_ray(fn):
             def run_on_ray(*args):
@@ -62,9 +66,9 @@ def run(cfg: PipelineConfig, out_dir: str, job: PipelineJobConfig | None = None)
 
             return run_on_ray
 
-        extract = on_ray(embed.run) if _ray_data(job, job_ray) else None  # None: this process's loop
+        extract = on_ray(embed.run) if _ray_data(job, job_ray, output.say) else None  # None: this process's loop
         runners = Runners(finetune_grid=on_ray(baseline.run), tune=on_ray(tune.run), embed=extract)
-        return run_pipeline(cfg, str(out), runners)
+        return run_pipeline(cfg, str(out), runners, output=output)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,14 +191,20 @@ class _Stopping(FIFOScheduler):
 
 class _Record(tune.Callback):
     """The driver's record of the search (search.json: each ended trial's params, status and scores,
-    rewritten whole as each ends) and its bar over the trials (a step per trial ended)."""
+    rewritten whole as each ends) and its bar over the trials (a step per trial ended, with the
+    best validation score so far)."""
 
     def __init__(self, out: Path, record: dict, total: int):
         self.out, self.record, self.total, self.bar, self.scores = out, record, total, None, {}
 
     def setup(self, **info) -> None:
-        self.bar = progress(self.total, "trials")
-        self.bar.update(len(self.record["trials"]))
+        self.bar = progress(self.total, "trials", initial=len(self.record["trials"]), unit="trial")
+        self._show_best()
+
+    def _show_best(self) -> None:
+        best = max((s for t in self.record["trials"].values() for s in t["scores"]), default=None)
+        if best is not None:
+            self.bar.set_postfix_str(f"best {best:.4f}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.scores.setdefault(trial.trial_id, {})[result["epoch"]] = result[METRIC]
@@ -210,6 +216,7 @@ class _Record(tune.Callback):
             "status": status, "scores": [scores[e] for e in sorted(scores)]}  # fmt: skip
         atomic_write_json(self.out / RECORD, self.record)
         if self.bar is not None:
+            self._show_best()
             self.bar.update(1)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

@@ -88,6 +88,25 @@ def test_a_run_writes_every_stage_and_says_its_headline(tiny_run):
     assert re.search(r"always '[01]', [\d.]+ / [\d.]+\. The head (is NO BETTER than|beats) the majority class", words)
 
 
+@pytest.mark.ray
+def test_the_console_holds_each_stages_lines_and_ray_s_output_goes_to_the_logs(tiny_run):
+    """Before: Tune's tables, the trials' bars behind Ray's prefixes, a TensorBoard hint into the
+    local Ray's temporary folder, Ray's own logging on stderr; now a start and an end line per
+    stage (its time and result), the rest in RUN/logs/<stage>.log."""
+    _, out, proc = tiny_run
+    console = proc.stdout + proc.stderr
+    for noise in ("driver_artifacts", "bvray-", "Traceback", "Exception ignored", "╭", "+----", "(pid=", "INFO"):
+        assert noise not in console, noise
+    assert proc.stderr == ""
+    for name in json.loads((out / "pipeline.json").read_text())["ran"]:
+        assert f"{name}: running\n" in proc.stdout
+        assert re.search(rf"^{name}: done in \d+ s; \S", proc.stdout, re.M), name
+    assert re.search(r"^tune: done in \d+ s; 3 trials, the best \(trial-\w+\) [\d.]+ on validation$", proc.stdout, re.M)
+    logs = {p.name: p.read_text() for p in (out / "logs").iterdir()}
+    assert "Configuration for experiment" in logs["tune.log"] and "local Ray of this process" in logs["finetune.log"]
+    assert not re.search(r"\x1b\[", "".join(logs.values()))  # no colour codes
+
+
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -150,10 +169,11 @@ def test_the_report_is_one_self_contained_page_with_every_part(tiny_run):
 def test_a_rerun_reuses_every_stage_and_a_changed_setting_redoes_only_what_reads_it(tiny_run, tiny_bert_dir):
     task, out, _ = tiny_run
     before = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    logs = {p: p.read_text() for p in (out / "logs").iterdir()}
     proc = _cli("run", "--task", task, "--encoder", tiny_bert_dir, *RUN_ARGS, "--out", out)
     assert "ran: nothing; every stage was finished" in proc.stdout
     assert proc.stdout.count("finished earlier with these settings; reused") == len(before)
-    assert "local Ray of this process" not in proc.stdout  # nothing to run on Ray: no Ray started
+    assert {p: p.read_text() for p in (out / "logs").iterdir()} == logs  # nothing ran: no Ray started, no log
     # the ensemble's size is the ensemble's alone: the search, heads and stores stay
     args = list(RUN_ARGS)
     args[args.index("--top-k") + 1] = 1
@@ -309,12 +329,56 @@ def test_stages_reuse_resume_and_redo_with_what_depends_on_them(tmp_path):
     (tmp_path / "stages" / "b.json").write_text(json.dumps({**rec, "done": False}))
     (tmp_path / "b" / "partial").write_text("kept")
     run_all(2, 2, Stages(tmp_path, lines.append))
-    assert lines[-1] == "b: resuming an unfinished run" and (tmp_path / "b" / "partial").exists()
+    assert lines[-2:] == ["b: resuming an unfinished run", "b: done in 0 s"] and (tmp_path / "b" / "partial").exists()
     # a folder that no stage record describes is never deleted
     (tmp_path / "stages" / "b.json").unlink()
     with pytest.raises(ConfigError, match="no stage record"):
         run_all(2, 2, Stages(tmp_path, lines.append))
     assert (tmp_path / "b" / "out.txt").exists()
+
+
+def test_a_stage_s_other_output_goes_to_its_log_and_a_failed_one_says_which(tmp_path, capsys):
+    """Under a `RunOutput` (`bertvision run`), what a stage prints (Ray's tables, logging, its
+    workers' lines) goes to RUN/logs/<stage>.log, shown only with --verbose; a failed stage
+    says where its log is, and the traceback is there, not on the console."""
+    import logging
+    import sys
+
+    from bertvision.errors import RunError
+    from bertvision.runtime import RunOutput, warn
+
+    ray_like = logging.getLogger("test.ray_like")  # a handler made before, as Ray's is
+    ray_like.addHandler(logging.StreamHandler(sys.stderr))
+
+    def noisy(folder: Path) -> dict:
+        print("╭── Tune's table ──╮")
+        ray_like.warning("\x1b[36m(pid=1)\x1b[0m a worker's line")
+        return {}
+
+    def failing(folder: Path) -> dict:
+        print("the trial's own output")
+        warn("trial-1 failed")  # as ray_jobs.common tells a failed trial: on the console
+        raise RunError("ValueError while running the search: bad")
+
+    logs = tmp_path / "logs"
+    with RunOutput(logs) as output:
+        stages = Stages(tmp_path, output=output)
+        stages.run("noisy", {}, (), noisy)
+        with pytest.raises(RunError):
+            stages.run("failing", {}, (), failing)
+    console = capsys.readouterr()
+    assert console.out.splitlines() == ["noisy: running", "noisy: done in 0 s", "failing: running",
+                                        f"failing: failed after 0 s; see {logs / 'failing.log'}"]  # fmt: skip
+    assert console.err == "bertvision: warning: trial-1 failed\n"
+    assert "Tune's table" in (logs / "noisy.log").read_text() and "(pid=1) a worker's line\n" in (logs / "noisy.log").read_text()
+    failed = (logs / "failing.log").read_text()
+    assert "the trial's own output" in failed and "Traceback" in failed and "RunError: ValueError" in failed
+    with RunOutput(logs, show=True) as output:  # --verbose: on the console too
+        Stages(tmp_path, output=output).run("shown", {}, (), noisy)
+    console = capsys.readouterr()
+    assert "Tune's table" in console.out and "a worker's line" in console.err and "shown: done in 0 s" in console.out
+    assert "Tune's table" in (logs / "shown.log").read_text()
+    ray_like.handlers.clear()
 
 
 def test_a_changed_setting_is_named_by_its_option_with_old_and_new_values(tmp_path):
@@ -328,7 +392,7 @@ def test_a_changed_setting_is_named_by_its_option_with_old_and_new_values(tmp_pa
 
     tune(24, "cpu", {})
     tune(30, None, {"trials": (24, 30), "gpus_per_trial": (0.0, 1.0)})  # the device follows --gpus-per-trial
-    assert lines[-1] == 'tune: search.device changed "cpu" -> null, --trials changed 24 -> 30; redoing it from scratch'
+    assert lines[-2] == 'tune: search.device changed "cpu" -> null, --trials changed 24 -> 30; redoing it from scratch'
 
 
 def _fake_run(folder: Path, head, majority, full, *, metrics=("accuracy",), kind="classification", evals=("dev",),

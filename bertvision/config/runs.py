@@ -220,6 +220,9 @@ class PipelineJobConfig:
     """Extraction: the Ray Data job (ray), this process's loop (local), or auto: Ray Data on a
     cluster of several nodes or with GPUs, else the local loop (faster on one CPU machine:
     docs/BENCHMARKS.md)."""
+    verbose: bool = False
+    """Show Ray's own output on the console as it comes (Tune's tables, the workers' logs, each
+    trial's progress); it always goes to OUT/logs/<stage>.log."""
 
     def __post_init__(self):
         check_choices(self)
