@@ -162,7 +162,7 @@ def _score(scores: dict) -> str:
         return "no eval split scored"
     metric, v = next(iter(scores[split].items()))
     v = v if isinstance(v, dict) else {"mean": v}
-    return f"{split} {metric} " + (f"{v['mean']:.4f}" if v["mean"] is not None else "undefined") + (
+    return f"{split} {metric} " + (f"{v['mean']:.4f}" if v["mean"] is not None else "undefined: a constant prediction has no correlation") + (
         f" ± {v['std']:.4f}" if "std" in v else "")  # fmt: skip
 
 
