@@ -57,7 +57,9 @@ class RunModel:
         from bertvision.store import file_sha256, read_manifest
 
         self.run = Path(run)
-        pipeline = _json(self.run / PIPELINE_FILE, "a folder written by 'bertvision run'")
+        if not (self.run / PIPELINE_FILE).is_file():
+            raise DataError(self.run, f"not a run folder (no {PIPELINE_FILE}): give a folder written by 'bertvision run'")
+        pipeline = _json(self.run / PIPELINE_FILE, "the run's record")
         if pipeline.get("status") != "done":
             raise ConfigError(f"{self.run}: the run has not finished (status {pipeline.get('status')!r}); "
                               "finish it with 'bertvision run' first")  # fmt: skip
