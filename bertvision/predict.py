@@ -32,6 +32,15 @@ def _json(path: Path, what: str):
         raise json_error(path, e, what="malformed JSON") from e
 
 
+def _record(run: Path) -> dict:
+    """A run folder's pipeline.json; a folder without one is no run."""
+    from bertvision.pipeline import PIPELINE_FILE
+
+    if not (run / PIPELINE_FILE).is_file():
+        raise DataError(run, f"not a run folder (no {PIPELINE_FILE}): give a folder written by 'bertvision run'")
+    return _json(run / PIPELINE_FILE, "the run's record")
+
+
 @dataclass
 class _Member:
     """One model whose outputs are averaged: a head on one selection's states, or (head None)
@@ -57,9 +66,7 @@ class RunModel:
         from bertvision.store import file_sha256, read_manifest
 
         self.run = Path(run)
-        if not (self.run / PIPELINE_FILE).is_file():
-            raise DataError(self.run, f"not a run folder (no {PIPELINE_FILE}): give a folder written by 'bertvision run'")
-        pipeline = _json(self.run / PIPELINE_FILE, "the run's record")
+        pipeline = _record(self.run)
         if pipeline.get("status") != "done":
             raise ConfigError(f"{self.run}: the run has not finished (status {pipeline.get('status')!r}); "
                               "finish it with 'bertvision run' first")  # fmt: skip
@@ -205,10 +212,9 @@ def load_model(run: str | os.PathLike, model: str | None = None, seed: int | Non
                device: str | None = None) -> RunModel:  # fmt: skip
     """The model a run chose (`RunModel`; span tasks: `SpanRunModel`), to call ``.predict(rows)`` on."""
     from bertvision.config import family
-    from bertvision.pipeline import PIPELINE_FILE
     from bertvision.spans.predict import SpanRunModel
 
-    kind = _json(Path(run) / PIPELINE_FILE, "a folder written by 'bertvision run'").get("task", {}).get("kind")
+    kind = _record(Path(run)).get("task", {}).get("kind")
     return (SpanRunModel if kind and family(kind).name == "span" else RunModel)(run, model, seed, device)
 
 
