@@ -62,7 +62,7 @@ class RunModel:
     def __init__(self, run: str | os.PathLike, model: str | None = None, seed: int | None = None,
                  device: str | None = None):  # fmt: skip
         from bertvision.config import family
-        from bertvision.pipeline import FIRST, PIPELINE_FILE
+        from bertvision.pipeline import FIRST
         from bertvision.store import file_sha256, read_manifest
 
         self.run = Path(run)
