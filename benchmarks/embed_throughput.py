@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from bertvision.extract import HiddenStateExtractor
 from bertvision.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extract_throughput import naive_loop  # noqa: E402
+from extract_throughput import best_of, naive_loop  # noqa: E402
 
 
 def main():
@@ -67,12 +66,7 @@ def main():
 
     loops = {"naive": lambda: naive_loop(ex, split.texts, 128), "library": library, "ray": ray_job}
     loops = {k: v for k, v in loops.items() if k in args.loops}
-    best = {k: float("inf") for k in loops}
-    for _ in range(args.repeats):
-        for name, fn in loops.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+    best, _ = best_of(loops, args.repeats)
     ray_run = {}
     if "ray" in loops:
         ray_run = json.loads((tmp / "ray" / args.split / "_manifest.json").read_text())["extra"]["last_run"]

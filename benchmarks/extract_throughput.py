@@ -41,6 +41,18 @@ def library_loop(ex: HiddenStateExtractor, texts, max_length: int) -> np.ndarray
     return ex.encode(enc)
 
 
+def best_of(loops: dict, repeats: int) -> tuple[dict, dict]:
+    """({name: best seconds}, {name: last output}) of ``loops`` run interleaved ``repeats`` times,
+    so that the machine's drift touches each alike."""
+    best, outputs = {k: float("inf") for k in loops}, {}
+    for _ in range(repeats):
+        for name, fn in loops.items():
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, outputs
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="rte", help="task (default: rte)")
@@ -61,12 +73,7 @@ def main():
     tokens = int(sum(len(x) for x in enc["input_ids"]))
     loops = {"naive": lambda: naive_loop(lib, texts, 128), "library": lambda: library_loop(lib, texts, 128),
              "library+int8": lambda: library_loop(q8, texts, 128)}  # fmt: skip
-    best, outputs = {k: float("inf") for k in loops}, {}
-    for _ in range(args.repeats):
-        for name, fn in loops.items():
-            t0 = time.perf_counter()
-            outputs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+    best, outputs = best_of(loops, args.repeats)
     ref = outputs["naive"].astype(np.float32)
     res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
            "torch": torch.__version__, "task": args.task, "split": args.split, "examples": n,

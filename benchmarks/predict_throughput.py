@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +30,9 @@ import torch
 from bertvision.embed import EmbedConfig, embed
 from bertvision.predict import load_model, predict
 from bertvision.store import read_manifest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from extract_throughput import best_of  # noqa: E402
 
 
 def main():
@@ -74,12 +76,7 @@ def main():
         rows["ray"] = json.loads((tmp / "ray" / "_manifest.json").read_text())["rows"]
 
     loops = {"extraction": extraction, "predict": local, "ray": ray_job}
-    best = {k: float("inf") for k in loops}
-    for _ in range(args.repeats):
-        for name, fn in loops.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+    best, _ = best_of(loops, args.repeats)
     inside = json.loads((tmp / "ray" / "_manifest.json").read_text())["this_run"]
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     res = {"machine": machine, "torch": torch.__version__, "run": args.run, "split": args.split, "model": rm.model,
