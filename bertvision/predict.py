@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, islice
 from pathlib import Path
 
 from bertvision.errors import ConfigError, DataError, json_error
@@ -222,29 +222,27 @@ def load_model(run: str | os.PathLike, model: str | None = None, seed: int | Non
 # Input and output files
 
 
-def _batch_of(rows: list[dict], fields: list[str], source: str, first: int) -> dict:
-    """Columns of row dicts: the text fields (non-empty text) and "id" (the row's number if absent)."""
+def _batch_of(rows: list[dict], fields: list[str], source: str, first: int, lines: list[int] | None = None) -> dict:
+    """Columns of row dicts: the text fields (non-empty text) and "id" (the row's number, counted
+    from ``first``, where it has none); a problem names ``lines``' line (text files), else the row."""
     from bertvision.tasks.base import check_text
 
     batch: dict = {"id": [], **{f: [] for f in fields}}
-    for i, row in enumerate(rows, first):
-        missing = [f for f in fields if f not in row]
-        if missing:
-            raise DataError(source, f"row {i} has no {', '.join(map(repr, missing))} (the task's text fields are "
-                            f"{', '.join(fields)})")  # fmt: skip
-        batch["id"].append(str(row.get("id", i)))
+    for i, (row, line) in enumerate(zip(rows, lines or [None] * len(rows), strict=True), first):
+        at = {"line": line} if line is not None else {"key": f"row {i}"}
         for f in fields:
-            value = row[f]
-            if not isinstance(value, str):
-                raise DataError(source, f"row {i}: field {f!r} must be text, not {type(value).__name__}")
-            batch[f].append(check_text(value, source, f, key=batch["id"][-1]))
+            if f not in row:
+                raise DataError(source, f"no field {f!r} (the task's text fields are {', '.join(fields)})", **at)
+            if not isinstance(row[f], str):
+                raise DataError(source, f"field {f!r} must be text, not {type(row[f]).__name__}", **at)
+            batch[f].append(check_text(row[f], source, f, **at))
+        batch["id"].append(str(row.get("id", i)))
     return batch
 
 
 def read_input(path: str | os.PathLike, fields: list[str], rows_per_batch: int = 4096) -> Iterator[dict]:
     """Column batches ``{"id", text fields}`` of a CSV, TSV, JSON-lines or Parquet file, read as
     a stream; errors name the file (and line); an "id" column is optional (else row numbers)."""
-    from bertvision.tasks.base import check_text
     from bertvision.tasks.readers import read_rows
 
     path = Path(path)
@@ -276,21 +274,9 @@ def read_input(path: str | os.PathLike, fields: list[str], rows_per_batch: int =
         if missing and fmt != "jsonl":
             raise DataError(path, f"no column {', '.join(map(repr, missing))} (the task's text fields are "
                             f"{', '.join(fields)}; the header has {', '.join(header)})", line=1)  # fmt: skip
-        batch: dict = {"id": [], **{f: [] for f in fields}}
-        for line, row in rows:
-            for f in fields:
-                if f not in row:
-                    raise DataError(path, f"no field {f!r} (the task's text fields are {', '.join(fields)})", line=line)
-                if not isinstance(row[f], str):
-                    raise DataError(path, f"field {f!r} must be text, not {type(row[f]).__name__}", line=line)
-                batch[f].append(check_text(row[f], str(path), f, line=line))
-            batch["id"].append(str(row.get("id", seen)))
-            seen += 1
-            if len(batch["id"]) == rows_per_batch:
-                yield batch
-                batch = {k: [] for k in batch}
-        if batch["id"]:
-            yield batch
+        while chunk := list(islice(rows, rows_per_batch)):
+            yield _batch_of([r for _, r in chunk], fields, str(path), seen, [line for line, _ in chunk])
+            seen += len(chunk)
     if not seen:
         raise DataError(path, "no rows to predict (the file is empty or holds a header only)")
 
@@ -326,8 +312,10 @@ class _Writer:
     """Rows of columns to a CSV, JSON-lines or Parquet file (by extension), written to a temporary
     file beside it and renamed when complete: a failed pass leaves no file."""
 
+    OUT_FORMATS = OUT_FORMATS
+
     def __init__(self, path: Path, columns: list[str]):
-        if path.suffix.lower() not in OUT_FORMATS:
+        if path.suffix.lower() not in self.OUT_FORMATS:
             raise ConfigError(f"--out {path}: name it .csv, .jsonl or .parquet (the format is the extension's)")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.columns, self.rows = path, columns, 0
@@ -336,14 +324,14 @@ class _Writer:
         self.parquet = None
         if self.kind != ".parquet":
             self.f = open(self.tmp, "w", encoding="utf-8", newline="")
-            if self.kind == ".csv":
+            if self.kind in (".csv", ".tsv"):
                 import csv
 
-                self.csv = csv.writer(self.f)
+                self.csv = csv.writer(self.f, **({"delimiter": "\t", "lineterminator": "\n"} if self.kind == ".tsv" else {}))
                 self.csv.writerow(columns)
 
     def write(self, batch: dict) -> None:
-        n = len(batch["id"])
+        n = len(batch[self.columns[0]])
         if self.kind == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -352,7 +340,7 @@ class _Writer:
             if self.parquet is None:
                 self.parquet = pq.ParquetWriter(self.tmp, table.schema)
             self.parquet.write_table(table)
-        elif self.kind == ".csv":
+        elif self.kind in (".csv", ".tsv"):
             self.csv.writerows(zip(*(batch[c] for c in self.columns), strict=True))
         else:
             for i in range(n):
@@ -410,20 +398,18 @@ class _GlueWriter(_Writer):
     """The GLUE leaderboard's TSV: ``index<TAB>prediction``, labels as GLUE's files write them
     (0/1, entailment/not_entailment...), STS-B scores clipped to [0, 5]."""
 
+    OUT_FORMATS = (".tsv",)
+
     def __init__(self, path: Path, rm: RunModel):
         from bertvision.tasks.glue import GLUE
 
         self.values, self.names = GLUE[rm.spec["name"]][1].label_values, rm.spec["labels"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.tmp, self.kind, self.parquet, self.rows = path, path.with_name(f".{path.name}.tmp"), ".tsv", None, 0
-        self.f = open(self.tmp, "w", encoding="utf-8", newline="")
-        self.f.write("index\tprediction\n")
+        super().__init__(path, ["index", "prediction"])
 
     def write(self, batch: dict) -> None:
         if self.values is None:
             preds = [f"{min(5.0, max(0.0, s)):.3f}" for s in batch["score"]]
         else:
             preds = [self.values[self.names.index(x)] for x in batch["label"]]
-        self.f.writelines(f"{i}\t{p}\n" for i, p in zip(batch["id"], preds, strict=True))
-        self.rows += len(preds)
+        super().write({"index": batch["id"], "prediction": preds})
 
