@@ -94,11 +94,9 @@ class RunModel:
 
         self.chunk = int(manifest["shard_rows"])
         self.extractor = HiddenStateExtractor(
-            str(checkpoint), self.spec["text_fields"], selection=tuple(selections) or "cls",
-            max_length=manifest["max_length"], batch_size=embed["settings"]["embed"]["batch_size"], device=device,
-            task_head=any(m.head is None for m in self.members))  # fmt: skip
-        if isinstance(self.extractor.selection, tuple) and len(selections) == 1:
-            self.extractor.selection = selections[0]  # one selection: its array, not a dict
+            str(checkpoint), self.spec["text_fields"], selection=manifest["selection"] if len(selections) < 2
+            else tuple(selections), max_length=manifest["max_length"], batch_size=embed["settings"]["embed"]["batch_size"],
+            device=device, task_head=any(m.head is None for m in self.members))  # fmt: skip
         self.device = self.extractor.device
         for m in self.members:
             if m.head is not None:
